@@ -1,0 +1,46 @@
+"""The enumerated axes of the matrix: layouts, formats and what the saver writes."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import TypeVar
+
+E = TypeVar("E", bound=StrEnum)
+
+
+class Layout(StrEnum):
+    """How the model is held in the process that saves or loads it."""
+
+    SINGLE = "single"  # a plain module
+    DP = "dp"  # wrapped in nn.DataParallel (keys carry the ``module.`` prefix)
+
+
+class Format(StrEnum):
+    """What kind of file the checkpoint is."""
+
+    WEIGHTS = "weights"  # a state_dict (or what a recipe mistakes for one)
+    WHOLE = "whole"  # the pickled model object
+
+
+class SaveVariant(StrEnum):
+    """The exact object the saver hands to ``torch.save``."""
+
+    STATE_DICT = "state_dict"  # model.state_dict() of the model as held (wrapper included)
+    MODULE_STATE_DICT = "module_state_dict"  # model.module.state_dict() of a DataParallel model
+    BOUND_METHOD = "bound_method"  # model.state_dict, the method itself (a known mistake)
+    WHOLE = "whole"  # the model object
+
+    @property
+    def format(self) -> Format:
+        return Format.WHOLE if self is SaveVariant.WHOLE else Format.WEIGHTS
+
+
+def parse_enum(kind: type[E], value: object, where: str) -> E:
+    """Read one axis value, naming the place and the accepted values on error."""
+    try:
+        return kind(value)
+    except ValueError:
+        accepted = ", ".join(repr(member.value) for member in kind)
+        raise ValueError(
+            f"{where}: unknown {kind.__name__.lower()} {value!r}; expected one of {accepted}"
+        ) from None

@@ -1,0 +1,105 @@
+"""Cells of the matrix and the save artifacts they share.
+
+A cell is one save/load combination proven in two separate processes. Cells that need the same
+saved file share one :class:`SaveKey`, so the plan saves it once and loads it many times.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from harness.axes import Format, Layout, SaveVariant
+from harness.recipes import RECIPES, Recipe
+from harness.zoo import MODELS, ModelSpec
+
+# A visibility is an ordered tuple of physical GPU indices given to a process through
+# CUDA_VISIBLE_DEVICES; logical cuda:0 is the first listed. The empty tuple is the CPU fallback.
+Visibility = tuple[int, ...]
+CPU: Visibility = ()
+
+
+def visibility_label(visibility: Visibility) -> str:
+    return "cpu" if not visibility else ",".join(str(index) for index in visibility)
+
+
+def visibility_env(visibility: Visibility) -> str:
+    """The value of CUDA_VISIBLE_DEVICES for a visibility (empty: no GPU is visible)."""
+    return ",".join(str(index) for index in visibility)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SaveKey:
+    """Identifies one saved artifact: everything the saver's process depends on."""
+
+    model: str
+    layout: Layout
+    variant: SaveVariant
+    visibility: Visibility = CPU
+
+    @property
+    def id(self) -> str:
+        return f"{self.model}-{self.layout}[{visibility_label(self.visibility)}]-{self.variant}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Cell:
+    model: str
+    save_layout: Layout
+    load_layout: Layout
+    format: Format
+    recipe: str
+    save_visibility: Visibility = CPU
+    load_visibility: Visibility = CPU
+
+    @property
+    def id(self) -> str:
+        return (
+            f"model={self.model}"
+            f"-save={self.save_layout}[{visibility_label(self.save_visibility)}]"
+            f"-load={self.load_layout}[{visibility_label(self.load_visibility)}]"
+            f"-fmt={self.format}-recipe={self.recipe}"
+        )
+
+    def __str__(self) -> str:
+        return self.id
+
+    @property
+    def recipe_spec(self) -> Recipe:
+        return RECIPES[self.recipe]
+
+    @property
+    def model_spec(self) -> ModelSpec:
+        return MODELS[self.model]
+
+    @property
+    def save_key(self) -> SaveKey:
+        return SaveKey(
+            model=self.model,
+            layout=self.save_layout,
+            variant=self.recipe_spec.save_variant,
+            visibility=self.save_visibility,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "save_layout": str(self.save_layout),
+            "load_layout": str(self.load_layout),
+            "format": str(self.format),
+            "recipe": self.recipe,
+            "save_visibility": list(self.save_visibility),
+            "load_visibility": list(self.load_visibility),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Cell:
+        return cls(
+            model=data["model"],
+            save_layout=Layout(data["save_layout"]),
+            load_layout=Layout(data["load_layout"]),
+            format=Format(data["format"]),
+            recipe=data["recipe"],
+            save_visibility=tuple(data["save_visibility"]),
+            load_visibility=tuple(data["load_visibility"]),
+        )

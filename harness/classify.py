@@ -1,0 +1,49 @@
+"""The one place that maps an exception raised by a load to a named error class.
+
+It runs inside worker processes but imports nothing from torch: it recognises exceptions by type
+and by the message texts PyTorch uses (``torch/serialization.py``, ``Module.load_state_dict``).
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+
+from harness.outcomes import ErrorClass
+
+
+class ChecksumMismatchError(Exception):
+    """The artifact on disk is not the file its saver recorded."""
+
+
+_RULES: tuple[tuple[type[BaseException], re.Pattern[str], ErrorClass], ...] = (
+    (pickle.UnpicklingError, re.compile(r"Weights only load failed"), ErrorClass.UNSAFE_GLOBAL),
+    (
+        RuntimeError,
+        re.compile(r"Error\(s\) in loading state_dict.*(Missing key|Unexpected key)", re.S),
+        ErrorClass.KEY_MISMATCH,
+    ),
+    (
+        RuntimeError,
+        re.compile(r"Attempting to deserialize object on a CUDA device but .*is_available\(\)"),
+        ErrorClass.CUDA_UNAVAILABLE,
+    ),
+    (
+        RuntimeError,
+        re.compile(r"Attempting to deserialize object on CUDA device \d+ but .*device_count\(\)"),
+        ErrorClass.DEVICE_INDEX_OUT_OF_RANGE,
+    ),
+    (TypeError, re.compile(r"Expected state_dict to be dict-like"), ErrorClass.NOT_A_STATE_DICT),
+    (ChecksumMismatchError, re.compile(""), ErrorClass.CHECKSUM_MISMATCH),
+)
+
+
+def classify_exception(exc: BaseException) -> ErrorClass:
+    """Name the error class of an exception; never raises, and never swallows interrupts."""
+    if isinstance(exc, KeyboardInterrupt | SystemExit):
+        raise exc
+    message = str(exc)
+    for kind, pattern, error_class in _RULES:
+        if isinstance(exc, kind) and pattern.search(message):
+            return error_class
+    return ErrorClass.UNCLASSIFIED

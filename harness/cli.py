@@ -1,0 +1,174 @@
+"""The ``ckpt-matrix`` command: ``run`` the matrix, ``list`` its cells."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from harness.artifacts import ArtifactStore
+from harness.environment import TorchUnavailableError, describe, torch_environment
+from harness.matrix import Matrix, expand
+from harness.oracle import parse_torch_version
+from harness.outcomes import exit_code
+from harness.plan import DEFAULT_TIMEOUT_S, JobFactory
+from harness.results import ResultsError, ResultsWriter, read_results
+from harness.runner import SpawnLauncher
+from harness.scenarios import ScenarioError, default_scenarios_dir, load_scenarios
+from harness.session import CellRunner, run_cells
+from harness.summary import progress_line, summary_table
+
+USAGE_ERROR = 2
+
+
+class UsageError(Exception):
+    """Bad input from the command line; the message says what and how to fix it."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ckpt-matrix",
+        description="Certify how PyTorch models survive save and load across device layouts.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def matrix_options(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument(
+            "--scenarios",
+            type=Path,
+            default=None,
+            help="a scenario TOML file or a folder of them (default: the shipped scenarios/)",
+        )
+        sub.add_argument(
+            "-k", "--select", default=None, help="keep only cells whose id contains this text"
+        )
+
+    run = commands.add_parser("run", help="run the matrix and write results")
+    matrix_options(run)
+    run.add_argument("--out", type=Path, default=Path("results.jsonl"))
+    run.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="cells at a time")
+    run.add_argument(
+        "--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds per worker process"
+    )
+    run.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="keep checkpoints, specs and worker logs here (default: a temporary folder)",
+    )
+    existing = run.add_mutually_exclusive_group()
+    existing.add_argument(
+        "--resume", action="store_true", help="continue an interrupted --out file"
+    )
+    existing.add_argument(
+        "--overwrite", action="store_true", help="replace an existing --out file"
+    )
+
+    listing = commands.add_parser("list", help="print the cells, one id per line")
+    matrix_options(listing)
+    listing.add_argument(
+        "--explain",
+        action="store_true",
+        help="also print the combinations that are not cells, and why",
+    )
+    return parser
+
+
+def load_matrix(args: argparse.Namespace) -> Matrix:
+    path = args.scenarios if args.scenarios is not None else default_scenarios_dir()
+    matrix = expand(load_scenarios(path), select=args.select)
+    if not matrix.cells:
+        raise UsageError(f"no cells in {path}" + (f" match -k {args.select!r}" if args.select else ""))
+    return matrix
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    matrix = load_matrix(args)
+    for cell in matrix.cells:
+        print(cell.id)
+    if args.explain:
+        print(f"\n# {len(matrix.cells)} cells; {len(matrix.omitted)} combinations omitted:")
+        for omitted in matrix.omitted:
+            print(f"# {omitted.combination}\n#     {omitted.reason} [{omitted.scenario}]")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    matrix = load_matrix(args)
+    if args.jobs < 1:
+        raise UsageError(f"--jobs {args.jobs}: must be at least 1")
+    if args.timeout <= 0:
+        raise UsageError(f"--timeout {args.timeout}: must be positive")
+    done: set[str] = set()
+    if args.out.exists() and not (args.resume or args.overwrite):
+        raise UsageError(
+            f"{args.out} exists; pass --resume to continue it or --overwrite to replace it"
+        )
+    torch_side = torch_environment()
+    environment = describe(torch_side)
+    if args.resume and args.out.exists():
+        previous = read_results(args.out)
+        if previous.environment.get("torch") != environment["torch"]:
+            raise UsageError(
+                f"{args.out} was written under torch {previous.environment.get('torch')}, "
+                f"this run has {environment['torch']}; use a new --out to compare them"
+            )
+        done = {result.id for result in previous.results}
+    cells = [cell for cell in matrix.cells if cell.id not in done]
+    print(
+        f"ckpt-matrix: {len(cells)} cells to run ({len(done)} already in {args.out}), "
+        f"torch {environment['torch']}, {args.jobs} at a time",
+        file=sys.stderr,
+    )
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ckpt-matrix-"))
+    started = time.monotonic()
+    try:
+        factory = JobFactory(workdir=workdir, timeout_s=args.timeout)
+        launcher = SpawnLauncher()
+        runner = CellRunner(
+            factory=factory,
+            launcher=launcher,
+            store=ArtifactStore(factory, launcher),
+            torch_version=parse_torch_version(environment["torch"]),
+        )
+        resume = bool(args.resume and args.out.exists())
+        with ResultsWriter(args.out, environment, resume=resume) as writer:
+            run_cells(
+                cells,
+                runner,
+                writer,
+                jobs=args.jobs,
+                progress=lambda r, n, total: print(progress_line(r, n, total), file=sys.stderr),
+            )
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    everything = read_results(args.out)
+    print(summary_table(everything.results))
+    print(
+        f"\n{len(everything.results)} cells in {args.out}; this run took "
+        f"{time.monotonic() - started:.1f} s for {len(cells)} cells"
+    )
+    return exit_code([result.outcome for result in everything.results])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = {"run": cmd_run, "list": cmd_list}[args.command]
+    try:
+        return handler(args)
+    except (UsageError, ScenarioError, ResultsError, TorchUnavailableError) as exc:
+        print(f"ckpt-matrix {args.command}: error: {exc}", file=sys.stderr)
+        return USAGE_ERROR
+    except KeyboardInterrupt:
+        print(f"ckpt-matrix {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

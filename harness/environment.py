@@ -1,0 +1,62 @@
+"""The run's environment, for the results file's first line.
+
+The orchestrator never imports torch (a process that touched CUDA cannot change its own device
+visibility, and its forked children cannot use CUDA), so the torch side is read by a short
+worker process: ``python -m harness.worker --environment``.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import socket
+import subprocess
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+import harness
+from harness.plan import worker_env
+
+
+class TorchUnavailableError(RuntimeError):
+    """The worker interpreter cannot report its torch; the message says how to fix it."""
+
+
+def torch_environment(python: str = sys.executable, timeout_s: float = 120.0) -> dict[str, Any]:
+    argv = [python, "-m", "harness.worker", "--environment"]
+    try:
+        done = subprocess.run(
+            argv,
+            env=worker_env(()),
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise TorchUnavailableError(f"{' '.join(argv)} did not answer in {timeout_s:.0f} s") from None
+    if done.returncode != 0:
+        raise TorchUnavailableError(
+            f"{' '.join(argv)} failed (exit {done.returncode}): {done.stderr.strip()[-1500:]}\n"
+            f"Install torch into that interpreter (pip install torch) and try again."
+        )
+    data: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return data
+
+
+def describe(torch_side: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "harness_version": harness.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "hostname": socket.gethostname(),
+        "torch": torch_side["torch"],
+        "torchvision": torch_side.get("torchvision"),
+        "cuda_build": torch_side.get("cuda_build"),
+        "cuda_available": torch_side.get("cuda_available"),
+        # The GPU inventory comes with the GPU path; the CPU fallback records none.
+        "gpus": "none",
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "argv": sys.argv,
+    }

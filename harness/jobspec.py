@@ -1,0 +1,89 @@
+"""What the orchestrator asks a worker to do, and what the worker reports back, as JSON.
+
+Both sides import this module; it holds no torch. A spec travels to the worker as a file; the
+worker writes its report atomically to ``report_path``. The parent falls back to the exit code and
+the stderr tail when no usable report exists.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+Role = Literal["save", "load"]
+
+# Fixed seeds: the saver trains from one, the loader builds from another, so that every tensor
+# of a freshly built loader differs from the saved ones and a load that does nothing is caught.
+SAVE_SEED = 0
+LOAD_SEED = 1
+TRAIN_STEPS = 3
+
+
+@dataclass(frozen=True, kw_only=True)
+class SaveSpec:
+    role: Literal["save"] = "save"
+    cell_key: str
+    model: str
+    layout: str
+    variant: str
+    artifact_path: str
+    report_path: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoadSpec:
+    role: Literal["load"] = "load"
+    cell_id: str
+    model: str
+    layout: str
+    recipe: str
+    artifact_path: str
+    artifact_sha256: str
+    report_path: str
+
+
+Spec = SaveSpec | LoadSpec
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON so that readers see the old file or the whole new one, never a torn write."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=1, sort_keys=True)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def spec_to_json(spec: Spec) -> dict[str, Any]:
+    return asdict(spec)
+
+
+def spec_from_json(data: dict[str, Any], where: str) -> Spec:
+    role = data.get("role")
+    try:
+        if role == "save":
+            return SaveSpec(**data)
+        if role == "load":
+            return LoadSpec(**data)
+    except TypeError as exc:
+        raise ValueError(f"{where}: malformed {role} spec: {exc}") from None
+    raise ValueError(f"{where}: unknown role {role!r}; expected 'save' or 'load'")
+
+
+def read_report(path: Path) -> dict[str, Any] | None:
+    """The worker's report, or None when it is missing or unreadable (the child died first)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None

@@ -1,0 +1,152 @@
+"""The oracle: what PyTorch's save/load semantics predict for each cell.
+
+``expect(cell, torch_version=...)`` is a pure function. It is the conformance spec, tested
+table-driven on CPU; the worker processes then check PyTorch against it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from harness.axes import Layout
+from harness.cell import Cell, Visibility
+from harness.outcomes import ErrorClass
+
+TorchVersion = tuple[int, int]
+
+# torch.load's weights_only default flipped from False to True in PyTorch 2.6.
+WEIGHTS_ONLY_DEFAULT_SINCE: TorchVersion = (2, 6)
+
+
+def parse_torch_version(text: str) -> TorchVersion:
+    """``"2.14.1+cu130"`` -> ``(2, 14)``; a clear error for anything else."""
+    match = re.match(r"(\d+)\.(\d+)", text)
+    if match is None:
+        raise ValueError(f"cannot read a torch version from {text!r}; expected e.g. '2.14.1'")
+    return int(match.group(1)), int(match.group(2))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Expectation:
+    """A clean load with every tensor on ``tensor_device``, or a named error class."""
+
+    error: ErrorClass | None
+    reason: str
+    tensor_device: str
+
+    @property
+    def passes(self) -> bool:
+        return self.error is None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "outcome": "pass" if self.error is None else "error",
+            "error_class": None if self.error is None else str(self.error),
+            "reason": self.reason,
+            "tensor_device": self.tensor_device,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Expectation:
+        error = data["error_class"]
+        return cls(
+            error=None if error is None else ErrorClass(error),
+            reason=data["reason"],
+            tensor_device=data["tensor_device"],
+        )
+
+
+Prediction = tuple[ErrorClass | None, str]
+
+
+def _clean(_: Cell, __: TorchVersion) -> Prediction:
+    return None, "a correct recipe loads every tensor"
+
+
+def _unfixed_prefix(cell: Cell, _: TorchVersion) -> Prediction:
+    if cell.save_layout is Layout.DP:
+        return ErrorClass.KEY_MISMATCH, "keys carry 'module.'; the plain model expects none"
+    return ErrorClass.KEY_MISMATCH, "keys lack 'module.'; the DataParallel model expects it"
+
+
+def _strip_prefix_unwrapped(cell: Cell, _: TorchVersion) -> Prediction:
+    if cell.model_spec.top_level_module_attr:
+        return (
+            ErrorClass.KEY_MISMATCH,
+            "the model's own top-level 'module' attribute is stripped from its keys",
+        )
+    return None, "no key starts with 'module.', so nothing is stripped (fragile)"
+
+
+def _save_method(_: Cell, version: TorchVersion) -> Prediction:
+    if version >= WEIGHTS_ONLY_DEFAULT_SINCE:
+        return ErrorClass.UNSAFE_GLOBAL, "the file pickles a bound method; weights_only refuses it"
+    return ErrorClass.NOT_A_STATE_DICT, "torch.load returns the bound method, not a dict"
+
+
+def _assignment(_: Cell, __: TorchVersion) -> Prediction:
+    return (
+        ErrorClass.WEIGHTS_DIFFER,
+        "assigning to model.state_dict loads nothing; the parameters keep their fresh values",
+    )
+
+
+def _slice_prefix(cell: Cell, _: TorchVersion) -> Prediction:
+    if cell.save_layout is Layout.DP:
+        return None, "every key carries 'module.', so k[7:] strips exactly it (fragile)"
+    return ErrorClass.KEY_MISMATCH, "k[7:] cuts 7 characters off keys that carry no prefix"
+
+
+def _replace_prefix(cell: Cell, _: TorchVersion) -> Prediction:
+    spec = cell.model_spec
+    if spec.nested_module_dot:
+        return ErrorClass.KEY_MISMATCH, "replace() also rewrites names like 'submodule.' inside"
+    if spec.top_level_module_attr:
+        return ErrorClass.KEY_MISMATCH, "replace() also removes the model's own 'module.' name"
+    return None, "no key contains 'module.' below the wrapper, so replace() is exact (fragile)"
+
+
+def _whole_default_load(_: Cell, version: TorchVersion) -> Prediction:
+    if version >= WEIGHTS_ONLY_DEFAULT_SINCE:
+        return ErrorClass.UNSAFE_GLOBAL, "torch>=2.6 loads with weights_only=True by default"
+    return None, "torch<2.6 unpickles whole models by default"
+
+
+_RULES: dict[str, Callable[[Cell, TorchVersion], Prediction]] = {
+    "as_saved": _clean,
+    "as_saved_whole": _clean,
+    "module_state_dict": _clean,
+    "wrap_loader": _clean,
+    "strip_prefix": _clean,
+    "whole_module": _clean,
+    "unfixed_prefix": _unfixed_prefix,
+    "strip_prefix_unwrapped": _strip_prefix_unwrapped,
+    "save_method": _save_method,
+    "assign_dict": _assignment,
+    "assign_method": _assignment,
+    "slice_prefix": _slice_prefix,
+    "replace_prefix": _replace_prefix,
+    "whole_default_load": _whole_default_load,
+}
+
+
+def expected_device(visibility: Visibility) -> str:
+    """Where a loaded tensor should live. Only the CPU fallback is encoded so far."""
+    if visibility:
+        raise NotImplementedError(
+            f"the oracle has no CUDA rules yet (visibility {visibility}); "
+            "run with the CPU fallback (no GPU visibilities)"
+        )
+    return "cpu"
+
+
+def expect(cell: Cell, *, torch_version: TorchVersion) -> Expectation:
+    try:
+        rule = _RULES[cell.recipe]
+    except KeyError:
+        raise ValueError(f"the oracle has no rule for recipe {cell.recipe!r} ({cell.id})") from None
+    error, reason = rule(cell, torch_version)
+    return Expectation(error=error, reason=reason, tensor_device=expected_device(cell.load_visibility))

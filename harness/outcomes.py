@@ -1,0 +1,67 @@
+"""The outcomes of a cell and the named error classes the oracle predicts and the worker observes."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Outcome(StrEnum):
+    PASS = "PASS"  # observed what the oracle expected, and it was a clean load
+    FAIL = "FAIL"  # wrong weights, wrong device, an unexpected error, or the wrong error
+    XFAIL = "XFAIL"  # a known-bad recipe failed the way the oracle predicted
+    XPASS = "XPASS"  # the oracle predicted a failure that did not happen (fails the run)
+    ERROR = "ERROR"  # the harness could not prove the cell: crash, timeout, bad setup
+    SKIP = "SKIP"  # not run, with a reason
+
+    @property
+    def fails_run(self) -> bool:
+        return self in _FAILING
+
+
+_FAILING = frozenset({Outcome.FAIL, Outcome.XPASS, Outcome.ERROR})
+
+
+def exit_code(outcomes: list[Outcome]) -> int:
+    """The run's exit code, a reduction over all outcomes: 1 when any cell fails the run."""
+    return 1 if any(outcome.fails_run for outcome in outcomes) else 0
+
+
+class ErrorClass(StrEnum):
+    """Named ways a load can go wrong; raised by PyTorch or found by the harness's checks."""
+
+    # Raised by PyTorch during the load.
+    KEY_MISMATCH = "key_mismatch"
+    UNSAFE_GLOBAL = "unsafe_global"
+    NOT_A_STATE_DICT = "not_a_state_dict"
+    CUDA_UNAVAILABLE = "cuda_unavailable"
+    DEVICE_INDEX_OUT_OF_RANGE = "device_index_out_of_range"
+    # Raised by the harness before loading.
+    CHECKSUM_MISMATCH = "checksum_mismatch"
+    # Found by comparing the loaded model with the saver's record (the load raised nothing).
+    TENSOR_SET_DIFFERS = "tensor_set_differs"
+    WEIGHTS_DIFFER = "weights_differ"
+    DEVICE_MISMATCH = "device_mismatch"
+    OUTPUT_DIFFERS = "output_differs"
+    ISOLATION_MISMATCH = "isolation_mismatch"
+    # Anything else.
+    UNCLASSIFIED = "unclassified"
+
+    @property
+    def description(self) -> str:
+        return _DESCRIPTIONS[self]
+
+
+_DESCRIPTIONS = {
+    ErrorClass.KEY_MISMATCH: "state_dict keys do not match the model (missing/unexpected keys)",
+    ErrorClass.UNSAFE_GLOBAL: "torch.load(weights_only=True) refused a pickled global",
+    ErrorClass.NOT_A_STATE_DICT: "load_state_dict was given something that is not a mapping",
+    ErrorClass.CUDA_UNAVAILABLE: "a CUDA-tagged storage was loaded where CUDA is not available",
+    ErrorClass.DEVICE_INDEX_OUT_OF_RANGE: "a storage's saved cuda:i is not visible when loading",
+    ErrorClass.CHECKSUM_MISMATCH: "the file's sha256 differs from the one its saver recorded",
+    ErrorClass.TENSOR_SET_DIFFERS: "the loaded model has missing or extra tensors",
+    ErrorClass.WEIGHTS_DIFFER: "the load raised nothing but tensors differ from what was saved",
+    ErrorClass.DEVICE_MISMATCH: "a loaded tensor is not on the expected device",
+    ErrorClass.OUTPUT_DIFFERS: "the loaded model's forward output differs from the saver's",
+    ErrorClass.ISOLATION_MISMATCH: "the worker did not see exactly the devices it was given",
+    ErrorClass.UNCLASSIFIED: "an exception no rule recognises",
+}

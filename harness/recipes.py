@@ -1,0 +1,183 @@
+"""The catalogue of load recipes: the ways people fix the ``module.`` prefix, right and wrong.
+
+Each recipe is data: what the saver writes, which layout pairs it applies to, and whether it is a
+correct recipe or a known-bad one. The code that performs a recipe lives in
+:mod:`harness.worker.recipes`; what the recipe is expected to do lives in :mod:`harness.oracle`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from harness.axes import Format, Layout, SaveVariant
+
+
+class RecipeKind(StrEnum):
+    CORRECT = "correct"
+    KNOWN_BAD = "known_bad"
+
+
+class Pairing(StrEnum):
+    ANY = "any"
+    SAME = "same"  # load layout equals save layout
+    CROSS = "cross"  # load layout differs from save layout
+
+
+_ALL = frozenset(Layout)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Recipe:
+    name: str
+    kind: RecipeKind
+    save_variant: SaveVariant
+    summary: str
+    save_layouts: frozenset[Layout] = _ALL
+    load_layouts: frozenset[Layout] = _ALL
+    pairing: Pairing = Pairing.ANY
+
+    @property
+    def format(self) -> Format:
+        return self.save_variant.format
+
+    def skip_reason(self, *, save: Layout, load: Layout, fmt: Format) -> str | None:
+        """Why this recipe does not apply to the combination, or None when it does."""
+        if fmt is not self.format:
+            return f"recipe={self.name} is a {self.format} recipe, not {fmt}"
+        if save not in self.save_layouts:
+            return f"recipe={self.name} needs save in {_names(self.save_layouts)}, got {save}"
+        if load not in self.load_layouts:
+            return f"recipe={self.name} needs load in {_names(self.load_layouts)}, got {load}"
+        if self.pairing is Pairing.SAME and save is not load:
+            return f"recipe={self.name} loads into the layout it saved from; save={save} load={load}"
+        if self.pairing is Pairing.CROSS and save is load:
+            return f"recipe={self.name} is about crossing layouts; save=load={save}"
+        return None
+
+
+def _names(layouts: frozenset[Layout]) -> str:
+    return "{" + ",".join(sorted(layouts)) + "}"
+
+
+_DP = frozenset({Layout.DP})
+_SINGLE = frozenset({Layout.SINGLE})
+
+RECIPES: dict[str, Recipe] = {
+    recipe.name: recipe
+    for recipe in (
+        # --- correct recipes -------------------------------------------------------------------
+        Recipe(
+            name="as_saved",
+            kind=RecipeKind.CORRECT,
+            save_variant=SaveVariant.STATE_DICT,
+            pairing=Pairing.SAME,
+            summary="model.load_state_dict(torch.load(path)) into the layout it was saved from",
+        ),
+        Recipe(
+            name="as_saved_whole",
+            kind=RecipeKind.CORRECT,
+            save_variant=SaveVariant.WHOLE,
+            pairing=Pairing.SAME,
+            summary="torch.load(path, weights_only=False) of a whole model this run wrote",
+        ),
+        Recipe(
+            name="module_state_dict",
+            kind=RecipeKind.CORRECT,
+            save_variant=SaveVariant.MODULE_STATE_DICT,
+            save_layouts=_DP,
+            summary="save model.module.state_dict(); load into the unwrapped model",
+        ),
+        Recipe(
+            name="wrap_loader",
+            kind=RecipeKind.CORRECT,
+            save_variant=SaveVariant.STATE_DICT,
+            save_layouts=_DP,
+            load_layouts=_SINGLE,
+            summary="wrap the fresh model in DataParallel, load_state_dict, then take .module",
+        ),
+        Recipe(
+            name="strip_prefix",
+            kind=RecipeKind.CORRECT,
+            save_variant=SaveVariant.STATE_DICT,
+            save_layouts=_DP,
+            summary="consume_prefix_in_state_dict_if_present(sd, 'module.') on a DataParallel "
+            "checkpoint; load into the unwrapped model",
+        ),
+        Recipe(
+            name="whole_module",
+            kind=RecipeKind.CORRECT,
+            save_variant=SaveVariant.WHOLE,
+            save_layouts=_DP,
+            load_layouts=_SINGLE,
+            summary="torch.load a whole DataParallel model (weights_only=False), take .module",
+        ),
+        # --- known-bad recipes -----------------------------------------------------------------
+        Recipe(
+            name="unfixed_prefix",
+            kind=RecipeKind.KNOWN_BAD,
+            save_variant=SaveVariant.STATE_DICT,
+            pairing=Pairing.CROSS,
+            summary="load_state_dict across layouts without fixing the prefix",
+        ),
+        Recipe(
+            name="strip_prefix_unwrapped",
+            kind=RecipeKind.KNOWN_BAD,
+            save_variant=SaveVariant.STATE_DICT,
+            save_layouts=_SINGLE,
+            summary="consume_prefix_in_state_dict_if_present on an unwrapped checkpoint: "
+            "'if present' also eats the model's own top-level 'module' attribute",
+        ),
+        Recipe(
+            name="save_method",
+            kind=RecipeKind.KNOWN_BAD,
+            save_variant=SaveVariant.BOUND_METHOD,
+            pairing=Pairing.SAME,
+            summary="torch.save(model.state_dict) without calling it; "
+            "model.load_state_dict(torch.load(path))",
+        ),
+        Recipe(
+            name="assign_dict",
+            kind=RecipeKind.KNOWN_BAD,
+            save_variant=SaveVariant.STATE_DICT,
+            pairing=Pairing.SAME,
+            summary="model.state_dict = torch.load(path): assignment loads nothing, raises nothing",
+        ),
+        Recipe(
+            name="assign_method",
+            kind=RecipeKind.KNOWN_BAD,
+            save_variant=SaveVariant.WHOLE,
+            pairing=Pairing.SAME,
+            summary="model.state_dict = whole_model.state_dict: state_dict() then reports the "
+            "loaded weights while the parameters stay as they were",
+        ),
+        Recipe(
+            name="slice_prefix",
+            kind=RecipeKind.KNOWN_BAD,
+            save_variant=SaveVariant.STATE_DICT,
+            summary="{k[7:]: v for k, v in sd.items()}; load into the unwrapped model",
+        ),
+        Recipe(
+            name="replace_prefix",
+            kind=RecipeKind.KNOWN_BAD,
+            save_variant=SaveVariant.STATE_DICT,
+            summary="{k.replace('module.', ''): v ...}; load into the unwrapped model",
+        ),
+        Recipe(
+            name="whole_default_load",
+            kind=RecipeKind.KNOWN_BAD,
+            save_variant=SaveVariant.WHOLE,
+            pairing=Pairing.SAME,
+            summary="the tutorial's literal torch.load(path) of a whole model "
+            "(weights_only defaults to True since torch 2.6)",
+        ),
+    )
+}
+
+
+def recipe(name: str, where: str) -> Recipe:
+    try:
+        return RECIPES[name]
+    except KeyError:
+        known = ", ".join(RECIPES)
+        raise ValueError(f"{where}: unknown recipe {name!r}; the catalogue has {known}") from None

@@ -1,0 +1,183 @@
+"""Results as data: ``results.jsonl``, an environment line, then one line per cell.
+
+Each cell's line is appended, flushed and fsynced as the cell ends, so a crash or a kill loses
+at most the line being written; the reader tolerates a torn last line and says so. The schema is
+documented in docs/results-schema.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from harness.cell import Cell
+from harness.oracle import Expectation
+from harness.outcomes import Outcome
+from harness.recipes import RECIPES, RecipeKind
+
+SCHEMA_VERSION = 1
+
+
+class ResultsError(ValueError):
+    """A results file cannot be used; the message names the file and line."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class CellResult:
+    cell: Cell
+    outcome: Outcome
+    expected: Expectation
+    reason: str
+    observed: dict[str, Any] | None
+    error: dict[str, Any] | None
+    duration_s: float
+
+    @property
+    def id(self) -> str:
+        return self.cell.id
+
+    @property
+    def recipe_kind(self) -> RecipeKind:
+        return RECIPES[self.cell.recipe].kind
+
+    @property
+    def fragile(self) -> bool:
+        """A known-bad recipe that worked here by accident."""
+        return self.recipe_kind is RecipeKind.KNOWN_BAD and self.outcome is Outcome.PASS
+
+    def describe(self) -> str:
+        lines = [f"{self.id}: {self.outcome}", f"  expected: {self.expected.to_json()}"]
+        lines.append(f"  reason:   {self.reason}")
+        if self.observed is not None:
+            lines.append(f"  observed: {json.dumps(self.observed, sort_keys=True)[:2000]}")
+        if self.error is not None:
+            lines.append(f"  error:    {json.dumps(self.error, sort_keys=True)[:4000]}")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": "cell",
+            "id": self.id,
+            "cell": self.cell.to_json(),
+            "recipe_kind": str(self.recipe_kind),
+            "outcome": str(self.outcome),
+            "fragile": self.fragile,
+            "expected": self.expected.to_json(),
+            "reason": self.reason,
+            "observed": self.observed,
+            "error": self.error,
+            "duration_s": round(self.duration_s, 3),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CellResult:
+        cell = Cell.from_json(data["cell"])
+        if cell.id != data["id"]:
+            raise ValueError(f"id {data['id']!r} does not match its cell ({cell.id!r})")
+        return cls(
+            cell=cell,
+            outcome=Outcome(data["outcome"]),
+            expected=Expectation.from_json(data["expected"]),
+            reason=data["reason"],
+            observed=data["observed"],
+            error=data["error"],
+            duration_s=float(data["duration_s"]),
+        )
+
+
+@dataclass
+class ResultsFile:
+    path: Path
+    environment: dict[str, Any]
+    results: list[CellResult] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def read_results(path: Path) -> ResultsFile:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ResultsError(f"{path}: cannot read results: {exc.strerror}") from None
+    lines = text.split("\n")
+    torn = lines[-1] != ""  # the last line was cut before its newline: a crash mid-write
+    if torn:
+        lines = lines[:-1]
+    else:
+        lines.pop()
+    if not lines:
+        raise ResultsError(f"{path}: empty results file (no environment line)")
+    environment = _parse(path, 1, lines[0])
+    if environment.get("kind") != "environment":
+        raise ResultsError(f"{path}:1: the first line must be the environment line")
+    version = environment.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise ResultsError(
+            f"{path}:1: schema_version {version!r}; this harness reads {SCHEMA_VERSION}"
+        )
+    results = ResultsFile(path=path, environment=environment)
+    if torn:
+        results.warnings.append(f"{path}:{len(lines) + 1}: ignored a torn last line (a crash)")
+    for number, line in enumerate(lines[1:], start=2):
+        data = _parse(path, number, line)
+        try:
+            results.results.append(CellResult.from_json(data))
+        except (KeyError, ValueError, TypeError) as exc:
+            raise ResultsError(f"{path}:{number}: not a cell result: {exc!r}") from None
+    return results
+
+
+def _parse(path: Path, number: int, line: str) -> dict[str, Any]:
+    try:
+        data = json.loads(line)
+    except ValueError as exc:
+        raise ResultsError(f"{path}:{number}: not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ResultsError(f"{path}:{number}: expected a JSON object")
+    return data
+
+
+class ResultsWriter:
+    """Appends one line per cell, flushed and fsynced; safe to call from several threads."""
+
+    def __init__(self, path: Path, environment: dict[str, Any], *, resume: bool) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self._repair_torn_tail()
+            self._handle: TextIO = open(path, "a", encoding="utf-8")
+        else:
+            self._handle = open(path, "w", encoding="utf-8")
+            self._write({"kind": "environment", "schema_version": SCHEMA_VERSION, **environment})
+
+    def _repair_torn_tail(self) -> None:
+        """Drop a torn last line (left by a kill mid-write) before appending after it."""
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            keep = data.rfind(b"\n") + 1
+            with open(self.path, "r+b") as handle:
+                handle.truncate(keep)
+
+    def append(self, result: CellResult) -> None:
+        self._write(result.to_json())
+
+    def _write(self, data: dict[str, Any]) -> None:
+        line = json.dumps(data, sort_keys=True) + "\n"
+        with self._lock:
+            self._handle.write(line)
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+
+    def close(self) -> None:
+        with self._lock:
+            self._handle.close()
+
+    def __enter__(self) -> ResultsWriter:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()

@@ -1,0 +1,128 @@
+"""Scenario files: declarative axes in TOML, validated with the file and key named on error.
+
+The library never imports the repository's ``scenarios/`` folder; the front doors (CLI, plugin)
+find the files and hand them here. ``default_scenarios_dir`` locates the default set, inside the
+installed wheel or in a source checkout.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from harness.axes import Format, Layout, parse_enum
+from harness.recipes import recipe
+from harness.zoo import model_spec
+
+_LIST_KEYS = ("models", "save_layouts", "load_layouts", "formats", "recipes")
+_ALLOWED_KEYS = frozenset({"name", "description", *_LIST_KEYS})
+
+
+class ScenarioError(ValueError):
+    """A scenario file could not be read; the message names the file and the key."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Scenario:
+    name: str
+    description: str
+    source: str  # "path/to/file.toml:scenario[i]"
+    models: tuple[str, ...]
+    save_layouts: tuple[Layout, ...]
+    load_layouts: tuple[Layout, ...]
+    formats: tuple[Format, ...]
+    recipes: tuple[str, ...]
+
+
+def default_scenarios_dir() -> Path:
+    """The default scenarios: packaged in the wheel, else the source checkout's ``scenarios/``."""
+    packaged = resources.files("harness") / "_scenarios"
+    if packaged.is_dir():
+        return Path(str(packaged))
+    checkout = Path(__file__).resolve().parent.parent / "scenarios"
+    if checkout.is_dir():
+        return checkout
+    raise ScenarioError(
+        "no default scenarios found (neither harness/_scenarios nor the checkout's scenarios/); "
+        "pass --scenarios PATH"
+    )
+
+
+def scenario_files(path: Path) -> list[Path]:
+    """A file, or every ``*.toml`` in a folder in name order."""
+    if path.is_dir():
+        files = sorted(path.glob("*.toml"))
+        if not files:
+            raise ScenarioError(f"{path}: the folder holds no *.toml scenario files")
+        return files
+    if path.is_file():
+        return [path]
+    raise ScenarioError(f"{path}: no such scenario file or folder")
+
+
+def load_scenarios(path: Path) -> list[Scenario]:
+    return [scenario for file in scenario_files(path) for scenario in load_file(file)]
+
+
+def load_file(path: Path) -> list[Scenario]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError(f"{path}: not valid TOML: {exc}") from None
+    extra = set(data) - {"scenario"}
+    if extra:
+        raise ScenarioError(f"{path}: unknown top-level key(s) {sorted(extra)}; use [[scenario]]")
+    tables = data.get("scenario")
+    if not isinstance(tables, list) or not tables:
+        raise ScenarioError(f"{path}: no [[scenario]] tables")
+    return [_scenario(table, f"{path}:scenario[{index}]") for index, table in enumerate(tables)]
+
+
+def _scenario(table: dict[str, Any], where: str) -> Scenario:
+    unknown = set(table) - _ALLOWED_KEYS
+    if unknown:
+        raise ScenarioError(
+            f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(_ALLOWED_KEYS)}"
+        )
+    name = table.get("name")
+    if not isinstance(name, str) or not name:
+        raise ScenarioError(f"{where}.name: a non-empty string is required")
+    where = f"{where} ({name})"
+    lists = {key: _strings(table, key, where) for key in _LIST_KEYS}
+    try:
+        for model in lists["models"]:
+            model_spec(model, f"{where}.models")
+        for name_ in lists["recipes"]:
+            recipe(name_, f"{where}.recipes")
+        save = tuple(parse_enum(Layout, v, f"{where}.save_layouts") for v in lists["save_layouts"])
+        load = tuple(parse_enum(Layout, v, f"{where}.load_layouts") for v in lists["load_layouts"])
+        formats = tuple(parse_enum(Format, v, f"{where}.formats") for v in lists["formats"])
+    except ValueError as exc:
+        raise ScenarioError(str(exc)) from None
+    description = table.get("description", "")
+    if not isinstance(description, str):
+        raise ScenarioError(f"{where}.description: must be a string")
+    return Scenario(
+        name=name,
+        description=description,
+        source=where,
+        models=lists["models"],
+        save_layouts=save,
+        load_layouts=load,
+        formats=formats,
+        recipes=lists["recipes"],
+    )
+
+
+def _strings(table: dict[str, Any], key: str, where: str) -> tuple[str, ...]:
+    value = table.get(key)
+    if value is None:
+        raise ScenarioError(f"{where}: missing key {key!r} (a list of strings)")
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise ScenarioError(f"{where}.{key}: expected a non-empty list of strings, got {value!r}")
+    if len(set(value)) != len(value):
+        raise ScenarioError(f"{where}.{key}: duplicate entries in {value!r}")
+    return tuple(value)

@@ -1,0 +1,119 @@
+"""Running cells: save (once per artifact), load, judge, record, report progress.
+
+``run_cell`` is the one place that maps everything that can happen to a cell to a result; a
+harness bug in one cell becomes that cell's ERROR, and ``KeyboardInterrupt`` is always re-raised.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+
+from harness.artifacts import ArtifactStore
+from harness.cell import Cell
+from harness.oracle import Expectation, TorchVersion, expect
+from harness.outcomes import Outcome
+from harness.plan import JobFactory
+from harness.results import CellResult, ResultsWriter
+from harness.runner import Launcher
+from harness.verdict import judge
+
+Progress = Callable[[CellResult, int, int], None]
+
+
+@dataclass
+class CellRunner:
+    factory: JobFactory
+    launcher: Launcher
+    store: ArtifactStore
+    torch_version: TorchVersion
+
+    def run_cell(self, cell: Cell) -> CellResult:
+        started = time.monotonic()
+        expectation = expect(cell, torch_version=self.torch_version)
+        try:
+            return self._run(cell, expectation, started)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:
+            return CellResult(
+                cell=cell,
+                outcome=Outcome.ERROR,
+                expected=expectation,
+                reason=f"{cell.id}: the harness failed: {type(exc).__name__}: {exc}",
+                observed=None,
+                error={"phase": "harness", "failure": traceback.format_exc()[-3000:]},
+                duration_s=time.monotonic() - started,
+            )
+
+    def _run(self, cell: Cell, expectation: Expectation, started: float) -> CellResult:
+        artifact = self.store.get(cell.save_key)
+        if artifact.ok and artifact.report is not None:
+            load = self.launcher.launch(
+                self.factory.load_job(
+                    cell, artifact_path=artifact.path, sha256=artifact.report["sha256"]
+                )
+            )
+        else:
+            load = None
+        judgement = judge(
+            cell,
+            expectation,
+            save_report=artifact.report,
+            save_failure=artifact.failure,
+            load=load,
+            orchestrator_pid=os.getpid(),
+        )
+        return CellResult(
+            cell=cell,
+            outcome=judgement.outcome,
+            expected=expectation,
+            reason=judgement.reason,
+            observed=judgement.observed,
+            error=judgement.error,
+            duration_s=time.monotonic() - started,
+        )
+
+
+def interleave_by_artifact(cells: Sequence[Cell]) -> list[Cell]:
+    """The first cell of every artifact, then the second of every artifact, and so on: parallel
+    threads then start different saves instead of queueing behind one artifact's lock."""
+    seen: dict[str, int] = {}
+    ranked = []
+    for position, cell in enumerate(cells):
+        key = cell.save_key.id
+        ranked.append((seen.get(key, 0), position, cell))
+        seen[key] = seen.get(key, 0) + 1
+    return [cell for _, _, cell in sorted(ranked, key=lambda item: item[:2])]
+
+
+def run_cells(
+    cells: Sequence[Cell],
+    runner: CellRunner,
+    writer: ResultsWriter,
+    *,
+    jobs: int,
+    progress: Progress | None = None,
+) -> list[CellResult]:
+    """Run cells ``jobs`` at a time; each result is recorded as soon as its cell ends."""
+    results: dict[str, CellResult] = {}
+    order = interleave_by_artifact(cells)
+    pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="cell")
+    try:
+        futures = {pool.submit(runner.run_cell, cell): cell for cell in order}
+        for future in as_completed(futures):
+            result = future.result()
+            writer.append(result)
+            results[result.id] = result
+            if progress is not None:
+                progress(result, len(results), len(cells))
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        runner.launcher.stop_all()
+        raise
+    pool.shutdown()
+    return [results[cell.id] for cell in cells]

@@ -1,0 +1,176 @@
+"""The verdict: compare what a cell's load observed with what the oracle expected.
+
+Pure: it reads the saver's record, the loader's report and the expectation, and returns the
+outcome with its reason and an ``observed`` summary for the results file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from harness.cell import Cell, Visibility, visibility_env
+from harness.oracle import Expectation
+from harness.outcomes import ErrorClass, Outcome
+from harness.runner import JobRun
+
+NAMES_SHOWN = 8
+
+
+@dataclass(frozen=True, kw_only=True)
+class Judgement:
+    outcome: Outcome
+    reason: str
+    observed: dict[str, Any] | None
+    error: dict[str, Any] | None = None
+
+
+def probe_problems(
+    probe: dict[str, Any] | None, visibility: Visibility, *, role: str
+) -> list[str]:
+    """How a worker's view of its devices differs from the visibility it was given."""
+    if not probe:
+        return [f"the {role} worker reported no isolation probe"]
+    problems = []
+    wanted = visibility_env(visibility)
+    if probe.get("cuda_visible_devices") != wanted:
+        seen = probe.get("cuda_visible_devices")
+        problems.append(f"{role} saw CUDA_VISIBLE_DEVICES={seen!r}, was given {wanted!r}")
+    if probe.get("device_count") != len(visibility):
+        seen = probe.get("device_count")
+        problems.append(f"{role} saw {seen} CUDA devices, was given {len(visibility)}")
+    return problems
+
+
+def compare_tensors(
+    saved: dict[str, Any], loaded: dict[str, Any], *, device: str
+) -> tuple[ErrorClass | None, str]:
+    """The first way the loaded tensors differ from the saved ones, in order of severity."""
+    missing = sorted(saved.keys() - loaded.keys())
+    extra = sorted(loaded.keys() - saved.keys())
+    if missing or extra:
+        return (
+            ErrorClass.TENSOR_SET_DIFFERS,
+            f"missing {missing[:NAMES_SHOWN]}, extra {extra[:NAMES_SHOWN]}",
+        )
+    differ = sorted(name for name in saved if saved[name]["digest"] != loaded[name]["digest"])
+    if differ:
+        return (
+            ErrorClass.WEIGHTS_DIFFER,
+            f"{len(differ)} of {len(saved)} tensors differ: {differ[:NAMES_SHOWN]}",
+        )
+    misplaced = sorted(name for name in loaded if loaded[name]["device"] != device)
+    if misplaced:
+        where = sorted({loaded[name]["device"] for name in misplaced})
+        return (
+            ErrorClass.DEVICE_MISMATCH,
+            f"{len(misplaced)} tensors on {where}, expected {device}: {misplaced[:NAMES_SHOWN]}",
+        )
+    return None, f"{len(saved)} tensors bitwise equal on {device}"
+
+
+def _crash(phase: str, failure: str, run: JobRun | None) -> Judgement:
+    error: dict[str, Any] = {"phase": phase, "failure": failure}
+    if run is not None:
+        error.update(
+            returncode=run.returncode,
+            signal=run.signal_name,
+            timed_out=run.timed_out,
+            stderr_tail=run.stderr_tail,
+        )
+    return Judgement(outcome=Outcome.ERROR, reason=failure.splitlines()[0], observed=None, error=error)
+
+
+def judge(
+    cell: Cell,
+    expectation: Expectation,
+    *,
+    save_report: dict[str, Any] | None,
+    save_failure: str | None,
+    load: JobRun | None,
+    orchestrator_pid: int,
+) -> Judgement:
+    """``load`` is None when no load ran because the save failed."""
+    if save_report is None or load is None:
+        return _crash("save", save_failure or f"{cell.save_key.id}: save failed", None)
+    report = load.report
+    if not load.ok or report is None or report.get("status") not in ("loaded", "raised"):
+        return _crash("load", load.failure(), load)
+
+    observed: dict[str, Any] = {"status": report["status"], "probe": report.get("probe")}
+    isolation = probe_problems(save_report.get("probe"), cell.save_visibility, role="save")
+    isolation += probe_problems(report.get("probe"), cell.load_visibility, role="load")
+    pids = {orchestrator_pid, save_report["probe"]["pid"], report["probe"]["pid"]}
+    if len(pids) != 3:
+        isolation.append("save, load and orchestrator did not run in three distinct processes")
+
+    before = report.get("before")
+    saved_tensors = save_report["tensors"]
+    if before is not None:
+        same = sorted(n for n in saved_tensors if before.get(n, {}).get("digest") ==
+                      saved_tensors[n]["digest"])
+        if same:
+            return Judgement(
+                outcome=Outcome.ERROR,
+                reason="the loader's fresh model already equals the saved one in "
+                f"{same[:NAMES_SHOWN]}; this cell could not tell a no-op load from a real one",
+                observed=observed,
+                error={"phase": "setup", "failure": "insensitive cell"},
+            )
+
+    observed_class: ErrorClass | None
+    if isolation:
+        observed_class, detail = ErrorClass.ISOLATION_MISMATCH, "; ".join(isolation)
+    elif report["status"] == "raised":
+        observed_class = ErrorClass(report["error_class"])
+        detail = f"{report['exception_type']}: {_one_line(report['message'])}"
+        observed.update(
+            error_class=str(observed_class),
+            exception_type=report["exception_type"],
+            message=report["message"],
+        )
+    else:
+        loaded = report["tensors"]
+        observed_class, detail = compare_tensors(
+            saved_tensors, loaded, device=expectation.tensor_device
+        )
+        output_equal = report["output_digest"] == save_report["output_digest"]
+        if observed_class is None and not output_equal:
+            observed_class, detail = ErrorClass.OUTPUT_DIFFERS, "forward output differs"
+        observed.update(
+            tensors=len(loaded),
+            devices=sorted({t["device"] for t in loaded.values()}),
+            output_equal=output_equal,
+        )
+        if observed_class is not None:
+            observed["error_class"] = str(observed_class)
+    observed["detail"] = detail
+
+    expected_class = expectation.error
+    if expected_class is None and observed_class is None:
+        return Judgement(outcome=Outcome.PASS, reason=detail, observed=observed)
+    if expected_class is None:
+        return Judgement(
+            outcome=Outcome.FAIL,
+            reason=f"expected a clean load; observed {observed_class}: {detail}",
+            observed=observed,
+        )
+    if observed_class is None:
+        return Judgement(
+            outcome=Outcome.XPASS,
+            reason=f"expected {expected_class} ({expectation.reason}); the load succeeded",
+            observed=observed,
+        )
+    if observed_class is expected_class:
+        return Judgement(outcome=Outcome.XFAIL, reason=expectation.reason, observed=observed)
+    return Judgement(
+        outcome=Outcome.FAIL,
+        reason=f"expected {expected_class} ({expectation.reason}); observed {observed_class}: "
+        f"{detail}",
+        observed=observed,
+    )
+
+
+def _one_line(message: str, limit: int = 300) -> str:
+    text = " ".join(line.strip() for line in message.splitlines() if line.strip())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

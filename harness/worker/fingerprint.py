@@ -1,0 +1,45 @@
+"""Digests of a model's real tensors: ``named_parameters`` and ``named_buffers`` of the unwrapped
+model, never ``state_dict()``, which a bad recipe can replace."""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+from typing import Any
+
+import torch
+from torch import nn
+
+from harness.worker.models import example_input, unwrap
+
+
+def tensor_digest(tensor: torch.Tensor) -> str:
+    """blake2b over dtype, shape and the exact bytes; bitwise, so -0.0 != 0.0 and NaNs compare."""
+    flat = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(f"{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+    digest.update(ctypes.string_at(flat.data_ptr(), flat.numel()))
+    return digest.hexdigest()
+
+
+def fingerprint(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """Every parameter and buffer by its name in the unwrapped model."""
+    inner = unwrap(model)
+    tensors = [*inner.named_parameters(), *inner.named_buffers()]
+    return {
+        name: {
+            "digest": tensor_digest(tensor),
+            "dtype": str(tensor.dtype).removeprefix("torch."),
+            "shape": list(tensor.shape),
+            "device": str(tensor.device),
+        }
+        for name, tensor in tensors
+    }
+
+
+def output_digest(model: nn.Module, name: str) -> str:
+    """The digest of an eval-mode forward pass on the model's fixed input."""
+    model.eval()
+    with torch.no_grad():
+        output = model(example_input(name))
+    return tensor_digest(output)

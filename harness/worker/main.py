@@ -1,0 +1,109 @@
+"""The worker's two jobs: save an artifact, or load one by a recipe and report what it got."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness.axes import Layout, SaveVariant
+from harness.classify import ChecksumMismatchError, classify_exception
+from harness.jobspec import SAVE_SEED, TRAIN_STEPS, LoadSpec, SaveSpec
+from harness.worker.fingerprint import fingerprint, output_digest
+from harness.worker.models import build, train, wrap
+from harness.worker.probe import isolation_probe
+from harness.worker.recipes import PERFORM, LoadContext
+
+MESSAGE_LIMIT = 4000
+
+
+def configure_torch() -> None:
+    """One thread and deterministic kernels, so the saver's and loader's forward passes agree
+    bitwise and parallel workers do not oversubscribe the cores."""
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then ``os.replace``: never a torn file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def run_save(spec: SaveSpec) -> dict[str, Any]:
+    started = time.perf_counter()
+    variant = SaveVariant(spec.variant)
+    model = wrap(build(spec.model, seed=SAVE_SEED), Layout(spec.layout))
+    train(model, spec.model, steps=TRAIN_STEPS)
+    tensors = fingerprint(model)
+    output = output_digest(model, spec.model)
+    obj: Any
+    if variant is SaveVariant.STATE_DICT:
+        obj = model.state_dict()
+    elif variant is SaveVariant.MODULE_STATE_DICT:
+        if not isinstance(model, torch.nn.DataParallel):
+            raise ValueError(f"{spec.cell_key}: module_state_dict needs a DataParallel model")
+        obj = model.module.state_dict()
+    elif variant is SaveVariant.BOUND_METHOD:
+        obj = model.state_dict  # the mistake under test: the method, not its result
+    else:
+        obj = model
+    path = Path(spec.artifact_path)
+    save_atomic(obj, path)
+    return {
+        "status": "saved",
+        "sha256": file_sha256(path),
+        "bytes": path.stat().st_size,
+        "tensors": tensors,
+        "output_digest": output,
+        "probe": isolation_probe(),
+        "torch": torch.__version__,
+        "work_s": time.perf_counter() - started,
+    }
+
+
+def run_load(spec: LoadSpec) -> dict[str, Any]:
+    started = time.perf_counter()
+    ctx = LoadContext(spec)
+    report: dict[str, Any] = {"probe": isolation_probe(), "torch": torch.__version__}
+    try:
+        actual = file_sha256(ctx.path)
+        if actual != spec.artifact_sha256:
+            raise ChecksumMismatchError(
+                f"{ctx.path}: sha256 {actual} differs from the saver's {spec.artifact_sha256}"
+            )
+        model = PERFORM[spec.recipe](ctx)
+        tensors = fingerprint(model)
+        output = output_digest(model, spec.model)
+    except Exception as exc:
+        report.update(
+            status="raised",
+            error_class=str(classify_exception(exc)),
+            exception_type=f"{type(exc).__module__}.{type(exc).__qualname__}",
+            message=str(exc)[:MESSAGE_LIMIT],
+            traceback=traceback.format_exc()[-MESSAGE_LIMIT:],
+        )
+    else:
+        report.update(status="loaded", tensors=tensors, output_digest=output)
+    report["before"] = ctx.before
+    report["work_s"] = time.perf_counter() - started
+    return report

@@ -1,0 +1,145 @@
+"""How each recipe in :mod:`harness.recipes` is performed, as people write it.
+
+Every function takes the load context and returns the model it ends up with, in the cell's load
+layout. Known-bad recipes are written as their tutorials write them; the oracle says how they
+should break. Files are loaded with ``weights_only=True`` except where a recipe is about whole
+pickled models, and every file's sha256 is verified against the saver's record before any load.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
+
+from harness.axes import Layout
+from harness.jobspec import LOAD_SEED, LoadSpec
+from harness.worker.fingerprint import fingerprint
+from harness.worker.models import build, unwrap, wrap
+
+
+class LoadContext:
+    def __init__(self, spec: LoadSpec) -> None:
+        self.spec = spec
+        self.path = Path(spec.artifact_path)
+        self.layout = Layout(spec.layout)
+        # Fingerprint of the first fresh model a recipe builds, before anything is loaded into it.
+        self.before: dict[str, dict[str, Any]] | None = None
+
+    def fresh(self, layout: Layout | None = None) -> nn.Module:
+        """A new model from the loader's seed, wrapped for ``layout`` (default: the cell's)."""
+        model = wrap(build(self.spec.model, seed=LOAD_SEED), layout or self.layout)
+        if self.before is None:
+            self.before = fingerprint(model)
+        return model
+
+    def weights(self) -> Any:
+        return torch.load(self.path, weights_only=True)
+
+    def whole(self) -> nn.Module:
+        # A whole pickled model: allowed only because this run wrote the file and its checksum
+        # was verified before this call (see harness.worker.main).
+        model = torch.load(self.path, weights_only=False)
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"{self.path} holds {type(model).__name__}, not a model")
+        return model
+
+    def default_load(self) -> Any:
+        """``torch.load(path)`` with the installed torch's own defaults, as tutorials write it."""
+        return torch.load(self.path)
+
+
+def _as_saved(ctx: LoadContext) -> nn.Module:
+    model = ctx.fresh()
+    model.load_state_dict(ctx.weights())
+    return model
+
+
+def _as_saved_whole(ctx: LoadContext) -> nn.Module:
+    return ctx.whole()
+
+
+def _into_unwrapped(ctx: LoadContext, state_dict: Any) -> nn.Module:
+    model = ctx.fresh()
+    unwrap(model).load_state_dict(state_dict)
+    return model
+
+
+def _module_state_dict(ctx: LoadContext) -> nn.Module:
+    return _into_unwrapped(ctx, ctx.weights())
+
+
+def _wrap_loader(ctx: LoadContext) -> nn.Module:
+    wrapped = nn.DataParallel(ctx.fresh(Layout.SINGLE))
+    wrapped.load_state_dict(ctx.weights())
+    return wrapped.module
+
+
+def _strip_prefix(ctx: LoadContext) -> nn.Module:
+    state_dict = ctx.weights()
+    consume_prefix_in_state_dict_if_present(state_dict, "module.")
+    return _into_unwrapped(ctx, state_dict)
+
+
+def _whole_module(ctx: LoadContext) -> nn.Module:
+    inner: nn.Module = ctx.whole().module
+    return inner
+
+
+def _save_method(ctx: LoadContext) -> nn.Module:
+    model = ctx.fresh()
+    model.load_state_dict(ctx.default_load())
+    return model
+
+
+def _assign_dict(ctx: LoadContext) -> nn.Module:
+    model = ctx.fresh()
+    model.state_dict = ctx.weights()  # type: ignore[method-assign]  # the bug under test
+    return model
+
+
+def _assign_method(ctx: LoadContext) -> nn.Module:
+    loaded = ctx.whole()
+    model = ctx.fresh()
+    model.state_dict = loaded.state_dict  # type: ignore[method-assign]  # the bug under test
+    return model
+
+
+def _slice_prefix(ctx: LoadContext) -> nn.Module:
+    return _into_unwrapped(ctx, {key[7:]: value for key, value in ctx.weights().items()})
+
+
+def _replace_prefix(ctx: LoadContext) -> nn.Module:
+    state_dict = ctx.weights()
+    return _into_unwrapped(
+        ctx, {key.replace("module.", ""): value for key, value in state_dict.items()}
+    )
+
+
+def _whole_default_load(ctx: LoadContext) -> nn.Module:
+    model = ctx.default_load()
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{ctx.path} holds {type(model).__name__}, not a model")
+    return model
+
+
+PERFORM: dict[str, Callable[[LoadContext], nn.Module]] = {
+    "as_saved": _as_saved,
+    "as_saved_whole": _as_saved_whole,
+    "module_state_dict": _module_state_dict,
+    "wrap_loader": _wrap_loader,
+    "strip_prefix": _strip_prefix,
+    "whole_module": _whole_module,
+    "unfixed_prefix": _as_saved,
+    "strip_prefix_unwrapped": _strip_prefix,
+    "save_method": _save_method,
+    "assign_dict": _assign_dict,
+    "assign_method": _assign_method,
+    "slice_prefix": _slice_prefix,
+    "replace_prefix": _replace_prefix,
+    "whole_default_load": _whole_default_load,
+}
