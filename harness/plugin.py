@@ -1,0 +1,93 @@
+"""pytest plugin (entry point ``pytest11``): the matrix as parametrized tests.
+
+A test that asks for the ``ckpt_cell`` fixture is parametrized with every cell of the scenarios
+(``--ckpt-scenarios``, default: the shipped ones), each with its readable id; ``ckpt_result``
+runs that cell. Artifacts are saved once per run and shared by pytest-xdist workers through file
+locks in a folder of the run's base temp directory. The plugin costs nothing when unused: it
+imports nothing from torch, and nothing at all until a test asks for a cell.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from harness.cell import Cell
+    from harness.results import CellResult
+    from harness.session import CellRunner
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("ckpt-matrix", "ckpt-matrix conformance cells")
+    group.addoption(
+        "--ckpt-scenarios",
+        type=Path,
+        default=None,
+        help="scenario TOML file or folder for the ckpt_cell tests (default: the shipped set)",
+    )
+    group.addoption(
+        "--ckpt-timeout",
+        type=float,
+        default=None,
+        help="seconds each worker process may run (default: 120)",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "ckpt_cell" not in metafunc.fixturenames:
+        return
+    from harness.matrix import expand
+    from harness.scenarios import ScenarioError, default_scenarios_dir, load_scenarios
+
+    path = metafunc.config.getoption("ckpt_scenarios") or default_scenarios_dir()
+    try:
+        cells = expand(load_scenarios(path)).cells
+    except ScenarioError as exc:
+        raise pytest.UsageError(f"--ckpt-scenarios: {exc}") from None
+    metafunc.parametrize("ckpt_cell", cells, ids=[cell.id for cell in cells])
+
+
+@pytest.fixture(scope="session")
+def ckpt_runner(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> CellRunner:
+    """One cell runner per pytest process, sharing artifacts across xdist workers."""
+    from filelock import FileLock
+
+    from harness.artifacts import ArtifactStore
+    from harness.environment import describe, torch_environment
+    from harness.oracle import parse_torch_version
+    from harness.plan import DEFAULT_TIMEOUT_S, JobFactory
+    from harness.runner import SpawnLauncher
+    from harness.session import CellRunner
+
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the folder all workers of this run share
+    workdir = base / "ckpt-matrix"
+    workdir.mkdir(parents=True, exist_ok=True)
+    environment_path = workdir / "environment.json"
+    with FileLock(str(environment_path) + ".lock"):
+        if environment_path.exists():
+            environment = json.loads(environment_path.read_text(encoding="utf-8"))
+        else:
+            environment = describe(torch_environment())
+            environment_path.write_text(json.dumps(environment), encoding="utf-8")
+    timeout = pytestconfig.getoption("ckpt_timeout") or DEFAULT_TIMEOUT_S
+    factory = JobFactory(workdir=workdir, timeout_s=timeout)
+    launcher = SpawnLauncher()
+    return CellRunner(
+        factory=factory,
+        launcher=launcher,
+        store=ArtifactStore(factory, launcher),
+        torch_version=parse_torch_version(environment["torch"]),
+    )
+
+
+@pytest.fixture
+def ckpt_result(ckpt_cell: Cell, ckpt_runner: CellRunner) -> CellResult:
+    """The cell, run: saved (once per artifact) and loaded in separate processes, and judged."""
+    return ckpt_runner.run_cell(ckpt_cell)
