@@ -124,6 +124,11 @@ class SpawnLauncher:
             report=read_report(job.report_path),
         )
 
+    @property
+    def running(self) -> int:
+        with self._lock:
+            return len(self._live)
+
     def stop_all(self) -> None:
         """Stop every running job (on Ctrl-C: the children are in their own sessions and do not
         receive the terminal's SIGINT)."""

@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from harness.artifacts import ArtifactStore
+from harness.axes import Layout, SaveVariant
+from harness.cell import SaveKey
+from harness.plan import JobFactory
+
+from .fake_launcher import RecordingLauncher, crash
+
+KEY = SaveKey(model="trap", layout=Layout.DP, variant=SaveVariant.STATE_DICT)
+
+
+def test_saves_once_for_many_concurrent_cells(tmp_path: Path) -> None:
+    launcher = RecordingLauncher()
+    store = ArtifactStore(JobFactory(workdir=tmp_path), launcher)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        artifacts = list(pool.map(lambda _: store.get(KEY), range(8)))
+    assert launcher.names() == [KEY.id]
+    assert all(a.ok and a.report is not None and a.report["sha256"] == "abc" for a in artifacts)
+    assert artifacts[0].path.endswith(f"{KEY.id}/checkpoint.pt")
+
+
+def test_a_second_store_on_the_same_folder_reuses_the_record(tmp_path: Path) -> None:
+    first, second = RecordingLauncher(), RecordingLauncher()
+    ArtifactStore(JobFactory(workdir=tmp_path), first).get(KEY)
+    again = ArtifactStore(JobFactory(workdir=tmp_path), second).get(KEY)
+    assert again.ok and second.jobs == []
+
+
+def test_a_failed_save_is_recorded_once_with_its_reason(tmp_path: Path) -> None:
+    launcher = RecordingLauncher(behaviours={KEY.id: crash})
+    store = ArtifactStore(JobFactory(workdir=tmp_path), launcher)
+    first, second = store.get(KEY), store.get(KEY)
+    assert not first.ok and first == second and launcher.names() == [KEY.id]
+    assert first.failure is not None
+    assert "killed by SIGSEGV" in first.failure and "Segmentation fault" in first.failure

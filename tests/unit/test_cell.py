@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+from harness.axes import Format, Layout, SaveVariant
+from harness.cell import Cell, SaveKey, visibility_env, visibility_label
+
+
+def make(**changes: object) -> Cell:
+    fields: dict[str, object] = {
+        "model": "trap",
+        "save_layout": Layout.DP,
+        "load_layout": Layout.SINGLE,
+        "format": Format.WEIGHTS,
+        "recipe": "strip_prefix",
+    }
+    fields.update(changes)
+    return Cell(**fields)  # type: ignore[arg-type]
+
+
+def test_id_is_readable_and_names_every_axis() -> None:
+    assert make().id == "model=trap-save=dp[cpu]-load=single[cpu]-fmt=weights-recipe=strip_prefix"
+    gpu = make(save_visibility=(1, 0), load_visibility=(2,))
+    assert gpu.id == "model=trap-save=dp[1,0]-load=single[2]-fmt=weights-recipe=strip_prefix"
+    assert str(gpu) == gpu.id
+
+
+def test_visibility_order_matters() -> None:
+    assert make(save_visibility=(0, 1)).id != make(save_visibility=(1, 0)).id
+    assert visibility_env((1, 0)) == "1,0"
+    assert visibility_env(()) == ""
+    assert visibility_label(()) == "cpu"
+
+
+def test_save_key_follows_the_recipe_variant() -> None:
+    assert make().save_key == SaveKey(model="trap", layout=Layout.DP, variant=SaveVariant.STATE_DICT)
+    assert make(recipe="module_state_dict").save_key.variant is SaveVariant.MODULE_STATE_DICT
+    assert make(recipe="save_method").save_key.id == "trap-dp[cpu]-bound_method"
+
+
+def test_json_round_trip() -> None:
+    cell = make(save_visibility=(3, 1), load_visibility=())
+    assert Cell.from_json(cell.to_json()) == cell

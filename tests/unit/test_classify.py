@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+
+from harness.classify import ChecksumMismatchError, classify_exception
+from harness.outcomes import ErrorClass
+
+RECORDED = json.loads(
+    (Path(__file__).parent.parent / "data" / "torch_2.14.1_load_errors.json").read_text()
+)
+TYPES: dict[str, type[Exception]] = {
+    "UnpicklingError": pickle.UnpicklingError,
+    "RuntimeError": RuntimeError,
+    "TypeError": TypeError,
+}
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["unsafe_global", "key_mismatch", "not_a_state_dict", "cuda_unavailable", "device_index_out_of_range"],
+)
+def test_recorded_torch_messages_classify_to_their_class(name: str) -> None:
+    recorded = RECORDED[name]
+    exc = TYPES[recorded["type"]](recorded["message"])
+    assert classify_exception(exc) is ErrorClass(name)
+
+
+def test_same_message_with_another_type_is_unclassified() -> None:
+    message = RECORDED["key_mismatch"]["message"]
+    assert classify_exception(ValueError(message)) is ErrorClass.UNCLASSIFIED
+
+
+def test_checksum_and_unknown() -> None:
+    assert classify_exception(ChecksumMismatchError("x")) is ErrorClass.CHECKSUM_MISMATCH
+    assert classify_exception(OSError("disk")) is ErrorClass.UNCLASSIFIED
+
+
+def test_interrupts_are_never_swallowed() -> None:
+    with pytest.raises(KeyboardInterrupt):
+        classify_exception(KeyboardInterrupt())

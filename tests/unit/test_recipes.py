@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import pytest
+
+from harness.axes import Format, Layout
+from harness.recipes import RECIPES, RecipeKind, recipe
+
+S, D = Layout.SINGLE, Layout.DP
+W, H = Format.WEIGHTS, Format.WHOLE
+
+
+@pytest.mark.parametrize(
+    ("name", "save", "load", "fmt", "applies"),
+    [
+        ("as_saved", S, S, W, True),
+        ("as_saved", D, D, W, True),
+        ("as_saved", D, S, W, False),  # crossing layouts is unfixed_prefix
+        ("as_saved", S, S, H, False),  # a weights recipe
+        ("as_saved_whole", D, D, H, True),
+        ("unfixed_prefix", S, D, W, True),
+        ("unfixed_prefix", D, D, W, False),
+        ("module_state_dict", D, S, W, True),
+        ("module_state_dict", S, S, W, False),
+        ("wrap_loader", D, S, W, True),
+        ("wrap_loader", D, D, W, False),
+        ("strip_prefix", D, D, W, True),
+        ("strip_prefix", S, S, W, False),
+        ("strip_prefix_unwrapped", S, D, W, True),
+        ("strip_prefix_unwrapped", D, D, W, False),
+        ("whole_module", D, S, H, True),
+        ("whole_module", S, S, H, False),
+        ("slice_prefix", S, D, W, True),
+        ("replace_prefix", D, S, W, True),
+        ("whole_default_load", S, S, H, True),
+        ("whole_default_load", S, D, H, False),
+        ("assign_method", D, D, H, True),
+    ],
+)
+def test_applicability(name: str, save: Layout, load: Layout, fmt: Format, applies: bool) -> None:
+    reason = RECIPES[name].skip_reason(save=save, load=load, fmt=fmt)
+    assert (reason is None) is applies, reason
+
+
+def test_skip_reason_names_the_recipe_and_the_axis() -> None:
+    reason = RECIPES["wrap_loader"].skip_reason(save=S, load=S, fmt=W)
+    assert reason == "recipe=wrap_loader needs save in {dp}, got single"
+
+
+def test_catalogue_has_both_kinds_and_names_match_keys() -> None:
+    assert {r.kind for r in RECIPES.values()} == set(RecipeKind)
+    assert all(key == r.name for key, r in RECIPES.items())
+
+
+def test_unknown_recipe_lists_the_catalogue() -> None:
+    with pytest.raises(ValueError, match=r"x\.toml: unknown recipe 'strip'; the catalogue has as_saved"):
+        recipe("strip", "x.toml")

@@ -1,0 +1,95 @@
+"""The spawn launcher with real child processes: crashes, signals and timeouts are results."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+from harness.runner import Job, SpawnLauncher, tail
+
+
+def job(tmp_path: Path, name: str, code: str, timeout_s: float = 30.0) -> Job:
+    report = tmp_path / f"{name}.json"
+    return Job(
+        name=name,
+        argv=(sys.executable, "-c", code),
+        env={**os.environ, "REPORT": str(report)},
+        timeout_s=timeout_s,
+        log_path=tmp_path / f"{name}.log",
+        report_path=report,
+    )
+
+
+WRITES_REPORT = (
+    "import json, os, sys; print('hello', file=sys.stderr); "
+    "json.dump({'status': 'saved'}, open(os.environ['REPORT'], 'w'))"
+)
+EXITS_3 = "import sys; print('bad spec', file=sys.stderr); sys.exit(3)"
+SEGFAULTS = "import ctypes, sys; print('about to crash', file=sys.stderr, flush=True); ctypes.string_at(0)"
+SLEEPS = "import sys, time; print('sleeping', file=sys.stderr, flush=True); time.sleep(60)"
+
+
+def test_a_good_job_reports(tmp_path: Path) -> None:
+    run = SpawnLauncher().launch(job(tmp_path, "good", WRITES_REPORT))
+    assert run.ok and run.report == {"status": "saved"}
+    assert "hello" in run.stderr_tail
+
+
+def test_crashes_and_timeouts_become_results_and_the_run_goes_on(tmp_path: Path) -> None:
+    launcher = SpawnLauncher(grace_s=1.0)
+    runs = [
+        launcher.launch(job(tmp_path, "exit3", EXITS_3)),
+        launcher.launch(job(tmp_path, "segv", SEGFAULTS)),
+        launcher.launch(job(tmp_path, "sleepy", SLEEPS, timeout_s=2.0)),
+        launcher.launch(job(tmp_path, "after", WRITES_REPORT)),
+    ]
+    exit3, segv, sleepy, after = runs
+    assert not exit3.ok and exit3.returncode == 3
+    assert exit3.failure() == (
+        "exit3: worker exited with code 3; the child died before writing a usable report"
+    )
+    assert "bad spec" in exit3.stderr_tail
+    assert segv.signal_name == "SIGSEGV" and "killed by SIGSEGV" in segv.failure()
+    assert "about to crash" in segv.stderr_tail
+    assert sleepy.timed_out and 2.0 <= sleepy.duration_s < 10.0
+    assert "timed out after" in sleepy.failure() and "sleeping" in sleepy.stderr_tail
+    assert after.ok
+
+
+def test_sigterm_is_escalated_to_sigkill(tmp_path: Path) -> None:
+    ignores_term = (
+        "import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "print('stubborn', file=sys.stderr, flush=True); time.sleep(60)"
+    )
+    run = SpawnLauncher(grace_s=0.5).launch(job(tmp_path, "stubborn", ignores_term, timeout_s=1.0))
+    assert run.timed_out and run.signal_name == "SIGKILL"
+
+
+def test_each_job_gets_its_own_process_group(tmp_path: Path) -> None:
+    code = "import os, json; json.dump({'pgid': os.getpgid(0), 'pid': os.getpid()}, open(os.environ['REPORT'], 'w'))"
+    run = SpawnLauncher().launch(job(tmp_path, "group", code))
+    assert run.report is not None
+    assert run.report["pgid"] == run.report["pid"] != os.getpgid(0)
+
+
+def test_stop_all_ends_running_jobs(tmp_path: Path) -> None:
+    launcher = SpawnLauncher(grace_s=1.0)
+    runs = []
+    thread = threading.Thread(target=lambda: runs.append(launcher.launch(job(tmp_path, "s", SLEEPS))))
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not launcher.running and time.monotonic() < deadline:
+        time.sleep(0.05)
+    launcher.stop_all()
+    thread.join(timeout=20)
+    assert runs and runs[0].signal_name == "SIGTERM"
+
+
+def test_tail_reads_the_end(tmp_path: Path) -> None:
+    path = tmp_path / "log"
+    path.write_bytes(b"x" * 5000 + b"END")
+    assert tail(path, limit=10) == "xxxxxxxEND"
+    assert tail(tmp_path / "absent") == ""

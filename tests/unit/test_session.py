@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.artifacts import ArtifactStore
+from harness.axes import Format, Layout
+from harness.cell import Cell
+from harness.outcomes import Outcome
+from harness.plan import JobFactory
+from harness.results import ResultsWriter, read_results
+from harness.runner import Job, JobRun
+from harness.session import CellRunner, interleave_by_artifact, run_cells
+
+from .fake_launcher import RecordingLauncher, crash
+
+
+def cell(save: Layout, load: Layout, recipe: str) -> Cell:
+    return Cell(model="trap", save_layout=save, load_layout=load, format=Format.WEIGHTS, recipe=recipe)
+
+
+DP_SINGLE = cell(Layout.DP, Layout.SINGLE, "strip_prefix")
+DP_DP = cell(Layout.DP, Layout.DP, "strip_prefix")
+SINGLE = cell(Layout.SINGLE, Layout.SINGLE, "as_saved")
+
+
+def runner(tmp_path: Path, launcher: RecordingLauncher) -> CellRunner:
+    factory = JobFactory(workdir=tmp_path / "work")
+    return CellRunner(factory=factory, launcher=launcher, store=ArtifactStore(factory, launcher),
+                      torch_version=(2, 14))
+
+
+def test_a_crashed_save_fails_its_cells_and_the_run_goes_on(tmp_path: Path) -> None:
+    launcher = RecordingLauncher(behaviours={SINGLE.save_key.id: crash})
+    out = tmp_path / "results.jsonl"
+    seen: list[tuple[str, int, int]] = []
+    with ResultsWriter(out, {"torch": "2.14.1"}, resume=False) as writer:
+        results = run_cells([DP_SINGLE, SINGLE, DP_DP], runner(tmp_path, launcher), writer, jobs=2,
+                            progress=lambda r, n, total: seen.append((r.id, n, total)))
+    assert [r.id for r in results] == [DP_SINGLE.id, SINGLE.id, DP_DP.id]
+    outcomes = {r.id: r.outcome for r in results}
+    assert outcomes == {DP_SINGLE.id: Outcome.PASS, SINGLE.id: Outcome.ERROR, DP_DP.id: Outcome.PASS}
+    error = next(r for r in results if r.id == SINGLE.id)
+    assert "killed by SIGSEGV" in error.reason and error.error is not None
+    assert error.error["phase"] == "save"
+    # one save per artifact, one load per cell that has an artifact
+    assert sorted(launcher.names()) == sorted([DP_SINGLE.save_key.id, SINGLE.save_key.id, DP_SINGLE.id, DP_DP.id])
+    assert sorted(n for _, n, _ in seen) == [1, 2, 3] and {t for *_, t in seen} == {3}
+    assert {r.id for r in read_results(out).results} == set(outcomes)
+
+
+def test_a_harness_bug_is_that_cells_error(tmp_path: Path) -> None:
+    def broken(job: Job, _: object) -> JobRun:
+        raise RuntimeError("harness bug")
+
+    launcher = RecordingLauncher(behaviours={DP_SINGLE.id: broken})  # type: ignore[dict-item]
+    result = runner(tmp_path, launcher).run_cell(DP_SINGLE)
+    assert result.outcome is Outcome.ERROR
+    assert "the harness failed: RuntimeError: harness bug" in result.reason
+    assert result.error is not None and "Traceback" in result.error["failure"]
+
+
+def test_interrupts_are_re_raised_and_stop_the_children(tmp_path: Path) -> None:
+    def interrupted(job: Job, _: object) -> JobRun:
+        raise KeyboardInterrupt
+
+    launcher = RecordingLauncher(behaviours={DP_SINGLE.id: interrupted})  # type: ignore[dict-item]
+    with ResultsWriter(tmp_path / "r.jsonl", {}, resume=False) as writer, pytest.raises(KeyboardInterrupt):
+        run_cells([DP_SINGLE], runner(tmp_path, launcher), writer, jobs=1)
+    assert launcher.stopped == 1
+
+
+def test_interleave_spreads_cells_of_one_artifact() -> None:
+    order = interleave_by_artifact([DP_SINGLE, DP_DP, SINGLE])
+    assert order == [DP_SINGLE, SINGLE, DP_DP]
