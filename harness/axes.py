@@ -31,11 +31,11 @@ class SaveVariant(StrEnum):
     WHOLE = "whole"  # the model object
 
     @property
-    def format(self) -> Format:
+    def file_format(self) -> Format:
         return Format.WHOLE if self is SaveVariant.WHOLE else Format.WEIGHTS
 
 
-def parse_enum(kind: type[E], value: object, where: str) -> E:
+def parse_enum(kind: type[E], value: str, where: str) -> E:
     """Read one axis value, naming the place and the accepted values on error."""
     try:
         return kind(value)

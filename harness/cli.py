@@ -65,9 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     existing.add_argument(
         "--resume", action="store_true", help="continue an interrupted --out file"
     )
-    existing.add_argument(
-        "--overwrite", action="store_true", help="replace an existing --out file"
-    )
+    existing.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
 
     listing = commands.add_parser("list", help="print the cells, one id per line")
     matrix_options(listing)
@@ -83,7 +81,9 @@ def load_matrix(args: argparse.Namespace) -> Matrix:
     path = args.scenarios if args.scenarios is not None else default_scenarios_dir()
     matrix = expand(load_scenarios(path), select=args.select)
     if not matrix.cells:
-        raise UsageError(f"no cells in {path}" + (f" match -k {args.select!r}" if args.select else ""))
+        raise UsageError(
+            f"no cells in {path}" + (f" match -k {args.select!r}" if args.select else "")
+        )
     return matrix
 
 

@@ -35,7 +35,9 @@ def torch_environment(python: str = sys.executable, timeout_s: float = 120.0) ->
             check=False,
         )
     except subprocess.TimeoutExpired:
-        raise TorchUnavailableError(f"{' '.join(argv)} did not answer in {timeout_s:.0f} s") from None
+        raise TorchUnavailableError(
+            f"{' '.join(argv)} did not answer in {timeout_s:.0f} s"
+        ) from None
     if done.returncode != 0:
         raise TorchUnavailableError(
             f"{' '.join(argv)} failed (exit {done.returncode}): {done.stderr.strip()[-1500:]}\n"

@@ -1,4 +1,4 @@
-"""Expand scenarios into the frozen cells of the matrix, and say which combinations were left out."""
+"""Expand scenarios into the frozen cells of the matrix; say which combinations were left out."""
 
 from __future__ import annotations
 

@@ -149,4 +149,6 @@ def expect(cell: Cell, *, torch_version: TorchVersion) -> Expectation:
     except KeyError:
         raise ValueError(f"the oracle has no rule for recipe {cell.recipe!r} ({cell.id})") from None
     error, reason = rule(cell, torch_version)
-    return Expectation(error=error, reason=reason, tensor_device=expected_device(cell.load_visibility))
+    return Expectation(
+        error=error, reason=reason, tensor_device=expected_device(cell.load_visibility)
+    )

@@ -1,4 +1,4 @@
-"""The outcomes of a cell and the named error classes the oracle predicts and the worker observes."""
+"""The outcomes of a cell, and the named error classes the oracle predicts and workers observe."""
 
 from __future__ import annotations
 

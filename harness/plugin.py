@@ -38,22 +38,41 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "ckpt_cell" not in metafunc.fixturenames:
-        return
+_CELLS = pytest.StashKey["tuple[Cell, ...]"]()
+
+
+def _load_cells(path: Path | None) -> tuple[Cell, ...]:
     from harness.matrix import expand
     from harness.scenarios import ScenarioError, default_scenarios_dir, load_scenarios
 
-    path = metafunc.config.getoption("ckpt_scenarios") or default_scenarios_dir()
     try:
-        cells = expand(load_scenarios(path)).cells
+        return expand(load_scenarios(path or default_scenarios_dir())).cells
     except ScenarioError as exc:
         raise pytest.UsageError(f"--ckpt-scenarios: {exc}") from None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # An explicit --ckpt-scenarios is checked before collection, so a bad file is a usage
+    # error with its own message rather than a collection error in some test module.
+    path = config.getoption("ckpt_scenarios", None)
+    if path is not None:
+        config.stash[_CELLS] = _load_cells(path)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "ckpt_cell" not in metafunc.fixturenames:
+        return
+    stash = metafunc.config.stash
+    if _CELLS not in stash:
+        stash[_CELLS] = _load_cells(None)
+    cells = stash[_CELLS]
     metafunc.parametrize("ckpt_cell", cells, ids=[cell.id for cell in cells])
 
 
 @pytest.fixture(scope="session")
-def ckpt_runner(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> CellRunner:
+def ckpt_runner(
+    tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config
+) -> CellRunner:
     """One cell runner per pytest process, sharing artifacts across xdist workers."""
     from filelock import FileLock
 

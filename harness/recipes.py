@@ -39,7 +39,7 @@ class Recipe:
 
     @property
     def format(self) -> Format:
-        return self.save_variant.format
+        return self.save_variant.file_format
 
     def skip_reason(self, *, save: Layout, load: Layout, fmt: Format) -> str | None:
         """Why this recipe does not apply to the combination, or None when it does."""
@@ -50,7 +50,9 @@ class Recipe:
         if load not in self.load_layouts:
             return f"recipe={self.name} needs load in {_names(self.load_layouts)}, got {load}"
         if self.pairing is Pairing.SAME and save is not load:
-            return f"recipe={self.name} loads into the layout it saved from; save={save} load={load}"
+            return (
+                f"recipe={self.name} loads into the layout it saved from; save={save} load={load}"
+            )
         if self.pairing is Pairing.CROSS and save is load:
             return f"recipe={self.name} is about crossing layouts; save=load={save}"
         return None

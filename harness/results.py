@@ -149,9 +149,10 @@ class ResultsWriter:
         path.parent.mkdir(parents=True, exist_ok=True)
         if resume:
             self._repair_torn_tail()
-            self._handle: TextIO = open(path, "a", encoding="utf-8")
+            # Held open across appends (closed in close()), so no context manager here.
+            self._handle: TextIO = open(path, "a", encoding="utf-8")  # noqa: SIM115
         else:
-            self._handle = open(path, "w", encoding="utf-8")
+            self._handle = open(path, "w", encoding="utf-8")  # noqa: SIM115 (as above)
             self._write({"kind": "environment", "schema_version": SCHEMA_VERSION, **environment})
 
     def _repair_torn_tail(self) -> None:

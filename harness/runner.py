@@ -7,6 +7,7 @@ after a grace period. A crash, a signal or a timeout is a :class:`JobRun`, never
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -141,10 +142,8 @@ class SpawnLauncher:
 def shutdown_group(proc: subprocess.Popen[bytes], grace_s: float) -> None:
     """SIGTERM the process group, wait ``grace_s``, then SIGKILL it."""
     for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, None)):
-        try:
+        with contextlib.suppress(ProcessLookupError):  # the group is already gone
             os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
         try:
             proc.wait(timeout=wait_s)
             return

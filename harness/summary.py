@@ -31,7 +31,8 @@ def summary_table(results: Sequence[CellResult]) -> str:
     total = Counter(result.outcome for result in results)
     lines.append("-" * (len(header) + 9))
     lines.append(
-        f"{'total':<{width}}  {'':<9}" + "".join(f"{total[o]:>7}" for o in _COLUMNS)
+        f"{'total':<{width}}  {'':<9}"
+        + "".join(f"{total[o]:>7}" for o in _COLUMNS)
         + f"{sum(fragile.values()) or '':>9}"
     )
     fragile_cells = [r for r in results if r.fragile]

@@ -25,9 +25,7 @@ class Judgement:
     error: dict[str, Any] | None = None
 
 
-def probe_problems(
-    probe: dict[str, Any] | None, visibility: Visibility, *, role: str
-) -> list[str]:
+def probe_problems(probe: dict[str, Any] | None, visibility: Visibility, *, role: str) -> list[str]:
     """How a worker's view of its devices differs from the visibility it was given."""
     if not probe:
         return [f"the {role} worker reported no isolation probe"]
@@ -78,7 +76,9 @@ def _crash(phase: str, failure: str, run: JobRun | None) -> Judgement:
             timed_out=run.timed_out,
             stderr_tail=run.stderr_tail,
         )
-    return Judgement(outcome=Outcome.ERROR, reason=failure.splitlines()[0], observed=None, error=error)
+    return Judgement(
+        outcome=Outcome.ERROR, reason=failure.splitlines()[0], observed=None, error=error
+    )
 
 
 def judge(
@@ -107,8 +107,11 @@ def judge(
     before = report.get("before")
     saved_tensors = save_report["tensors"]
     if before is not None:
-        same = sorted(n for n in saved_tensors if before.get(n, {}).get("digest") ==
-                      saved_tensors[n]["digest"])
+        same = sorted(
+            n
+            for n in saved_tensors
+            if before.get(n, {}).get("digest") == saved_tensors[n]["digest"]
+        )
         if same:
             return Judgement(
                 outcome=Outcome.ERROR,

@@ -12,6 +12,8 @@ class Encoder(nn.Module):
     """A layer named ``submodule`` (the ``replace('module.', '')`` trap), BatchNorm buffers
     (including the int64 ``num_batches_tracked``) and a float64 buffer."""
 
+    scale: torch.Tensor
+
     def __init__(self) -> None:
         super().__init__()
         self.submodule = nn.Linear(8, 8)
@@ -29,7 +31,8 @@ class TrapNet(nn.Module):
         self.head = nn.Linear(8, 4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encoder(x))
+        out: torch.Tensor = self.head(self.encoder(x))
+        return out
 
 
 class ModuleAttrNet(nn.Module):
@@ -41,7 +44,8 @@ class ModuleAttrNet(nn.Module):
         self.head = nn.Linear(8, 4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.module(x))
+        out: torch.Tensor = self.head(self.module(x))
+        return out
 
 
 def _resnet(depth: int) -> nn.Module:

@@ -86,7 +86,9 @@ def _strip_prefix(ctx: LoadContext) -> nn.Module:
 
 
 def _whole_module(ctx: LoadContext) -> nn.Module:
-    inner: nn.Module = ctx.whole().module
+    inner = ctx.whole().module
+    if not isinstance(inner, nn.Module):
+        raise TypeError(f"{ctx.path}: the loaded model's .module is not a model")
     return inner
 
 

@@ -21,13 +21,23 @@ def probe(pid: int) -> dict[str, Any]:
 
 
 def saved(pid: int = 101) -> dict[str, Any]:
-    return {"status": "saved", "sha256": "abc", "tensors": TENSORS, "output_digest": "o",
-            "probe": probe(pid)}
+    return {
+        "status": "saved",
+        "sha256": "abc",
+        "tensors": TENSORS,
+        "output_digest": "o",
+        "probe": probe(pid),
+    }
 
 
 def loaded(pid: int = 202) -> dict[str, Any]:
-    return {"status": "loaded", "tensors": TENSORS, "output_digest": "o", "probe": probe(pid),
-            "before": BEFORE}
+    return {
+        "status": "loaded",
+        "tensors": TENSORS,
+        "output_digest": "o",
+        "probe": probe(pid),
+        "before": BEFORE,
+    }
 
 
 Behaviour = Callable[[Job, dict[str, Any]], JobRun]
@@ -35,13 +45,20 @@ Behaviour = Callable[[Job, dict[str, Any]], JobRun]
 
 def report(job: Job, data: dict[str, Any]) -> JobRun:
     write_json_atomic(job.report_path, data)
-    return JobRun(name=job.name, returncode=0, timed_out=False, duration_s=0.01,
-                  stderr_tail="", report=data)
+    return JobRun(
+        name=job.name, returncode=0, timed_out=False, duration_s=0.01, stderr_tail="", report=data
+    )
 
 
 def crash(job: Job, _: dict[str, Any]) -> JobRun:
-    return JobRun(name=job.name, returncode=-11, timed_out=False, duration_s=0.01,
-                  stderr_tail="Fatal Python error: Segmentation fault", report=None)
+    return JobRun(
+        name=job.name,
+        returncode=-11,
+        timed_out=False,
+        duration_s=0.01,
+        stderr_tail="Fatal Python error: Segmentation fault",
+        report=None,
+    )
 
 
 @dataclass

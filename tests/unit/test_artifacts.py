@@ -27,13 +27,17 @@ def test_a_second_store_on_the_same_folder_reuses_the_record(tmp_path: Path) -> 
     first, second = RecordingLauncher(), RecordingLauncher()
     ArtifactStore(JobFactory(workdir=tmp_path), first).get(KEY)
     again = ArtifactStore(JobFactory(workdir=tmp_path), second).get(KEY)
-    assert again.ok and second.jobs == []
+    assert again.ok
+    assert second.jobs == []
 
 
 def test_a_failed_save_is_recorded_once_with_its_reason(tmp_path: Path) -> None:
     launcher = RecordingLauncher(behaviours={KEY.id: crash})
     store = ArtifactStore(JobFactory(workdir=tmp_path), launcher)
     first, second = store.get(KEY), store.get(KEY)
-    assert not first.ok and first == second and launcher.names() == [KEY.id]
+    assert not first.ok
+    assert first == second
+    assert launcher.names() == [KEY.id]
     assert first.failure is not None
-    assert "killed by SIGSEGV" in first.failure and "Segmentation fault" in first.failure
+    assert "killed by SIGSEGV" in first.failure
+    assert "Segmentation fault" in first.failure

@@ -10,7 +10,9 @@ def test_parse_enum_reads_known_values() -> None:
 
 
 def test_parse_enum_names_place_value_and_choices() -> None:
-    with pytest.raises(ValueError, match=r"f\.toml:x: unknown layout 'ddp'; expected one of 'single', 'dp'"):
+    with pytest.raises(
+        ValueError, match=r"f\.toml:x: unknown layout 'ddp'; expected one of 'single', 'dp'"
+    ):
         parse_enum(Layout, "ddp", "f.toml:x")
 
 
@@ -24,4 +26,4 @@ def test_parse_enum_names_place_value_and_choices() -> None:
     ],
 )
 def test_save_variant_format(variant: SaveVariant, fmt: Format) -> None:
-    assert variant.format is fmt
+    assert variant.file_format is fmt

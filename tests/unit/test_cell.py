@@ -31,7 +31,9 @@ def test_visibility_order_matters() -> None:
 
 
 def test_save_key_follows_the_recipe_variant() -> None:
-    assert make().save_key == SaveKey(model="trap", layout=Layout.DP, variant=SaveVariant.STATE_DICT)
+    assert make().save_key == SaveKey(
+        model="trap", layout=Layout.DP, variant=SaveVariant.STATE_DICT
+    )
     assert make(recipe="module_state_dict").save_key.variant is SaveVariant.MODULE_STATE_DICT
     assert make(recipe="save_method").save_key.id == "trap-dp[cpu]-bound_method"
 

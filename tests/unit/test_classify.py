@@ -21,7 +21,13 @@ TYPES: dict[str, type[Exception]] = {
 
 @pytest.mark.parametrize(
     "name",
-    ["unsafe_global", "key_mismatch", "not_a_state_dict", "cuda_unavailable", "device_index_out_of_range"],
+    [
+        "unsafe_global",
+        "key_mismatch",
+        "not_a_state_dict",
+        "cuda_unavailable",
+        "device_index_out_of_range",
+    ],
 )
 def test_recorded_torch_messages_classify_to_their_class(name: str) -> None:
     recorded = RECORDED[name]

@@ -2,13 +2,13 @@ from __future__ import annotations
 
 from collections import Counter
 
-from harness.matrix import expand
+from harness.axes import Format, Layout
+from harness.matrix import Matrix, expand
 from harness.recipes import RecipeKind
 from harness.scenarios import Scenario, default_scenarios_dir, load_scenarios
-from harness.axes import Format, Layout
 
 
-def default():  # type: ignore[no-untyped-def]
+def default() -> Matrix:
     return expand(load_scenarios(default_scenarios_dir()))
 
 
@@ -16,9 +16,14 @@ def test_default_matrix_shape() -> None:
     matrix = default()
     ids = [cell.id for cell in matrix.cells]
     assert len(ids) == len(set(ids)) == 90
-    assert Counter(cell.model for cell in matrix.cells) == {"trap": 30, "trap_module": 30, "resnet18": 30}
+    assert Counter(cell.model for cell in matrix.cells) == {
+        "trap": 30,
+        "trap_module": 30,
+        "resnet18": 30,
+    }
     kinds = Counter(cell.recipe_spec.kind for cell in matrix.cells)
-    assert kinds[RecipeKind.CORRECT] == 30 and kinds[RecipeKind.KNOWN_BAD] == 60
+    assert kinds[RecipeKind.CORRECT] == 30
+    assert kinds[RecipeKind.KNOWN_BAD] == 60
     assert all(cell.save_visibility == () == cell.load_visibility for cell in matrix.cells)
 
 
@@ -32,8 +37,14 @@ def test_omitted_combinations_carry_reasons() -> None:
 
 def test_select_and_dedup() -> None:
     scenario = Scenario(
-        name="s", description="", source="here", models=("trap",), save_layouts=(Layout.DP,),
-        load_layouts=(Layout.SINGLE,), formats=(Format.WEIGHTS,), recipes=("strip_prefix", "slice_prefix"),
+        name="s",
+        description="",
+        source="here",
+        models=("trap",),
+        save_layouts=(Layout.DP,),
+        load_layouts=(Layout.SINGLE,),
+        formats=(Format.WEIGHTS,),
+        recipes=("strip_prefix", "slice_prefix"),
     )
     twice = expand([scenario, scenario])
     assert len(twice.cells) == 2

@@ -52,5 +52,7 @@ def test_catalogue_has_both_kinds_and_names_match_keys() -> None:
 
 
 def test_unknown_recipe_lists_the_catalogue() -> None:
-    with pytest.raises(ValueError, match=r"x\.toml: unknown recipe 'strip'; the catalogue has as_saved"):
+    with pytest.raises(
+        ValueError, match=r"x\.toml: unknown recipe 'strip'; the catalogue has as_saved"
+    ):
         recipe("strip", "x.toml")

@@ -15,12 +15,21 @@ ENV = {"torch": "2.14.1", "python": "3.11.7"}
 
 
 def result(recipe: str = "slice_prefix", outcome: Outcome = Outcome.PASS) -> CellResult:
-    cell = Cell(model="trap", save_layout=Layout.DP, load_layout=Layout.SINGLE,
-                format=Format.WEIGHTS, recipe=recipe)
+    cell = Cell(
+        model="trap",
+        save_layout=Layout.DP,
+        load_layout=Layout.SINGLE,
+        format=Format.WEIGHTS,
+        recipe=recipe,
+    )
     return CellResult(
-        cell=cell, outcome=outcome,
+        cell=cell,
+        outcome=outcome,
         expected=Expectation(error=None, reason="r", tensor_device="cpu"),
-        reason="10 tensors bitwise equal", observed={"status": "loaded"}, error=None, duration_s=2.5,
+        reason="10 tensors bitwise equal",
+        observed={"status": "loaded"},
+        error=None,
+        duration_s=2.5,
     )
 
 
@@ -34,7 +43,8 @@ def test_round_trip_and_fragile(tmp_path: Path) -> None:
     assert [r.cell.recipe for r in read.results] == ["slice_prefix", "strip_prefix"]
     assert read.results[0] == result()
     lines = [json.loads(line) for line in path.read_text().splitlines()]
-    assert lines[1]["fragile"] is True and lines[2]["fragile"] is False
+    assert lines[1]["fragile"] is True
+    assert lines[2]["fragile"] is False
     assert {"id", "outcome", "expected", "observed", "duration_s", "error"} <= lines[1].keys()
 
 
@@ -45,7 +55,8 @@ def test_torn_last_line_is_ignored_then_repaired_on_resume(tmp_path: Path) -> No
     with open(path, "a") as handle:
         handle.write('{"kind": "cell", "id": "half')  # a kill in the middle of a write
     read = read_results(path)
-    assert len(read.results) == 1 and "torn last line" in read.warnings[0]
+    assert len(read.results) == 1
+    assert "torn last line" in read.warnings[0]
     with ResultsWriter(path, ENV, resume=True) as writer:
         writer.append(result("strip_prefix"))
     again = read_results(path)
@@ -59,7 +70,9 @@ def test_bad_files_name_the_line(tmp_path: Path) -> None:
     with pytest.raises(ResultsError, match="empty results file"):
         read_results(path)
     path.write_text('{"kind": "cell"}\n')
-    with pytest.raises(ResultsError, match=r"r\.jsonl:1: the first line must be the environment line"):
+    with pytest.raises(
+        ResultsError, match=r"r\.jsonl:1: the first line must be the environment line"
+    ):
         read_results(path)
     path.write_text('{"kind": "environment", "schema_version": 99}\n')
     with pytest.raises(ResultsError, match="schema_version 99; this harness reads 1"):
@@ -76,8 +89,15 @@ def test_bad_files_name_the_line(tmp_path: Path) -> None:
 
 def test_describe_names_everything() -> None:
     r = result(outcome=Outcome.XFAIL)
-    r2 = CellResult(cell=r.cell, outcome=Outcome.ERROR, expected=Expectation(
-        error=ErrorClass.KEY_MISMATCH, reason="k", tensor_device="cpu"), reason="crash",
-        observed=None, error={"phase": "load"}, duration_s=1.0)
-    assert r.id in r.describe() and "observed" in r.describe()
+    r2 = CellResult(
+        cell=r.cell,
+        outcome=Outcome.ERROR,
+        expected=Expectation(error=ErrorClass.KEY_MISMATCH, reason="k", tensor_device="cpu"),
+        reason="crash",
+        observed=None,
+        error={"phase": "load"},
+        duration_s=1.0,
+    )
+    assert r.id in r.describe()
+    assert "observed" in r.describe()
     assert '"phase": "load"' in r2.describe()

@@ -28,13 +28,16 @@ WRITES_REPORT = (
     "json.dump({'status': 'saved'}, open(os.environ['REPORT'], 'w'))"
 )
 EXITS_3 = "import sys; print('bad spec', file=sys.stderr); sys.exit(3)"
-SEGFAULTS = "import ctypes, sys; print('about to crash', file=sys.stderr, flush=True); ctypes.string_at(0)"
+SEGFAULTS = (
+    "import ctypes, sys; print('about to crash', file=sys.stderr, flush=True); ctypes.string_at(0)"
+)
 SLEEPS = "import sys, time; print('sleeping', file=sys.stderr, flush=True); time.sleep(60)"
 
 
 def test_a_good_job_reports(tmp_path: Path) -> None:
     run = SpawnLauncher().launch(job(tmp_path, "good", WRITES_REPORT))
-    assert run.ok and run.report == {"status": "saved"}
+    assert run.ok
+    assert run.report == {"status": "saved"}
     assert "hello" in run.stderr_tail
 
 
@@ -47,15 +50,19 @@ def test_crashes_and_timeouts_become_results_and_the_run_goes_on(tmp_path: Path)
         launcher.launch(job(tmp_path, "after", WRITES_REPORT)),
     ]
     exit3, segv, sleepy, after = runs
-    assert not exit3.ok and exit3.returncode == 3
+    assert not exit3.ok
+    assert exit3.returncode == 3
     assert exit3.failure() == (
         "exit3: worker exited with code 3; the child died before writing a usable report"
     )
     assert "bad spec" in exit3.stderr_tail
-    assert segv.signal_name == "SIGSEGV" and "killed by SIGSEGV" in segv.failure()
+    assert segv.signal_name == "SIGSEGV"
+    assert "killed by SIGSEGV" in segv.failure()
     assert "about to crash" in segv.stderr_tail
-    assert sleepy.timed_out and 2.0 <= sleepy.duration_s < 10.0
-    assert "timed out after" in sleepy.failure() and "sleeping" in sleepy.stderr_tail
+    assert sleepy.timed_out
+    assert 2.0 <= sleepy.duration_s < 10.0
+    assert "timed out after" in sleepy.failure()
+    assert "sleeping" in sleepy.stderr_tail
     assert after.ok
 
 
@@ -65,11 +72,15 @@ def test_sigterm_is_escalated_to_sigkill(tmp_path: Path) -> None:
         "print('stubborn', file=sys.stderr, flush=True); time.sleep(60)"
     )
     run = SpawnLauncher(grace_s=0.5).launch(job(tmp_path, "stubborn", ignores_term, timeout_s=1.0))
-    assert run.timed_out and run.signal_name == "SIGKILL"
+    assert run.timed_out
+    assert run.signal_name == "SIGKILL"
 
 
 def test_each_job_gets_its_own_process_group(tmp_path: Path) -> None:
-    code = "import os, json; json.dump({'pgid': os.getpgid(0), 'pid': os.getpid()}, open(os.environ['REPORT'], 'w'))"
+    code = (
+        "import os, json; "
+        "json.dump({'pgid': os.getpgid(0), 'pid': os.getpid()}, open(os.environ['REPORT'], 'w'))"
+    )
     run = SpawnLauncher().launch(job(tmp_path, "group", code))
     assert run.report is not None
     assert run.report["pgid"] == run.report["pid"] != os.getpgid(0)
@@ -78,14 +89,17 @@ def test_each_job_gets_its_own_process_group(tmp_path: Path) -> None:
 def test_stop_all_ends_running_jobs(tmp_path: Path) -> None:
     launcher = SpawnLauncher(grace_s=1.0)
     runs = []
-    thread = threading.Thread(target=lambda: runs.append(launcher.launch(job(tmp_path, "s", SLEEPS))))
+    thread = threading.Thread(
+        target=lambda: runs.append(launcher.launch(job(tmp_path, "s", SLEEPS)))
+    )
     thread.start()
     deadline = time.monotonic() + 20
     while not launcher.running and time.monotonic() < deadline:
         time.sleep(0.05)
     launcher.stop_all()
     thread.join(timeout=20)
-    assert runs and runs[0].signal_name == "SIGTERM"
+    assert runs
+    assert runs[0].signal_name == "SIGTERM"
 
 
 def test_tail_reads_the_end(tmp_path: Path) -> None:

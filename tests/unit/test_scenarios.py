@@ -36,16 +36,24 @@ def test_reads_a_scenario(tmp_path: Path) -> None:
     [
         (('"trap"', '"vgg"'), r"s\.toml:scenario\[0\] \(mine\)\.models: unknown model 'vgg'"),
         (('"as_saved"', '"strip"'), r"\(mine\)\.recipes: unknown recipe 'strip'"),
-        (('load_layouts = ["single"]', 'load_layouts = ["ddp"]'), r"\(mine\)\.load_layouts: unknown layout 'ddp'"),
-        (('formats = ["weights"]', 'formats = "weights"'), r"\(mine\)\.formats: expected a non-empty list"),
-        (('formats = ["weights"]', 'formats = []'), r"\.formats: expected a non-empty list"),
+        (
+            ('load_layouts = ["single"]', 'load_layouts = ["ddp"]'),
+            r"\(mine\)\.load_layouts: unknown layout 'ddp'",
+        ),
+        (
+            ('formats = ["weights"]', 'formats = "weights"'),
+            r"\(mine\)\.formats: expected a non-empty list",
+        ),
+        (('formats = ["weights"]', "formats = []"), r"\.formats: expected a non-empty list"),
         (('formats = ["weights"]', 'format = ["weights"]'), r"unknown key\(s\) \['format'\]"),
-        (('formats = ["weights"]\n', ''), r"\(mine\): missing key 'formats'"),
+        (('formats = ["weights"]\n', ""), r"\(mine\): missing key 'formats'"),
         (('"single", "dp"', '"dp", "dp"'), r"\.save_layouts: duplicate entries"),
         (('name = "mine"', 'name = ""'), r"scenario\[0\]\.name: a non-empty string is required"),
     ],
 )
-def test_bad_input_names_file_scenario_and_key(tmp_path: Path, edit: tuple[str, str], message: str) -> None:
+def test_bad_input_names_file_scenario_and_key(
+    tmp_path: Path, edit: tuple[str, str], message: str
+) -> None:
     assert edit[0] in GOOD
     path = write(tmp_path, GOOD.replace(*edit))
     with pytest.raises(ScenarioError, match=message):

@@ -17,7 +17,9 @@ from .fake_launcher import RecordingLauncher, crash
 
 
 def cell(save: Layout, load: Layout, recipe: str) -> Cell:
-    return Cell(model="trap", save_layout=save, load_layout=load, format=Format.WEIGHTS, recipe=recipe)
+    return Cell(
+        model="trap", save_layout=save, load_layout=load, format=Format.WEIGHTS, recipe=recipe
+    )
 
 
 DP_SINGLE = cell(Layout.DP, Layout.SINGLE, "strip_prefix")
@@ -27,8 +29,12 @@ SINGLE = cell(Layout.SINGLE, Layout.SINGLE, "as_saved")
 
 def runner(tmp_path: Path, launcher: RecordingLauncher) -> CellRunner:
     factory = JobFactory(workdir=tmp_path / "work")
-    return CellRunner(factory=factory, launcher=launcher, store=ArtifactStore(factory, launcher),
-                      torch_version=(2, 14))
+    return CellRunner(
+        factory=factory,
+        launcher=launcher,
+        store=ArtifactStore(factory, launcher),
+        torch_version=(2, 14),
+    )
 
 
 def test_a_crashed_save_fails_its_cells_and_the_run_goes_on(tmp_path: Path) -> None:
@@ -36,17 +42,30 @@ def test_a_crashed_save_fails_its_cells_and_the_run_goes_on(tmp_path: Path) -> N
     out = tmp_path / "results.jsonl"
     seen: list[tuple[str, int, int]] = []
     with ResultsWriter(out, {"torch": "2.14.1"}, resume=False) as writer:
-        results = run_cells([DP_SINGLE, SINGLE, DP_DP], runner(tmp_path, launcher), writer, jobs=2,
-                            progress=lambda r, n, total: seen.append((r.id, n, total)))
+        results = run_cells(
+            [DP_SINGLE, SINGLE, DP_DP],
+            runner(tmp_path, launcher),
+            writer,
+            jobs=2,
+            progress=lambda r, n, total: seen.append((r.id, n, total)),
+        )
     assert [r.id for r in results] == [DP_SINGLE.id, SINGLE.id, DP_DP.id]
     outcomes = {r.id: r.outcome for r in results}
-    assert outcomes == {DP_SINGLE.id: Outcome.PASS, SINGLE.id: Outcome.ERROR, DP_DP.id: Outcome.PASS}
+    assert outcomes == {
+        DP_SINGLE.id: Outcome.PASS,
+        SINGLE.id: Outcome.ERROR,
+        DP_DP.id: Outcome.PASS,
+    }
     error = next(r for r in results if r.id == SINGLE.id)
-    assert "killed by SIGSEGV" in error.reason and error.error is not None
+    assert "killed by SIGSEGV" in error.reason
+    assert error.error is not None
     assert error.error["phase"] == "save"
     # one save per artifact, one load per cell that has an artifact
-    assert sorted(launcher.names()) == sorted([DP_SINGLE.save_key.id, SINGLE.save_key.id, DP_SINGLE.id, DP_DP.id])
-    assert sorted(n for _, n, _ in seen) == [1, 2, 3] and {t for *_, t in seen} == {3}
+    assert sorted(launcher.names()) == sorted(
+        [DP_SINGLE.save_key.id, SINGLE.save_key.id, DP_SINGLE.id, DP_DP.id]
+    )
+    assert sorted(n for _, n, _ in seen) == [1, 2, 3]
+    assert {t for *_, t in seen} == {3}
     assert {r.id for r in read_results(out).results} == set(outcomes)
 
 
@@ -54,19 +73,23 @@ def test_a_harness_bug_is_that_cells_error(tmp_path: Path) -> None:
     def broken(job: Job, _: object) -> JobRun:
         raise RuntimeError("harness bug")
 
-    launcher = RecordingLauncher(behaviours={DP_SINGLE.id: broken})  # type: ignore[dict-item]
+    launcher = RecordingLauncher(behaviours={DP_SINGLE.id: broken})
     result = runner(tmp_path, launcher).run_cell(DP_SINGLE)
     assert result.outcome is Outcome.ERROR
     assert "the harness failed: RuntimeError: harness bug" in result.reason
-    assert result.error is not None and "Traceback" in result.error["failure"]
+    assert result.error is not None
+    assert "Traceback" in result.error["failure"]
 
 
 def test_interrupts_are_re_raised_and_stop_the_children(tmp_path: Path) -> None:
     def interrupted(job: Job, _: object) -> JobRun:
         raise KeyboardInterrupt
 
-    launcher = RecordingLauncher(behaviours={DP_SINGLE.id: interrupted})  # type: ignore[dict-item]
-    with ResultsWriter(tmp_path / "r.jsonl", {}, resume=False) as writer, pytest.raises(KeyboardInterrupt):
+    launcher = RecordingLauncher(behaviours={DP_SINGLE.id: interrupted})
+    with (
+        ResultsWriter(tmp_path / "r.jsonl", {}, resume=False) as writer,
+        pytest.raises(KeyboardInterrupt),
+    ):
         run_cells([DP_SINGLE], runner(tmp_path, launcher), writer, jobs=1)
     assert launcher.stopped == 1
 

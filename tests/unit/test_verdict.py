@@ -12,61 +12,103 @@ from harness.cell import Cell
 from harness.oracle import Expectation
 from harness.outcomes import ErrorClass, Outcome
 from harness.runner import JobRun
-from harness.verdict import compare_tensors, judge, probe_problems
+from harness.verdict import Judgement, compare_tensors, judge, probe_problems
 
-CELL = Cell(model="trap", save_layout=Layout.DP, load_layout=Layout.SINGLE,
-            format=Format.WEIGHTS, recipe="strip_prefix")
+CELL = Cell(
+    model="trap",
+    save_layout=Layout.DP,
+    load_layout=Layout.SINGLE,
+    format=Format.WEIGHTS,
+    recipe="strip_prefix",
+)
 ORCHESTRATOR = 1
 CLEAN = Expectation(error=None, reason="clean", tensor_device="cpu")
 KEY = Expectation(error=ErrorClass.KEY_MISMATCH, reason="prefix", tensor_device="cpu")
 
 
 def tensors(**digests: str) -> dict[str, Any]:
-    return {name: {"digest": d, "dtype": "float32", "shape": [2], "device": "cpu"}
-            for name, d in digests.items()}
+    return {
+        name: {"digest": d, "dtype": "float32", "shape": [2], "device": "cpu"}
+        for name, d in digests.items()
+    }
 
 
 def probe(pid: int) -> dict[str, Any]:
     return {"pid": pid, "cuda_visible_devices": "", "device_count": 0, "uuids": []}
 
 
-SAVE = {"status": "saved", "sha256": "s", "tensors": tensors(a="1", b="2"),
-        "output_digest": "out", "probe": probe(10)}
+SAVE = {
+    "status": "saved",
+    "sha256": "s",
+    "tensors": tensors(a="1", b="2"),
+    "output_digest": "out",
+    "probe": probe(10),
+}
 
 
 def loaded(**changes: Any) -> dict[str, Any]:
-    report = {"status": "loaded", "tensors": tensors(a="1", b="2"), "output_digest": "out",
-              "probe": probe(20), "before": tensors(a="x", b="y")}
+    report = {
+        "status": "loaded",
+        "tensors": tensors(a="1", b="2"),
+        "output_digest": "out",
+        "probe": probe(20),
+        "before": tensors(a="x", b="y"),
+    }
     report.update(changes)
     return report
 
 
 def raised(error_class: ErrorClass) -> dict[str, Any]:
-    return {"status": "raised", "error_class": str(error_class), "exception_type": "builtins.RuntimeError",
-            "message": "Error(s) in loading state_dict\n\tMissing key(s)", "probe": probe(20), "before": None}
+    return {
+        "status": "raised",
+        "error_class": str(error_class),
+        "exception_type": "builtins.RuntimeError",
+        "message": "Error(s) in loading state_dict\n\tMissing key(s)",
+        "probe": probe(20),
+        "before": None,
+    }
 
 
-def run(report: dict[str, Any] | None, returncode: int | None = 0, timed_out: bool = False) -> JobRun:
-    return JobRun(name=CELL.id, returncode=returncode, timed_out=timed_out, duration_s=1.0,
-                  stderr_tail="boom", report=report)
+def run(
+    report: dict[str, Any] | None, returncode: int | None = 0, timed_out: bool = False
+) -> JobRun:
+    return JobRun(
+        name=CELL.id,
+        returncode=returncode,
+        timed_out=timed_out,
+        duration_s=1.0,
+        stderr_tail="boom",
+        report=report,
+    )
 
 
-def verdict(expectation: Expectation, load: JobRun | None, save: dict[str, Any] | None = SAVE):
-    return judge(CELL, expectation, save_report=save, save_failure="save crashed", load=load,
-                 orchestrator_pid=ORCHESTRATOR)
+def verdict(
+    expectation: Expectation, load: JobRun | None, save: dict[str, Any] | None = SAVE
+) -> Judgement:
+    return judge(
+        CELL,
+        expectation,
+        save_report=save,
+        save_failure="save crashed",
+        load=load,
+        orchestrator_pid=ORCHESTRATOR,
+    )
 
 
 def test_clean_load_passes() -> None:
     j = verdict(CLEAN, run(loaded()))
     assert j.outcome is Outcome.PASS
-    assert j.observed is not None and j.observed["output_equal"] and j.observed["tensors"] == 2
+    assert j.observed is not None
+    assert j.observed["output_equal"]
+    assert j.observed["tensors"] == 2
 
 
 def test_predicted_error_is_xfail_and_other_error_is_fail() -> None:
     assert verdict(KEY, run(raised(ErrorClass.KEY_MISMATCH))).outcome is Outcome.XFAIL
     wrong = verdict(KEY, run(raised(ErrorClass.UNSAFE_GLOBAL)))
     assert wrong.outcome is Outcome.FAIL
-    assert "expected key_mismatch" in wrong.reason and "observed unsafe_global" in wrong.reason
+    assert "expected key_mismatch" in wrong.reason
+    assert "observed unsafe_global" in wrong.reason
 
 
 def test_unexpected_error_fails_and_unexpected_success_is_xpass() -> None:
@@ -76,9 +118,13 @@ def test_unexpected_error_fails_and_unexpected_success_is_xpass() -> None:
 
 def test_silent_no_op_is_weights_differ() -> None:
     j = verdict(CLEAN, run(loaded(tensors=tensors(a="1", b="changed"))))
-    assert j.outcome is Outcome.FAIL and "weights_differ" in j.reason and "['b']" in j.reason
+    assert j.outcome is Outcome.FAIL
+    assert "weights_differ" in j.reason
+    assert "['b']" in j.reason
     expected = Expectation(error=ErrorClass.WEIGHTS_DIFFER, reason="assign", tensor_device="cpu")
-    assert verdict(expected, run(loaded(tensors=tensors(a="1", b="changed")))).outcome is Outcome.XFAIL
+    assert (
+        verdict(expected, run(loaded(tensors=tensors(a="1", b="changed")))).outcome is Outcome.XFAIL
+    )
 
 
 def test_output_and_device_and_tensor_set() -> None:
@@ -92,18 +138,21 @@ def test_output_and_device_and_tensor_set() -> None:
 def test_isolation_probe_mismatch_fails_the_cell() -> None:
     seen = loaded(probe={"pid": 20, "cuda_visible_devices": "0", "device_count": 1, "uuids": ["u"]})
     j = verdict(CLEAN, run(seen))
-    assert j.outcome is Outcome.FAIL and "isolation_mismatch" in j.reason
+    assert j.outcome is Outcome.FAIL
+    assert "isolation_mismatch" in j.reason
     assert "CUDA_VISIBLE_DEVICES='0', was given ''" in j.reason
 
 
 def test_same_process_for_save_and_load_is_an_isolation_failure() -> None:
     j = verdict(CLEAN, run(loaded(probe=probe(10))))
-    assert j.outcome is Outcome.FAIL and "three distinct processes" in j.reason
+    assert j.outcome is Outcome.FAIL
+    assert "three distinct processes" in j.reason
 
 
 def test_insensitive_cell_is_an_error() -> None:
     j = verdict(CLEAN, run(loaded(before=tensors(a="1", b="y"))))
-    assert j.outcome is Outcome.ERROR and "could not tell a no-op load" in j.reason
+    assert j.outcome is Outcome.ERROR
+    assert "could not tell a no-op load" in j.reason
 
 
 @pytest.mark.parametrize(
@@ -112,19 +161,28 @@ def test_insensitive_cell_is_an_error() -> None:
         (run(None, returncode=3), "exited with code 3"),
         (run(None, returncode=-11), "killed by SIGSEGV"),
         (run(None, returncode=-9, timed_out=True), "timed out after 1.0 s"),
-        (run({"status": "crashed", "exception_type": "ValueError", "message": "m"}, returncode=1), "ValueError: m"),
+        (
+            run(
+                {"status": "crashed", "exception_type": "ValueError", "message": "m"}, returncode=1
+            ),
+            "ValueError: m",
+        ),
     ],
 )
 def test_crashed_load_is_an_error_naming_the_cell(load: JobRun, words: str) -> None:
     j = verdict(CLEAN, load)
     assert j.outcome is Outcome.ERROR
-    assert j.reason.startswith(CELL.id) and words in j.reason
-    assert j.error is not None and j.error["stderr_tail"] == "boom" and j.error["phase"] == "load"
+    assert j.reason.startswith(CELL.id)
+    assert words in j.reason
+    assert j.error is not None
+    assert j.error["stderr_tail"] == "boom"
+    assert j.error["phase"] == "load"
 
 
 def test_failed_save_is_an_error_without_a_load() -> None:
     j = verdict(CLEAN, None, save=None)
-    assert j.outcome is Outcome.ERROR and j.error == {"phase": "save", "failure": "save crashed"}
+    assert j.outcome is Outcome.ERROR
+    assert j.error == {"phase": "save", "failure": "save crashed"}
 
 
 def test_compare_tensors_reports_in_order_of_severity() -> None:

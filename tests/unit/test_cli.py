@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from harness.cli import main
+from harness.results import read_results
+
+SCENARIO = """
+[[scenario]]
+name = "tiny"
+models = ["trap"]
+save_layouts = ["dp"]
+load_layouts = ["single"]
+formats = ["weights"]
+recipes = ["strip_prefix", "slice_prefix", "unfixed_prefix"]
+"""
+
+
+@pytest.fixture
+def scenario(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.toml"
+    path.write_text(SCENARIO)
+    return path
+
+
+def test_list_prints_one_id_per_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["list"]) == 0
+    ids = capsys.readouterr().out.splitlines()
+    assert len(ids) >= 60
+    assert len(set(ids)) == len(ids)
+    assert all(line.startswith("model=") for line in ids)
+
+
+def test_list_explain_gives_reasons(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["list", "--explain", "-k", "model=trap-"]) == 0
+    out = capsys.readouterr().out
+    assert "# 30 cells; " in out
+    assert "#     recipe=whole_module needs load in {single}, got dp [prefix-recipes]" in out
+
+
+def test_errors_name_the_input_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(SCENARIO.replace('"trap"', '"vgg"'))
+    assert main(["list", "--scenarios", str(bad)]) == 2
+    assert "ckpt-matrix list: error: " in capsys.readouterr().err
+    assert main(["list", "-k", "no-such-cell"]) == 2
+    assert "match -k 'no-such-cell'" in capsys.readouterr().err
+    assert main(["run", "--jobs", "0", "-k", "model=trap-"]) == 2
+    assert "--jobs 0: must be at least 1" in capsys.readouterr().err
+
+
+def test_run_refuses_to_replace_results_silently(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "results.jsonl"
+    out.write_text("precious\n")
+    assert main(["run", "--out", str(out), "-k", "model=trap-"]) == 2
+    assert "pass --resume to continue it or --overwrite" in capsys.readouterr().err
+    assert out.read_text() == "precious\n"
+
+
+@pytest.mark.slow
+def test_run_writes_results_and_resumes(
+    scenario: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "results.jsonl"
+    assert (
+        main(
+            [
+                "run",
+                "--scenarios",
+                str(scenario),
+                "--out",
+                str(out),
+                "-k",
+                "strip_prefix",
+                "--jobs",
+                "1",
+            ]
+        )
+        == 0
+    )
+    first = read_results(out)
+    assert [r.cell.recipe for r in first.results] == ["strip_prefix"]
+    assert first.environment["torch"]
+    assert first.environment["gpus"] == "none"
+    # resume: only the cells not yet in the file run, appended after the first
+    assert (
+        main(["run", "--scenarios", str(scenario), "--out", str(out), "--resume", "--jobs", "2"])
+        == 0
+    )
+    captured = capsys.readouterr()
+    assert "2 cells to run (1 already in" in captured.err
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [line["kind"] for line in lines] == ["environment", "cell", "cell", "cell"]
+    outcomes = {line["cell"]["recipe"]: line["outcome"] for line in lines[1:]}
+    assert outcomes == {"strip_prefix": "PASS", "slice_prefix": "PASS", "unfixed_prefix": "XFAIL"}
+    assert "slice_prefix" in captured.out
+    assert "Fragile" in captured.out

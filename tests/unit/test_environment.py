@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+import pytest
+
+from harness.environment import TorchUnavailableError, describe, torch_environment
+
+
+@pytest.mark.slow
+def test_torch_side_is_read_in_a_worker_with_no_gpu_visible() -> None:
+    torch_side = torch_environment()
+    assert torch_side["torch"][0].isdigit()
+    assert torch_side["device_count"] == 0  # the probe runs with CUDA_VISIBLE_DEVICES=""
+    environment = describe(torch_side)
+    assert environment["torch"] == torch_side["torch"]
+    assert environment["python"]
+
+
+def test_an_interpreter_that_cannot_run_the_worker_is_a_clear_error() -> None:
+    # /bin/false stands in for an interpreter without torch: it exits 1 and says nothing.
+    with pytest.raises(
+        TorchUnavailableError, match=r"/bin/false -m harness.worker --environment failed \(exit 1\)"
+    ):
+        torch_environment(python="/bin/false")

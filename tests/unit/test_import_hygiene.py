@@ -1,0 +1,34 @@
+"""Importing the harness (anything outside harness.worker) must not import torch or CUDA."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+MODULES = [
+    "harness",
+    "harness.cli",
+    "harness.plugin",
+    "harness.session",
+    "harness.matrix",
+    "harness.oracle",
+    "harness.verdict",
+    "harness.results",
+    "harness.runner",
+    "harness.artifacts",
+    "harness.environment",
+    "harness.summary",
+    "harness.classify",
+]
+
+
+def test_orchestrator_modules_do_not_import_torch() -> None:
+    code = (
+        "import importlib, json, sys\n"
+        f"for name in {MODULES!r}: importlib.import_module(name)\n"
+        "heavy = ('torch', 'torchvision')\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in heavy)))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(done.stdout) == []

@@ -1,0 +1,145 @@
+"""The worker's save and load jobs, run in this process against real files."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch", reason="the worker tests need torch installed")
+
+from harness.jobspec import LoadSpec, SaveSpec, spec_from_json  # noqa: E402
+from harness.recipes import RECIPES  # noqa: E402
+from harness.worker.__main__ import main  # noqa: E402
+from harness.worker.main import configure_torch, run_load, run_save  # noqa: E402
+from harness.worker.models import build  # noqa: E402
+from harness.worker.recipes import PERFORM, LoadContext  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    configure_torch()
+    yield
+    torch.use_deterministic_algorithms(False)
+
+
+def save(tmp_path: Path, layout: str, variant: str, model: str = "trap") -> dict[str, Any]:
+    spec = SaveSpec(
+        cell_key="k",
+        model=model,
+        layout=layout,
+        variant=variant,
+        artifact_path=str(tmp_path / f"{layout}-{variant}.pt"),
+        report_path="unused",
+    )
+    return run_save(spec) | {"path": spec.artifact_path}
+
+
+def load(saved: dict[str, Any], layout: str, recipe: str, model: str = "trap") -> dict[str, Any]:
+    spec = LoadSpec(
+        cell_id="c",
+        model=model,
+        layout=layout,
+        recipe=recipe,
+        artifact_path=saved["path"],
+        artifact_sha256=saved["sha256"],
+        report_path="unused",
+    )
+    return run_load(spec)
+
+
+def test_every_recipe_has_an_implementation() -> None:
+    assert set(PERFORM) == set(RECIPES)
+
+
+def test_strip_prefix_round_trip_is_bitwise(tmp_path: Path) -> None:
+    saved = save(tmp_path, "dp", "state_dict")
+    report = load(saved, "single", "strip_prefix")
+    assert report["status"] == "loaded"
+    assert report["tensors"] == saved["tensors"]
+    assert report["output_digest"] == saved["output_digest"]
+    assert all(
+        report["before"][n]["digest"] != saved["tensors"][n]["digest"] for n in saved["tensors"]
+    )
+
+
+def test_assign_method_reports_loaded_weights_but_keeps_the_old_parameters(tmp_path: Path) -> None:
+    saved = save(tmp_path, "single", "whole")
+    spec = LoadSpec(
+        cell_id="c",
+        model="trap",
+        layout="single",
+        recipe="assign_method",
+        artifact_path=saved["path"],
+        artifact_sha256=saved["sha256"],
+        report_path="unused",
+    )
+    model = PERFORM["assign_method"](LoadContext(spec))
+    fresh = build("trap", seed=1)
+    fresh_weight = dict(fresh.named_parameters())["head.weight"]
+    reported = model.state_dict()["head.weight"]
+    assert not torch.equal(reported, fresh_weight)  # state_dict() shows the saved weights
+    real = dict(model.named_parameters())["head.weight"]
+    assert torch.equal(real, fresh_weight)  # while the parameters never changed
+    report = load(saved, "single", "assign_method")
+    assert report["status"] == "loaded"
+    assert report["tensors"] != saved["tensors"]
+
+
+def test_a_flipped_byte_is_caught_before_unpickling(tmp_path: Path) -> None:
+    saved = save(tmp_path, "single", "whole")
+    path = Path(saved["path"])
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    report = load(saved, "single", "as_saved_whole")
+    assert report["status"] == "raised"
+    assert report["error_class"] == "checksum_mismatch"
+    assert report["before"] is None
+
+
+def test_default_whole_load_is_refused_by_weights_only(tmp_path: Path) -> None:
+    report = load(save(tmp_path, "dp", "whole"), "dp", "whole_default_load")
+    assert report["error_class"] == "unsafe_global"
+    assert report["exception_type"] == "_pickle.UnpicklingError"
+
+
+def test_module_state_dict_needs_a_wrapper(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="module_state_dict needs a DataParallel model"):
+        save(tmp_path, "single", "module_state_dict")
+
+
+def test_main_rejects_bad_arguments_and_specs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([]) == 2
+    assert "usage: python -m harness.worker" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"s\.json: unknown role 'fly'"):
+        spec_from_json({"role": "fly"}, "s.json")
+    with pytest.raises(ValueError, match=r"s\.json: malformed save spec"):
+        spec_from_json({"role": "save", "model": "trap"}, "s.json")
+
+
+def test_main_writes_a_crash_report_when_the_save_breaks(tmp_path: Path) -> None:
+    report = tmp_path / "report.json"
+    spec = tmp_path / "spec.json"
+    spec.write_text(
+        json.dumps(
+            {
+                "role": "save",
+                "cell_key": "k",
+                "model": "nope",
+                "layout": "single",
+                "variant": "state_dict",
+                "artifact_path": str(tmp_path / "a.pt"),
+                "report_path": str(report),
+            }
+        )
+    )
+    assert main([str(spec)]) == 1
+    crashed = json.loads(report.read_text())
+    assert crashed["status"] == "crashed"
+    assert "cannot build model 'nope'" in crashed["message"]
