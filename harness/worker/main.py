@@ -23,10 +23,16 @@ MESSAGE_LIMIT = 4000
 
 
 def configure_torch() -> None:
-    """One thread and deterministic kernels, so the saver's and loader's forward passes agree
-    bitwise and parallel workers do not oversubscribe the cores."""
+    """One thread, so the saver's and loader's forward passes agree bitwise and parallel workers
+    do not oversubscribe the cores.
+
+    Deterministic algorithms are switched on only where a GPU is visible: on the CPU with one
+    thread the kernels used here are deterministic already, and the switch imports
+    torch._inductor and torch._dynamo (measured: +1.0 s on a 1.2 s worker start).
+    """
     torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
+    if os.environ.get("CUDA_VISIBLE_DEVICES"):
+        torch.use_deterministic_algorithms(True)
 
 
 def file_sha256(path: Path) -> str:

@@ -21,9 +21,10 @@ from harness.worker.recipes import PERFORM, LoadContext  # noqa: E402
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
     configure_torch()
     yield
-    torch.use_deterministic_algorithms(False)
+    torch.set_num_threads(threads)
 
 
 def save(tmp_path: Path, layout: str, variant: str, model: str = "trap") -> dict[str, Any]:
