@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.axes import Format, Layout, SaveVariant
+from harness.devices import DEFAULT_DEVICE, cuda_index, resolve_device
 from harness.recipes import RECIPES, Recipe
 from harness.zoo import MODELS, ModelSpec
 
@@ -23,9 +24,9 @@ def visibility_label(visibility: Visibility) -> str:
     return "cpu" if not visibility else ",".join(str(index) for index in visibility)
 
 
-def visibility_env(visibility: Visibility) -> str:
-    """The value of CUDA_VISIBLE_DEVICES for a visibility (empty: no GPU is visible)."""
-    return ",".join(str(index) for index in visibility)
+def device_suffix(device: str, visibility: Visibility) -> str:
+    """``@cuda:1`` where the device is not the natural one for the visibility, else nothing."""
+    return "" if device == resolve_device(DEFAULT_DEVICE, len(visibility)) else f"@{device}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -36,10 +37,22 @@ class SaveKey:
     layout: Layout
     variant: SaveVariant
     visibility: Visibility = CPU
+    device: str = "cpu"  # the logical device the saver's model is on
 
     @property
     def id(self) -> str:
-        return f"{self.model}-{self.layout}[{visibility_label(self.visibility)}]-{self.variant}"
+        return (
+            f"{self.model}-{self.layout}[{visibility_label(self.visibility)}]"
+            f"{device_suffix(self.device, self.visibility)}-{self.variant}"
+        )
+
+    @property
+    def simulated_tag(self) -> str | None:
+        """A CUDA device with no GPU visible: the saver stays on the CPU and tags its storages
+        with this location, so the checkpoint looks as if saved there (CPU proof of CUDA rules)."""
+        if cuda_index(self.device) is not None and not self.visibility:
+            return self.device
+        return None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,14 +64,18 @@ class Cell:
     recipe: str
     save_visibility: Visibility = CPU
     load_visibility: Visibility = CPU
+    save_device: str = "cpu"  # logical device of the saved storages (resolved, never "default")
+    map_location: str = "none"  # a policy name from harness.devices.MAP_LOCATIONS
 
     @property
     def id(self) -> str:
+        mapping = "" if self.map_location == "none" else f"-map={self.map_location}"
         return (
             f"model={self.model}"
             f"-save={self.save_layout}[{visibility_label(self.save_visibility)}]"
+            f"{device_suffix(self.save_device, self.save_visibility)}"
             f"-load={self.load_layout}[{visibility_label(self.load_visibility)}]"
-            f"-fmt={self.format}-recipe={self.recipe}"
+            f"-fmt={self.format}-recipe={self.recipe}{mapping}"
         )
 
     def __str__(self) -> str:
@@ -79,6 +96,7 @@ class Cell:
             layout=self.save_layout,
             variant=self.recipe_spec.save_variant,
             visibility=self.save_visibility,
+            device=self.save_device,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -90,6 +108,8 @@ class Cell:
             "recipe": self.recipe,
             "save_visibility": list(self.save_visibility),
             "load_visibility": list(self.load_visibility),
+            "save_device": self.save_device,
+            "map_location": self.map_location,
         }
 
     @classmethod
@@ -102,4 +122,6 @@ class Cell:
             recipe=data["recipe"],
             save_visibility=tuple(data["save_visibility"]),
             load_visibility=tuple(data["load_visibility"]),
+            save_device=data.get("save_device", "cpu"),
+            map_location=data.get("map_location", "none"),
         )

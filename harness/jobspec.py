@@ -32,6 +32,8 @@ class SaveSpec:
     variant: str
     artifact_path: str
     report_path: str
+    device: str = "cpu"  # where the saver's model lives (logical, in its own visibility)
+    tag_as: str | None = None  # save on the CPU but tag storages with this location (simulation)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,6 +46,8 @@ class LoadSpec:
     artifact_path: str
     artifact_sha256: str
     report_path: str
+    map_location: str = "none"  # a policy name from harness.devices.MAP_LOCATIONS
+    saved_tag: str = "cpu"  # the location the saver's storages carry
 
 
 Spec = SaveSpec | LoadSpec

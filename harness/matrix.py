@@ -6,9 +6,12 @@ import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from harness.cell import CPU, Cell, Visibility
+from harness.axes import Layout
+from harness.cell import Cell, Visibility
+from harness.devices import cuda_index, resolve_device
 from harness.recipes import RECIPES
 from harness.scenarios import Scenario
+from harness.visibility import pairs_for_mode
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -29,10 +32,11 @@ class Matrix:
 def expand(
     scenarios: Iterable[Scenario],
     *,
-    visibilities: Sequence[tuple[Visibility, Visibility]] = ((CPU, CPU),),
+    subsets: Sequence[Visibility] = (),
     select: str | None = None,
 ) -> Matrix:
-    """Cells in scenario order, each id once; ``select`` keeps ids containing that substring."""
+    """Cells in scenario order, each id once; ``subsets`` are the GPU visibilities chosen by the
+    policy (none: the CPU fallback); ``select`` keeps ids containing that substring."""
     cells: dict[str, Cell] = {}
     omitted: list[Omitted] = []
     for scenario in scenarios:
@@ -42,10 +46,11 @@ def expand(
             scenario.load_layouts,
             scenario.formats,
             scenario.recipes,
-            visibilities,
+            pairs_for_mode(scenario.visibility, subsets),
+            scenario.save_devices,
+            scenario.map_locations,
         )
-        for model, save, load, fmt, recipe_name, (save_vis, load_vis) in axes:
-            reason = RECIPES[recipe_name].skip_reason(save=save, load=load, fmt=fmt)
+        for model, save, load, fmt, recipe_name, (save_vis, load_vis), device, mapping in axes:
             cell = Cell(
                 model=model,
                 save_layout=save,
@@ -54,11 +59,31 @@ def expand(
                 recipe=recipe_name,
                 save_visibility=save_vis,
                 load_visibility=load_vis,
+                save_device=resolve_device(device, len(save_vis)),
+                map_location=mapping,
             )
             if select is not None and select not in cell.id:
                 continue
+            reason = RECIPES[recipe_name].skip_reason(save=save, load=load, fmt=fmt)
+            reason = reason or device_skip_reason(cell)
             if reason is not None:
                 omitted.append(Omitted(combination=cell.id, reason=reason, scenario=scenario.name))
                 continue
             cells.setdefault(cell.id, cell)
     return Matrix(cells=tuple(cells.values()), omitted=tuple(omitted))
+
+
+def device_skip_reason(cell: Cell) -> str | None:
+    """Why the save device cannot exist under the save visibility, or None."""
+    index = cuda_index(cell.save_device)
+    visible = len(cell.save_visibility)
+    if index is None or visible == 0:  # cpu, or a simulated tag on the CPU fallback
+        return None
+    if index >= visible:
+        return (
+            f"save device {cell.save_device} needs {index + 1} GPUs in the save subset, "
+            f"it has {visible}"
+        )
+    if cell.save_layout is Layout.DP and index != 0:
+        return "DataParallel keeps its parameters on device_ids[0], logical cuda:0"
+    return None

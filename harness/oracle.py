@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.axes import Layout
-from harness.cell import Cell, Visibility
+from harness.cell import Cell
+from harness.devices import DEFAULT_DEVICE, resolve_device, restore_error, restore_target
 from harness.outcomes import ErrorClass
 
 TorchVersion = tuple[int, int]
@@ -133,22 +134,23 @@ _RULES: dict[str, Callable[[Cell, TorchVersion], Prediction]] = {
 }
 
 
-def expected_device(visibility: Visibility) -> str:
-    """Where a loaded tensor should live. Only the CPU fallback is encoded so far."""
-    if visibility:
-        raise NotImplementedError(
-            f"the oracle has no CUDA rules yet (visibility {visibility}); "
-            "run with the CPU fallback (no GPU visibilities)"
-        )
-    return "cpu"
-
-
 def expect(cell: Cell, *, torch_version: TorchVersion) -> Expectation:
+    """What PyTorch should do, in the order it does it: ``weights_only`` refuses a global before
+    any storage is read; every storage is then restored through ``map_location`` (which may raise
+    for CUDA); then the recipe does what it does."""
     try:
         rule = _RULES[cell.recipe]
     except KeyError:
         raise ValueError(f"the oracle has no rule for recipe {cell.recipe!r} ({cell.id})") from None
+    visible = len(cell.load_visibility)
+    target = restore_target(cell.save_device, cell.map_location)
+    recipe = cell.recipe_spec
+    device = target if recipe.keeps_loaded_model else resolve_device(DEFAULT_DEVICE, visible)
     error, reason = rule(cell, torch_version)
-    return Expectation(
-        error=error, reason=reason, tensor_device=expected_device(cell.load_visibility)
-    )
+    if error is ErrorClass.UNSAFE_GLOBAL:
+        return Expectation(error=error, reason=reason, tensor_device=device)
+    restore, restore_reason = restore_error(target, visible)
+    if restore is not None:
+        saved = f"saved on {cell.save_device}, map_location={cell.map_location}: {restore_reason}"
+        return Expectation(error=restore, reason=saved, tensor_device=device)
+    return Expectation(error=error, reason=reason, tensor_device=device)

@@ -6,10 +6,10 @@ import json
 import os
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.cell import Cell, SaveKey, Visibility, visibility_env
+from harness.cell import Cell, SaveKey, Visibility
 from harness.jobspec import LoadSpec, SaveSpec, Spec, spec_to_json
 from harness.runner import Job
 
@@ -19,11 +19,40 @@ DEFAULT_TIMEOUT_S = 120.0
 _THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-def worker_env(visibility: Visibility, base: Mapping[str, str] | None = None) -> dict[str, str]:
+@dataclass(frozen=True)
+class DeviceMap:
+    """GPU index -> the UUID a worker is given for it (from the inventory). Workers get UUIDs in
+    CUDA_VISIBLE_DEVICES where known, so CUDA's own device ordering cannot remap them."""
+
+    uuids: Mapping[int, str] = field(default_factory=dict)
+
+    def env_value(self, visibility: Visibility) -> str:
+        return ",".join(self.uuids.get(index, str(index)) for index in visibility)
+
+    def expected_uuids(self, visibility: Visibility) -> tuple[str, ...] | None:
+        """The UUIDs the worker's logical devices must report, in order (None: unknown)."""
+        if not all(index in self.uuids for index in visibility):
+            return None
+        return tuple(normalise_uuid(self.uuids[index]) for index in visibility)
+
+
+def normalise_uuid(uuid: str) -> str:
+    """``GPU-1a2b...``/``MIG-...`` (nvidia-smi, NVML) and ``1a2b...`` (torch) compare equal."""
+    return uuid.removeprefix("GPU-").removeprefix("MIG-").lower()
+
+
+def worker_env(
+    visibility: Visibility,
+    base: Mapping[str, str] | None = None,
+    devices: DeviceMap | None = None,
+) -> dict[str, str]:
     """The worker's environment: the parent's, with CUDA_VISIBLE_DEVICES set explicitly (empty
     for the CPU fallback) before torch starts in the child."""
     env = dict(os.environ if base is None else base)
-    env["CUDA_VISIBLE_DEVICES"] = visibility_env(visibility)
+    env["CUDA_VISIBLE_DEVICES"] = (devices or DeviceMap()).env_value(visibility)
+    env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # indices as nvidia-smi numbers them
+    if visibility:
+        env["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"  # required by deterministic cuBLAS
     env.update(_THREADS)
     env["PYTHONHASHSEED"] = "0"
     return env
@@ -36,6 +65,7 @@ class JobFactory:
     workdir: Path
     timeout_s: float = DEFAULT_TIMEOUT_S
     python: str = sys.executable
+    devices: DeviceMap = field(default_factory=DeviceMap)
 
     def artifact_dir(self, key: SaveKey) -> Path:
         return self.workdir / "artifacts" / key.id
@@ -49,6 +79,8 @@ class JobFactory:
             variant=str(key.variant),
             artifact_path=str(folder / "checkpoint.pt"),
             report_path=str(folder / "save-report.json"),
+            device="cpu" if key.simulated_tag else key.device,
+            tag_as=key.simulated_tag,
         )
         return self._job(key.id, spec, folder / "save", key.visibility)
 
@@ -62,6 +94,8 @@ class JobFactory:
             artifact_path=artifact_path,
             artifact_sha256=sha256,
             report_path=str(folder / "load-report.json"),
+            map_location=cell.map_location,
+            saved_tag=cell.save_device,
         )
         return self._job(cell.id, spec, folder / "load", cell.load_visibility)
 
@@ -72,7 +106,7 @@ class JobFactory:
         return Job(
             name=name,
             argv=(self.python, "-m", "harness.worker", str(spec_path)),
-            env=worker_env(visibility),
+            env=worker_env(visibility, devices=self.devices),
             timeout_s=self.timeout_s,
             log_path=stem.with_name(stem.name + ".log"),
             report_path=Path(spec.report_path),

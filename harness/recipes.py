@@ -36,6 +36,9 @@ class Recipe:
     save_layouts: frozenset[Layout] = _ALL
     load_layouts: frozenset[Layout] = _ALL
     pairing: Pairing = Pairing.ANY
+    # The recipe ends with the unpickled model itself (its tensors stay where torch.load put
+    # them), not with a fresh model that the loaded tensors were copied into.
+    keeps_loaded_model: bool = False
 
     @property
     def format(self) -> Format:
@@ -81,6 +84,7 @@ RECIPES: dict[str, Recipe] = {
             kind=RecipeKind.CORRECT,
             save_variant=SaveVariant.WHOLE,
             pairing=Pairing.SAME,
+            keeps_loaded_model=True,
             summary="torch.load(path, weights_only=False) of a whole model this run wrote",
         ),
         Recipe(
@@ -112,6 +116,7 @@ RECIPES: dict[str, Recipe] = {
             save_variant=SaveVariant.WHOLE,
             save_layouts=_DP,
             load_layouts=_SINGLE,
+            keeps_loaded_model=True,
             summary="torch.load a whole DataParallel model (weights_only=False), take .module",
         ),
         # --- known-bad recipes -----------------------------------------------------------------
@@ -170,6 +175,7 @@ RECIPES: dict[str, Recipe] = {
             kind=RecipeKind.KNOWN_BAD,
             save_variant=SaveVariant.WHOLE,
             pairing=Pairing.SAME,
+            keeps_loaded_model=True,
             summary="the tutorial's literal torch.load(path) of a whole model "
             "(weights_only defaults to True since torch 2.6)",
         ),

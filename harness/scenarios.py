@@ -14,11 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from harness.axes import Format, Layout, parse_enum
+from harness.devices import DEFAULT_DEVICE, check_device, check_map_location
 from harness.recipes import recipe
+from harness.visibility import MODES
 from harness.zoo import model_spec
 
 _LIST_KEYS = ("models", "save_layouts", "load_layouts", "formats", "recipes")
-_ALLOWED_KEYS = frozenset({"name", "description", *_LIST_KEYS})
+_OPTIONAL_LISTS = {"save_devices": [DEFAULT_DEVICE], "map_locations": ["none"]}
+_ALLOWED_KEYS = frozenset({"name", "description", "visibility", *_LIST_KEYS, *_OPTIONAL_LISTS})
 
 
 class ScenarioError(ValueError):
@@ -35,6 +38,9 @@ class Scenario:
     load_layouts: tuple[Layout, ...]
     formats: tuple[Format, ...]
     recipes: tuple[str, ...]
+    save_devices: tuple[str, ...] = (DEFAULT_DEVICE,)
+    map_locations: tuple[str, ...] = ("none",)
+    visibility: str = "same"  # cpu | same | cross (see harness.visibility.pairs_for_mode)
 
 
 def default_scenarios_dir() -> Path:
@@ -92,7 +98,18 @@ def _scenario(table: dict[str, Any], where: str) -> Scenario:
         raise ScenarioError(f"{where}.name: a non-empty string is required")
     where = f"{where} ({name})"
     lists = {key: _strings(table, key, where) for key in _LIST_KEYS}
+    for key, default in _OPTIONAL_LISTS.items():
+        lists[key] = _strings(table, key, where) if key in table else tuple(default)
+    visibility = table.get("visibility", "same")
+    if visibility not in MODES:
+        raise ScenarioError(
+            f"{where}.visibility: {visibility!r} is not one of {', '.join(map(repr, MODES))}"
+        )
     try:
+        for device in lists["save_devices"]:
+            check_device(device, f"{where}.save_devices")
+        for mapping in lists["map_locations"]:
+            check_map_location(mapping, f"{where}.map_locations")
         for model in lists["models"]:
             model_spec(model, f"{where}.models")
         for name_ in lists["recipes"]:
@@ -114,6 +131,9 @@ def _scenario(table: dict[str, Any], where: str) -> Scenario:
         load_layouts=load,
         formats=formats,
         recipes=lists["recipes"],
+        save_devices=lists["save_devices"],
+        map_locations=lists["map_locations"],
+        visibility=visibility,
     )
 
 

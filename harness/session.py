@@ -67,6 +67,7 @@ class CellRunner:
             save_failure=artifact.failure,
             load=load,
             orchestrator_pid=os.getpid(),
+            devices=self.factory.devices,
         )
         return CellResult(
             cell=cell,

@@ -9,9 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from harness.cell import Cell, Visibility, visibility_env
+from harness.cell import Cell, Visibility
 from harness.oracle import Expectation
 from harness.outcomes import ErrorClass, Outcome
+from harness.plan import DeviceMap, normalise_uuid
 from harness.runner import JobRun
 
 NAMES_SHOWN = 8
@@ -25,18 +26,25 @@ class Judgement:
     error: dict[str, Any] | None = None
 
 
-def probe_problems(probe: dict[str, Any] | None, visibility: Visibility, *, role: str) -> list[str]:
-    """How a worker's view of its devices differs from the visibility it was given."""
+def probe_problems(
+    probe: dict[str, Any] | None, visibility: Visibility, devices: DeviceMap, *, role: str
+) -> list[str]:
+    """How a worker's view of its devices differs from the visibility it was given: the
+    CUDA_VISIBLE_DEVICES it saw, its device count, and the UUID of each logical device."""
     if not probe:
         return [f"the {role} worker reported no isolation probe"]
     problems = []
-    wanted = visibility_env(visibility)
+    wanted = devices.env_value(visibility)
     if probe.get("cuda_visible_devices") != wanted:
         seen = probe.get("cuda_visible_devices")
         problems.append(f"{role} saw CUDA_VISIBLE_DEVICES={seen!r}, was given {wanted!r}")
     if probe.get("device_count") != len(visibility):
         seen = probe.get("device_count")
         problems.append(f"{role} saw {seen} CUDA devices, was given {len(visibility)}")
+    expected = devices.expected_uuids(visibility)
+    seen_uuids = tuple(normalise_uuid(u) for u in probe.get("uuids", []))
+    if visibility and expected is not None and seen_uuids != expected:
+        problems.append(f"{role}'s devices are {list(seen_uuids)}, expected {list(expected)}")
     return problems
 
 
@@ -89,6 +97,7 @@ def judge(
     save_failure: str | None,
     load: JobRun | None,
     orchestrator_pid: int,
+    devices: DeviceMap | None = None,
 ) -> Judgement:
     """``load`` is None when no load ran because the save failed."""
     if save_report is None or load is None:
@@ -98,8 +107,9 @@ def judge(
         return _crash("load", load.failure(), load)
 
     observed: dict[str, Any] = {"status": report["status"], "probe": report.get("probe")}
-    isolation = probe_problems(save_report.get("probe"), cell.save_visibility, role="save")
-    isolation += probe_problems(report.get("probe"), cell.load_visibility, role="load")
+    devices = devices or DeviceMap()
+    isolation = probe_problems(save_report.get("probe"), cell.save_visibility, devices, role="save")
+    isolation += probe_problems(report.get("probe"), cell.load_visibility, devices, role="load")
     pids = {orchestrator_pid, save_report["probe"]["pid"], report["probe"]["pid"]}
     if len(pids) != 3:
         isolation.append("save, load and orchestrator did not run in three distinct processes")
@@ -137,9 +147,11 @@ def judge(
         observed_class, detail = compare_tensors(
             saved_tensors, loaded, device=expectation.tensor_device
         )
-        output_equal = report["output_digest"] == save_report["output_digest"]
-        if observed_class is None and not output_equal:
+        output_equal = outputs_agree(save_report, report)
+        if observed_class is None and output_equal is False:
             observed_class, detail = ErrorClass.OUTPUT_DIFFERS, "forward output differs"
+        elif output_equal is None:
+            detail += "; forward output not compared (saved and loaded on different device types)"
         observed.update(
             tensors=len(loaded),
             devices=sorted({t["device"] for t in loaded.values()}),
@@ -172,6 +184,16 @@ def judge(
         f"{detail}",
         observed=observed,
     )
+
+
+def outputs_agree(save_report: dict[str, Any], load_report: dict[str, Any]) -> bool | None:
+    """Whether the forward outputs are bitwise equal; None where the two ran on different device
+    types (a CPU and a GPU kernel are not expected to agree bitwise)."""
+    saved_on = str(save_report.get("output_device", "cpu")).split(":")[0]
+    loaded_on = str(load_report.get("output_device", "cpu")).split(":")[0]
+    if saved_on != loaded_on:
+        return None
+    return bool(load_report["output_digest"] == save_report["output_digest"])
 
 
 def _one_line(message: str, limit: int = 300) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.worker.models import example_input, unwrap
+from harness.worker.models import example_input, model_device, unwrap
 
 
 def tensor_digest(tensor: torch.Tensor) -> str:
@@ -37,9 +37,11 @@ def fingerprint(model: nn.Module) -> dict[str, dict[str, Any]]:
     }
 
 
-def output_digest(model: nn.Module, name: str) -> str:
-    """The digest of an eval-mode forward pass on the model's fixed input."""
+def output_digest(model: nn.Module, name: str) -> tuple[str, str]:
+    """The digest of an eval-mode forward pass on the model's fixed input, and the device it
+    ran on (outputs of different device types are not expected to agree bitwise)."""
     model.eval()
+    device = model_device(model)
     with torch.no_grad():
-        output = model(example_input(name))
-    return tensor_digest(output)
+        output = model(example_input(name, device))
+    return tensor_digest(output), str(device)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,13 +57,33 @@ def save_atomic(obj: Any, path: Path) -> None:
         raise
 
 
+@contextlib.contextmanager
+def tagged_as(location: str) -> Iterator[None]:
+    """While active, ``torch.save`` tags CPU storages with ``location`` (e.g. ``cuda:1``), so a
+    CPU-only machine can write the checkpoint a GPU would. The tagger is removed afterwards;
+    removing it touches torch.serialization's private registry (there is no public unregister)."""
+
+    def tagger(storage: Any) -> str | None:
+        return location if storage.device.type == "cpu" else None
+
+    def deserializer(storage: Any, _location: str) -> Any:
+        return None
+
+    entry = (-1, tagger, deserializer)  # priority -1: before the built-in cpu (10) and cuda (20)
+    torch.serialization.register_package(*entry)
+    try:
+        yield
+    finally:
+        torch.serialization._package_registry.remove(entry)
+
+
 def run_save(spec: SaveSpec) -> dict[str, Any]:
     started = time.perf_counter()
     variant = SaveVariant(spec.variant)
-    model = wrap(build(spec.model, seed=SAVE_SEED), Layout(spec.layout))
+    model = wrap(build(spec.model, seed=SAVE_SEED).to(spec.device), Layout(spec.layout))
     train(model, spec.model, steps=TRAIN_STEPS)
     tensors = fingerprint(model)
-    output = output_digest(model, spec.model)
+    output, output_device = output_digest(model, spec.model)
     obj: Any
     if variant is SaveVariant.STATE_DICT:
         obj = model.state_dict()
@@ -74,13 +96,19 @@ def run_save(spec: SaveSpec) -> dict[str, Any]:
     else:
         obj = model
     path = Path(spec.artifact_path)
-    save_atomic(obj, path)
+    if spec.tag_as is None:
+        save_atomic(obj, path)
+    else:
+        with tagged_as(spec.tag_as):
+            save_atomic(obj, path)
     return {
         "status": "saved",
         "sha256": file_sha256(path),
         "bytes": path.stat().st_size,
         "tensors": tensors,
         "output_digest": output,
+        "output_device": output_device,
+        "tagged_as": spec.tag_as,
         "probe": isolation_probe(),
         "torch": torch.__version__,
         "work_s": time.perf_counter() - started,
@@ -99,7 +127,7 @@ def run_load(spec: LoadSpec) -> dict[str, Any]:
             )
         model = PERFORM[spec.recipe](ctx)
         tensors = fingerprint(model)
-        output = output_digest(model, spec.model)
+        output, output_device = output_digest(model, spec.model)
     except Exception as exc:
         report.update(
             status="raised",
@@ -109,7 +137,9 @@ def run_load(spec: LoadSpec) -> dict[str, Any]:
             traceback=traceback.format_exc()[-MESSAGE_LIMIT:],
         )
     else:
-        report.update(status="loaded", tensors=tensors, output_digest=output)
+        report.update(
+            status="loaded", tensors=tensors, output_digest=output, output_device=output_device
+        )
     report["before"] = ctx.before
     report["work_s"] = time.perf_counter() - started
     return report

@@ -70,11 +70,18 @@ def build(name: str, *, seed: int) -> nn.Module:
     raise ValueError(f"the worker cannot build model {name!r}")
 
 
-def example_input(name: str) -> torch.Tensor:
+def example_input(name: str, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The model's fixed input, drawn on the CPU (same numbers everywhere), then moved."""
     generator = torch.Generator().manual_seed(1234)
     if name.startswith("resnet"):
-        return torch.randn(2, 3, 32, 32, generator=generator)
-    return torch.randn(4, 8, generator=generator)
+        batch = torch.randn(2, 3, 32, 32, generator=generator)
+    else:
+        batch = torch.randn(4, 8, generator=generator)
+    return batch.to(device)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
 
 
 def wrap(model: nn.Module, layout: Layout) -> nn.Module:
@@ -96,9 +103,10 @@ def train(model: nn.Module, name: str, *, steps: int, lr: float = 0.1) -> None:
     ``zero_grad``/``step`` imports torch._dynamo (measured: +1.0 s per save worker)."""
     model.train()
     generator = torch.Generator().manual_seed(99)
+    device = model_device(model)
     batch = example_input(name)
     for _ in range(steps):
-        noisy = batch + 0.1 * torch.randn(batch.shape, generator=generator)
+        noisy = (batch + 0.1 * torch.randn(batch.shape, generator=generator)).to(device)
         model.zero_grad(set_to_none=True)
         model(noisy).pow(2).mean().backward()
         with torch.no_grad():

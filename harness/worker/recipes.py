@@ -22,6 +22,21 @@ from harness.worker.fingerprint import fingerprint
 from harness.worker.models import build, unwrap, wrap
 
 
+def map_location_arg(policy: str, saved_tag: str) -> Any:
+    """The object each map_location policy of harness.devices hands to ``torch.load``."""
+    arguments: dict[str, Any] = {
+        "none": None,
+        "cpu": "cpu",
+        "cuda0": "cuda:0",
+        "device_cuda0": torch.device("cuda:0"),
+        "remap_saved_to_cpu": {saved_tag: "cpu"},
+        "remap_cuda0_to_cpu": {"cuda:0": "cpu"},
+        "remap_saved_to_cuda0": {saved_tag: "cuda:0"},
+        "callable_identity": lambda storage, location: storage,
+    }
+    return arguments[policy]
+
+
 class LoadContext:
     def __init__(self, spec: LoadSpec) -> None:
         self.spec = spec
@@ -31,26 +46,32 @@ class LoadContext:
         self.before: dict[str, dict[str, Any]] | None = None
 
     def fresh(self, layout: Layout | None = None) -> nn.Module:
-        """A new model from the loader's seed, wrapped for ``layout`` (default: the cell's)."""
-        model = wrap(build(self.spec.model, seed=LOAD_SEED), layout or self.layout)
+        """A new model from the loader's seed, on logical cuda:0 where a GPU is visible (else the
+        CPU), wrapped for ``layout`` (default: the cell's)."""
+        device = "cuda:0" if torch.cuda.device_count() > 0 else "cpu"
+        model = wrap(build(self.spec.model, seed=LOAD_SEED).to(device), layout or self.layout)
         if self.before is None:
             self.before = fingerprint(model)
         return model
 
+    @property
+    def map_location(self) -> Any:
+        return map_location_arg(self.spec.map_location, self.spec.saved_tag)
+
     def weights(self) -> Any:
-        return torch.load(self.path, weights_only=True)
+        return torch.load(self.path, map_location=self.map_location, weights_only=True)
 
     def whole(self) -> nn.Module:
         # A whole pickled model: allowed only because this run wrote the file and its checksum
         # was verified before this call (see harness.worker.main).
-        model = torch.load(self.path, weights_only=False)
+        model = torch.load(self.path, map_location=self.map_location, weights_only=False)
         if not isinstance(model, nn.Module):
             raise TypeError(f"{self.path} holds {type(model).__name__}, not a model")
         return model
 
     def default_load(self) -> Any:
         """``torch.load(path)`` with the installed torch's own defaults, as tutorials write it."""
-        return torch.load(self.path)
+        return torch.load(self.path, map_location=self.map_location)
 
 
 def _as_saved(ctx: LoadContext) -> nn.Module:

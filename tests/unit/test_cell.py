@@ -1,7 +1,8 @@
 from __future__ import annotations
 
 from harness.axes import Format, Layout, SaveVariant
-from harness.cell import Cell, SaveKey, visibility_env, visibility_label
+from harness.cell import Cell, SaveKey, visibility_label
+from harness.plan import DeviceMap
 
 
 def make(**changes: object) -> Cell:
@@ -18,15 +19,22 @@ def make(**changes: object) -> Cell:
 
 def test_id_is_readable_and_names_every_axis() -> None:
     assert make().id == "model=trap-save=dp[cpu]-load=single[cpu]-fmt=weights-recipe=strip_prefix"
-    gpu = make(save_visibility=(1, 0), load_visibility=(2,))
+    gpu = make(save_visibility=(1, 0), load_visibility=(2,), save_device="cuda:0")
     assert gpu.id == "model=trap-save=dp[1,0]-load=single[2]-fmt=weights-recipe=strip_prefix"
     assert str(gpu) == gpu.id
+    # devices and map_location show only where they are not the defaults
+    moved = make(save_visibility=(0, 1), save_device="cuda:1", map_location="cpu")
+    assert moved.id == (
+        "model=trap-save=dp[0,1]@cuda:1-load=single[cpu]-fmt=weights-recipe=strip_prefix-map=cpu"
+    )
+    assert make(save_device="cuda:1").id.startswith("model=trap-save=dp[cpu]@cuda:1-load=")
+    assert make(save_visibility=(0,)).id.startswith("model=trap-save=dp[0]@cpu-load=")
 
 
 def test_visibility_order_matters() -> None:
     assert make(save_visibility=(0, 1)).id != make(save_visibility=(1, 0)).id
-    assert visibility_env((1, 0)) == "1,0"
-    assert visibility_env(()) == ""
+    assert DeviceMap().env_value((1, 0)) == "1,0"
+    assert DeviceMap().env_value(()) == ""
     assert visibility_label(()) == "cpu"
 
 

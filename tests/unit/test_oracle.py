@@ -75,19 +75,6 @@ def test_every_default_cell_has_a_rule_and_correct_recipes_always_pass() -> None
             assert expectation.passes, c.id
 
 
-def test_gpu_visibilities_are_refused_until_encoded() -> None:
-    gpu = Cell(
-        model="trap",
-        save_layout=S,
-        load_layout=S,
-        format=W,
-        recipe="as_saved",
-        load_visibility=(0,),
-    )
-    with pytest.raises(NotImplementedError, match="no CUDA rules yet"):
-        expect(gpu, torch_version=NEW)
-
-
 @pytest.mark.parametrize(
     ("text", "version"), [("2.14.1+cu130", (2, 14)), ("2.5.0", (2, 5)), ("10.0a0", (10, 0))]
 )

@@ -11,6 +11,7 @@ from harness.axes import Format, Layout
 from harness.cell import Cell
 from harness.oracle import Expectation
 from harness.outcomes import ErrorClass, Outcome
+from harness.plan import DeviceMap
 from harness.runner import JobRun
 from harness.verdict import Judgement, compare_tensors, judge, probe_problems
 
@@ -193,10 +194,36 @@ def test_compare_tensors_reports_in_order_of_severity() -> None:
 
 
 def test_probe_problems() -> None:
-    assert probe_problems(probe(1), (), role="load") == []
-    assert probe_problems(None, (), role="save") == ["the save worker reported no isolation probe"]
+    assert probe_problems(probe(1), (), DeviceMap(), role="load") == []
+    assert probe_problems(None, (), DeviceMap(), role="save") == [
+        "the save worker reported no isolation probe"
+    ]
     gpu = copy.deepcopy(probe(1))
-    assert probe_problems(gpu, (0, 1), role="load") == [
+    assert probe_problems(gpu, (0, 1), DeviceMap(), role="load") == [
         "load saw CUDA_VISIBLE_DEVICES='', was given '0,1'",
         "load saw 0 CUDA devices, was given 2",
     ]
+
+
+def test_probe_checks_the_uuid_of_every_logical_device() -> None:
+    devices = DeviceMap({0: "GPU-aaaa", 1: "GPU-bbbb"})
+    right = {
+        "pid": 5,
+        "cuda_visible_devices": "GPU-bbbb,GPU-aaaa",
+        "device_count": 2,
+        "uuids": ["bbbb", "aaaa"],
+    }
+    assert probe_problems(right, (1, 0), devices, role="load") == []
+    swapped = dict(right, uuids=["aaaa", "bbbb"])
+    assert probe_problems(swapped, (1, 0), devices, role="load") == [
+        "load's devices are ['aaaa', 'bbbb'], expected ['bbbb', 'aaaa']"
+    ]
+
+
+def test_outputs_of_different_device_types_are_not_compared() -> None:
+    on_gpu = loaded(output_device="cuda:0", output_digest="other")
+    j = verdict(CLEAN, run(on_gpu))
+    assert j.outcome is Outcome.PASS
+    assert j.observed is not None
+    assert j.observed["output_equal"] is None
+    assert "forward output not compared" in j.reason
