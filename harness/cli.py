@@ -1,8 +1,9 @@
-"""The ``ckpt-matrix`` command: ``run`` the matrix, ``list`` its cells."""
+"""The ``ckpt-matrix`` command: ``run`` the matrix, ``list`` its cells, show the ``inventory``."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -11,17 +12,18 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from harness.artifacts import ArtifactStore
+from harness.cell import Visibility
 from harness.environment import TorchUnavailableError, describe, torch_environment
+from harness.inventory import Inventory, InventoryError, read_inventory, simulated
 from harness.matrix import Matrix, expand
 from harness.oracle import parse_torch_version
 from harness.outcomes import exit_code
-from harness.plan import DEFAULT_TIMEOUT_S, JobFactory
+from harness.plan import DEFAULT_TIMEOUT_S, DeviceMap
 from harness.results import ResultsError, ResultsWriter, read_results
-from harness.runner import SpawnLauncher
 from harness.scenarios import ScenarioError, default_scenarios_dir, load_scenarios
-from harness.session import CellRunner, run_cells
+from harness.session import build_runner, run_cells
 from harness.summary import progress_line, summary_table
+from harness.visibility import Policy, parse_policy, subsets
 
 USAGE_ERROR = 2
 
@@ -46,6 +48,20 @@ def build_parser() -> argparse.ArgumentParser:
         )
         sub.add_argument(
             "-k", "--select", default=None, help="keep only cells whose id contains this text"
+        )
+        sub.add_argument(
+            "--visibility",
+            default="minimal",
+            help="GPU subsets: minimal, pairs, all[:K] or sample:N (default: minimal)",
+        )
+
+    def simulate_option(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument(
+            "--simulate-gpus",
+            type=int,
+            default=None,
+            metavar="N",
+            help="plan for N fake GPUs instead of this machine's (never GPU evidence)",
         )
 
     run = commands.add_parser("run", help="run the matrix and write results")
@@ -74,21 +90,59 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also print the combinations that are not cells, and why",
     )
+    listing.add_argument(
+        "--count", action="store_true", help="print the number of cells per visibility policy"
+    )
+    simulate_option(listing)
+
+    inventory = commands.add_parser("inventory", help="print the GPUs, driver and CUDA versions")
+    inventory.add_argument("--json", action="store_true", help="as JSON")
+    simulate_option(inventory)
     return parser
 
 
-def load_matrix(args: argparse.Namespace) -> Matrix:
+def machine_inventory(args: argparse.Namespace) -> Inventory:
+    simulate = getattr(args, "simulate_gpus", None)
+    if simulate is not None:
+        return simulated(simulate)
+    return read_inventory(os.environ)
+
+
+def chosen_subsets(policy: Policy, inventory: Inventory) -> list[Visibility]:
+    single_only = {gpu.index for gpu in inventory.gpus if gpu.mig_enabled}
+    return subsets(policy, inventory.indices, single_only=single_only)
+
+
+def load_matrix(
+    args: argparse.Namespace, inventory: Inventory, policy: Policy | None = None
+) -> Matrix:
     path = args.scenarios if args.scenarios is not None else default_scenarios_dir()
-    matrix = expand(load_scenarios(path), select=args.select)
+    chosen = chosen_subsets(policy or parse_policy(args.visibility), inventory)
+    matrix = expand(load_scenarios(path), subsets=chosen, select=args.select)
     if not matrix.cells:
-        raise UsageError(
-            f"no cells in {path}" + (f" match -k {args.select!r}" if args.select else "")
-        )
+        matching = f" match -k {args.select!r}" if args.select else ""
+        raise UsageError(f"no cells in {path}{matching}")
     return matrix
 
 
+def cmd_inventory(args: argparse.Namespace) -> int:
+    inventory = machine_inventory(args)
+    print(json.dumps(inventory.to_json(), indent=1) if args.json else inventory.describe())
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
-    matrix = load_matrix(args)
+    inventory = machine_inventory(args)
+    if args.count:
+        gpus = len(inventory.gpus)
+        print(f"# {gpus} GPU(s){' (simulated)' if inventory.simulated else ''}")
+        for name in ("minimal", "pairs", "all:2", "all:3", "sample:8", "sample:32"):
+            policy = parse_policy(name)
+            chosen = chosen_subsets(policy, inventory)
+            cells = load_matrix(args, inventory, policy).cells
+            print(f"{name:<10} {len(chosen):>5} subsets {len(cells):>7} cells")
+        return 0
+    matrix = load_matrix(args, inventory)
     for cell in matrix.cells:
         print(cell.id)
     if args.explain:
@@ -99,7 +153,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    matrix = load_matrix(args)
+    inventory = machine_inventory(args)
+    matrix = load_matrix(args, inventory)
     if args.jobs < 1:
         raise UsageError(f"--jobs {args.jobs}: must be at least 1")
     if args.timeout <= 0:
@@ -110,7 +165,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"{args.out} exists; pass --resume to continue it or --overwrite to replace it"
         )
     torch_side = torch_environment()
-    environment = describe(torch_side)
+    environment = describe(torch_side, inventory, visibility_policy=args.visibility)
     if args.resume and args.out.exists():
         previous = read_results(args.out)
         if previous.environment.get("torch") != environment["torch"]:
@@ -128,12 +183,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ckpt-matrix-"))
     started = time.monotonic()
     try:
-        factory = JobFactory(workdir=workdir, timeout_s=args.timeout)
-        launcher = SpawnLauncher()
-        runner = CellRunner(
-            factory=factory,
-            launcher=launcher,
-            store=ArtifactStore(factory, launcher),
+        runner = build_runner(
+            workdir=workdir,
+            timeout_s=args.timeout,
+            devices=DeviceMap(inventory.uuids),
             torch_version=parse_torch_version(environment["torch"]),
         )
         resume = bool(args.resume and args.out.exists())
@@ -159,15 +212,27 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = {"run": cmd_run, "list": cmd_list}[args.command]
+    handler = {"run": cmd_run, "list": cmd_list, "inventory": cmd_inventory}[args.command]
     try:
         return handler(args)
-    except (UsageError, ScenarioError, ResultsError, TorchUnavailableError) as exc:
+    except (
+        UsageError,
+        ScenarioError,
+        ResultsError,
+        TorchUnavailableError,
+        InventoryError,
+        ValueError,
+    ) as exc:
         print(f"ckpt-matrix {args.command}: error: {exc}", file=sys.stderr)
         return USAGE_ERROR
     except KeyboardInterrupt:
         print(f"ckpt-matrix {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`ckpt-matrix list | head`): stop quietly, as Unix tools do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

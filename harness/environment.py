@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import harness
+from harness.inventory import Inventory
 from harness.plan import worker_env
 
 
@@ -47,7 +48,9 @@ def torch_environment(python: str = sys.executable, timeout_s: float = 120.0) ->
     return data
 
 
-def describe(torch_side: dict[str, Any]) -> dict[str, Any]:
+def describe(
+    torch_side: dict[str, Any], inventory: Inventory, *, visibility_policy: str
+) -> dict[str, Any]:
     return {
         "harness_version": harness.__version__,
         "python": platform.python_version(),
@@ -57,8 +60,12 @@ def describe(torch_side: dict[str, Any]) -> dict[str, Any]:
         "torchvision": torch_side.get("torchvision"),
         "cuda_build": torch_side.get("cuda_build"),
         "cuda_available": torch_side.get("cuda_available"),
-        # The GPU inventory comes with the GPU path; the CPU fallback records none.
-        "gpus": "none",
+        "gpus": inventory.to_json()["gpus"],
+        "driver_version": inventory.driver_version,
+        "cuda_driver_version": inventory.cuda_version,
+        "inventory_source": inventory.source,
+        "outer_cuda_visible_devices": inventory.outer_visible,
+        "visibility_policy": visibility_policy,
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "argv": sys.argv,
     }

@@ -110,4 +110,5 @@ class JobFactory:
             timeout_s=self.timeout_s,
             log_path=stem.with_name(stem.name + ".log"),
             report_path=Path(spec.report_path),
+            gpus=visibility,
         )

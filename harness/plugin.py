@@ -1,9 +1,10 @@
 """pytest plugin (entry point ``pytest11``): the matrix as parametrized tests.
 
 A test that asks for the ``ckpt_cell`` fixture is parametrized with every cell of the scenarios
-(``--ckpt-scenarios``, default: the shipped ones), each with its readable id; ``ckpt_result``
-runs that cell. Artifacts are saved once per run and shared by pytest-xdist workers through file
-locks in a folder of the run's base temp directory. The plugin costs nothing when unused: it
+(``--ckpt-scenarios``, default: the shipped ones) under the GPU subsets of ``--ckpt-visibility``
+on this machine's GPUs (none: the CPU fallback), each with its readable id; ``ckpt_result`` runs
+that cell. Artifacts are saved once per run and GPU leases are taken in a folder of the run's
+base temp directory, shared by pytest-xdist workers. The plugin costs nothing when unused: it
 imports nothing from torch, and nothing at all until a test asks for a cell.
 """
 
@@ -18,6 +19,7 @@ import pytest
 
 if TYPE_CHECKING:
     from harness.cell import Cell
+    from harness.inventory import Inventory
     from harness.results import CellResult
     from harness.session import CellRunner
 
@@ -31,6 +33,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="scenario TOML file or folder for the ckpt_cell tests (default: the shipped set)",
     )
     group.addoption(
+        "--ckpt-visibility",
+        default="minimal",
+        help="GPU subsets: minimal, pairs, all[:K] or sample:N (default: minimal)",
+    )
+    group.addoption(
         "--ckpt-timeout",
         type=float,
         default=None,
@@ -39,14 +46,35 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 _CELLS = pytest.StashKey["tuple[Cell, ...]"]()
+_INVENTORY = pytest.StashKey["Inventory"]()
 
 
-def _load_cells(path: Path | None) -> tuple[Cell, ...]:
+def _inventory(config: pytest.Config) -> Inventory:
+    from harness.inventory import InventoryError, read_inventory
+
+    if _INVENTORY not in config.stash:
+        try:
+            config.stash[_INVENTORY] = read_inventory(os.environ)
+        except InventoryError as exc:
+            raise pytest.UsageError(str(exc)) from None
+    return config.stash[_INVENTORY]
+
+
+def _load_cells(config: pytest.Config) -> tuple[Cell, ...]:
     from harness.matrix import expand
     from harness.scenarios import ScenarioError, default_scenarios_dir, load_scenarios
+    from harness.visibility import parse_policy, subsets
 
+    path = config.getoption("ckpt_scenarios")
     try:
-        return expand(load_scenarios(path or default_scenarios_dir())).cells
+        policy = parse_policy(config.getoption("ckpt_visibility"), "--ckpt-visibility")
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    inventory = _inventory(config)
+    single_only = {gpu.index for gpu in inventory.gpus if gpu.mig_enabled}
+    chosen = subsets(policy, inventory.indices, single_only=single_only)
+    try:
+        return expand(load_scenarios(path or default_scenarios_dir()), subsets=chosen).cells
     except ScenarioError as exc:
         raise pytest.UsageError(f"--ckpt-scenarios: {exc}") from None
 
@@ -54,9 +82,8 @@ def _load_cells(path: Path | None) -> tuple[Cell, ...]:
 def pytest_configure(config: pytest.Config) -> None:
     # An explicit --ckpt-scenarios is checked before collection, so a bad file is a usage
     # error with its own message rather than a collection error in some test module.
-    path = config.getoption("ckpt_scenarios", None)
-    if path is not None:
-        config.stash[_CELLS] = _load_cells(path)
+    if config.getoption("ckpt_scenarios", None) is not None:
+        config.stash[_CELLS] = _load_cells(config)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -64,7 +91,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     stash = metafunc.config.stash
     if _CELLS not in stash:
-        stash[_CELLS] = _load_cells(None)
+        stash[_CELLS] = _load_cells(metafunc.config)
     cells = stash[_CELLS]
     metafunc.parametrize("ckpt_cell", cells, ids=[cell.id for cell in cells])
 
@@ -73,35 +100,32 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def ckpt_runner(
     tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config
 ) -> CellRunner:
-    """One cell runner per pytest process, sharing artifacts across xdist workers."""
+    """One cell runner per pytest process, sharing artifacts and leases across xdist workers."""
     from filelock import FileLock
 
-    from harness.artifacts import ArtifactStore
     from harness.environment import describe, torch_environment
     from harness.oracle import parse_torch_version
-    from harness.plan import DEFAULT_TIMEOUT_S, JobFactory
-    from harness.runner import SpawnLauncher
-    from harness.session import CellRunner
+    from harness.plan import DEFAULT_TIMEOUT_S, DeviceMap
+    from harness.session import build_runner
 
     base = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         base = base.parent  # the folder all workers of this run share
     workdir = base / "ckpt-matrix"
     workdir.mkdir(parents=True, exist_ok=True)
+    inventory = _inventory(pytestconfig)
     environment_path = workdir / "environment.json"
     with FileLock(str(environment_path) + ".lock"):
         if environment_path.exists():
             environment = json.loads(environment_path.read_text(encoding="utf-8"))
         else:
-            environment = describe(torch_environment())
+            policy = pytestconfig.getoption("ckpt_visibility")
+            environment = describe(torch_environment(), inventory, visibility_policy=policy)
             environment_path.write_text(json.dumps(environment), encoding="utf-8")
-    timeout = pytestconfig.getoption("ckpt_timeout") or DEFAULT_TIMEOUT_S
-    factory = JobFactory(workdir=workdir, timeout_s=timeout)
-    launcher = SpawnLauncher()
-    return CellRunner(
-        factory=factory,
-        launcher=launcher,
-        store=ArtifactStore(factory, launcher),
+    return build_runner(
+        workdir=workdir,
+        timeout_s=pytestconfig.getoption("ckpt_timeout") or DEFAULT_TIMEOUT_S,
+        devices=DeviceMap(inventory.uuids),
         torch_version=parse_torch_version(environment["torch"]),
     )
 

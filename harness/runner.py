@@ -31,6 +31,7 @@ class Job:
     timeout_s: float
     log_path: Path  # stdout and stderr together
     report_path: Path
+    gpus: tuple[int, ...] = ()  # the GPUs the job may see (for leases)
 
 
 @dataclass(frozen=True, kw_only=True)

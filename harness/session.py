@@ -12,14 +12,16 @@ import traceback
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
+from pathlib import Path
 
 from harness.artifacts import ArtifactStore
 from harness.cell import Cell
+from harness.leases import GpuLeases, LeasedLauncher
 from harness.oracle import Expectation, TorchVersion, expect
 from harness.outcomes import Outcome
-from harness.plan import JobFactory
+from harness.plan import DeviceMap, JobFactory
 from harness.results import CellResult, ResultsWriter
-from harness.runner import Launcher
+from harness.runner import Launcher, SpawnLauncher
 from harness.verdict import judge
 
 Progress = Callable[[CellResult, int, int], None]
@@ -78,6 +80,21 @@ class CellRunner:
             error=judgement.error,
             duration_s=time.monotonic() - started,
         )
+
+
+def build_runner(
+    *, workdir: Path, timeout_s: float, devices: DeviceMap, torch_version: TorchVersion
+) -> CellRunner:
+    """The runner both front doors use: fresh interpreters, GPU leases in the work folder (shared
+    by threads and by pytest-xdist workers), artifacts saved once."""
+    factory = JobFactory(workdir=workdir, timeout_s=timeout_s, devices=devices)
+    launcher = LeasedLauncher(SpawnLauncher(), GpuLeases(workdir / "leases"))
+    return CellRunner(
+        factory=factory,
+        launcher=launcher,
+        store=ArtifactStore(factory, launcher),
+        torch_version=torch_version,
+    )
 
 
 def interleave_by_artifact(cells: Sequence[Cell]) -> list[Cell]:

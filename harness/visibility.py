@@ -76,7 +76,8 @@ def pairs_for_mode(mode: str, chosen: Sequence[Visibility]) -> list[tuple[Visibi
 
     - ``cpu``: always the CPU fallback;
     - ``same``: save and load under the same subset;
-    - ``cross``: every save subset with every load subset, and with no GPU at all.
+    - ``cross``: each save subset with the load subsets that cover the oracle's classes (see
+      ``cross_loads``), rather than the full product, which grows as the square of the subsets.
     """
     if mode not in MODES:
         raise ValueError(f"unknown visibility mode {mode!r}; expected one of {', '.join(MODES)}")
@@ -84,4 +85,17 @@ def pairs_for_mode(mode: str, chosen: Sequence[Visibility]) -> list[tuple[Visibi
         return [(CPU, CPU)]
     if mode == "same":
         return [(s, s) for s in chosen]
-    return [(s, load) for s in chosen for load in [*chosen, CPU]]
+    return [(s, load) for s in chosen for load in cross_loads(s, chosen)]
+
+
+def cross_loads(save: Visibility, chosen: Sequence[Visibility]) -> list[Visibility]:
+    """Load subsets for one save subset: the same one (storages return to their own GPUs), its
+    reverse (same GPUs, other logical order), a different single GPU (same logical cuda:0, other
+    physical GPU), the largest subset (more GPUs), and none (CUDA unavailable)."""
+    candidates = [save, tuple(reversed(save))]
+    other = next((s for s in chosen if len(s) == 1 and s != save[:1]), None)
+    if other is not None:
+        candidates.append(other)
+    candidates.append(max(chosen, key=len))
+    candidates.append(CPU)
+    return list(dict.fromkeys(candidates))

@@ -35,10 +35,32 @@ def test_list_prints_one_id_per_line(capsys: pytest.CaptureFixture[str]) -> None
 
 
 def test_list_explain_gives_reasons(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["list", "--explain", "-k", "model=trap-"]) == 0
+    assert main(["list", "--explain", "-k", "model=resnet18-"]) == 0
     out = capsys.readouterr().out
     assert "# 30 cells; " in out
     assert "#     recipe=whole_module needs load in {single}, got dp [prefix-recipes]" in out
+
+
+def test_inventory_and_simulated_listing(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["inventory", "--simulate-gpus", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "SIMULATED inventory: not GPU evidence" in out
+    assert "GPU 1: simulated" in out
+    assert main(["inventory", "--json", "--simulate-gpus", "0"]) == 0
+    assert json.loads(capsys.readouterr().out)["gpus"] == "none"
+    assert main(["list", "--simulate-gpus", "4", "--visibility", "minimal"]) == 0
+    ids = capsys.readouterr().out.splitlines()
+    assert "model=trap-save=dp[0,1,2,3]-load=dp[0,1,2,3]-fmt=weights-recipe=as_saved" in ids
+    assert not any("[cpu]" in i.split("-load=")[0] for i in ids)  # every save sees a GPU
+    assert main(["list", "--simulate-gpus", "4", "--count"]) == 0
+    counts = capsys.readouterr().out
+    assert "# 4 GPU(s) (simulated)" in counts
+    assert "minimal       11 subsets" in counts
+
+
+def test_a_bad_policy_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["list", "--visibility", "sample:x"]) == 2
+    assert "--visibility 'sample:x'" in capsys.readouterr().err
 
 
 def test_errors_name_the_input_and_exit_2(

@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 
 from harness.environment import TorchUnavailableError, describe, torch_environment
+from harness.inventory import simulated
 
 
 @pytest.mark.slow
@@ -10,7 +11,7 @@ def test_torch_side_is_read_in_a_worker_with_no_gpu_visible() -> None:
     torch_side = torch_environment()
     assert torch_side["torch"][0].isdigit()
     assert torch_side["device_count"] == 0  # the probe runs with CUDA_VISIBLE_DEVICES=""
-    environment = describe(torch_side)
+    environment = describe(torch_side, simulated(0), visibility_policy="minimal")
     assert environment["torch"] == torch_side["torch"]
     assert environment["python"]
 

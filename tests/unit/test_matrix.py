@@ -15,15 +15,15 @@ def default() -> Matrix:
 def test_default_matrix_shape() -> None:
     matrix = default()
     ids = [cell.id for cell in matrix.cells]
-    assert len(ids) == len(set(ids)) == 90
-    assert Counter(cell.model for cell in matrix.cells) == {
-        "trap": 30,
-        "trap_module": 30,
-        "resnet18": 30,
-    }
-    kinds = Counter(cell.recipe_spec.kind for cell in matrix.cells)
+    assert len(ids) == len(set(ids)) == 136
+    prefix = [c for c in matrix.cells if c.map_location == "none" and c.save_device == "cpu"]
+    assert Counter(c.model for c in prefix) == {"trap": 30, "trap_module": 30, "resnet18": 30}
+    kinds = Counter(c.recipe_spec.kind for c in prefix)
     assert kinds[RecipeKind.CORRECT] == 30
     assert kinds[RecipeKind.KNOWN_BAD] == 60
+    # device mapping: 2 formats x 3 saved devices x 8 map_locations, less the 2 cells that are
+    # the prefix scenario's own (saved on cpu, no map_location)
+    assert len(matrix.cells) - len(prefix) == 2 * 3 * 8 - 2
     assert all(cell.save_visibility == () == cell.load_visibility for cell in matrix.cells)
 
 
@@ -50,3 +50,24 @@ def test_select_and_dedup() -> None:
     assert len(twice.cells) == 2
     picked = expand([scenario], select="recipe=slice")
     assert [c.recipe for c in picked.cells] == ["slice_prefix"]
+
+
+def test_gpu_subsets_expand_the_visibility_axis() -> None:
+    scenarios = load_scenarios(default_scenarios_dir())
+    matrix = expand(scenarios, subsets=[(0,), (1,), (0, 1), (1, 0)])
+    ids = {cell.id for cell in matrix.cells}
+    assert "model=trap-save=dp[1,0]-load=dp[1,0]-fmt=weights-recipe=strip_prefix" in ids
+    mapping = "model=trap-save=single[0,1]@cuda:1-load=single[1]-fmt=whole-recipe=as_saved_whole"
+    assert mapping in ids
+    assert f"{mapping}-map=cuda0" in ids
+    assert not any(cell.save_visibility == () for cell in matrix.cells)  # GPU runs only
+    reasons = {o.reason for o in matrix.omitted}
+    assert "save device cuda:1 needs 2 GPUs in the save subset, it has 1" in reasons
+
+
+def test_without_gpus_cuda_devices_are_simulated_tags() -> None:
+    matrix = expand(load_scenarios(default_scenarios_dir()))
+    tagged = [c for c in matrix.cells if c.save_device != "cpu"]
+    assert tagged
+    assert all(c.save_key.simulated_tag == c.save_device for c in tagged)
+    assert len(matrix.cells) == 136
