@@ -22,10 +22,10 @@ DATA = Path(__file__).parent.parent / "data" / "inventory"
 
 
 def recorded(name: str, outer: str | None = None) -> Inventory:
-    parts = [
-        (DATA / f"{name}.{part}").read_text() for part in ("query.csv", "list.txt", "header.txt")
-    ]
-    return from_nvidia_smi(*parts, outer)
+    def read(part: str) -> str:
+        return (DATA / f"{name}.{part}").read_text()
+
+    return from_nvidia_smi(read("query.csv"), read("list.txt"), read("header.txt"), outer)
 
 
 @pytest.mark.parametrize(
