@@ -7,6 +7,7 @@ every model and checks these traits against its real state_dict keys.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 
@@ -58,6 +59,16 @@ MODELS: dict[str, ModelSpec] = {
         ),
     )
 }
+
+
+def key_traits(keys: Iterable[str]) -> tuple[bool, bool]:
+    """(a key starts with "module.", a key contains "module." after its first character): the
+    two traits the oracle reasons with, computed from real keys."""
+    listed = list(keys)
+    return (
+        any(key.startswith("module.") for key in listed),
+        any("module." in key[1:] for key in listed),
+    )
 
 
 def model_spec(name: str, where: str) -> ModelSpec:
