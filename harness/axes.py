@@ -20,6 +20,7 @@ class Format(StrEnum):
 
     WEIGHTS = "weights"  # a state_dict (or what a recipe mistakes for one)
     WHOLE = "whole"  # the pickled model object
+    TRAIN_STATE = "train_state"  # {'model', 'optimizer', 'lr_scheduler', 'epoch', 'args', 'rng'}
 
 
 class SaveVariant(StrEnum):
@@ -29,10 +30,16 @@ class SaveVariant(StrEnum):
     MODULE_STATE_DICT = "module_state_dict"  # model.module.state_dict() of a DataParallel model
     BOUND_METHOD = "bound_method"  # model.state_dict, the method itself (a known mistake)
     WHOLE = "whole"  # the model object
+    TRAIN_STATE = "train_state"  # the training state, args as a plain dict
+    TRAIN_STATE_NAMESPACE = "train_state_namespace"  # ... args as an argparse.Namespace
 
     @property
     def file_format(self) -> Format:
-        return Format.WHOLE if self is SaveVariant.WHOLE else Format.WEIGHTS
+        if self is SaveVariant.WHOLE:
+            return Format.WHOLE
+        if self in (SaveVariant.TRAIN_STATE, SaveVariant.TRAIN_STATE_NAMESPACE):
+            return Format.TRAIN_STATE
+        return Format.WEIGHTS
 
 
 def parse_enum(kind: type[E], value: str, where: str) -> E:

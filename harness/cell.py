@@ -38,12 +38,14 @@ class SaveKey:
     variant: SaveVariant
     visibility: Visibility = CPU
     device: str = "cpu"  # the logical device the saver's model is on
+    training: str = ""  # the training regime of a train_state artifact
 
     @property
     def id(self) -> str:
+        training = f"-{self.training}" if self.training else ""
         return (
             f"{self.model}-{self.layout}[{visibility_label(self.visibility)}]"
-            f"{device_suffix(self.device, self.visibility)}-{self.variant}"
+            f"{device_suffix(self.device, self.visibility)}-{self.variant}{training}"
         )
 
     @property
@@ -66,10 +68,12 @@ class Cell:
     load_visibility: Visibility = CPU
     save_device: str = "cpu"  # logical device of the saved storages (resolved, never "default")
     map_location: str = "none"  # a policy name from harness.devices.MAP_LOCATIONS
+    training: str = ""  # a regime from harness.recipes.TRAININGS (train_state cells only)
 
     @property
     def id(self) -> str:
         mapping = "" if self.map_location == "none" else f"-map={self.map_location}"
+        mapping += f"-train={self.training}" if self.training else ""
         return (
             f"model={self.model}"
             f"-save={self.save_layout}[{visibility_label(self.save_visibility)}]"
@@ -97,6 +101,7 @@ class Cell:
             variant=self.recipe_spec.save_variant,
             visibility=self.save_visibility,
             device=self.save_device,
+            training=self.training,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -110,6 +115,7 @@ class Cell:
             "load_visibility": list(self.load_visibility),
             "save_device": self.save_device,
             "map_location": self.map_location,
+            "training": self.training,
         }
 
     @classmethod
@@ -124,4 +130,5 @@ class Cell:
             load_visibility=tuple(data["load_visibility"]),
             save_device=data.get("save_device", "cpu"),
             map_location=data.get("map_location", "none"),
+            training=data.get("training", ""),
         )

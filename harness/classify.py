@@ -16,6 +16,10 @@ class ChecksumMismatchError(Exception):
     """The artifact on disk is not the file its saver recorded."""
 
 
+class OptimizerStateDeviceError(Exception):
+    """After loading, an optimizer state tensor is not on the device of its parameter."""
+
+
 _RULES: tuple[tuple[type[BaseException], re.Pattern[str], ErrorClass], ...] = (
     (pickle.UnpicklingError, re.compile(r"Weights only load failed"), ErrorClass.UNSAFE_GLOBAL),
     (
@@ -35,6 +39,7 @@ _RULES: tuple[tuple[type[BaseException], re.Pattern[str], ErrorClass], ...] = (
     ),
     (TypeError, re.compile(r"Expected state_dict to be dict-like"), ErrorClass.NOT_A_STATE_DICT),
     (ChecksumMismatchError, re.compile(""), ErrorClass.CHECKSUM_MISMATCH),
+    (OptimizerStateDeviceError, re.compile(""), ErrorClass.OPTIMIZER_STATE_DEVICE),
 )
 
 

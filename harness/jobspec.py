@@ -21,6 +21,10 @@ Role = Literal["save", "load"]
 SAVE_SEED = 0
 LOAD_SEED = 1
 TRAIN_STEPS = 3
+# train_state cells: the saver trains RESUME_AT steps, saves, trains RESUME_MORE more and records
+# the result; the loader resumes from the file and must reach it bitwise.
+RESUME_AT = 3
+RESUME_MORE = 3
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,6 +38,7 @@ class SaveSpec:
     report_path: str
     device: str = "cpu"  # where the saver's model lives (logical, in its own visibility)
     tag_as: str | None = None  # save on the CPU but tag storages with this location (simulation)
+    training: str = ""  # train_state artifacts: the regime
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,6 +53,7 @@ class LoadSpec:
     report_path: str
     map_location: str = "none"  # a policy name from harness.devices.MAP_LOCATIONS
     saved_tag: str = "cpu"  # the location the saver's storages carry
+    training: str = ""  # train_state cells: the regime to resume
 
 
 Spec = SaveSpec | LoadSpec

@@ -49,8 +49,13 @@ def expand(
             pairs_for_mode(scenario.visibility, subsets),
             scenario.save_devices,
             scenario.map_locations,
+            scenario.trainings,
         )
-        for model, save, load, fmt, recipe_name, (save_vis, load_vis), device, mapping in axes:
+        for combination in axes:
+            model, save, load, fmt, recipe_name, visibilities, device, mapping, training = (
+                combination
+            )
+            save_vis, load_vis = visibilities
             cell = Cell(
                 model=model,
                 save_layout=save,
@@ -61,10 +66,12 @@ def expand(
                 load_visibility=load_vis,
                 save_device=resolve_device(device, len(save_vis)),
                 map_location=mapping,
+                training=training,
             )
             if select is not None and select not in cell.id:
                 continue
-            reason = RECIPES[recipe_name].skip_reason(save=save, load=load, fmt=fmt)
+            recipe = RECIPES[recipe_name]
+            reason = recipe.skip_reason(save=save, load=load, fmt=fmt, training=training)
             reason = reason or device_skip_reason(cell)
             if reason is not None:
                 omitted.append(Omitted(combination=cell.id, reason=reason, scenario=scenario.name))

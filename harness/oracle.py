@@ -116,7 +116,24 @@ def _whole_default_load(_: Cell, version: TorchVersion) -> Prediction:
     return None, "torch<2.6 unpickles whole models by default"
 
 
+def _resume_namespace_args(_: Cell, version: TorchVersion) -> Prediction:
+    if version >= WEIGHTS_ONLY_DEFAULT_SINCE:
+        return (
+            ErrorClass.UNSAFE_GLOBAL,
+            "weights_only refuses argparse.Namespace; save args as a dict, or load inside "
+            "safe_globals([argparse.Namespace])",
+        )
+    return None, "torch<2.6 loads with weights_only=False by default (fragile)"
+
+
+def _resume(_: Cell, __: TorchVersion) -> Prediction:
+    return None, "resumed training is bitwise equal to training without a stop"
+
+
 _RULES: dict[str, Callable[[Cell, TorchVersion], Prediction]] = {
+    "resume": _resume,
+    "resume_safe_globals": _resume,
+    "resume_namespace_args": _resume_namespace_args,
     "as_saved": _clean,
     "as_saved_whole": _clean,
     "module_state_dict": _clean,

@@ -37,6 +37,7 @@ class ErrorClass(StrEnum):
     DEVICE_INDEX_OUT_OF_RANGE = "device_index_out_of_range"
     # Raised by the harness before loading.
     CHECKSUM_MISMATCH = "checksum_mismatch"
+    OPTIMIZER_STATE_DEVICE = "optimizer_state_device"
     # Found by comparing the loaded model with the saver's record (the load raised nothing).
     TENSOR_SET_DIFFERS = "tensor_set_differs"
     WEIGHTS_DIFFER = "weights_differ"
@@ -58,6 +59,7 @@ _DESCRIPTIONS = {
     ErrorClass.CUDA_UNAVAILABLE: "a CUDA-tagged storage was loaded where CUDA is not available",
     ErrorClass.DEVICE_INDEX_OUT_OF_RANGE: "a storage's saved cuda:i is not visible when loading",
     ErrorClass.CHECKSUM_MISMATCH: "the file's sha256 differs from the one its saver recorded",
+    ErrorClass.OPTIMIZER_STATE_DEVICE: "an optimizer state tensor is not on its parameter's device",
     ErrorClass.TENSOR_SET_DIFFERS: "the loaded model has missing or extra tensors",
     ErrorClass.WEIGHTS_DIFFER: "the load raised nothing but tensors differ from what was saved",
     ErrorClass.DEVICE_MISMATCH: "a loaded tensor is not on the expected device",

@@ -81,6 +81,7 @@ class JobFactory:
             report_path=str(folder / "save-report.json"),
             device="cpu" if key.simulated_tag else key.device,
             tag_as=key.simulated_tag,
+            training=key.training,
         )
         return self._job(key.id, spec, folder / "save", key.visibility)
 
@@ -96,6 +97,7 @@ class JobFactory:
             report_path=str(folder / "load-report.json"),
             map_location=cell.map_location,
             saved_tag=cell.save_device,
+            training=cell.training,
         )
         return self._job(cell.id, spec, folder / "load", cell.load_visibility)
 

@@ -44,10 +44,18 @@ class Recipe:
     def format(self) -> Format:
         return self.save_variant.file_format
 
-    def skip_reason(self, *, save: Layout, load: Layout, fmt: Format) -> str | None:
+    def skip_reason(
+        self, *, save: Layout, load: Layout, fmt: Format, training: str = ""
+    ) -> str | None:
         """Why this recipe does not apply to the combination, or None when it does."""
         if fmt is not self.format:
             return f"recipe={self.name} is a {self.format} recipe, not {fmt}"
+        if (fmt is Format.TRAIN_STATE) != bool(training):
+            return (
+                f"recipe={self.name} needs a training regime"
+                if fmt is Format.TRAIN_STATE
+                else f"training={training} applies to train_state recipes only"
+            )
         if save not in self.save_layouts:
             return f"recipe={self.name} needs save in {_names(self.save_layouts)}, got {save}"
         if load not in self.load_layouts:
@@ -64,6 +72,14 @@ class Recipe:
 def _names(layouts: frozenset[Layout]) -> str:
     return "{" + ",".join(sorted(layouts)) + "}"
 
+
+# Training regimes for train_state cells: optimizer + learning-rate scheduler.
+TRAININGS: dict[str, str] = {
+    "sgd_steplr": "SGD(lr=0.05, momentum=0.9) + StepLR(step_size=2, gamma=0.5)",
+    "adam_onecycle": "Adam(lr=0.01) + OneCycleLR(max_lr=0.05, total_steps=6)",
+    "sgd_onecycle": "SGD(lr=0.05, momentum=0.9) + OneCycleLR(max_lr=0.05, total_steps=6)",
+    "adam_steplr": "Adam(lr=0.01) + StepLR(step_size=2, gamma=0.5)",
+}
 
 _DP = frozenset({Layout.DP})
 _SINGLE = frozenset({Layout.SINGLE})
@@ -109,6 +125,22 @@ RECIPES: dict[str, Recipe] = {
             save_layouts=_DP,
             summary="consume_prefix_in_state_dict_if_present(sd, 'module.') on a DataParallel "
             "checkpoint; load into the unwrapped model",
+        ),
+        Recipe(
+            name="resume",
+            kind=RecipeKind.CORRECT,
+            save_variant=SaveVariant.TRAIN_STATE,
+            summary="save model/optimizer/scheduler state, epoch, args (a dict) and RNG states; "
+            "load with weights_only=True into any layout and train on: bitwise equal to never "
+            "stopping",
+        ),
+        Recipe(
+            name="resume_safe_globals",
+            kind=RecipeKind.CORRECT,
+            save_variant=SaveVariant.TRAIN_STATE_NAMESPACE,
+            pairing=Pairing.SAME,
+            summary="args saved as argparse.Namespace, loaded inside "
+            "torch.serialization.safe_globals([argparse.Namespace])",
         ),
         Recipe(
             name="whole_module",
@@ -169,6 +201,14 @@ RECIPES: dict[str, Recipe] = {
             kind=RecipeKind.KNOWN_BAD,
             save_variant=SaveVariant.STATE_DICT,
             summary="{k.replace('module.', ''): v ...}; load into the unwrapped model",
+        ),
+        Recipe(
+            name="resume_namespace_args",
+            kind=RecipeKind.KNOWN_BAD,
+            save_variant=SaveVariant.TRAIN_STATE_NAMESPACE,
+            pairing=Pairing.SAME,
+            summary="args saved as argparse.Namespace and loaded with weights_only=True; "
+            "the fix is a dict, or safe_globals([argparse.Namespace])",
         ),
         Recipe(
             name="whole_default_load",

@@ -15,12 +15,12 @@ from typing import Any
 
 from harness.axes import Format, Layout, parse_enum
 from harness.devices import DEFAULT_DEVICE, check_device, check_map_location
-from harness.recipes import recipe
+from harness.recipes import TRAININGS, recipe
 from harness.visibility import MODES
 from harness.zoo import model_spec
 
 _LIST_KEYS = ("models", "save_layouts", "load_layouts", "formats", "recipes")
-_OPTIONAL_LISTS = {"save_devices": [DEFAULT_DEVICE], "map_locations": ["none"]}
+_OPTIONAL_LISTS = {"save_devices": [DEFAULT_DEVICE], "map_locations": ["none"], "trainings": [""]}
 _ALLOWED_KEYS = frozenset({"name", "description", "visibility", *_LIST_KEYS, *_OPTIONAL_LISTS})
 
 
@@ -41,6 +41,7 @@ class Scenario:
     save_devices: tuple[str, ...] = (DEFAULT_DEVICE,)
     map_locations: tuple[str, ...] = ("none",)
     visibility: str = "same"  # cpu | same | cross (see harness.visibility.pairs_for_mode)
+    trainings: tuple[str, ...] = ("",)  # regimes for train_state recipes
 
 
 def default_scenarios_dir() -> Path:
@@ -110,6 +111,12 @@ def _scenario(table: dict[str, Any], where: str) -> Scenario:
             check_device(device, f"{where}.save_devices")
         for mapping in lists["map_locations"]:
             check_map_location(mapping, f"{where}.map_locations")
+        for training in lists["trainings"]:
+            if training and training not in TRAININGS:
+                known = ", ".join(TRAININGS)
+                raise ValueError(
+                    f"{where}.trainings: unknown training {training!r}; expected {known}"
+                )
         for model in lists["models"]:
             model_spec(model, f"{where}.models")
         for name_ in lists["recipes"]:
@@ -133,6 +140,7 @@ def _scenario(table: dict[str, Any], where: str) -> Scenario:
         recipes=lists["recipes"],
         save_devices=lists["save_devices"],
         map_locations=lists["map_locations"],
+        trainings=lists["trainings"],
         visibility=visibility,
     )
 

@@ -13,13 +13,14 @@ from typing import Any
 
 import torch
 
-from harness.axes import Layout, SaveVariant
+from harness.axes import Format, Layout, SaveVariant
 from harness.classify import ChecksumMismatchError, classify_exception
-from harness.jobspec import SAVE_SEED, TRAIN_STEPS, LoadSpec, SaveSpec
+from harness.jobspec import RESUME_AT, RESUME_MORE, SAVE_SEED, TRAIN_STEPS, LoadSpec, SaveSpec
 from harness.worker.fingerprint import fingerprint, output_digest
 from harness.worker.models import build, train, wrap
 from harness.worker.probe import isolation_probe
 from harness.worker.recipes import PERFORM, LoadContext
+from harness.worker.training import DATA_SEED, checkpoint, make_regime, train_steps
 
 MESSAGE_LIMIT = 4000
 
@@ -86,10 +87,20 @@ def run_save(spec: SaveSpec) -> dict[str, Any]:
     started = time.perf_counter()
     variant = SaveVariant(spec.variant)
     model = wrap(build(spec.model, seed=SAVE_SEED).to(spec.device), Layout(spec.layout))
-    train(model, spec.model, steps=TRAIN_STEPS)
-    tensors = fingerprint(model)
-    output, output_device = output_digest(model, spec.model)
     obj: Any
+    if variant.file_format is Format.TRAIN_STATE:
+        # Save the state after RESUME_AT steps; what a resume must reach is recorded after
+        # RESUME_MORE more steps of this same, uninterrupted run.
+        regime = make_regime(spec.training, model)
+        data = torch.Generator().manual_seed(DATA_SEED)
+        train_steps(model, regime, data, spec.model, RESUME_AT)
+        namespace = variant is SaveVariant.TRAIN_STATE_NAMESPACE
+        obj = checkpoint(model, regime, data, namespace_args=namespace)
+        path = Path(spec.artifact_path)
+        write_checkpoint(obj, path, spec.tag_as)
+        train_steps(model, regime, data, spec.model, RESUME_MORE)
+        return saved_report(spec, model, path, started)
+    train(model, spec.model, steps=TRAIN_STEPS)
     if variant is SaveVariant.STATE_DICT:
         obj = model.state_dict()
     elif variant is SaveVariant.MODULE_STATE_DICT:
@@ -101,16 +112,28 @@ def run_save(spec: SaveSpec) -> dict[str, Any]:
     else:
         obj = model
     path = Path(spec.artifact_path)
-    if spec.tag_as is None:
+    write_checkpoint(obj, path, spec.tag_as)
+    return saved_report(spec, model, path, started)
+
+
+def write_checkpoint(obj: Any, path: Path, tag_as: str | None) -> None:
+    if tag_as is None:
         save_atomic(obj, path)
     else:
-        with tagged_as(spec.tag_as):
+        with tagged_as(tag_as):
             save_atomic(obj, path)
+
+
+def saved_report(
+    spec: SaveSpec, model: torch.nn.Module, path: Path, started: float
+) -> dict[str, Any]:
+    """The saver's record: what a correct load must end with (tensors, forward output)."""
+    output, output_device = output_digest(model, spec.model)
     return {
         "status": "saved",
         "sha256": file_sha256(path),
         "bytes": path.stat().st_size,
-        "tensors": tensors,
+        "tensors": fingerprint(model),
         "output_digest": output,
         "output_device": output_device,
         "tagged_as": spec.tag_as,

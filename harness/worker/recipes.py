@@ -8,6 +8,7 @@ pickled models, and every file's sha256 is verified against the saver's record b
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from harness.axes import Layout
 from harness.jobspec import LOAD_SEED, LoadSpec
 from harness.worker.fingerprint import fingerprint
 from harness.worker.models import build, unwrap, wrap
+from harness.worker.training import resume
 
 
 def map_location_arg(policy: str, saved_tag: str) -> Any:
@@ -150,7 +152,24 @@ def _whole_default_load(ctx: LoadContext) -> nn.Module:
     return model
 
 
+def _resume(ctx: LoadContext) -> nn.Module:
+    model = ctx.fresh()
+    resume(model, ctx.weights(), ctx.spec.training, ctx.spec.model)
+    return model
+
+
+def _resume_safe_globals(ctx: LoadContext) -> nn.Module:
+    model = ctx.fresh()
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        state = ctx.weights()
+    resume(model, state, ctx.spec.training, ctx.spec.model)
+    return model
+
+
 PERFORM: dict[str, Callable[[LoadContext], nn.Module]] = {
+    "resume": _resume,
+    "resume_safe_globals": _resume_safe_globals,
+    "resume_namespace_args": _resume,
     "as_saved": _as_saved,
     "as_saved_whole": _as_saved_whole,
     "module_state_dict": _module_state_dict,

@@ -15,15 +15,23 @@ def default() -> Matrix:
 def test_default_matrix_shape() -> None:
     matrix = default()
     ids = [cell.id for cell in matrix.cells]
-    assert len(ids) == len(set(ids)) == 136
-    prefix = [c for c in matrix.cells if c.map_location == "none" and c.save_device == "cpu"]
+    assert len(ids) == len(set(ids)) == 160
+    training = [c for c in matrix.cells if c.training]
+    # resume: 2 models x 4 layout pairs x 2 regimes; namespace args: 2 recipes x 2 layouts x 2
+    assert len(training) == 16 + 8
+    assert all(c.format == "train_state" for c in training)
+    prefix = [
+        c
+        for c in matrix.cells
+        if c.map_location == "none" and c.save_device == "cpu" and not c.training
+    ]
     assert Counter(c.model for c in prefix) == {"trap": 30, "trap_module": 30, "resnet18": 30}
     kinds = Counter(c.recipe_spec.kind for c in prefix)
     assert kinds[RecipeKind.CORRECT] == 30
     assert kinds[RecipeKind.KNOWN_BAD] == 60
     # device mapping: 2 formats x 3 saved devices x 8 map_locations, less the 2 cells that are
     # the prefix scenario's own (saved on cpu, no map_location)
-    assert len(matrix.cells) - len(prefix) == 2 * 3 * 8 - 2
+    assert len(matrix.cells) - len(prefix) - len(training) == 2 * 3 * 8 - 2
     assert all(cell.save_visibility == () == cell.load_visibility for cell in matrix.cells)
 
 
@@ -70,4 +78,4 @@ def test_without_gpus_cuda_devices_are_simulated_tags() -> None:
     tagged = [c for c in matrix.cells if c.save_device != "cpu"]
     assert tagged
     assert all(c.save_key.simulated_tag == c.save_device for c in tagged)
-    assert len(matrix.cells) == 136
+    assert len(matrix.cells) == 160

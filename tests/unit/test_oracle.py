@@ -13,13 +13,21 @@ from harness.recipes import RecipeKind
 from harness.scenarios import default_scenarios_dir, load_scenarios
 
 S, D = Layout.SINGLE, Layout.DP
-W, H = Format.WEIGHTS, Format.WHOLE
+W, H, T = Format.WEIGHTS, Format.WHOLE, Format.TRAIN_STATE
 KEY, UNSAFE, DIFFER = ErrorClass.KEY_MISMATCH, ErrorClass.UNSAFE_GLOBAL, ErrorClass.WEIGHTS_DIFFER
 NEW, OLD = (2, 14), (2, 5)
 
 
 def cell(model: str, save: Layout, load: Layout, fmt: Format, recipe: str) -> Cell:
-    return Cell(model=model, save_layout=save, load_layout=load, format=fmt, recipe=recipe)
+    training = "sgd_steplr" if fmt is Format.TRAIN_STATE else ""
+    return Cell(
+        model=model,
+        save_layout=save,
+        load_layout=load,
+        format=fmt,
+        recipe=recipe,
+        training=training,
+    )
 
 
 TABLE = [
@@ -48,6 +56,10 @@ TABLE = [
     ("resnet18", D, D, W, "replace_prefix", NEW, None),
     ("trap", S, S, H, "whole_default_load", NEW, UNSAFE),
     ("trap", S, S, H, "whole_default_load", OLD, None),
+    ("trap", S, D, T, "resume", NEW, None),
+    ("trap", D, D, T, "resume_safe_globals", NEW, None),
+    ("trap", S, S, T, "resume_namespace_args", NEW, UNSAFE),
+    ("trap", S, S, T, "resume_namespace_args", OLD, None),
 ]
 
 

@@ -41,6 +41,19 @@ def test_applicability(name: str, save: Layout, load: Layout, fmt: Format, appli
     assert (reason is None) is applies, reason
 
 
+def test_training_applies_to_train_state_recipes_only() -> None:
+    resume = RECIPES["resume"]
+    assert (
+        resume.skip_reason(save=S, load=D, fmt=Format.TRAIN_STATE, training="adam_steplr") is None
+    )
+    assert resume.skip_reason(save=S, load=D, fmt=Format.TRAIN_STATE) == (
+        "recipe=resume needs a training regime"
+    )
+    assert RECIPES["as_saved"].skip_reason(save=S, load=S, fmt=W, training="sgd_steplr") == (
+        "training=sgd_steplr applies to train_state recipes only"
+    )
+
+
 def test_skip_reason_names_the_recipe_and_the_axis() -> None:
     reason = RECIPES["wrap_loader"].skip_reason(save=S, load=S, fmt=W)
     assert reason == "recipe=wrap_loader needs save in {dp}, got single"

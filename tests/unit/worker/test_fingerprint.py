@@ -1,12 +1,10 @@
 from __future__ import annotations
 
-import pytest
+import torch
 
-torch = pytest.importorskip("torch", reason="the worker tests need torch installed")
-
-from harness.axes import Layout  # noqa: E402
-from harness.worker.fingerprint import fingerprint, output_digest, tensor_digest  # noqa: E402
-from harness.worker.models import build, wrap  # noqa: E402
+from harness.axes import Layout
+from harness.worker.fingerprint import fingerprint, output_digest, tensor_digest
+from harness.worker.models import build, wrap
 
 
 def test_digest_is_bitwise() -> None:

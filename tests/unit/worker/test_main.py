@@ -8,15 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
-torch = pytest.importorskip("torch", reason="the worker tests need torch installed")
-
-from harness.jobspec import LoadSpec, SaveSpec, spec_from_json  # noqa: E402
-from harness.recipes import RECIPES  # noqa: E402
-from harness.worker.__main__ import main  # noqa: E402
-from harness.worker.main import configure_torch, run_load, run_save  # noqa: E402
-from harness.worker.models import build  # noqa: E402
-from harness.worker.recipes import PERFORM, LoadContext  # noqa: E402
+from harness.jobspec import LoadSpec, SaveSpec, spec_from_json
+from harness.recipes import RECIPES
+from harness.worker.__main__ import main
+from harness.worker.main import configure_torch, run_load, run_save
+from harness.worker.models import build
+from harness.worker.recipes import PERFORM, LoadContext
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
-torch = pytest.importorskip("torch", reason="the worker tests need torch installed")
-
-from harness.axes import Layout  # noqa: E402
-from harness.worker.models import build, train, unwrap, wrap  # noqa: E402
-from harness.zoo import MODELS, key_traits  # noqa: E402
+from harness.axes import Layout
+from harness.worker.models import build, train, unwrap, wrap
+from harness.zoo import MODELS, key_traits
 
 CHEAP = ["trap", "trap_module", "resnet18"]
 

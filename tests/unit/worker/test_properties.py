@@ -14,16 +14,15 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import nn
+from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
-torch = pytest.importorskip("torch", reason="the worker tests need torch installed")
-from hypothesis import given  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-from torch import nn  # noqa: E402
-from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present  # noqa: E402
-
-from harness.worker.fingerprint import fingerprint, tensor_digest  # noqa: E402
-from harness.worker.models import unwrap  # noqa: E402
-from harness.zoo import key_traits  # noqa: E402
+from harness.worker.fingerprint import fingerprint, tensor_digest
+from harness.worker.models import unwrap
+from harness.zoo import key_traits
 
 NAMES = ["module", "submodule", "my_module", "layer", "encoder", "0", "1", "head"]
 FLOATS = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
