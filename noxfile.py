@@ -1,4 +1,5 @@
-"""The user's entry points: ``nox -s tests``, ``nox -s matrix``, ``nox -s lint``.
+"""The user's entry points: ``nox -s tests``, ``nox -s matrix``, ``nox -s cross_version``,
+``nox -s lint``.
 
 Each session installs the torch under certification first (default: the pins below; override with
 ``CKPT_MATRIX_TORCH="torch==X torchvision==Y"``), then this project, then its dependency group.
@@ -7,6 +8,7 @@ Each session installs the torch under certification first (default: the pins bel
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import nox
 
@@ -16,6 +18,8 @@ nox.options.sessions = ["tests", "lint"]
 
 PYPROJECT = nox.project.load_toml("pyproject.toml")
 TORCH = os.environ.get("CKPT_MATRIX_TORCH", "torch==2.14.1 torchvision==0.29.1").split()
+# Two torch versions for cross_version, older first (both are on the development machines' disk).
+CROSS = os.environ.get("CKPT_MATRIX_CROSS", "2.13.0,2.14.1").split(",")
 
 
 def install(session: nox.Session, *groups: str) -> None:
@@ -47,3 +51,37 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     session.run("mypy")
+
+
+@nox.session
+def cross_version(session: nox.Session) -> None:
+    """Save under one torch, load under the other, both ways (CKPT_MATRIX_CROSS="OLD,NEW").
+
+    The artifact store reuses the checkpoints a run left in its --workdir, so running the cells
+    again under another torch with the same --workdir loads the first torch's files. Results:
+    results-cross-A-to-B.jsonl, each cell naming the torch it was saved and loaded with.
+    """
+    if len(CROSS) != 2:
+        session.error(f"CKPT_MATRIX_CROSS={','.join(CROSS)!r}: give two versions, OLD,NEW")
+    older, newer = CROSS
+    work = Path(session.create_tmp())
+    scenarios = ["--scenarios", "scenarios/cross_version.toml", *session.posargs]
+
+    def use(version: str) -> None:
+        session.install(f"torch=={version}")
+        session.install("-e", ".")
+
+    def run(saved: str, loaded: str) -> None:
+        out = f"results-cross-{saved}-to-{loaded}.jsonl"
+        workdir = str(work / f"saved-with-{saved}")
+        session.run(
+            "ckpt-matrix", "run", *scenarios, "--workdir", workdir, "--out", out, "--overwrite"
+        )
+
+    use(older)
+    run(older, older)  # saves under the older torch
+    use(newer)
+    run(older, newer)  # loads the older torch's files
+    run(newer, newer)  # saves under the newer torch
+    use(older)
+    run(newer, older)  # loads the newer torch's files

@@ -39,13 +39,15 @@ class SaveKey:
     visibility: Visibility = CPU
     device: str = "cpu"  # the logical device the saver's model is on
     training: str = ""  # the training regime of a train_state artifact
+    serialization: str = "zip"  # zip (torch>=1.6 default) or legacy
 
     @property
     def id(self) -> str:
         training = f"-{self.training}" if self.training else ""
+        legacy = "" if self.serialization == "zip" else f"-{self.serialization}"
         return (
             f"{self.model}-{self.layout}[{visibility_label(self.visibility)}]"
-            f"{device_suffix(self.device, self.visibility)}-{self.variant}{training}"
+            f"{device_suffix(self.device, self.visibility)}-{self.variant}{training}{legacy}"
         )
 
     @property
@@ -69,11 +71,13 @@ class Cell:
     save_device: str = "cpu"  # logical device of the saved storages (resolved, never "default")
     map_location: str = "none"  # a policy name from harness.devices.MAP_LOCATIONS
     training: str = ""  # a regime from harness.recipes.TRAININGS (train_state cells only)
+    serialization: str = "zip"  # zip, or legacy (_use_new_zipfile_serialization=False)
 
     @property
     def id(self) -> str:
         mapping = "" if self.map_location == "none" else f"-map={self.map_location}"
         mapping += f"-train={self.training}" if self.training else ""
+        mapping += "" if self.serialization == "zip" else f"-ser={self.serialization}"
         return (
             f"model={self.model}"
             f"-save={self.save_layout}[{visibility_label(self.save_visibility)}]"
@@ -102,6 +106,7 @@ class Cell:
             visibility=self.save_visibility,
             device=self.save_device,
             training=self.training,
+            serialization=self.serialization,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -116,6 +121,7 @@ class Cell:
             "save_device": self.save_device,
             "map_location": self.map_location,
             "training": self.training,
+            "serialization": self.serialization,
         }
 
     @classmethod
@@ -131,4 +137,5 @@ class Cell:
             save_device=data.get("save_device", "cpu"),
             map_location=data.get("map_location", "none"),
             training=data.get("training", ""),
+            serialization=data.get("serialization", "zip"),
         )

@@ -39,6 +39,7 @@ class SaveSpec:
     device: str = "cpu"  # where the saver's model lives (logical, in its own visibility)
     tag_as: str | None = None  # save on the CPU but tag storages with this location (simulation)
     training: str = ""  # train_state artifacts: the regime
+    serialization: str = "zip"  # zip or legacy
 
 
 @dataclass(frozen=True, kw_only=True)

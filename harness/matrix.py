@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from harness.axes import Layout
 from harness.cell import Cell, Visibility
@@ -40,44 +41,53 @@ def expand(
     cells: dict[str, Cell] = {}
     omitted: list[Omitted] = []
     for scenario in scenarios:
-        axes = itertools.product(
-            scenario.models,
-            scenario.save_layouts,
-            scenario.load_layouts,
-            scenario.formats,
-            scenario.recipes,
-            pairs_for_mode(scenario.visibility, subsets),
-            scenario.save_devices,
-            scenario.map_locations,
-            scenario.trainings,
-        )
-        for combination in axes:
-            model, save, load, fmt, recipe_name, visibilities, device, mapping, training = (
-                combination
-            )
-            save_vis, load_vis = visibilities
+        for axes in _combinations(scenario, subsets):
+            (save_vis, load_vis), device = axes["visibilities"], axes["device"]
             cell = Cell(
-                model=model,
-                save_layout=save,
-                load_layout=load,
-                format=fmt,
-                recipe=recipe_name,
+                model=axes["model"],
+                save_layout=axes["save"],
+                load_layout=axes["load"],
+                format=axes["format"],
+                recipe=axes["recipe"],
                 save_visibility=save_vis,
                 load_visibility=load_vis,
                 save_device=resolve_device(device, len(save_vis)),
-                map_location=mapping,
-                training=training,
+                map_location=axes["map_location"],
+                training=axes["training"],
+                serialization=axes["serialization"],
             )
             if select is not None and select not in cell.id:
                 continue
-            recipe = RECIPES[recipe_name]
-            reason = recipe.skip_reason(save=save, load=load, fmt=fmt, training=training)
+            reason = RECIPES[cell.recipe].skip_reason(
+                save=cell.save_layout,
+                load=cell.load_layout,
+                fmt=cell.format,
+                training=cell.training,
+            )
             reason = reason or device_skip_reason(cell)
             if reason is not None:
                 omitted.append(Omitted(combination=cell.id, reason=reason, scenario=scenario.name))
                 continue
             cells.setdefault(cell.id, cell)
     return Matrix(cells=tuple(cells.values()), omitted=tuple(omitted))
+
+
+def _combinations(scenario: Scenario, subsets: Sequence[Visibility]) -> Iterator[dict[str, Any]]:
+    """Every combination of a scenario's axes, each as a mapping from axis name to value."""
+    axes: dict[str, Sequence[Any]] = {
+        "model": scenario.models,
+        "save": scenario.save_layouts,
+        "load": scenario.load_layouts,
+        "format": scenario.formats,
+        "recipe": scenario.recipes,
+        "visibilities": pairs_for_mode(scenario.visibility, subsets),
+        "device": scenario.save_devices,
+        "map_location": scenario.map_locations,
+        "training": scenario.trainings,
+        "serialization": scenario.serializations,
+    }
+    for values in itertools.product(*axes.values()):
+        yield dict(zip(axes, values, strict=True))
 
 
 def device_skip_reason(cell: Cell) -> str | None:

@@ -82,6 +82,7 @@ class JobFactory:
             device="cpu" if key.simulated_tag else key.device,
             tag_as=key.simulated_tag,
             training=key.training,
+            serialization=key.serialization,
         )
         return self._job(key.id, spec, folder / "save", key.visibility)
 

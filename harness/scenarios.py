@@ -20,7 +20,13 @@ from harness.visibility import MODES
 from harness.zoo import model_spec
 
 _LIST_KEYS = ("models", "save_layouts", "load_layouts", "formats", "recipes")
-_OPTIONAL_LISTS = {"save_devices": [DEFAULT_DEVICE], "map_locations": ["none"], "trainings": [""]}
+_OPTIONAL_LISTS = {
+    "save_devices": [DEFAULT_DEVICE],
+    "map_locations": ["none"],
+    "trainings": [""],
+    "serializations": ["zip"],
+}
+SERIALIZATIONS = ("zip", "legacy")
 _ALLOWED_KEYS = frozenset({"name", "description", "visibility", *_LIST_KEYS, *_OPTIONAL_LISTS})
 
 
@@ -42,6 +48,7 @@ class Scenario:
     map_locations: tuple[str, ...] = ("none",)
     visibility: str = "same"  # cpu | same | cross (see harness.visibility.pairs_for_mode)
     trainings: tuple[str, ...] = ("",)  # regimes for train_state recipes
+    serializations: tuple[str, ...] = ("zip",)
 
 
 def default_scenarios_dir() -> Path:
@@ -111,6 +118,12 @@ def _scenario(table: dict[str, Any], where: str) -> Scenario:
             check_device(device, f"{where}.save_devices")
         for mapping in lists["map_locations"]:
             check_map_location(mapping, f"{where}.map_locations")
+        for serialization in lists["serializations"]:
+            if serialization not in SERIALIZATIONS:
+                raise ValueError(
+                    f"{where}.serializations: unknown serialization {serialization!r}; "
+                    "expected 'zip' or 'legacy'"
+                )
         for training in lists["trainings"]:
             if training and training not in TRAININGS:
                 known = ", ".join(TRAININGS)
@@ -141,6 +154,7 @@ def _scenario(table: dict[str, Any], where: str) -> Scenario:
         save_devices=lists["save_devices"],
         map_locations=lists["map_locations"],
         trainings=lists["trainings"],
+        serializations=lists["serializations"],
         visibility=visibility,
     )
 

@@ -106,7 +106,12 @@ def judge(
     if not load.ok or report is None or report.get("status") not in ("loaded", "raised"):
         return _crash("load", load.failure(), load)
 
-    observed: dict[str, Any] = {"status": report["status"], "probe": report.get("probe")}
+    observed: dict[str, Any] = {
+        "status": report["status"],
+        "probe": report.get("probe"),
+        "saved_with_torch": save_report.get("torch"),
+        "loaded_with_torch": report.get("torch"),
+    }
     devices = devices or DeviceMap()
     isolation = probe_problems(save_report.get("probe"), cell.save_visibility, devices, role="save")
     isolation += probe_problems(report.get("probe"), cell.load_visibility, devices, role="load")
@@ -151,7 +156,7 @@ def judge(
         if observed_class is None and output_equal is False:
             observed_class, detail = ErrorClass.OUTPUT_DIFFERS, "forward output differs"
         elif output_equal is None:
-            detail += "; forward output not compared (saved and loaded on different device types)"
+            detail += "; forward output not compared (other device type or torch version)"
         observed.update(
             tensors=len(loaded),
             devices=sorted({t["device"] for t in loaded.values()}),
@@ -187,11 +192,12 @@ def judge(
 
 
 def outputs_agree(save_report: dict[str, Any], load_report: dict[str, Any]) -> bool | None:
-    """Whether the forward outputs are bitwise equal; None where the two ran on different device
-    types (a CPU and a GPU kernel are not expected to agree bitwise)."""
+    """Whether the forward outputs are bitwise equal; None where they are not comparable: run on
+    different device types, or under different torch versions (kernels may change between
+    releases; the tensors themselves must still be bitwise equal)."""
     saved_on = str(save_report.get("output_device", "cpu")).split(":")[0]
     loaded_on = str(load_report.get("output_device", "cpu")).split(":")[0]
-    if saved_on != loaded_on:
+    if saved_on != loaded_on or save_report.get("torch") != load_report.get("torch"):
         return None
     return bool(load_report["output_digest"] == save_report["output_digest"])
 

@@ -45,3 +45,18 @@ def output_digest(model: nn.Module, name: str) -> tuple[str, str]:
     with torch.no_grad():
         output = model(example_input(name, device))
     return tensor_digest(output), str(device)
+
+
+def nested_digests(value: Any, prefix: str = "") -> dict[str, str]:
+    """Every tensor in a nested state (dicts, lists, tuples: a training state), by its path."""
+    if isinstance(value, torch.Tensor):
+        return {prefix: tensor_digest(value)}
+    items: list[tuple[str, Any]] = []
+    if isinstance(value, dict):
+        items = [(str(key), item) for key, item in value.items()]
+    elif isinstance(value, list | tuple):
+        items = [(str(index), item) for index, item in enumerate(value)]
+    found: dict[str, str] = {}
+    for key, item in items:
+        found.update(nested_digests(item, f"{prefix}.{key}" if prefix else key))
+    return found

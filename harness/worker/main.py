@@ -51,12 +51,13 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def save_atomic(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then rename it: never a torn file."""
+def save_atomic(obj: Any, path: Path, *, legacy: bool = False) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then rename it: never a torn file.
+    ``legacy`` writes the pre-1.6 format (``_use_new_zipfile_serialization=False``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        torch.save(obj, tmp)
+        torch.save(obj, tmp, _use_new_zipfile_serialization=not legacy)
         tmp.replace(path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -97,7 +98,7 @@ def run_save(spec: SaveSpec) -> dict[str, Any]:
         namespace = variant is SaveVariant.TRAIN_STATE_NAMESPACE
         obj = checkpoint(model, regime, data, namespace_args=namespace)
         path = Path(spec.artifact_path)
-        write_checkpoint(obj, path, spec.tag_as)
+        write_checkpoint(obj, path, spec)
         train_steps(model, regime, data, spec.model, RESUME_MORE)
         return saved_report(spec, model, path, started)
     train(model, spec.model, steps=TRAIN_STEPS)
@@ -112,16 +113,17 @@ def run_save(spec: SaveSpec) -> dict[str, Any]:
     else:
         obj = model
     path = Path(spec.artifact_path)
-    write_checkpoint(obj, path, spec.tag_as)
+    write_checkpoint(obj, path, spec)
     return saved_report(spec, model, path, started)
 
 
-def write_checkpoint(obj: Any, path: Path, tag_as: str | None) -> None:
-    if tag_as is None:
-        save_atomic(obj, path)
+def write_checkpoint(obj: Any, path: Path, spec: SaveSpec) -> None:
+    legacy = spec.serialization == "legacy"
+    if spec.tag_as is None:
+        save_atomic(obj, path, legacy=legacy)
     else:
-        with tagged_as(tag_as):
-            save_atomic(obj, path)
+        with tagged_as(spec.tag_as):
+            save_atomic(obj, path, legacy=legacy)
 
 
 def saved_report(
@@ -137,6 +139,7 @@ def saved_report(
         "output_digest": output,
         "output_device": output_device,
         "tagged_as": spec.tag_as,
+        "serialization": spec.serialization,
         "probe": isolation_probe(),
         "torch": torch.__version__,
         "work_s": time.perf_counter() - started,
