@@ -64,7 +64,7 @@ def expand(
                 fmt=cell.format,
                 training=cell.training,
             )
-            reason = reason or device_skip_reason(cell)
+            reason = reason or device_skip_reason(cell) or resume_skip_reason(cell)
             if reason is not None:
                 omitted.append(Omitted(combination=cell.id, reason=reason, scenario=scenario.name))
                 continue
@@ -88,6 +88,26 @@ def _combinations(scenario: Scenario, subsets: Sequence[Visibility]) -> Iterator
     }
     for values in itertools.product(*axes.values()):
         yield dict(zip(axes, values, strict=True))
+
+
+def resume_skip_reason(cell: Cell) -> str | None:
+    """Resume equivalence needs the same training arithmetic before and after the stop.
+    DataParallel over several GPUs splits each batch across replicas (per-replica BatchNorm
+    statistics), so training under it differs from training under another layout or subset."""
+    if not cell.training:
+        return None
+    save_split = cell.save_layout is Layout.DP and len(cell.save_visibility) > 1
+    load_split = cell.load_layout is Layout.DP and len(cell.load_visibility) > 1
+    same = (cell.save_layout, len(cell.save_visibility)) == (
+        cell.load_layout,
+        len(cell.load_visibility),
+    )
+    if (save_split or load_split) and not same:
+        return (
+            "resume equivalence needs the same training arithmetic: DataParallel over several "
+            "GPUs splits batches (per-replica BatchNorm statistics)"
+        )
+    return None
 
 
 def device_skip_reason(cell: Cell) -> str | None:

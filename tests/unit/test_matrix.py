@@ -15,15 +15,22 @@ def default() -> Matrix:
 def test_default_matrix_shape() -> None:
     matrix = default()
     ids = [cell.id for cell in matrix.cells]
-    assert len(ids) == len(set(ids)) == 160
-    training = [c for c in matrix.cells if c.training]
+    assert len(ids) == len(set(ids)) == 180
+    legacy = [c for c in matrix.cells if c.serialization == "legacy"]
+    # legacy format: (2 models x 8 weights/whole cells) + 4 resume cells; the zip cells of the
+    # cross-version scenario are cells of the other scenarios already
+    assert len(legacy) == 2 * 8 + 4
+    training = [c for c in matrix.cells if c.training and c.serialization == "zip"]
     # resume: 2 models x 4 layout pairs x 2 regimes; namespace args: 2 recipes x 2 layouts x 2
     assert len(training) == 16 + 8
     assert all(c.format == "train_state" for c in training)
     prefix = [
         c
         for c in matrix.cells
-        if c.map_location == "none" and c.save_device == "cpu" and not c.training
+        if c.map_location == "none"
+        and c.save_device == "cpu"
+        and not c.training
+        and c.serialization == "zip"
     ]
     assert Counter(c.model for c in prefix) == {"trap": 30, "trap_module": 30, "resnet18": 30}
     kinds = Counter(c.recipe_spec.kind for c in prefix)
@@ -31,7 +38,7 @@ def test_default_matrix_shape() -> None:
     assert kinds[RecipeKind.KNOWN_BAD] == 60
     # device mapping: 2 formats x 3 saved devices x 8 map_locations, less the 2 cells that are
     # the prefix scenario's own (saved on cpu, no map_location)
-    assert len(matrix.cells) - len(prefix) - len(training) == 2 * 3 * 8 - 2
+    assert len(matrix.cells) - len(prefix) - len(training) - len(legacy) == 2 * 3 * 8 - 2
     assert all(cell.save_visibility == () == cell.load_visibility for cell in matrix.cells)
 
 
@@ -78,4 +85,26 @@ def test_without_gpus_cuda_devices_are_simulated_tags() -> None:
     tagged = [c for c in matrix.cells if c.save_device != "cpu"]
     assert tagged
     assert all(c.save_key.simulated_tag == c.save_device for c in tagged)
-    assert len(matrix.cells) == 160
+    assert len(matrix.cells) == 180
+
+
+def test_resume_across_a_multi_gpu_dataparallel_split_is_left_out() -> None:
+    matrix = expand(load_scenarios(default_scenarios_dir()), subsets=[(0,), (0, 1)])
+    resumes = {c.id for c in matrix.cells if c.recipe == "resume"}
+    assert (
+        "model=trap-save=dp[0,1]-load=dp[0,1]-fmt=train_state-recipe=resume-train=sgd_steplr"
+        in (resumes)
+    )
+    assert (
+        "model=trap-save=single[0]-load=single[0]-fmt=train_state-recipe=resume-train=sgd_steplr"
+        in (resumes)
+    )
+    assert (
+        "model=trap-save=dp[0]-load=single[0]-fmt=train_state-recipe=resume-train=sgd_steplr"
+        in (resumes)
+    )
+    assert not any(c.startswith("model=trap-save=single[0,1]-load=dp[0,1]") for c in resumes)
+    reasons = {o.reason for o in matrix.omitted}
+    assert any(
+        r.startswith("resume equivalence needs the same training arithmetic") for r in reasons
+    )
