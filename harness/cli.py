@@ -1,4 +1,4 @@
-"""The ``ckpt-matrix`` command: ``run`` the matrix, ``list`` its cells, show the ``inventory``."""
+"""The ``ckpt-matrix`` command: ``run``, ``list``, ``inventory``, ``report``, ``diff``."""
 
 from __future__ import annotations
 
@@ -13,12 +13,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from harness.cell import Visibility
+from harness.diff import compare
+from harness.diff import to_markdown as diff_markdown
 from harness.environment import TorchUnavailableError, describe, torch_environment
 from harness.inventory import Inventory, InventoryError, read_inventory, simulated
 from harness.matrix import Matrix, expand
 from harness.oracle import parse_torch_version
 from harness.outcomes import exit_code
 from harness.plan import DEFAULT_TIMEOUT_S, DeviceMap
+from harness.report import report_html, report_markdown
 from harness.results import ResultsError, ResultsWriter, read_results
 from harness.scenarios import ScenarioError, default_scenarios_dir, load_scenarios
 from harness.session import build_runner, run_cells
@@ -95,6 +98,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     simulate_option(listing)
 
+    diff = commands.add_parser(
+        "diff", help="compare two results files: exit 0 certified, 1 regression, 2 unusable input"
+    )
+    diff.add_argument("baseline", type=Path)
+    diff.add_argument("candidate", type=Path)
+    diff.add_argument("--markdown", type=Path, default=None, help="also write the diff here")
+    diff.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="cells missing from the candidate are not a regression (e.g. a torch without "
+        "torchvision)",
+    )
+
+    report = commands.add_parser("report", help="write Markdown and HTML reports of results")
+    report.add_argument("results", type=Path)
+    report.add_argument("--markdown", type=Path, default=None, help="default: RESULTS.md")
+    report.add_argument("--html", type=Path, default=None, help="default: RESULTS.html")
+
     inventory = commands.add_parser("inventory", help="print the GPUs, driver and CUDA versions")
     inventory.add_argument("--json", action="store_true", help="as JSON")
     simulate_option(inventory)
@@ -149,6 +170,27 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(f"\n# {len(matrix.cells)} cells; {len(matrix.omitted)} combinations omitted:")
         for omitted in matrix.omitted:
             print(f"# {omitted.combination}\n#     {omitted.reason} [{omitted.scenario}]")
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    result = compare(read_results(args.baseline), read_results(args.candidate))
+    text = diff_markdown(result, allow_missing=args.allow_missing)
+    print(text, end="")
+    if args.markdown is not None:
+        args.markdown.write_text(text, encoding="utf-8")
+    return result.exit_code(allow_missing=args.allow_missing)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    results = read_results(args.results)
+    for warning in results.warnings:
+        print(f"ckpt-matrix report: warning: {warning}", file=sys.stderr)
+    markdown = args.markdown or args.results.with_suffix(".md")
+    html = args.html or args.results.with_suffix(".html")
+    markdown.write_text(report_markdown(results), encoding="utf-8")
+    html.write_text(report_html(results), encoding="utf-8")
+    print(f"wrote {markdown} and {html} ({len(results.results)} cells)")
     return 0
 
 
@@ -212,7 +254,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = {"run": cmd_run, "list": cmd_list, "inventory": cmd_inventory}[args.command]
+    handler = {
+        "run": cmd_run,
+        "list": cmd_list,
+        "inventory": cmd_inventory,
+        "diff": cmd_diff,
+        "report": cmd_report,
+    }[args.command]
     try:
         return handler(args)
     except (

@@ -1,0 +1,169 @@
+"""Certification: compare two results files cell by cell.
+
+Pure: ``compare(baseline, candidate)`` returns every difference, classified; ``certified`` and
+the exit code follow from it. A regression is a cell that no longer ends as its baseline did
+(PASS or XFAIL before; FAIL, XPASS or ERROR now), or a cell missing from the candidate (lost
+coverage), unless missing cells are allowed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from harness.results import CellResult, ResultsFile
+
+CERTIFIED, REGRESSION, UNUSABLE = 0, 1, 2
+
+# Environment fields whose change a certification names ("driver 550.54 -> 580.159").
+ENVIRONMENT_FIELDS = (
+    "torch",
+    "torchvision",
+    "cuda_build",
+    "driver_version",
+    "cuda_driver_version",
+    "python",
+    "platform",
+    "harness_version",
+    "visibility_policy",
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Change:
+    id: str
+    kind: str  # regression | fix | outcome | error_class | message | devices
+    before: str
+    after: str
+
+
+@dataclass
+class Diff:
+    baseline: str
+    candidate: str
+    environment: list[tuple[str, Any, Any]] = field(default_factory=list)
+    changes: list[Change] = field(default_factory=list)
+    only_in_baseline: list[str] = field(default_factory=list)
+    only_in_candidate: list[str] = field(default_factory=list)
+    compared: int = 0
+
+    def of_kind(self, kind: str) -> list[Change]:
+        return [change for change in self.changes if change.kind == kind]
+
+    def certified(self, *, allow_missing: bool = False) -> bool:
+        missing = self.only_in_baseline and not allow_missing
+        return not self.of_kind("regression") and not missing
+
+    def exit_code(self, *, allow_missing: bool = False) -> int:
+        return CERTIFIED if self.certified(allow_missing=allow_missing) else REGRESSION
+
+
+def _observed(result: CellResult, key: str) -> Any:
+    return None if result.observed is None else result.observed.get(key)
+
+
+def compare(baseline: ResultsFile, candidate: ResultsFile) -> Diff:
+    diff = Diff(baseline=str(baseline.path), candidate=str(candidate.path))
+    for key in ENVIRONMENT_FIELDS:
+        before, after = baseline.environment.get(key), candidate.environment.get(key)
+        if before != after:
+            diff.environment.append((key, before, after))
+    gpus_before = _gpu_names(baseline.environment)
+    gpus_after = _gpu_names(candidate.environment)
+    if gpus_before != gpus_after:
+        diff.environment.append(("gpus", gpus_before, gpus_after))
+    old = {result.id: result for result in baseline.results}
+    new = {result.id: result for result in candidate.results}
+    diff.only_in_baseline = sorted(old.keys() - new.keys())
+    diff.only_in_candidate = sorted(new.keys() - old.keys())
+    for cell_id in sorted(old.keys() & new.keys()):
+        diff.compared += 1
+        diff.changes += _cell_changes(old[cell_id], new[cell_id])
+    return diff
+
+
+def _cell_changes(before: CellResult, after: CellResult) -> list[Change]:
+    changes = []
+    cell_id = before.id
+    if before.outcome != after.outcome:
+        if after.outcome.fails_run and not before.outcome.fails_run:
+            kind = "regression"
+        elif before.outcome.fails_run and not after.outcome.fails_run:
+            kind = "fix"
+        else:
+            kind = "outcome"
+        changes.append(
+            Change(
+                id=cell_id,
+                kind=kind,
+                before=str(before.outcome),
+                after=f"{after.outcome}: {after.reason}",
+            )
+        )
+    for key, kind in (("error_class", "error_class"), ("message", "message")):
+        was, now = _observed(before, key), _observed(after, key)
+        if was != now and (was or now):
+            changes.append(Change(id=cell_id, kind=kind, before=str(was), after=str(now)))
+    was_devices, now_devices = _observed(before, "devices"), _observed(after, "devices")
+    if was_devices != now_devices and was_devices is not None and now_devices is not None:
+        changes.append(
+            Change(id=cell_id, kind="devices", before=str(was_devices), after=str(now_devices))
+        )
+    return changes
+
+
+def _gpu_names(environment: dict[str, Any]) -> str:
+    gpus = environment.get("gpus")
+    if not isinstance(gpus, list):
+        return "none"
+    return ", ".join(f"{gpu.get('index')}:{gpu.get('name')}" for gpu in gpus)
+
+
+def to_markdown(diff: Diff, *, allow_missing: bool = False) -> str:
+    verdict = "CERTIFIED" if diff.certified(allow_missing=allow_missing) else "NOT CERTIFIED"
+    lines = [
+        f"## ckpt-matrix certification: {verdict}",
+        "",
+        f"Baseline `{diff.baseline}`, candidate `{diff.candidate}`: "
+        f"{diff.compared} cells compared.",
+        "",
+    ]
+    if diff.environment:
+        lines += ["### Environment", "", "| field | baseline | candidate |", "| --- | --- | --- |"]
+        lines += [f"| {key} | {before} | {after} |" for key, before, after in diff.environment]
+        lines.append("")
+    sections = (
+        ("regression", "Regressions"),
+        ("fix", "Fixes"),
+        ("outcome", "Other outcome changes"),
+        ("error_class", "Changed error classes"),
+        ("devices", "Changed devices"),
+        ("message", "Changed error messages"),
+    )
+    for kind, title in sections:
+        found = diff.of_kind(kind)
+        if found:
+            lines += [
+                f"### {title} ({len(found)})",
+                "",
+                "| cell | baseline | candidate |",
+                "| --- | --- | --- |",
+            ]
+            lines += [f"| `{c.id}` | {_cell(c.before)} | {_cell(c.after)} |" for c in found]
+            lines.append("")
+    for names, title in (
+        (diff.only_in_baseline, "Only in the baseline (missing now)"),
+        (diff.only_in_candidate, "Only in the candidate (new)"),
+    ):
+        if names:
+            lines += [f"### {title} ({len(names)})", ""]
+            lines += [f"- `{name}`" for name in names]
+            lines.append("")
+    if not diff.changes and not diff.only_in_baseline and not diff.only_in_candidate:
+        lines.append("No cell changed.")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _cell(text: str, limit: int = 160) -> str:
+    flat = " ".join(text.split()).replace("|", "\\|")
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
