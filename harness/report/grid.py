@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from harness.cell import Cell, device_suffix, visibility_label
+from harness.recipes import RECIPES
 from harness.results import CellResult
 
 OUTCOME_ORDER = ("PASS", "XFAIL", "FAIL", "XPASS", "ERROR", "SKIP")
@@ -52,7 +53,10 @@ def grids(results: Sequence[CellResult]) -> list[Grid]:
         if column not in grid.columns:
             grid.columns.append(column)
         grid.cells.setdefault((row, column), []).append(result)
+    catalogue = list(RECIPES)
     for grid in found.values():
         grid.rows.sort()
         grid.columns.sort()
+        for entries in grid.cells.values():
+            entries.sort(key=lambda r: (catalogue.index(r.cell.recipe), r.id))
     return list(found.values())

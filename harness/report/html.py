@@ -37,7 +37,7 @@ th { background: #f3f3f3; font-weight: 600; }
 SCRIPT = """
 const cells = JSON.parse(document.getElementById('cell-data').textContent);
 const details = document.getElementById('details');
-document.querySelectorAll('.chip').forEach(chip => chip.addEventListener('click', () => {
+document.querySelectorAll('table.grid .chip').forEach(chip => chip.addEventListener('click', () => {
   document.querySelectorAll('.chip.selected').forEach(c => c.classList.remove('selected'));
   chip.classList.add('selected');
   const cell = cells[chip.dataset.id];
@@ -46,7 +46,7 @@ document.querySelectorAll('.chip').forEach(chip => chip.addEventListener('click'
   details.querySelector('pre').textContent = JSON.stringify(cell, null, 2);
 }));
 document.querySelectorAll('#filters input').forEach(box => box.addEventListener('change', () => {
-  document.querySelectorAll('.chip.' + box.value).forEach(
+  document.querySelectorAll('table.grid .chip.' + box.value).forEach(
     chip => chip.classList.toggle('hidden', !box.checked));
 }));
 """
