@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from harness.leases import GpuLeases, LeasedLauncher
 from harness.runner import Job, JobRun
 
@@ -16,7 +18,8 @@ import json, sys, time
 from pathlib import Path
 from harness.leases import GpuLeases
 folder, gpus, out = Path(sys.argv[1]), [int(g) for g in sys.argv[2].split(",")], sys.argv[3]
-with GpuLeases(folder).hold(gpus):
+slots = int(sys.argv[4])
+with GpuLeases(folder, slots=slots).hold(gpus):
     start = time.time()
     time.sleep(0.6)
     end = time.time()
@@ -24,7 +27,7 @@ Path(out).write_text(json.dumps([start, end]))
 """
 
 
-def hold_in_processes(tmp_path: Path, *sets: str) -> list[tuple[float, float]]:
+def hold_in_processes(tmp_path: Path, *sets: str, slots: int = 1) -> list[tuple[float, float]]:
     procs = [
         subprocess.Popen(
             [
@@ -34,6 +37,7 @@ def hold_in_processes(tmp_path: Path, *sets: str) -> list[tuple[float, float]]:
                 str(tmp_path / "leases"),
                 gpus,
                 str(tmp_path / f"{n}.json"),
+                str(slots),
             ]
         )
         for n, gpus in enumerate(sets)
@@ -61,6 +65,31 @@ def test_opposite_orders_do_not_deadlock(tmp_path: Path) -> None:
     runs = hold_in_processes(tmp_path, "1,0", "0,1", "1,0")
     assert len(runs) == 3
     assert not any(overlap(a, b) for i, a in enumerate(runs) for b in runs[i + 1 :])
+
+
+def test_two_slots_let_two_jobs_share_a_gpu_and_make_the_third_wait(tmp_path: Path) -> None:
+    runs = sorted(hold_in_processes(tmp_path, "0", "0", "0", slots=2))
+    pairs = [overlap(a, b) for i, a in enumerate(runs) for b in runs[i + 1 :]]
+    assert any(pairs), "two slots: two jobs on one GPU should have run at once"
+    assert not all(pairs), "two slots: the third job should have waited for a free slot"
+
+
+def test_slots_with_several_gpus_do_not_deadlock(tmp_path: Path) -> None:
+    runs = hold_in_processes(tmp_path, "1,0", "0,1", "1,0", "0,1", "1", slots=2)
+    assert len(runs) == 5
+
+
+def test_a_lease_is_released_for_the_next_job(tmp_path: Path) -> None:
+    leases = GpuLeases(tmp_path / "leases", slots=2)
+    for _ in range(3):  # would block on the third pass if a slot were kept
+        with leases.hold([0]):
+            pass
+    assert sorted(p.name for p in (tmp_path / "leases").glob("*.lock")) == ["gpu0.lock"]
+
+
+def test_zero_slots_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="GPU slots 0: must be at least 1"):
+        GpuLeases(tmp_path, slots=0)
 
 
 class _Recording:
