@@ -95,6 +95,7 @@ class ResultsFile:
     environment: dict[str, Any]
     results: list[CellResult] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    ends: list[dict[str, Any]] = field(default_factory=list)  # one per finished run or resume
 
 
 def read_results(path: Path) -> ResultsFile:
@@ -123,6 +124,9 @@ def read_results(path: Path) -> ResultsFile:
         results.warnings.append(f"{path}:{len(lines) + 1}: ignored a torn last line (a crash)")
     for number, line in enumerate(lines[1:], start=2):
         data = _parse(path, number, line)
+        if data.get("kind") == "end":
+            results.ends.append(data)
+            continue
         try:
             results.results.append(CellResult.from_json(data))
         except (KeyError, ValueError, TypeError) as exc:
@@ -138,6 +142,35 @@ def _parse(path: Path, number: int, line: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ResultsError(f"{path}:{number}: expected a JSON object")
     return data
+
+
+def merge(files: list[ResultsFile]) -> tuple[dict[str, Any], list[CellResult]]:
+    """Results of several runners (one per GPU count, say) as one file's environment and cells.
+    A cell id in two files is an error naming both: a merged file holds each cell once."""
+    if not files:
+        raise ResultsError("merge: no results files given")
+    seen: dict[str, Path] = {}
+    cells: list[CellResult] = []
+    for results in files:
+        for result in results.results:
+            if result.id in seen:
+                raise ResultsError(
+                    f"merge: cell {result.id} is in both {seen[result.id]} and {results.path}; "
+                    "merge runs of different cells (e.g. one per GPU count)"
+                )
+            seen[result.id] = results.path
+            cells.append(result)
+    shared = {
+        key: value
+        for key, value in files[0].environment.items()
+        if key not in ("kind", "schema_version")
+        and all(other.environment.get(key) == value for other in files[1:])
+    }
+    sources = [{"path": str(f.path), **f.environment} for f in files]
+    for source in sources:
+        source.pop("kind", None)
+        source.pop("schema_version", None)
+    return {**shared, "merged_from": sources}, cells
 
 
 class ResultsWriter:
@@ -165,6 +198,10 @@ class ResultsWriter:
 
     def append(self, result: CellResult) -> None:
         self._write(result.to_json())
+
+    def finish(self, **fields: Any) -> None:
+        """The last line of a run (a resumed run adds its own): when it ended, and what else."""
+        self._write({"kind": "end", **fields})
 
     def _write(self, data: dict[str, Any]) -> None:
         line = json.dumps(data, sort_keys=True) + "\n"

@@ -9,7 +9,14 @@ from harness.axes import Format, Layout
 from harness.cell import Cell
 from harness.oracle import Expectation
 from harness.outcomes import ErrorClass, Outcome
-from harness.results import SCHEMA_VERSION, CellResult, ResultsError, ResultsWriter, read_results
+from harness.results import (
+    SCHEMA_VERSION,
+    CellResult,
+    ResultsError,
+    ResultsWriter,
+    merge,
+    read_results,
+)
 
 ENV = {"torch": "2.14.1", "python": "3.11.7"}
 
@@ -101,3 +108,50 @@ def test_describe_names_everything() -> None:
     assert r.id in r.describe()
     assert "observed" in r.describe()
     assert '"phase": "load"' in r2.describe()
+
+
+def test_end_lines_are_kept_apart_from_cells(tmp_path: Path) -> None:
+    path = tmp_path / "r.jsonl"
+    with ResultsWriter(path, ENV, resume=False) as writer:
+        writer.append(result())
+        writer.finish(finished_at="2026-11-27T08:00:00+00:00", cells_run=1)
+    with ResultsWriter(path, ENV, resume=True) as writer:
+        writer.append(result("strip_prefix"))
+        writer.finish(finished_at="2026-11-27T09:00:00+00:00", cells_run=1)
+    read = read_results(path)
+    assert [r.cell.recipe for r in read.results] == ["slice_prefix", "strip_prefix"]
+    assert [end["finished_at"] for end in read.ends] == [
+        "2026-11-27T08:00:00+00:00",
+        "2026-11-27T09:00:00+00:00",
+    ]
+
+
+def write(path: Path, env: dict[str, str], *results: CellResult) -> Path:
+    with ResultsWriter(path, env, resume=False) as writer:
+        for one in results:
+            writer.append(one)
+    return path
+
+
+def test_merge_keeps_every_cell_and_each_runners_environment(tmp_path: Path) -> None:
+    one = write(tmp_path / "1gpu.jsonl", {**ENV, "hostname": "a"}, result())
+    two = write(tmp_path / "2gpu.jsonl", {**ENV, "hostname": "b"}, result("strip_prefix"))
+    environment, cells = merge([read_results(one), read_results(two)])
+    assert [c.cell.recipe for c in cells] == ["slice_prefix", "strip_prefix"]
+    assert environment["torch"] == "2.14.1"  # the same on both: kept at the top
+    assert "hostname" not in environment  # differs: only in each source
+    assert [s["hostname"] for s in environment["merged_from"]] == ["a", "b"]
+    assert environment["merged_from"][0]["path"] == str(one)
+    merged = write(tmp_path / "merged.jsonl", environment, *cells)
+    assert len(read_results(merged).results) == 2
+
+
+def test_merge_refuses_a_cell_in_two_files(tmp_path: Path) -> None:
+    one = write(tmp_path / "a.jsonl", ENV, result())
+    two = write(tmp_path / "b.jsonl", ENV, result())
+    with pytest.raises(
+        ResultsError, match=r"cell .*slice_prefix is in both .*a\.jsonl and .*b\.jsonl"
+    ):
+        merge([read_results(one), read_results(two)])
+    with pytest.raises(ResultsError, match="no results files given"):
+        merge([])
