@@ -15,17 +15,19 @@ from pathlib import Path
 from harness.cell import Visibility
 from harness.diff import compare
 from harness.diff import to_markdown as diff_markdown
-from harness.environment import TorchUnavailableError, describe, torch_environment
+from harness.environment import TorchUnavailableError, describe, now, torch_environment
 from harness.inventory import Inventory, InventoryError, read_inventory, simulated
 from harness.matrix import Matrix, expand
 from harness.oracle import parse_torch_version
 from harness.outcomes import exit_code
 from harness.plan import DEFAULT_TIMEOUT_S, DeviceMap
+from harness.progress import reporter_for
 from harness.report import report_html, report_markdown
 from harness.results import ResultsError, ResultsWriter, read_results
+from harness.results import merge as merge_results
 from harness.scenarios import ScenarioError, default_scenarios_dir, load_scenarios
 from harness.session import build_runner, run_cells
-from harness.summary import progress_line, summary_table
+from harness.summary import summary_table
 from harness.visibility import Policy, parse_policy, subsets
 
 USAGE_ERROR = 2
@@ -75,6 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds per worker process"
     )
     run.add_argument(
+        "--gpu-slots",
+        type=int,
+        default=1,
+        metavar="N",
+        help="worker processes that may share one GPU at once (default 1: each has it alone)",
+    )
+    run.add_argument(
         "--workdir",
         type=Path,
         default=None,
@@ -110,6 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="cells missing from the candidate are not a regression (e.g. a torch without "
         "torchvision)",
     )
+
+    merge = commands.add_parser("merge", help="merge results files of several runners into one")
+    merge.add_argument("out", type=Path)
+    merge.add_argument("inputs", type=Path, nargs="+")
+    merge.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
 
     report = commands.add_parser("report", help="write Markdown and HTML reports of results")
     report.add_argument("results", type=Path)
@@ -182,6 +196,17 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return result.exit_code(allow_missing=args.allow_missing)
 
 
+def cmd_merge(args: argparse.Namespace) -> int:
+    if args.out.exists() and not args.overwrite:
+        raise UsageError(f"{args.out} exists; pass --overwrite to replace it")
+    environment, cells = merge_results([read_results(path) for path in args.inputs])
+    with ResultsWriter(args.out, environment, resume=False) as writer:
+        for cell in cells:
+            writer.append(cell)
+    print(f"wrote {args.out}: {len(cells)} cells from {len(args.inputs)} files")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     results = read_results(args.results)
     for warning in results.warnings:
@@ -201,13 +226,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(f"--jobs {args.jobs}: must be at least 1")
     if args.timeout <= 0:
         raise UsageError(f"--timeout {args.timeout}: must be positive")
+    if args.gpu_slots < 1:
+        raise UsageError(f"--gpu-slots {args.gpu_slots}: must be at least 1")
     done: set[str] = set()
     if args.out.exists() and not (args.resume or args.overwrite):
         raise UsageError(
             f"{args.out} exists; pass --resume to continue it or --overwrite to replace it"
         )
-    torch_side = torch_environment()
-    environment = describe(torch_side, inventory, visibility_policy=args.visibility)
+    torch_side = torch_environment(inventory)
+    environment = describe(
+        torch_side, inventory, visibility_policy=args.visibility, gpu_slots=args.gpu_slots
+    )
     if args.resume and args.out.exists():
         previous = read_results(args.out)
         if previous.environment.get("torch") != environment["torch"]:
@@ -230,16 +259,17 @@ def cmd_run(args: argparse.Namespace) -> int:
             timeout_s=args.timeout,
             devices=DeviceMap(inventory.uuids),
             torch_version=parse_torch_version(environment["torch"]),
+            gpu_slots=args.gpu_slots,
         )
         resume = bool(args.resume and args.out.exists())
+        reporter = reporter_for(sys.stderr)
         with ResultsWriter(args.out, environment, resume=resume) as writer:
-            run_cells(
-                cells,
-                runner,
-                writer,
-                jobs=args.jobs,
-                progress=lambda r, n, total: print(progress_line(r, n, total), file=sys.stderr),
-            )
+            reporter.start(len(cells))
+            try:
+                run_cells(cells, runner, writer, jobs=args.jobs, progress=reporter.update)
+            finally:
+                reporter.stop()
+            writer.finish(finished_at=now(), cells_run=len(cells))
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -260,6 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "inventory": cmd_inventory,
         "diff": cmd_diff,
         "report": cmd_report,
+        "merge": cmd_merge,
     }[args.command]
     try:
         return handler(args)

@@ -13,23 +13,31 @@ import socket
 import subprocess
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import harness
 from harness.inventory import Inventory
-from harness.plan import worker_env
+from harness.plan import DeviceMap, worker_env
 
 
 class TorchUnavailableError(RuntimeError):
     """The worker interpreter cannot report its torch; the message says how to fix it."""
 
 
-def torch_environment(python: str = sys.executable, timeout_s: float = 120.0) -> dict[str, Any]:
+def torch_environment(
+    inventory: Inventory | None = None, *, python: str = sys.executable, timeout_s: float = 120.0
+) -> dict[str, Any]:
+    """torch's version, CUDA build and what CUDA sees, read in a worker that sees every GPU of the
+    run (``inventory``; none without one), so ``cuda_available`` and ``device_count`` describe
+    the GPUs the cells use, not an empty visibility."""
     argv = [python, "-m", "harness.worker", "--environment"]
+    gpus = inventory.indices if inventory is not None else ()
+    devices = DeviceMap(inventory.uuids) if inventory is not None else None
     try:
         done = subprocess.run(
             argv,
-            env=worker_env(()),
+            env=worker_env(gpus, devices=devices),
             capture_output=True,
             text=True,
             timeout=timeout_s,
@@ -49,7 +57,11 @@ def torch_environment(python: str = sys.executable, timeout_s: float = 120.0) ->
 
 
 def describe(
-    torch_side: dict[str, Any], inventory: Inventory, *, visibility_policy: str
+    torch_side: dict[str, Any],
+    inventory: Inventory,
+    *,
+    visibility_policy: str,
+    gpu_slots: int = 1,
 ) -> dict[str, Any]:
     return {
         "harness_version": harness.__version__,
@@ -66,6 +78,29 @@ def describe(
         "inventory_source": inventory.source,
         "outer_cuda_visible_devices": inventory.outer_visible,
         "visibility_policy": visibility_policy,
-        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "started_at": now(),
         "argv": sys.argv,
+        "git_commit": git_commit(),
+        "launcher": "spawn",
+        "gpu_slots": gpu_slots,
     }
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def git_commit() -> str | None:
+    """The harness's own commit, when it runs from a git checkout (None from a wheel)."""
+    source = Path(harness.__file__).resolve().parent.parent
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(source), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None

@@ -43,6 +43,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help="seconds each worker process may run (default: 120)",
     )
+    group.addoption(
+        "--ckpt-gpu-slots",
+        type=int,
+        default=1,
+        help="worker processes that may share one GPU at once (default 1: each has it alone)",
+    )
 
 
 _CELLS = pytest.StashKey["tuple[Cell, ...]"]()
@@ -120,17 +126,40 @@ def ckpt_runner(
             environment = json.loads(environment_path.read_text(encoding="utf-8"))
         else:
             policy = pytestconfig.getoption("ckpt_visibility")
-            environment = describe(torch_environment(), inventory, visibility_policy=policy)
+            environment = describe(
+                torch_environment(inventory),
+                inventory,
+                visibility_policy=policy,
+                gpu_slots=pytestconfig.getoption("ckpt_gpu_slots"),
+            )
             environment_path.write_text(json.dumps(environment), encoding="utf-8")
     return build_runner(
         workdir=workdir,
         timeout_s=pytestconfig.getoption("ckpt_timeout") or DEFAULT_TIMEOUT_S,
         devices=DeviceMap(inventory.uuids),
         torch_version=parse_torch_version(environment["torch"]),
+        gpu_slots=pytestconfig.getoption("ckpt_gpu_slots"),
     )
 
 
 @pytest.fixture
-def ckpt_result(ckpt_cell: Cell, ckpt_runner: CellRunner) -> CellResult:
-    """The cell, run: saved (once per artifact) and loaded in separate processes, and judged."""
-    return ckpt_runner.run_cell(ckpt_cell)
+def ckpt_result(
+    ckpt_cell: Cell, ckpt_runner: CellRunner, request: pytest.FixtureRequest
+) -> CellResult:
+    """The cell, run: saved (once per artifact) and loaded in separate processes, and judged.
+
+    The outcome, the expectation and what was observed go into the test's user properties, so
+    ``--junitxml`` carries them for CI systems that read JUnit XML."""
+    result = ckpt_runner.run_cell(ckpt_cell)
+    observed = result.observed or {}
+    request.node.user_properties.extend(
+        [
+            ("ckpt_cell_id", result.id),
+            ("ckpt_outcome", str(result.outcome)),
+            ("ckpt_expected", json.dumps(result.expected.to_json(), sort_keys=True)),
+            ("ckpt_observed_status", str(observed.get("status", "none"))),
+            ("ckpt_observed_error_class", str(observed.get("error_class", "none"))),
+            ("ckpt_reason", result.reason),
+        ]
+    )
+    return result

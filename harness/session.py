@@ -83,12 +83,18 @@ class CellRunner:
 
 
 def build_runner(
-    *, workdir: Path, timeout_s: float, devices: DeviceMap, torch_version: TorchVersion
+    *,
+    workdir: Path,
+    timeout_s: float,
+    devices: DeviceMap,
+    torch_version: TorchVersion,
+    gpu_slots: int = 1,
 ) -> CellRunner:
     """The runner both front doors use: fresh interpreters, GPU leases in the work folder (shared
-    by threads and by pytest-xdist workers), artifacts saved once."""
+    by threads and by pytest-xdist workers; ``gpu_slots`` jobs per GPU at once), artifacts saved
+    once."""
     factory = JobFactory(workdir=workdir, timeout_s=timeout_s, devices=devices)
-    launcher = LeasedLauncher(SpawnLauncher(), GpuLeases(workdir / "leases"))
+    launcher = LeasedLauncher(SpawnLauncher(), GpuLeases(workdir / "leases", slots=gpu_slots))
     return CellRunner(
         factory=factory,
         launcher=launcher,

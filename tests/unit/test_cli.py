@@ -8,6 +8,8 @@ import pytest
 from harness.cli import main
 from harness.results import read_results
 
+from .test_results import result, write
+
 SCENARIO = """
 [[scenario]]
 name = "tiny"
@@ -74,6 +76,25 @@ def test_errors_name_the_input_and_exit_2(
     assert "match -k 'no-such-cell'" in capsys.readouterr().err
     assert main(["run", "--jobs", "0", "-k", "model=trap-"]) == 2
     assert "--jobs 0: must be at least 1" in capsys.readouterr().err
+    assert main(["run", "--gpu-slots", "0", "-k", "model=trap-"]) == 2
+    assert "--gpu-slots 0: must be at least 1" in capsys.readouterr().err
+
+
+def test_merge_writes_one_file_and_refuses_to_overwrite(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    one = write(tmp_path / "runner-a.jsonl", {"torch": "2.14.1"}, result())
+    two = write(tmp_path / "runner-b.jsonl", {"torch": "2.14.1"}, result("strip_prefix"))
+    out = tmp_path / "merged.jsonl"
+    assert main(["merge", str(out), str(one), str(two)]) == 0
+    assert "2 cells from 2 files" in capsys.readouterr().out
+    assert len(read_results(out).results) == 2
+    assert main(["merge", str(out), str(one)]) == 2
+    assert "merged.jsonl exists; pass --overwrite" in capsys.readouterr().err
+    assert main(["merge", str(out), str(one), str(one)]) == 2  # --overwrite not given
+    assert main(["merge", "--overwrite", str(out), str(one), str(one)]) == 2
+    assert "is in both" in capsys.readouterr().err
+    assert len(read_results(out).results) == 2  # a refused merge leaves OUT as it was
 
 
 def test_run_refuses_to_replace_results_silently(
@@ -119,8 +140,18 @@ def test_run_writes_results_and_resumes(
     captured = capsys.readouterr()
     assert "2 cells to run (1 already in" in captured.err
     lines = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [line["kind"] for line in lines] == ["environment", "cell", "cell", "cell"]
-    outcomes = {line["cell"]["recipe"]: line["outcome"] for line in lines[1:]}
+    # each run (the first and the resume) ends with its own "end" line
+    assert [line["kind"] for line in lines] == [
+        "environment",
+        "cell",
+        "end",
+        "cell",
+        "cell",
+        "end",
+    ]
+    assert lines[-1]["cells_run"] == 2
+    cells = [line for line in lines if line["kind"] == "cell"]
+    outcomes = {line["cell"]["recipe"]: line["outcome"] for line in cells}
     assert outcomes == {"strip_prefix": "PASS", "slice_prefix": "PASS", "unfixed_prefix": "XFAIL"}
     assert "slice_prefix" in captured.out
     assert "Fragile" in captured.out

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from harness.environment import TorchUnavailableError, describe, torch_environment
@@ -22,3 +24,19 @@ def test_an_interpreter_that_cannot_run_the_worker_is_a_clear_error() -> None:
         TorchUnavailableError, match=r"/bin/false -m harness.worker --environment failed \(exit 1\)"
     ):
         torch_environment(python="/bin/false")
+
+
+FAKE_PYTHON = """#!/bin/sh
+echo "{\\"torch\\": \\"0.0\\", \\"seen\\": \\"$CUDA_VISIBLE_DEVICES\\"}"
+"""
+
+
+def test_the_torch_side_sees_every_gpu_of_the_run(tmp_path: Path) -> None:
+    # A stand-in interpreter that reports the CUDA_VISIBLE_DEVICES it was started with: the
+    # environment's cuda_available/device_count must describe the GPUs the cells will use.
+    fake = tmp_path / "python"
+    fake.write_text(FAKE_PYTHON)
+    fake.chmod(0o755)
+    two = simulated(2)
+    assert torch_environment(two, python=str(fake))["seen"] == ",".join(two.uuids.values())
+    assert torch_environment(python=str(fake))["seen"] == ""

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from xml.etree import ElementTree
+
 import pytest
 
 SCENARIO = """
@@ -26,6 +29,11 @@ def test_cell(ckpt_cell, ckpt_result):
 
 def test_untouched():
     pass
+
+@pytest.mark.parametrize("recipe", ["unfixed_prefix"])
+def test_strict(ckpt_cell, ckpt_result, recipe):
+    if ckpt_cell.recipe == recipe:
+        assert ckpt_result.outcome is Outcome.PASS, ckpt_result.describe()
 """
 
 
@@ -34,9 +42,10 @@ def test_cells_become_parametrized_tests_with_readable_ids(pytester: pytest.Pyte
     pytester.makefile(".toml", tiny=SCENARIO)
     pytester.makepyfile(test_cells=TEST_FILE)
     result = pytester.runpytest_subprocess(
-        "--ckpt-scenarios", "tiny.toml", "-v", "-p", "no:cacheprovider"
+        "--ckpt-scenarios", "tiny.toml", "-v", "-p", "no:cacheprovider", "--junitxml=junit.xml"
     )
-    result.assert_outcomes(passed=2, xfailed=1)
+    # test_strict demands PASS of every cell: the known-bad one fails, with its expectation
+    result.assert_outcomes(passed=3, xfailed=1, failed=1)
     result.stdout.fnmatch_lines(
         [
             "*test_cell?model=trap-save=dp?cpu?-load=single?cpu?-fmt=weights-recipe=strip_prefix?"
@@ -44,6 +53,27 @@ def test_cells_become_parametrized_tests_with_readable_ids(pytester: pytest.Pyte
             "*recipe=unfixed_prefix? XFAIL*",
         ]
     )
+    cases = {
+        case.get("name"): case
+        for case in ElementTree.parse(pytester.path / "junit.xml").getroot().iter("testcase")
+    }
+    xfailed = cases[
+        "test_cell[model=trap-save=dp[cpu]-load=single[cpu]-fmt=weights-recipe=unfixed_prefix]"
+    ]
+    properties = {p.get("name"): p.get("value", "") for p in xfailed.iter("property")}
+    assert properties["ckpt_outcome"] == "XFAIL"
+    assert json.loads(properties["ckpt_expected"])["error_class"] == "key_mismatch"
+    assert properties["ckpt_observed_error_class"] == "key_mismatch"
+    strict = cases[
+        "test_strict[model=trap-save=dp[cpu]-load=single[cpu]-fmt=weights"
+        "-recipe=unfixed_prefix-unfixed_prefix]"
+    ]
+    failure = strict.find("failure")
+    assert failure is not None
+    # the failure's text holds the cell's outcome, its expectation and what was observed
+    assert "recipe=unfixed_prefix: XFAIL" in (failure.get("message") or "")
+    assert "'error_class': 'key_mismatch'" in (failure.text or "")
+    assert '"status": "raised"' in (failure.text or "")
 
 
 def test_bad_scenarios_are_a_usage_error(pytester: pytest.Pytester) -> None:
