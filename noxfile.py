@@ -1,5 +1,5 @@
-"""The user's entry points: ``nox -s tests``, ``nox -s matrix``, ``nox -s cross_version``,
-``nox -s lint``.
+"""The user's entry points: ``nox -s tests``, ``nox -s matrix``, ``nox -s certify``,
+``nox -s cross_version``, ``nox -s lint``.
 
 Each session installs the torch under certification first (default: the pins below; override with
 ``CKPT_MATRIX_TORCH="torch==X torchvision==Y"``), then this project, then its dependency group.
@@ -42,6 +42,29 @@ def matrix(session: nox.Session) -> None:
     install(session)
     args = session.posargs or ["--out", "results.jsonl", "--overwrite"]
     session.run("ckpt-matrix", "run", *args)
+
+
+@nox.session
+def certify(session: nox.Session) -> None:
+    """Run the matrix, then diff it against a baseline (``nox -s certify -- BASELINE [OPTIONS]``).
+
+    Writes results-candidate.jsonl and certification.md (Markdown for a CI job summary). The
+    session fails when the diff finds a regression (exit 1) or an unusable input (exit 2); cells
+    that FAIL in the run are judged by the diff against the baseline, not by the run's own exit.
+    """
+    if not session.posargs:
+        session.error("give the baseline results file: nox -s certify -- BASELINE [run options]")
+    baseline, *run_options = session.posargs
+    if not Path(baseline).is_file():
+        session.error(
+            f"baseline {baseline!r} is not a file; pass a results.jsonl of an earlier run"
+        )
+    install(session)
+    candidate = "results-candidate.jsonl"
+    session.run(
+        "ckpt-matrix", "run", "--out", candidate, "--overwrite", *run_options, success_codes=[0, 1]
+    )
+    session.run("ckpt-matrix", "diff", baseline, candidate, "--markdown", "certification.md")
 
 
 @nox.session
