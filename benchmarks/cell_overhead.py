@@ -3,7 +3,8 @@
 Runs one save and N loads of the trap model through the real spawn launcher, and times a bare
 interpreter and ``import torch`` alongside, all in one run. Prints medians and ratios; the ratio
 "worker wall / work inside it" is the figure a faster launcher (fork from a process that has
-imported torch) would attack.
+imported torch) would attack. Where the machine has a GPU, the same cell runs again on the first
+GPU, and "GPU worker / CPU worker" gives what CUDA's start-up adds to every GPU worker.
 
     python benchmarks/cell_overhead.py [--loads 7]
 """
@@ -11,17 +12,20 @@ imported torch) would attack.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from harness.artifacts import ArtifactStore
 from harness.axes import Format, Layout
-from harness.cell import Cell
-from harness.plan import JobFactory, worker_env
+from harness.cell import Cell, Visibility
+from harness.inventory import read_inventory
+from harness.plan import DeviceMap, JobFactory, worker_env
 from harness.runner import JobRun, SpawnLauncher
 
 
@@ -31,49 +35,78 @@ def timed(argv: list[str]) -> float:
     return time.perf_counter() - started
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--loads", type=int, default=7)
-    args = parser.parse_args()
-    python = sys.executable
-    bare = statistics.median(timed([python, "-c", "pass"]) for _ in range(5))
-    torch_import = statistics.median(timed([python, "-c", "import torch"]) for _ in range(5))
+@dataclass(frozen=True)
+class Timing:
+    wall: float  # median whole-process time of a load worker
+    work: float  # median time of the load inside it
+    save: float  # the save worker, one run
 
+
+def time_workers(visibility: Visibility, devices: DeviceMap, loads: int) -> Timing:
+    """One save and ``loads`` loads of the trap model under ``visibility`` (() = CPU)."""
     cell = Cell(
         model="trap",
         save_layout=Layout.DP,
         load_layout=Layout.SINGLE,
         format=Format.WEIGHTS,
         recipe="strip_prefix",
+        save_visibility=visibility,
+        load_visibility=visibility,
+        save_device="cuda:0" if visibility else "cpu",
     )
     launcher = SpawnLauncher()
     with tempfile.TemporaryDirectory() as folder:
-        factory = JobFactory(workdir=Path(folder))
+        factory = JobFactory(workdir=Path(folder), devices=devices)
         artifact = ArtifactStore(factory, launcher).get(cell.save_key)
         if not artifact.ok or artifact.report is None:
-            print(artifact.failure, file=sys.stderr)
-            return 1
-        loads: list[JobRun] = []
-        for _ in range(args.loads):
+            raise SystemExit(f"save failed: {artifact.failure}")
+        runs: list[JobRun] = []
+        for _ in range(loads):
             job = factory.load_job(
                 cell, artifact_path=artifact.path, sha256=artifact.report["sha256"]
             )
             run = launcher.launch(job)
             if not run.ok or run.report is None or run.report.get("status") != "loaded":
-                print(run.failure(), run.stderr_tail, file=sys.stderr)
-                return 1
-            loads.append(run)
-    wall = statistics.median(run.duration_s for run in loads)
-    work = statistics.median(float(run.report["work_s"]) for run in loads if run.report)
+                raise SystemExit(f"load failed: {run.failure()}\n{run.stderr_tail}")
+            runs.append(run)
+    return Timing(
+        wall=statistics.median(run.duration_s for run in runs),
+        work=statistics.median(float(run.report["work_s"]) for run in runs if run.report),
+        save=artifact.duration_s,
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--loads", type=int, default=7)
+    args = parser.parse_args()
+    python = sys.executable
+    bare = statistics.median(timed([python, "-c", "pass"]) for _ in range(5))
+    torch_import = statistics.median(timed([python, "-c", "import torch"]) for _ in range(5))
+    inventory = read_inventory(os.environ)
+    devices = DeviceMap(inventory.uuids)
+    cpu = time_workers((), devices, args.loads)
+    gpu = time_workers(inventory.indices[:1], devices, args.loads) if inventory.gpus else None
+
     print(f"python -c pass                 {bare:7.3f} s (median of 5)")
     print(f"python -c 'import torch'       {torch_import:7.3f} s (median of 5)")
-    print(f"load worker, whole process     {wall:7.3f} s (median of {args.loads})")
-    print(f"load worker, work inside it    {work:7.3f} s (median of {args.loads})")
-    print(f"save worker, whole process     {artifact.duration_s:7.3f} s (1 run)")
+    print(f"load worker, whole process     {cpu.wall:7.3f} s (median of {args.loads})")
+    print(f"load worker, work inside it    {cpu.work:7.3f} s (median of {args.loads})")
+    print(f"save worker, whole process     {cpu.save:7.3f} s (1 run)")
+    if gpu is not None:
+        name = inventory.gpus[0].name
+        print(f"GPU load worker ({name}), whole process {gpu.wall:7.3f} s (median of {args.loads})")
+        print(f"GPU load worker, work inside it {gpu.work:7.3f} s (median of {args.loads})")
+        print(f"GPU save worker, whole process {gpu.save:7.3f} s (1 run)")
     print()
-    print(f"ratio worker wall / work inside      {wall / work:7.1f}x")
-    print(f"ratio import torch / worker wall     {torch_import / wall:7.2f}")
-    print(f"ratio bare interpreter / worker wall {bare / wall:7.2f}")
+    print(f"ratio worker wall / work inside      {cpu.wall / cpu.work:7.1f}x")
+    print(f"ratio import torch / worker wall     {torch_import / cpu.wall:7.2f}")
+    print(f"ratio bare interpreter / worker wall {bare / cpu.wall:7.2f}")
+    if gpu is not None:
+        print(f"ratio GPU worker / CPU worker        {gpu.wall / cpu.wall:7.2f}")
+        print(f"ratio GPU worker wall / work inside  {gpu.wall / gpu.work:7.1f}x")
+    else:
+        print("no GPU here: the GPU worker figures need one")
     return 0
 
 

@@ -8,10 +8,12 @@ worker process: ``python -m harness.worker --environment``.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import socket
 import subprocess
 import sys
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -90,8 +92,12 @@ def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def git_commit() -> str | None:
-    """The harness's own commit, when it runs from a git checkout (None from a wheel)."""
+def git_commit(environ: Mapping[str, str] | None = None) -> str | None:
+    """The harness's own commit, when it runs from a git checkout; ``CKPT_MATRIX_GIT_COMMIT``
+    names it for a copy of a checkout without its .git (a CI artifact); None from a wheel."""
+    named = (os.environ if environ is None else environ).get("CKPT_MATRIX_GIT_COMMIT")
+    if named:
+        return named
     source = Path(harness.__file__).resolve().parent.parent
     try:
         done = subprocess.run(

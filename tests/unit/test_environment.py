@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from harness.environment import TorchUnavailableError, describe, torch_environment
+import harness
+from harness.environment import TorchUnavailableError, describe, git_commit, torch_environment
 from harness.inventory import simulated
 
 
@@ -40,3 +42,14 @@ def test_the_torch_side_sees_every_gpu_of_the_run(tmp_path: Path) -> None:
     two = simulated(2)
     assert torch_environment(two, python=str(fake))["seen"] == ",".join(two.uuids.values())
     assert torch_environment(python=str(fake))["seen"] == ""
+
+
+def test_the_harness_commit_is_read_from_git_or_named() -> None:
+    head = subprocess.run(
+        ["git", "-C", str(Path(harness.__file__).parent), "rev-parse", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert git_commit({}) == (head.stdout.strip() if head.returncode == 0 else None)
+    assert git_commit({"CKPT_MATRIX_GIT_COMMIT": "abc123"}) == "abc123"
