@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from harness.axes import Layout
+from harness.axes import Format, Layout
 from harness.cell import Cell
 from harness.devices import DEFAULT_DEVICE, resolve_device, restore_error, restore_target
 from harness.outcomes import ErrorClass
@@ -170,4 +170,28 @@ def expect(cell: Cell, *, torch_version: TorchVersion) -> Expectation:
     if restore is not None:
         saved = f"saved on {cell.save_device}, map_location={cell.map_location}: {restore_reason}"
         return Expectation(error=restore, reason=saved, tensor_device=device)
+    forward = dp_forward_error(cell)
+    if forward is not None:
+        return Expectation(error=ErrorClass.DP_DEVICE_MISSING, reason=forward, tensor_device=device)
     return Expectation(error=error, reason=reason, tensor_device=device)
+
+
+def dp_forward_error(cell: Cell) -> str | None:
+    """A whole DataParallel model, loaded as it was pickled, keeps its saver's ``device_ids``
+    (logical 0..n-1 of the save subset). Its forward scatters the input to every one of them, so
+    a loader that sees fewer GPUs fails there, after a clean load: the tutorial's claim that such
+    a model errors rather than silently running on fewer GPUs. With as many GPUs or more it runs
+    on the first n (the result records ``dp_device_ids``)."""
+    if not (
+        cell.recipe_spec.keeps_loaded_model
+        and cell.load_layout is Layout.DP
+        and cell.format is Format.WHOLE
+    ):
+        return None
+    saved, seen = len(cell.save_visibility), len(cell.load_visibility)
+    if saved <= seen or seen == 0:
+        return None
+    return (
+        f"the pickled DataParallel keeps device_ids 0..{saved - 1} of its saver; its forward "
+        f"scatters to cuda:{saved - 1} and the loader sees {seen} GPU(s)"
+    )

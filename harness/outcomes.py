@@ -35,6 +35,8 @@ class ErrorClass(StrEnum):
     NOT_A_STATE_DICT = "not_a_state_dict"
     CUDA_UNAVAILABLE = "cuda_unavailable"
     DEVICE_INDEX_OUT_OF_RANGE = "device_index_out_of_range"
+    # Raised by PyTorch in the loaded model's forward pass.
+    DP_DEVICE_MISSING = "dp_device_missing"
     # Raised by the harness before loading.
     CHECKSUM_MISMATCH = "checksum_mismatch"
     OPTIMIZER_STATE_DEVICE = "optimizer_state_device"
@@ -58,6 +60,10 @@ _DESCRIPTIONS = {
     ErrorClass.NOT_A_STATE_DICT: "load_state_dict was given something that is not a mapping",
     ErrorClass.CUDA_UNAVAILABLE: "a CUDA-tagged storage was loaded where CUDA is not available",
     ErrorClass.DEVICE_INDEX_OUT_OF_RANGE: "a storage's saved cuda:i is not visible when loading",
+    ErrorClass.DP_DEVICE_MISSING: (
+        "a loaded whole DataParallel model's forward needs a GPU of its saved device_ids that the "
+        "loader does not see"
+    ),
     ErrorClass.CHECKSUM_MISMATCH: "the file's sha256 differs from the one its saver recorded",
     ErrorClass.OPTIMIZER_STATE_DEVICE: "an optimizer state tensor is not on its parameter's device",
     ErrorClass.TENSOR_SET_DIFFERS: "the loaded model has missing or extra tensors",

@@ -112,6 +112,8 @@ def judge(
         "saved_with_torch": save_report.get("torch"),
         "loaded_with_torch": report.get("torch"),
     }
+    if "dp_device_ids" in report:
+        observed["dp_device_ids"] = report["dp_device_ids"]
     devices = devices or DeviceMap()
     isolation = probe_problems(save_report.get("probe"), cell.save_visibility, devices, role="save")
     isolation += probe_problems(report.get("probe"), cell.load_visibility, devices, role="load")

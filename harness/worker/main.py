@@ -157,6 +157,9 @@ def run_load(spec: LoadSpec) -> dict[str, Any]:
                 f"{ctx.path}: sha256 {actual} differs from the saver's {spec.artifact_sha256}"
             )
         model = PERFORM[spec.recipe](ctx)
+        if isinstance(model, torch.nn.DataParallel):
+            # which GPUs its forward will use: the saver's, for a whole model loaded as pickled
+            report["dp_device_ids"] = list(model.device_ids)
         tensors = fingerprint(model)
         output, output_device = output_digest(model, spec.model)
     except Exception as exc:

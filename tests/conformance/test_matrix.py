@@ -3,7 +3,8 @@
 Every cell must end as the oracle predicts: PASS where it predicts a clean load (bitwise-equal
 tensors on the expected devices), XFAIL where it predicts a named error and PyTorch raised exactly
 that. A correct recipe fails only where a storage cannot be restored to its device (a CUDA
-checkpoint without a GPU, or a device index the loader cannot see). A known-bad recipe PASSes only
+checkpoint without a GPU, or a device index the loader cannot see), or where a whole DataParallel
+model's forward needs more GPUs than the loader sees. A known-bad recipe PASSes only
 where the oracle predicts that it works by accident (marked fragile).
 """
 
@@ -16,7 +17,11 @@ from harness.outcomes import ErrorClass, Outcome
 from harness.recipes import RecipeKind
 from harness.results import CellResult
 
-DEVICE_ERRORS = {ErrorClass.CUDA_UNAVAILABLE, ErrorClass.DEVICE_INDEX_OUT_OF_RANGE}
+DEVICE_ERRORS = {
+    ErrorClass.CUDA_UNAVAILABLE,
+    ErrorClass.DEVICE_INDEX_OUT_OF_RANGE,
+    ErrorClass.DP_DEVICE_MISSING,
+}
 
 
 @pytest.mark.slow

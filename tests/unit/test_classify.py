@@ -48,3 +48,10 @@ def test_checksum_and_unknown() -> None:
 def test_interrupts_are_never_swallowed() -> None:
     with pytest.raises(KeyboardInterrupt):
         classify_exception(KeyboardInterrupt())
+
+
+def test_a_dataparallel_forward_on_a_missing_gpu() -> None:
+    # Composed, not recorded: no machine with two GPUs has run this yet. CUDA's own text for an
+    # index the process cannot see; torch raises it as a RuntimeError (AcceleratorError).
+    exc = RuntimeError("CUDA error: invalid device ordinal\nCUDA kernel errors might be ...")
+    assert classify_exception(exc) is ErrorClass.DP_DEVICE_MISSING

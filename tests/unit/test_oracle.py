@@ -84,7 +84,7 @@ def test_correct_recipes_fail_only_where_a_storage_cannot_be_restored() -> None:
     for c in matrix.cells:
         expectation = expect(c, torch_version=NEW)
         if c.recipe_spec.kind is RecipeKind.CORRECT and not expectation.passes:
-            assert expectation.error in {ErrorClass.CUDA_UNAVAILABLE, RANGE}, c.id
+            assert expectation.error in {ErrorClass.CUDA_UNAVAILABLE, RANGE, DP_MISSING}, c.id
 
 
 @pytest.mark.parametrize(
@@ -106,6 +106,7 @@ def test_expectation_json_round_trip() -> None:
 
 
 UNAVAILABLE, RANGE = ErrorClass.CUDA_UNAVAILABLE, ErrorClass.DEVICE_INDEX_OUT_OF_RANGE
+DP_MISSING = ErrorClass.DP_DEVICE_MISSING
 
 # (save layout, save subset, saved device, load subset, format/recipe, map_location, torch,
 #  expected error, expected tensor device)
@@ -140,6 +141,14 @@ CUDA_TABLE = [
     # the storage error comes before a recipe's own failure
     (S, (0,), "cuda:0", (), "assign_method", "none", NEW, UNAVAILABLE, "cpu"),
     (S, (0,), "cuda:0", (0,), "assign_method", "none", NEW, DIFFER, "cuda:0"),
+    # a whole DataParallel model keeps its saver's device_ids: its forward needs that many GPUs
+    (D, (0, 1), "cuda:0", (0, 1), "as_saved_whole", "none", NEW, None, "cuda:0"),
+    (D, (0, 1), "cuda:0", (1, 0), "as_saved_whole", "none", NEW, None, "cuda:0"),
+    (D, (0, 1), "cuda:0", (0, 1, 2, 3), "as_saved_whole", "none", NEW, None, "cuda:0"),
+    (D, (0, 1), "cuda:0", (1,), "as_saved_whole", "none", NEW, DP_MISSING, "cuda:0"),
+    (D, (0, 1, 2), "cuda:0", (2, 3), "as_saved_whole", "none", NEW, DP_MISSING, "cuda:0"),
+    (D, (0,), "cuda:0", (1,), "as_saved_whole", "none", NEW, None, "cuda:0"),
+    (D, (0, 1), "cuda:0", (), "as_saved_whole", "none", NEW, UNAVAILABLE, "cuda:0"),
     # a simulated tag on the CPU fallback follows the same rules
     (S, (), "cuda:1", (), "as_saved_whole", "none", NEW, UNAVAILABLE, "cuda:1"),
     (S, (), "cuda:1", (), "as_saved_whole", "remap_saved_to_cpu", NEW, None, "cpu"),
@@ -196,3 +205,36 @@ def test_cuda_table_covers_every_class() -> None:
     }
     assert loads == {"none", "fewer", "enough"}
     assert {row[4] for row in CUDA_TABLE} >= {"as_saved", "as_saved_whole"}
+
+
+@pytest.mark.parametrize("load_vis", [(1,), (2, 3), (1, 0), ()])
+def test_taking_module_of_a_whole_dataparallel_model_works_under_any_gpu_subset(
+    load_vis: tuple[int, ...],
+) -> None:
+    c = Cell(
+        model="trap",
+        save_layout=D,
+        load_layout=S,
+        format=H,
+        recipe="whole_module",
+        save_visibility=(0, 1, 2),
+        load_visibility=load_vis,
+        save_device="cuda:0",
+    )
+    expectation = expect(c, torch_version=NEW)
+    assert expectation.error is (UNAVAILABLE if not load_vis else None), expectation.reason
+
+
+def test_the_dataparallel_claim_is_stated_on_the_simulated_gpu_matrix() -> None:
+    from harness.inventory import simulated
+    from harness.visibility import parse_policy, subsets
+
+    gpus = simulated(4).indices
+    matrix = expand(
+        load_scenarios(default_scenarios_dir()), subsets=subsets(parse_policy("minimal"), gpus)
+    )
+    claims = [c for c in matrix.cells if expect(c, torch_version=NEW).error is DP_MISSING]
+    assert claims, "the cross scenario should hold whole DataParallel models on fewer GPUs"
+    for c in claims:
+        assert c.recipe == "as_saved_whole"
+        assert 0 < len(c.load_visibility) < len(c.save_visibility), c.id

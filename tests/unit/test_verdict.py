@@ -227,3 +227,14 @@ def test_outputs_of_different_device_types_are_not_compared() -> None:
     assert j.observed is not None
     assert j.observed["output_equal"] is None
     assert "forward output not compared" in j.reason
+
+
+def test_a_dataparallel_models_device_ids_are_observed() -> None:
+    # the GPUs a whole DataParallel model's forward uses: the saver's, whatever the loader sees
+    judged = verdict(CLEAN, run(loaded(dp_device_ids=[0, 1])))
+    assert judged.outcome is Outcome.PASS
+    assert judged.observed is not None
+    assert judged.observed["dp_device_ids"] == [0, 1]
+    plain = verdict(CLEAN, run(loaded()))
+    assert plain.observed is not None
+    assert "dp_device_ids" not in plain.observed
