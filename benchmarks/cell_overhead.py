@@ -4,7 +4,8 @@ Runs one save and N loads of the trap model through the real spawn launcher, and
 interpreter and ``import torch`` alongside, all in one run. Prints medians and ratios; the ratio
 "worker wall / work inside it" is the figure a faster launcher (fork from a process that has
 imported torch) would attack. Where the machine has a GPU, the same cell runs again on the first
-GPU, and "GPU worker / CPU worker" gives what CUDA's start-up adds to every GPU worker.
+GPU, and "GPU worker / CPU worker" gives what CUDA's start-up adds to every GPU worker. The
+same loads forked from a zygote (``--launcher zygote``) give "spawned / zygote".
 
     python benchmarks/cell_overhead.py [--loads 7]
 """
@@ -26,7 +27,8 @@ from harness.axes import Format, Layout
 from harness.cell import Cell, Visibility
 from harness.inventory import read_inventory
 from harness.plan import DeviceMap, JobFactory, worker_env
-from harness.runner import JobRun, SpawnLauncher
+from harness.runner import JobRun, Launcher, SpawnLauncher
+from harness.zygote import ZygoteLauncher
 
 
 def timed(argv: list[str]) -> float:
@@ -42,7 +44,9 @@ class Timing:
     save: float  # the save worker, one run
 
 
-def time_workers(visibility: Visibility, devices: DeviceMap, loads: int) -> Timing:
+def time_workers(
+    visibility: Visibility, devices: DeviceMap, loads: int, launcher: Launcher | None = None
+) -> Timing:
     """One save and ``loads`` loads of the trap model under ``visibility`` (() = CPU)."""
     cell = Cell(
         model="trap",
@@ -54,7 +58,7 @@ def time_workers(visibility: Visibility, devices: DeviceMap, loads: int) -> Timi
         load_visibility=visibility,
         save_device="cuda:0" if visibility else "cpu",
     )
-    launcher = SpawnLauncher()
+    launcher = launcher or SpawnLauncher()
     with tempfile.TemporaryDirectory() as folder:
         factory = JobFactory(workdir=Path(folder), devices=devices)
         artifact = ArtifactStore(factory, launcher).get(cell.save_key)
@@ -87,12 +91,20 @@ def main() -> int:
     devices = DeviceMap(inventory.uuids)
     cpu = time_workers((), devices, args.loads)
     gpu = time_workers(inventory.indices[:1], devices, args.loads) if inventory.gpus else None
+    with tempfile.TemporaryDirectory() as folder:
+        zygote = ZygoteLauncher(env=worker_env(()), log_path=Path(folder) / "zygote.log")
+        try:
+            time_workers((), devices, 1, zygote)  # the zygote's own start (import torch)
+            forked = time_workers((), devices, args.loads, zygote)
+        finally:
+            zygote.stop_all()
 
     print(f"python -c pass                 {bare:7.3f} s (median of 5)")
     print(f"python -c 'import torch'       {torch_import:7.3f} s (median of 5)")
     print(f"load worker, whole process     {cpu.wall:7.3f} s (median of {args.loads})")
     print(f"load worker, work inside it    {cpu.work:7.3f} s (median of {args.loads})")
     print(f"save worker, whole process     {cpu.save:7.3f} s (1 run)")
+    print(f"zygote load worker, whole      {forked.wall:7.3f} s (median of {args.loads})")
     if gpu is not None:
         name = inventory.gpus[0].name
         print(f"GPU load worker ({name}), whole process {gpu.wall:7.3f} s (median of {args.loads})")
@@ -102,6 +114,7 @@ def main() -> int:
     print(f"ratio worker wall / work inside      {cpu.wall / cpu.work:7.1f}x")
     print(f"ratio import torch / worker wall     {torch_import / cpu.wall:7.2f}")
     print(f"ratio bare interpreter / worker wall {bare / cpu.wall:7.2f}")
+    print(f"ratio spawned / zygote load worker   {cpu.wall / forked.wall:7.1f}x")
     if gpu is not None:
         print(f"ratio GPU worker / CPU worker        {gpu.wall / cpu.wall:7.2f}")
         print(f"ratio GPU worker wall / work inside  {gpu.wall / gpu.work:7.1f}x")

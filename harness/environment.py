@@ -64,6 +64,7 @@ def describe(
     *,
     visibility_policy: str,
     gpu_slots: int = 1,
+    launcher: str = "spawn",
 ) -> dict[str, Any]:
     return {
         "harness_version": harness.__version__,
@@ -83,7 +84,7 @@ def describe(
         "started_at": now(),
         "argv": sys.argv,
         "git_commit": git_commit(),
-        "launcher": "spawn",
+        "launcher": launcher,
         "gpu_slots": gpu_slots,
     }
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,6 +43,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         type=float,
         default=None,
         help="seconds each worker process may run (default: 120)",
+    )
+    group.addoption(
+        "--ckpt-launcher",
+        choices=("spawn", "zygote"),
+        default="spawn",
+        help="spawn: a fresh interpreter per worker (default); zygote: forked from one process "
+        "that has imported torch (faster)",
     )
     group.addoption(
         "--ckpt-gpu-slots",
@@ -105,7 +113,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.fixture(scope="session")
 def ckpt_runner(
     tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config
-) -> CellRunner:
+) -> Iterator[CellRunner]:
     """One cell runner per pytest process, sharing artifacts and leases across xdist workers."""
     from filelock import FileLock
 
@@ -131,15 +139,19 @@ def ckpt_runner(
                 inventory,
                 visibility_policy=policy,
                 gpu_slots=pytestconfig.getoption("ckpt_gpu_slots"),
+                launcher=pytestconfig.getoption("ckpt_launcher"),
             )
             environment_path.write_text(json.dumps(environment), encoding="utf-8")
-    return build_runner(
+    runner = build_runner(
         workdir=workdir,
         timeout_s=pytestconfig.getoption("ckpt_timeout") or DEFAULT_TIMEOUT_S,
         devices=DeviceMap(inventory.uuids),
         torch_version=parse_torch_version(environment["torch"]),
         gpu_slots=pytestconfig.getoption("ckpt_gpu_slots"),
+        launcher=pytestconfig.getoption("ckpt_launcher"),
     )
+    yield runner
+    runner.launcher.stop_all()
 
 
 @pytest.fixture

@@ -19,10 +19,11 @@ from harness.cell import Cell
 from harness.leases import GpuLeases, LeasedLauncher
 from harness.oracle import Expectation, TorchVersion, expect
 from harness.outcomes import Outcome
-from harness.plan import DeviceMap, JobFactory
+from harness.plan import DeviceMap, JobFactory, worker_env
 from harness.results import CellResult, ResultsWriter
 from harness.runner import Launcher, SpawnLauncher
 from harness.verdict import judge
+from harness.zygote import ZygoteLauncher
 
 Progress = Callable[[CellResult, int, int], None]
 
@@ -89,18 +90,35 @@ def build_runner(
     devices: DeviceMap,
     torch_version: TorchVersion,
     gpu_slots: int = 1,
+    launcher: str = "spawn",
 ) -> CellRunner:
-    """The runner both front doors use: fresh interpreters, GPU leases in the work folder (shared
-    by threads and by pytest-xdist workers; ``gpu_slots`` jobs per GPU at once), artifacts saved
-    once."""
+    """The runner both front doors use: workers as fresh interpreters (``spawn``) or forked from
+    a zygote that has imported torch (``zygote``), GPU leases in the work folder (shared by
+    threads and by pytest-xdist workers; ``gpu_slots`` jobs per GPU at once), artifacts saved
+    once. Call ``runner.launcher.stop_all()`` when done (it ends a zygote)."""
     factory = JobFactory(workdir=workdir, timeout_s=timeout_s, devices=devices)
-    launcher = LeasedLauncher(SpawnLauncher(), GpuLeases(workdir / "leases", slots=gpu_slots))
+    leased = LeasedLauncher(
+        make_launcher(launcher, workdir), GpuLeases(workdir / "leases", slots=gpu_slots)
+    )
     return CellRunner(
         factory=factory,
-        launcher=launcher,
-        store=ArtifactStore(factory, launcher),
+        launcher=leased,
+        store=ArtifactStore(factory, leased),
         torch_version=torch_version,
     )
+
+
+LAUNCHERS = ("spawn", "zygote")
+
+
+def make_launcher(name: str, workdir: Path) -> Launcher:
+    if name == "spawn":
+        return SpawnLauncher()
+    if name == "zygote":
+        # one zygote per process: pytest-xdist workers each have their own
+        log = workdir / "zygotes" / f"zygote-{os.getpid()}.log"
+        return ZygoteLauncher(env=worker_env(()), log_path=log)
+    raise ValueError(f"unknown launcher {name!r}; expected one of {', '.join(LAUNCHERS)}")
 
 
 def interleave_by_artifact(cells: Sequence[Cell]) -> list[Cell]:

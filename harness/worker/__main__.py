@@ -1,6 +1,7 @@
 """``python -m harness.worker SPEC.json`` runs one job; ``--environment`` prints the torch side of
-the environment as JSON. Exit 0 when a report was written, 1 when the job itself broke (its report
-then says why), 2 for unusable arguments."""
+the environment as JSON; ``--zygote`` serves jobs by forking (``harness.worker.zygote``). Exit 0
+when a report was written, 1 when the job itself broke (its report then says why), 2 for unusable
+arguments."""
 
 from __future__ import annotations
 
@@ -18,8 +19,15 @@ def main(argv: list[str]) -> int:
 
         print(json.dumps(environment()))
         return 0
-    if len(argv) != 1:
-        print("usage: python -m harness.worker SPEC.json | --environment", file=sys.stderr)
+    if argv == ["--zygote"]:
+        from harness.worker.zygote import serve
+
+        return serve(sys.stdin.buffer, sys.stdout.buffer)
+    if len(argv) != 1 or argv[0].startswith("--"):
+        print(
+            "usage: python -m harness.worker SPEC.json | --environment | --zygote",
+            file=sys.stderr,
+        )
         return 2
     spec_path = Path(argv[0])
     spec = spec_from_json(json.loads(spec_path.read_text(encoding="utf-8")), str(spec_path))

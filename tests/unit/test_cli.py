@@ -155,3 +155,17 @@ def test_run_writes_results_and_resumes(
     assert outcomes == {"strip_prefix": "PASS", "slice_prefix": "PASS", "unfixed_prefix": "XFAIL"}
     assert "slice_prefix" in captured.out
     assert "Fragile" in captured.out
+
+
+@pytest.mark.slow
+def test_the_zygote_launcher_gives_the_same_outcomes(scenario: Path, tmp_path: Path) -> None:
+    outcomes = {}
+    for launcher in ("spawn", "zygote"):
+        out = tmp_path / f"{launcher}.jsonl"
+        argv = ["run", "--scenarios", str(scenario), "--out", str(out), "--launcher", launcher]
+        assert main(argv) == 0
+        results = read_results(out)
+        assert results.environment["launcher"] == launcher
+        outcomes[launcher] = {r.id: (r.outcome, r.reason) for r in results.results}
+    assert outcomes["zygote"] == outcomes["spawn"]
+    assert len(outcomes["zygote"]) == 3
