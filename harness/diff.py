@@ -26,6 +26,7 @@ ENVIRONMENT_FIELDS = (
     "platform",
     "harness_version",
     "visibility_policy",
+    "launcher",
 )
 
 

@@ -82,9 +82,11 @@ def test_a_pass_turned_fail_by_hand_is_a_regression_naming_the_cell(
 
 def test_environment_changes_are_named(tmp_path: Path) -> None:
     a = write(tmp_path / "a.jsonl", BASE)
-    b = write(tmp_path / "b.jsonl", BASE, {**ENV, "driver_version": "580.159", "torch": "2.13.0"})
+    changed = {**ENV, "driver_version": "580.159", "torch": "2.13.0", "launcher": "zygote"}
+    b = write(tmp_path / "b.jsonl", BASE, changed)
     diff = compare(read_results(a), read_results(b))
     assert ("driver_version", "550.54", "580.159") in diff.environment
+    assert ("launcher", None, "zygote") in diff.environment
     assert ("torch", "2.14.1", "2.13.0") in diff.environment
     assert diff.certified()
     assert "| driver_version | 550.54 | 580.159 |" in to_markdown(diff)
