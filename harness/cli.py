@@ -123,8 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument(
         "--allow-missing",
         action="store_true",
-        help="cells missing from the candidate are not a regression (e.g. a torch without "
-        "torchvision)",
+        help="cells missing from the candidate, or skipped there, are not a regression (e.g. a "
+        "torch without torchvision)",
     )
 
     merge = commands.add_parser("merge", help="merge results files of several runners into one")
@@ -272,6 +272,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             torch_version=parse_torch_version(environment["torch"]),
             gpu_slots=args.gpu_slots,
             launcher=args.launcher,
+            torchvision=environment["torchvision"] is not None,
         )
         resume = bool(args.resume and args.out.exists())
         reporter = reporter_for(sys.stderr)

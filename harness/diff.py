@@ -2,8 +2,8 @@
 
 Pure: ``compare(baseline, candidate)`` returns every difference, classified; ``certified`` and
 the exit code follow from it. A regression is a cell that no longer ends as its baseline did
-(PASS or XFAIL before; FAIL, XPASS or ERROR now), or a cell missing from the candidate (lost
-coverage), unless missing cells are allowed.
+(PASS or XFAIL before; FAIL, XPASS or ERROR now), or a cell missing from the candidate or skipped
+there (lost coverage), unless missing cells are allowed.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from harness.outcomes import Outcome
 from harness.results import CellResult, ResultsFile
 
 CERTIFIED, REGRESSION, UNUSABLE = 0, 1, 2
@@ -33,7 +34,7 @@ ENVIRONMENT_FIELDS = (
 @dataclass(frozen=True, kw_only=True)
 class Change:
     id: str
-    kind: str  # regression | fix | outcome | error_class | message | devices
+    kind: str  # regression | skipped | fix | outcome | error_class | message | devices
     before: str
     after: str
 
@@ -52,7 +53,8 @@ class Diff:
         return [change for change in self.changes if change.kind == kind]
 
     def certified(self, *, allow_missing: bool = False) -> bool:
-        missing = self.only_in_baseline and not allow_missing
+        """No regression, and no lost coverage (cells missing, or skipped now) unless allowed."""
+        missing = (self.only_in_baseline or self.of_kind("skipped")) and not allow_missing
         return not self.of_kind("regression") and not missing
 
     def exit_code(self, *, allow_missing: bool = False) -> int:
@@ -87,7 +89,9 @@ def _cell_changes(before: CellResult, after: CellResult) -> list[Change]:
     changes = []
     cell_id = before.id
     if before.outcome != after.outcome:
-        if after.outcome.fails_run and not before.outcome.fails_run:
+        if after.outcome is Outcome.SKIP:
+            kind = "skipped"  # lost coverage, like a missing cell
+        elif after.outcome.fails_run and not before.outcome.fails_run:
             kind = "regression"
         elif before.outcome.fails_run and not after.outcome.fails_run:
             kind = "fix"
@@ -101,6 +105,8 @@ def _cell_changes(before: CellResult, after: CellResult) -> list[Change]:
                 after=f"{after.outcome}: {after.reason}",
             )
         )
+    if Outcome.SKIP in (before.outcome, after.outcome):
+        return changes  # a skipped cell observed nothing: its outcome change says it all
     for key, kind in (("error_class", "error_class"), ("message", "message")):
         was, now = _observed(before, key), _observed(after, key)
         if was != now and (was or now):
@@ -135,6 +141,7 @@ def to_markdown(diff: Diff, *, allow_missing: bool = False) -> str:
         lines.append("")
     sections = (
         ("regression", "Regressions"),
+        ("skipped", "Skipped now (lost coverage)"),
         ("fix", "Fixes"),
         ("outcome", "Other outcome changes"),
         ("error_class", "Changed error classes"),

@@ -149,6 +149,7 @@ def ckpt_runner(
         torch_version=parse_torch_version(environment["torch"]),
         gpu_slots=pytestconfig.getoption("ckpt_gpu_slots"),
         launcher=pytestconfig.getoption("ckpt_launcher"),
+        torchvision=environment.get("torchvision") is not None,
     )
     yield runner
     runner.launcher.stop_all()

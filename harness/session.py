@@ -34,10 +34,22 @@ class CellRunner:
     launcher: Launcher
     store: ArtifactStore
     torch_version: TorchVersion
+    torchvision: bool = True  # whether the workers' interpreter has torchvision
 
     def run_cell(self, cell: Cell) -> CellResult:
         started = time.monotonic()
         expectation = expect(cell, torch_version=self.torch_version)
+        if cell.model_spec.needs_torchvision and not self.torchvision:
+            return CellResult(
+                cell=cell,
+                outcome=Outcome.SKIP,
+                expected=expectation,
+                reason=f"{cell.model} needs torchvision, which the workers' interpreter lacks "
+                "(pip install torchvision beside torch, or leave the model out with -k)",
+                observed=None,
+                error=None,
+                duration_s=0.0,
+            )
         try:
             return self._run(cell, expectation, started)
         except (KeyboardInterrupt, SystemExit):
@@ -91,6 +103,7 @@ def build_runner(
     torch_version: TorchVersion,
     gpu_slots: int = 1,
     launcher: str = "spawn",
+    torchvision: bool = True,
 ) -> CellRunner:
     """The runner both front doors use: workers as fresh interpreters (``spawn``) or forked from
     a zygote that has imported torch (``zygote``), GPU leases in the work folder (shared by
@@ -105,6 +118,7 @@ def build_runner(
         launcher=leased,
         store=ArtifactStore(factory, leased),
         torch_version=torch_version,
+        torchvision=torchvision,
     )
 
 

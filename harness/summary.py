@@ -10,7 +10,7 @@ from harness.recipes import RECIPES
 from harness.results import CellResult
 
 _CATALOGUE = list(RECIPES)
-_COLUMNS = (Outcome.PASS, Outcome.XFAIL, Outcome.FAIL, Outcome.XPASS, Outcome.ERROR)
+_COLUMNS = (Outcome.PASS, Outcome.XFAIL, Outcome.FAIL, Outcome.XPASS, Outcome.ERROR, Outcome.SKIP)
 
 
 def summary_table(results: Sequence[CellResult]) -> str:
@@ -39,6 +39,10 @@ def summary_table(results: Sequence[CellResult]) -> str:
     if fragile_cells:
         lines += ["", "Fragile: known-bad recipes that worked here by accident:"]
         lines += [f"  {r.id}\n        {r.expected.reason}" for r in fragile_cells]
+    skipped = Counter(r.reason for r in results if r.outcome is Outcome.SKIP)
+    if skipped:
+        lines += ["", "Skipped:"]
+        lines += [f"  {count} cell(s): {reason}" for reason, count in skipped.items()]
     bad = [r for r in results if r.outcome.fails_run]
     if bad:
         lines += ["", f"{len(bad)} cell(s) failed the run:"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -123,3 +124,15 @@ def test_unusable_input_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert main(["diff", str(a), str(tmp_path / "bad.jsonl")]) == 2
     assert "bad.jsonl:1: not JSON" in capsys.readouterr().err
     assert main(["diff", str(a), str(tmp_path / "absent.jsonl")]) == 2
+
+
+def test_a_cell_skipped_now_is_lost_coverage(tmp_path: Path) -> None:
+    a = write(tmp_path / "a.jsonl", BASE)
+    skipped = replace(BASE[2], outcome=Outcome.SKIP, observed=None)
+    b = write(tmp_path / "b.jsonl", [*BASE[:2], skipped])
+    diff = compare(read_results(a), read_results(b))
+    assert [c.kind for c in diff.changes] == ["skipped"]  # not its error class or message too
+    assert not diff.certified()
+    assert diff.exit_code() == 1
+    assert diff.certified(allow_missing=True)
+    assert "### Skipped now (lost coverage) (1)" in to_markdown(diff)

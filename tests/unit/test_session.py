@@ -97,3 +97,27 @@ def test_interrupts_are_re_raised_and_stop_the_children(tmp_path: Path) -> None:
 def test_interleave_spreads_cells_of_one_artifact() -> None:
     order = interleave_by_artifact([DP_SINGLE, DP_DP, SINGLE])
     assert order == [DP_SINGLE, SINGLE, DP_DP]
+
+
+def test_a_model_whose_package_is_missing_is_skipped_with_its_reason(tmp_path: Path) -> None:
+    launcher = RecordingLauncher()
+    factory = JobFactory(workdir=tmp_path / "work")
+    no_vision = CellRunner(
+        factory=factory,
+        launcher=launcher,
+        store=ArtifactStore(factory, launcher),
+        torch_version=(2, 13),
+        torchvision=False,
+    )
+    resnet = Cell(
+        model="resnet18",
+        save_layout=Layout.SINGLE,
+        load_layout=Layout.SINGLE,
+        format=Format.WEIGHTS,
+        recipe="as_saved",
+    )
+    skipped = no_vision.run_cell(resnet)
+    assert skipped.outcome is Outcome.SKIP
+    assert "resnet18 needs torchvision" in skipped.reason
+    assert no_vision.run_cell(SINGLE).outcome is Outcome.PASS  # the trap model needs none
+    assert all("resnet18" not in name for name in launcher.names())

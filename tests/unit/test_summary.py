@@ -45,16 +45,23 @@ def test_table_counts_per_recipe_in_catalogue_order_and_lists_fragile_and_failur
         "FAIL",
         "XPASS",
         "ERROR",
+        "SKIP",
         "fragile",
     ]
     rows = {line.split()[0]: line.split()[1:] for line in lines[2:5]}
     assert list(rows) == ["strip_prefix", "slice_prefix", "replace_prefix"]
-    assert rows["strip_prefix"] == ["correct", "1", "0", "0", "0", "1"]
-    assert rows["slice_prefix"] == ["known_bad", "1", "0", "0", "0", "0", "1"]
+    assert rows["strip_prefix"] == ["correct", "1", "0", "0", "0", "1", "0"]
+    assert rows["slice_prefix"] == ["known_bad", "1", "0", "0", "0", "0", "0", "1"]
     assert "Fragile: known-bad recipes that worked here by accident:" in text
     assert "why slice_prefix" in text
     assert "1 cell(s) failed the run:" in text
     assert "ERROR reason" in text
+
+
+def test_skipped_cells_are_counted_with_their_reason() -> None:
+    text = summary_table([result("strip_prefix", Outcome.SKIP), result("as_saved", Outcome.SKIP)])
+    assert "Skipped:\n  2 cell(s): SKIP reason" in text
+    assert "failed the run" not in text
 
 
 def test_progress_line_and_exit_code() -> None:
