@@ -117,14 +117,7 @@ class SpawnLauncher:
             finally:
                 with self._lock:
                     self._live.discard(proc)
-        return JobRun(
-            name=job.name,
-            returncode=proc.returncode,
-            timed_out=timed_out,
-            duration_s=time.monotonic() - started,
-            stderr_tail=tail(job.log_path),
-            report=read_report(job.report_path),
-        )
+        return finished_run(job, returncode=proc.returncode, timed_out=timed_out, started=started)
 
     @property
     def running(self) -> int:
@@ -150,6 +143,19 @@ def shutdown_group(proc: subprocess.Popen[bytes], grace_s: float) -> None:
             return
         except subprocess.TimeoutExpired:
             continue
+
+
+def finished_run(job: Job, *, returncode: int | None, timed_out: bool, started: float) -> JobRun:
+    """What a launcher hands back once a job's process has ended (``started``: its monotonic
+    start): the exit, the time, the tail of its log and its report, if it wrote one."""
+    return JobRun(
+        name=job.name,
+        returncode=returncode,
+        timed_out=timed_out,
+        duration_s=time.monotonic() - started,
+        stderr_tail=tail(job.log_path),
+        report=read_report(job.report_path),
+    )
 
 
 def tail(path: Path, limit: int = STDERR_TAIL_BYTES) -> str:

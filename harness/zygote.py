@@ -27,8 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.jobspec import read_report
-from harness.runner import Job, JobRun, tail
+from harness.runner import Job, JobRun, finished_run, tail
 
 WORKER_MODULE = ("-m", "harness.worker")
 
@@ -173,13 +172,8 @@ class ZygoteLauncher:
                 self._pending.pop(job_id, None)
         if pending.error is not None:
             raise ZygoteError(f"{job.name}: {pending.error}")
-        return JobRun(
-            name=job.name,
-            returncode=pending.returncode,
-            timed_out=timed_out,
-            duration_s=time.monotonic() - started,
-            stderr_tail=tail(job.log_path),
-            report=read_report(job.report_path),
+        return finished_run(
+            job, returncode=pending.returncode, timed_out=timed_out, started=started
         )
 
     def _shutdown(self, pending: _Pending) -> None:
