@@ -27,13 +27,16 @@ DP_DP = cell(Layout.DP, Layout.DP, "strip_prefix")
 SINGLE = cell(Layout.SINGLE, Layout.SINGLE, "as_saved")
 
 
-def runner(tmp_path: Path, launcher: RecordingLauncher) -> CellRunner:
+def runner(
+    tmp_path: Path, launcher: RecordingLauncher, *, torchvision: bool = True
+) -> CellRunner:
     factory = JobFactory(workdir=tmp_path / "work")
     return CellRunner(
         factory=factory,
         launcher=launcher,
         store=ArtifactStore(factory, launcher),
         torch_version=(2, 14),
+        torchvision=torchvision,
     )
 
 
@@ -101,14 +104,7 @@ def test_interleave_spreads_cells_of_one_artifact() -> None:
 
 def test_a_model_whose_package_is_missing_is_skipped_with_its_reason(tmp_path: Path) -> None:
     launcher = RecordingLauncher()
-    factory = JobFactory(workdir=tmp_path / "work")
-    no_vision = CellRunner(
-        factory=factory,
-        launcher=launcher,
-        store=ArtifactStore(factory, launcher),
-        torch_version=(2, 13),
-        torchvision=False,
-    )
+    no_vision = runner(tmp_path, launcher, torchvision=False)
     resnet = Cell(
         model="resnet18",
         save_layout=Layout.SINGLE,
