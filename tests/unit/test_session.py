@@ -27,9 +27,7 @@ DP_DP = cell(Layout.DP, Layout.DP, "strip_prefix")
 SINGLE = cell(Layout.SINGLE, Layout.SINGLE, "as_saved")
 
 
-def runner(
-    tmp_path: Path, launcher: RecordingLauncher, *, torchvision: bool = True
-) -> CellRunner:
+def runner(tmp_path: Path, launcher: RecordingLauncher, *, torchvision: bool = True) -> CellRunner:
     factory = JobFactory(workdir=tmp_path / "work")
     return CellRunner(
         factory=factory,
