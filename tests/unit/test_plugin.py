@@ -7,6 +7,8 @@ from xml.etree import ElementTree
 
 import pytest
 
+from harness.session import LAUNCHERS
+
 SCENARIO = """
 [[scenario]]
 name = "tiny"
@@ -19,6 +21,8 @@ recipes = ["strip_prefix", "unfixed_prefix"]
 
 TEST_FILE = """
 import pytest
+
+from harness.session import LAUNCHERS
 from harness.outcomes import Outcome
 
 def test_cell(ckpt_cell, ckpt_result):
@@ -88,3 +92,18 @@ def test_plugin_is_inert_without_ckpt_cell(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_plain="def test_x():\n    pass\n")
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_every_session_launcher_is_a_plugin_choice(
+    pytester: pytest.Pytester, launcher: str
+) -> None:
+    # The plugin spells its choices out so that loading it imports nothing from the harness;
+    # this keeps the two lists from drifting apart.
+    config = pytester.parseconfig("--ckpt-launcher", launcher)
+    assert config.getoption("ckpt_launcher") == launcher
+
+
+def test_an_unknown_launcher_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    with pytest.raises(pytest.UsageError, match="fork"):
+        pytester.parseconfig("--ckpt-launcher", "fork")
