@@ -160,16 +160,19 @@ def merge(files: list[ResultsFile]) -> tuple[dict[str, Any], list[CellResult]]:
                 )
             seen[result.id] = results.path
             cells.append(result)
+    # the writer adds the line's own kind and schema_version; each source keeps the rest
+    own = [
+        {k: v for k, v in f.environment.items() if k not in ("kind", "schema_version")}
+        for f in files
+    ]
     shared = {
         key: value
-        for key, value in files[0].environment.items()
-        if key not in ("kind", "schema_version")
-        and all(other.environment.get(key) == value for other in files[1:])
+        for key, value in own[0].items()
+        if all(other.get(key) == value for other in own[1:])
     }
-    sources = [{"path": str(f.path), **f.environment} for f in files]
-    for source in sources:
-        source.pop("kind", None)
-        source.pop("schema_version", None)
+    sources = [
+        {"path": str(f.path), **environment} for f, environment in zip(files, own, strict=True)
+    ]
     return {**shared, "merged_from": sources}, cells
 
 

@@ -142,6 +142,9 @@ def test_merge_keeps_every_cell_and_each_runners_environment(tmp_path: Path) -> 
     assert "hostname" not in environment  # differs: only in each source
     assert [s["hostname"] for s in environment["merged_from"]] == ["a", "b"]
     assert environment["merged_from"][0]["path"] == str(one)
+    for described in (environment, *environment["merged_from"]):  # the writer's own fields
+        assert "kind" not in described
+        assert "schema_version" not in described
     merged = write(tmp_path / "merged.jsonl", environment, *cells)
     assert len(read_results(merged).results) == 2
 
