@@ -16,7 +16,7 @@ from filelock import FileLock
 from harness.cell import SaveKey
 from harness.jobspec import write_json_atomic
 from harness.plan import JobFactory
-from harness.runner import Launcher
+from harness.launchers.protocol import Launcher
 
 
 @dataclass(frozen=True, kw_only=True)

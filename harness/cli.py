@@ -26,7 +26,8 @@ from harness.report import report_html, report_markdown
 from harness.results import ResultsError, ResultsWriter, read_results
 from harness.results import merge as merge_results
 from harness.scenarios import ScenarioError, default_scenarios_dir, load_scenarios
-from harness.session import LAUNCHERS, build_runner, run_cells
+from harness.launchers import DEFAULT_LAUNCHER, LAUNCHERS
+from harness.session import build_runner, run_cells
 from harness.summary import summary_table
 from harness.visibility import Policy, parse_policy, subsets
 

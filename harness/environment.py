@@ -65,7 +65,10 @@ def describe(
     visibility_policy: str,
     gpu_slots: int = 1,
     launcher: str = "spawn",
+    shard: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """The environment line; ``shard`` is the run's :func:`harness.shards.shard_record`, or None
+    when the run was not sharded."""
     return {
         "harness_version": harness.__version__,
         "python": platform.python_version(),
@@ -86,6 +89,7 @@ def describe(
         "git_commit": git_commit(),
         "launcher": launcher,
         "gpu_slots": gpu_slots,
+        "shard": shard,
     }
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from harness.cell import Cell, SaveKey, Visibility
 from harness.jobspec import LoadSpec, SaveSpec, Spec, spec_to_json
-from harness.runner import Job
+from harness.launchers.protocol import Job
 
 DEFAULT_TIMEOUT_S = 120.0
 

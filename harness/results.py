@@ -146,9 +146,15 @@ def _parse(path: Path, number: int, line: str) -> dict[str, Any]:
 
 def merge(files: list[ResultsFile]) -> tuple[dict[str, Any], list[CellResult]]:
     """Results of several runners (one per GPU count, say) as one file's environment and cells.
-    A cell id in two files is an error naming both: a merged file holds each cell once."""
+    A cell id in two files is an error naming both: a merged file holds each cell once.
+
+    Shards (inputs whose environment has a ``shard``) are grouped by the matrix they were cut
+    from; each group must hold every shard of one count once (see :func:`check_shards`). The
+    merged environment's ``shard`` is null: it is not one shard (each input keeps its own record
+    in ``merged_from``)."""
     if not files:
         raise ResultsError("merge: no results files given")
+    check_shards(files)
     seen: dict[str, Path] = {}
     cells: list[CellResult] = []
     for results in files:
@@ -170,10 +176,91 @@ def merge(files: list[ResultsFile]) -> tuple[dict[str, Any], list[CellResult]]:
         for key, value in own[0].items()
         if all(other.get(key) == value for other in own[1:])
     }
+    if any(environment.get("shard") is not None for environment in own):
+        shared["shard"] = None  # the merged file is not one shard (a lone 1/1 input included)
     sources = [
         {"path": str(f.path), **environment} for f, environment in zip(files, own, strict=True)
     ]
     return {**shared, "merged_from": sources}, cells
+
+
+def shard_of(results: ResultsFile) -> dict[str, Any] | None:
+    """The input's ``shard`` record (index, count, matrix), or None for an unsharded run."""
+    shard = results.environment.get("shard")
+    if shard is None:
+        return None
+    if not (
+        isinstance(shard, dict)
+        and all(type(shard.get(key)) is int for key in ("index", "count"))
+        and isinstance(shard.get("matrix"), str)
+    ):
+        raise ResultsError(
+            f"{results.path}:1: shard {shard!r} is not a shard record (integers index and count, "
+            "a matrix digest); rerun that shard with this harness, or drop the file from the merge"
+        )
+    return shard
+
+
+def check_shards(files: list[ResultsFile]) -> None:
+    """Every matrix that sharded inputs come from is there whole: one count, each index of
+    1..count once. Unsharded inputs are not checked."""
+    sets: dict[str, list[tuple[int, int, Path]]] = {}
+    for results in files:
+        shard = shard_of(results)
+        if shard is not None:
+            sets.setdefault(shard["matrix"], []).append(
+                (shard["index"], shard["count"], results.path)
+            )
+    for matrix, members in sets.items():
+        problem = _shard_set_problem(members)
+        if problem is None:
+            continue
+        if len(sets) > 1:
+            problem += (
+                f" (the inputs hold shards of {len(sets)} matrices: {', '.join(sets)}; runners "
+                "that expand different matrices, from other scenarios, GPUs, --visibility or -k, "
+                "cut different shards)"
+            )
+        raise ResultsError(f"merge: shards of matrix {matrix}: {problem}")
+
+
+def _shard_set_problem(members: list[tuple[int, int, Path]]) -> str | None:
+    have = ", ".join(f"{index}/{count} from {path}" for index, count, path in sorted(members))
+    counts = sorted({count for _, count, _ in members})
+    if len(counts) > 1:
+        return (
+            f"cut into {' and '.join(map(str, counts))} shards ({have}); every runner of one "
+            "matrix must give the same shard count N, so rerun the odd ones with it"
+        )
+    count = counts[0]
+    by_index: dict[int, list[Path]] = {}
+    for index, _, path in members:
+        by_index.setdefault(index, []).append(path)
+    problems = [
+        f"{index}/{count} from {paths[0]} does not exist (indexes run 1..{count})"
+        for index, paths in sorted(by_index.items())
+        if not 1 <= index <= count
+    ]
+    problems += [
+        f"{index}/{count} is in {len(paths)} files ({', '.join(map(str, paths))})"
+        for index, paths in sorted(by_index.items())
+        if len(paths) > 1
+    ]
+    missing = [f"{index}/{count}" for index in range(1, count + 1) if index not in by_index]
+    if missing:
+        verb = "is" if len(missing) == 1 else "are"
+        problems.append(f"{', '.join(missing)} {verb} missing (have {have})")
+    if not problems:
+        return None
+    fixes = []
+    if any(not 1 <= index <= count for index in by_index):
+        fixes.append("drop the file of a shard that does not exist")
+    if any(len(paths) > 1 for paths in by_index.values()):
+        fixes.append("give each shard once")
+    if missing:
+        fixes.append("run " + ("it" if len(missing) == 1 else "them"))
+    rest = "the incomplete set" if missing else "that matrix's shards"
+    return f"{'; '.join(problems)}; {', '.join(fixes)}, or merge without {rest}"
 
 
 class ResultsWriter:

@@ -16,14 +16,13 @@ from pathlib import Path
 
 from harness.artifacts import ArtifactStore
 from harness.cell import Cell
-from harness.leases import GpuLeases, LeasedLauncher
+from harness.launchers import DEFAULT_LAUNCHER, LauncherBroken, make_launcher
+from harness.launchers.leases import GpuLeases, LeasedLauncher
 from harness.oracle import Expectation, TorchVersion, expect
 from harness.outcomes import Outcome
 from harness.plan import DeviceMap, JobFactory, worker_env
 from harness.results import CellResult, ResultsWriter
-from harness.runner import Launcher, SpawnLauncher
 from harness.verdict import judge
-from harness.zygote import ZygoteLauncher
 
 Progress = Callable[[CellResult, int, int], None]
 
@@ -52,7 +51,7 @@ class CellRunner:
             )
         try:
             return self._run(cell, expectation, started)
-        except (KeyboardInterrupt, SystemExit):
+        except (KeyboardInterrupt, SystemExit, LauncherBroken):
             raise
         except Exception as exc:
             return CellResult(
@@ -102,7 +101,7 @@ def build_runner(
     devices: DeviceMap,
     torch_version: TorchVersion,
     gpu_slots: int = 1,
-    launcher: str = "spawn",
+    launcher: str = DEFAULT_LAUNCHER,
     torchvision: bool = True,
 ) -> CellRunner:
     """The runner both front doors use: workers as fresh interpreters (``spawn``) or forked from
@@ -111,7 +110,7 @@ def build_runner(
     once. Call ``runner.launcher.stop_all()`` when done (it ends a zygote)."""
     factory = JobFactory(workdir=workdir, timeout_s=timeout_s, devices=devices)
     leased = LeasedLauncher(
-        make_launcher(launcher, workdir), GpuLeases(workdir / "leases", slots=gpu_slots)
+        make_launcher(launcher, workdir, worker_env(())), GpuLeases(workdir / "leases", slots=gpu_slots)
     )
     return CellRunner(
         factory=factory,
@@ -120,19 +119,6 @@ def build_runner(
         torch_version=torch_version,
         torchvision=torchvision,
     )
-
-
-LAUNCHERS = ("spawn", "zygote")
-
-
-def make_launcher(name: str, workdir: Path) -> Launcher:
-    if name == "spawn":
-        return SpawnLauncher()
-    if name == "zygote":
-        # one zygote per process: pytest-xdist workers each have their own
-        log = workdir / "zygotes" / f"zygote-{os.getpid()}.log"
-        return ZygoteLauncher(env=worker_env(()), log_path=log)
-    raise ValueError(f"unknown launcher {name!r}; expected one of {', '.join(LAUNCHERS)}")
 
 
 def interleave_by_artifact(cells: Sequence[Cell]) -> list[Cell]:

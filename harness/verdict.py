@@ -13,7 +13,7 @@ from harness.cell import Cell, Visibility
 from harness.oracle import Expectation
 from harness.outcomes import ErrorClass, Outcome
 from harness.plan import DeviceMap, normalise_uuid
-from harness.runner import JobRun
+from harness.launchers.protocol import JobRun
 
 NAMES_SHOWN = 8
 

@@ -1,65 +1,154 @@
 """The zygote: a process that has imported torch, never computes, and forks one child per job.
 
-``python -m harness.worker --zygote`` reads one JSON request per line on stdin and answers on
-stdout, one JSON line per event:
+``python -m harness.worker --zygote`` reads one request per line on stdin and answers on stdout,
+one line per event (``harness.launchers.messages`` has the types): ``ready`` once its imports are
+done, then ``started`` and ``ended`` for each job, ``failed`` when no child could be started, and
+``stopping`` when it refuses to fork any more.
 
-- request ``{"id": N, "args": [SPEC.json], "env": {...}, "log": PATH}``;
-- answer ``{"id": N, "pid": P}`` once the child exists, then ``{"id": N, "returncode": R}`` when
-  it has ended (R negative for a signal, as ``subprocess`` reports it);
-- answer ``{"id": N, "error": TEXT}`` when no child could be started.
+Why it is safe, and what it must never do (``fork_hazard`` checks both before every fork and,
+if either ever happened, the zygote refuses to fork, says why and exits):
 
-Why it is safe, and what it must never do:
-
-- The zygote never runs a torch operation: once a process has computed anything, children
-  forked from it hang at their first operation (OpenMP after fork). It only imports.
+- It never runs a torch operation: once a process has computed anything, children forked from
+  it can hang at their first operation (OpenMP after fork). It only imports. A
+  ``TorchFunctionMode`` watches it from before the imports on: any torch function that takes or
+  returns a tensor counts as computing. A new thread (a thread pool started) counts too.
 - It never touches CUDA: CUDA reads ``CUDA_VISIBLE_DEVICES`` when a process first initialises
   it, so each child sets its own environment right after the fork and only then, in its job,
   initialises CUDA with the devices it was given. A child forked from a process that had
-  initialised CUDA could not use CUDA at all.
+  initialised CUDA could not use CUDA at all (``torch.cuda.is_initialized()`` is checked).
 - It starts no threads of its own (forking a threaded process can copy a held lock); it waits
-  for requests and for its children in one loop. ``import torch`` itself leaves one helper
-  thread besides the main one (seen here, torch 2.14.1; torchvision adds none); children forked
-  after it ran every cell of the CPU matrix with the outcomes of spawned workers.
+  for requests and for its children in one loop.
 
 Each child starts a new session (its own process group, which the parent signals on timeout),
-points stdin at /dev/null and stdout and stderr at the job's log, replaces its environment with
-the job's, and runs the same ``main`` as ``python -m harness.worker SPEC.json``.
+points stdin at /dev/null and stdout and stderr at the job's log, leaves the watch, replaces its
+environment with the job's, and runs the same job as ``python -m harness.worker SPEC.json``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import select
 import sys
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import IO, Any
 
-POLL_S = 0.02  # how often the loop looks for ended children while no request arrives
+from harness.launchers.messages import (
+    Answer,
+    ProtocolError,
+    StartRequest,
+    encode,
+    parse_request,
+)
 
+POLL_S = 0.02  # how often the loop looks for ended children while no request arrives
+REFUSED_EXIT = 3  # the zygote's exit code after it refused to fork
 
 Run = Callable[[list[str]], int]
 
 
-def preload() -> None:
+def fork_hazard(
+    *, cuda_initialized: bool, computed: str | None, threads: int, threads_at_start: int
+) -> str | None:
+    """Why forking now would be unsafe, or None. Pure: the zygote gathers the facts."""
+    if cuda_initialized:
+        return (
+            "CUDA was initialised in the zygote; its children could not use CUDA with their own "
+            "CUDA_VISIBLE_DEVICES"
+        )
+    if computed is not None:
+        return (
+            f"the zygote ran a tensor computation ({computed}); children forked after one can "
+            "hang at their first operation"
+        )
+    if threads > threads_at_start:
+        return (
+            f"the zygote has {threads} threads, {threads_at_start} after its imports; forking a "
+            "threaded process can copy a held lock into the child"
+        )
+    return None
+
+
+def thread_count() -> int:
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:  # no /proc (macOS): this check is not available there
+        return 1
+
+
+@dataclass
+class Watch:
+    """What the zygote has done that would make a fork unsafe."""
+
+    computed: str | None = None
+    threads_at_start: int = 1
+    _exit: Callable[[], None] = field(default=lambda: None)
+
+    def hazard(self) -> str | None:
+        return fork_hazard(
+            cuda_initialized=_cuda_initialized(),
+            computed=self.computed,
+            threads=thread_count(),
+            threads_at_start=self.threads_at_start,
+        )
+
+    def leave(self) -> None:
+        """In a child: stop watching (its job computes)."""
+        self._exit()
+
+
+def _cuda_initialized() -> bool:
+    torch = sys.modules.get("torch")
+    return bool(torch is not None and torch.cuda.is_initialized())
+
+
+def watch_torch() -> Watch:
+    """Import torch and watch every torch function called from now on in this thread."""
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    watch = Watch()
+
+    class Computing(TorchFunctionMode):
+        def __torch_function__(
+            self,
+            func: Any,
+            types: Any,
+            args: tuple[Any, ...] = (),
+            kwargs: dict[str, Any] | None = None,
+        ) -> Any:
+            result = func(*args, **(kwargs or {}))
+            tensors = [*args, *(kwargs or {}).values(), result]
+            if watch.computed is None and any(isinstance(t, torch.Tensor) for t in tensors):
+                watch.computed = getattr(func, "__qualname__", None) or repr(func)
+            return result
+
+    mode = Computing()
+    mode.__enter__()
+    watch._exit = lambda: mode.__exit__(None, None, None)
+    return watch
+
+
+def preload() -> Watch:
     """Everything a job imports that is slow to import, so that children start with it:
     torch, the worker, and torchvision where installed (it imports torch._dynamo, ~1.5 s, which
-    every resnet job would pay again). Imports only: nothing here runs a torch operation."""
-    import torch  # noqa: F401
-
+    every resnet job would pay again). Imports only, watched from the first one on."""
+    watch = watch_torch()
     import harness.worker.main  # noqa: F401
 
     with contextlib.suppress(ImportError):
         import torchvision  # noqa: F401
+    watch.threads_at_start = thread_count()
+    return watch
 
 
 def run_worker(args: list[str]) -> int:
-    """What a child runs: the same as ``python -m harness.worker ARGS``."""
-    from harness.worker.__main__ import main
+    """What a child runs: the same job as ``python -m harness.worker ARGS``."""
+    from harness.worker.job import run_job
 
-    return main(args)
+    return run_job(args)
 
 
 def serve(
@@ -67,14 +156,17 @@ def serve(
     answers: IO[bytes],
     *,
     run: Run = run_worker,
-    load: Callable[[], None] = preload,
+    load: Callable[[], Watch] = preload,
 ) -> int:
     """Serve requests until stdin closes and every child has ended. ``run`` and ``load`` are
-    what a child runs and what the zygote imports first (replaced in the launcher's tests)."""
-    load()
+    what a child runs and what the zygote imports first (replaced in the launcher's tests).
+    Exit 0, or ``REFUSED_EXIT`` when it stopped forking (its last answer says why)."""
+    watch = load()
+    _answer(answers, {"event": "ready", "pid": os.getpid()})
     children: dict[int, int] = {}  # pid -> request id
     buffer = b""
     open_input = True
+    refused: str | None = None
     while open_input or children:
         if open_input:
             ready, _, _ = select.select([requests], [], [], POLL_S)
@@ -83,49 +175,80 @@ def serve(
                 if not chunk:
                     open_input = False  # the parent is gone or done: finish the children
                 buffer += chunk
-                while b"\n" in buffer:
+                while b"\n" in buffer and refused is None:
                     line, buffer = buffer.split(b"\n", 1)
                     if line.strip():
-                        _start(json.loads(line), children, requests, answers, run)
+                        refused = _handle(line, watch, children, requests, answers, run)
+                if refused is not None:
+                    print(f"zygote: {refused}", file=sys.stderr, flush=True)
+                    _answer(answers, {"event": "stopping", "reason": refused})
+                    open_input = False  # answer no more requests; finish the children
         else:
             select.select([], [], [], POLL_S)
         _reap(children, answers)
-    return 0
+    return 0 if refused is None else REFUSED_EXIT
 
 
-def _answer(answers: IO[bytes], message: dict[str, Any]) -> None:
-    answers.write(json.dumps(message).encode() + b"\n")
+def _answer(answers: IO[bytes], message: Answer) -> None:
+    answers.write(encode(message))
     answers.flush()
 
 
+def _handle(
+    line: bytes,
+    watch: Watch,
+    children: dict[int, int],
+    requests: IO[bytes],
+    answers: IO[bytes],
+    run: Run,
+) -> str | None:
+    """Start the request's child; the reason to stop forking, if there is one."""
+    try:
+        request = parse_request(line)
+    except ProtocolError as exc:
+        return f"refusing to fork: {exc}"
+    hazard = watch.hazard()
+    if hazard is not None:
+        _answer(answers, {"event": "failed", "id": request["id"], "error": hazard})
+        return f"refusing to fork: {hazard}"
+    _start(request, watch, children, requests, answers, run)
+    return None
+
+
 def _start(
-    request: dict[str, Any],
+    request: StartRequest,
+    watch: Watch,
     children: dict[int, int],
     requests: IO[bytes],
     answers: IO[bytes],
     run: Run,
 ) -> None:
-    job_id = int(request["id"])
+    job_id = request["id"]
     try:
         log_fd = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     except OSError as exc:
-        _answer(answers, {"id": job_id, "error": f"cannot open the job's log: {exc}"})
+        _answer(answers, {"event": "failed", "id": job_id, "error": f"cannot open its log: {exc}"})
         return
     try:
         pid = os.fork()
     except OSError as exc:
         os.close(log_fd)
-        _answer(answers, {"id": job_id, "error": f"fork failed: {exc}"})
+        _answer(answers, {"event": "failed", "id": job_id, "error": f"fork failed: {exc}"})
         return
     if pid == 0:  # the child: never returns
-        _child(request, log_fd, requests, answers, run)
+        _child(request, watch, log_fd, requests, answers, run)
     os.close(log_fd)
     children[pid] = job_id
-    _answer(answers, {"id": job_id, "pid": pid})
+    _answer(answers, {"event": "started", "id": job_id, "pid": pid})
 
 
 def _child(
-    request: dict[str, Any], log_fd: int, requests: IO[bytes], answers: IO[bytes], run: Run
+    request: StartRequest,
+    watch: Watch,
+    log_fd: int,
+    requests: IO[bytes],
+    answers: IO[bytes],
+    run: Run,
 ) -> None:
     code = 1
     try:
@@ -136,6 +259,7 @@ def _child(
         os.dup2(log_fd, 2)
         for fd in {devnull, log_fd, requests.fileno(), answers.fileno()} - {0, 1, 2}:
             os.close(fd)
+        watch.leave()
         os.environ.clear()
         os.environ.update(request["env"])
         code = run(list(request["args"]))
@@ -157,4 +281,5 @@ def _reap(children: dict[int, int], answers: IO[bytes]) -> None:
             return
         job_id = children.pop(pid, None)
         if job_id is not None:
-            _answer(answers, {"id": job_id, "returncode": os.waitstatus_to_exitcode(status)})
+            returncode = os.waitstatus_to_exitcode(status)
+            _answer(answers, {"event": "ended", "id": job_id, "returncode": returncode})

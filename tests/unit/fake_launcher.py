@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.jobspec import write_json_atomic
-from harness.runner import Job, JobRun
+from harness.launchers.protocol import Job, JobRun
 
 TENSORS = {"w": {"digest": "1", "dtype": "float32", "shape": [2], "device": "cpu"}}
 BEFORE = {"w": {"digest": "0", "dtype": "float32", "shape": [2], "device": "cpu"}}

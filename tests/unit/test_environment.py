@@ -53,3 +53,20 @@ def test_the_harness_commit_is_read_from_git_or_named() -> None:
     )
     assert git_commit({}) == (head.stdout.strip() if head.returncode == 0 else None)
     assert git_commit({"CKPT_MATRIX_GIT_COMMIT": "abc123"}) == "abc123"
+
+
+def test_the_environment_records_the_shard_or_null() -> None:
+    record = {
+        "index": 2,
+        "count": 4,
+        "source": "--shard",
+        "matrix": "ab12cd34ef56ab12",
+        "matrix_cells": 180,
+    }
+    torch_side = {"torch": "2.14.1"}
+    sharded = describe(torch_side, simulated(0), visibility_policy="minimal", shard=record)
+    assert sharded["shard"] == record
+    assert sharded["torch"] == "2.14.1"  # every other field is kept
+    unsharded = describe(torch_side, simulated(0), visibility_policy="minimal")
+    assert unsharded["shard"] is None
+    assert sharded.keys() == unsharded.keys()

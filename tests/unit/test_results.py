@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,6 +14,7 @@ from harness.results import (
     SCHEMA_VERSION,
     CellResult,
     ResultsError,
+    ResultsFile,
     ResultsWriter,
     merge,
     read_results,
@@ -126,7 +128,7 @@ def test_end_lines_are_kept_apart_from_cells(tmp_path: Path) -> None:
     ]
 
 
-def write(path: Path, env: dict[str, str], *results: CellResult) -> Path:
+def write(path: Path, env: dict[str, Any], *results: CellResult) -> Path:
     with ResultsWriter(path, env, resume=False) as writer:
         for one in results:
             writer.append(one)
@@ -158,3 +160,138 @@ def test_merge_refuses_a_cell_in_two_files(tmp_path: Path) -> None:
         merge([read_results(one), read_results(two)])
     with pytest.raises(ResultsError, match="no results files given"):
         merge([])
+
+
+MATRIX = "ab12cd34ef56ab12"
+OTHER = "0123456789abcdef"
+
+
+def shard_env(index: int, count: int, matrix: str = MATRIX) -> dict[str, Any]:
+    record = {"index": index, "count": count, "source": "--shard", "matrix": matrix}
+    return {**ENV, "shard": {**record, "matrix_cells": 3}}
+
+
+def shard_files(
+    tmp_path: Path, *shards: tuple[str, int, int, str], matrix: str = MATRIX
+) -> list[ResultsFile]:
+    """(name, index, count, recipe of its one cell) per file."""
+    return [
+        read_results(write(tmp_path / name, shard_env(index, count, matrix), result(recipe)))
+        for name, index, count, recipe in shards
+    ]
+
+
+def test_merge_refuses_a_missing_shard(tmp_path: Path) -> None:
+    files = shard_files(
+        tmp_path, ("a.jsonl", 1, 3, "slice_prefix"), ("c.jsonl", 3, 3, "strip_prefix")
+    )
+    with pytest.raises(ResultsError) as raised:
+        merge(files)
+    message = str(raised.value)
+    assert message.startswith(f"merge: shards of matrix {MATRIX}: 2/3 is missing (have 1/3 from ")
+    assert "a.jsonl, 3/3 from " in message
+    assert message.endswith("c.jsonl); run it, or merge without the incomplete set")
+
+
+def test_merge_refuses_a_shard_given_twice(tmp_path: Path) -> None:
+    files = shard_files(
+        tmp_path,
+        ("a.jsonl", 1, 2, "slice_prefix"),
+        ("b.jsonl", 2, 2, "strip_prefix"),
+        ("b-again.jsonl", 2, 2, "unfixed_prefix"),
+    )
+    with pytest.raises(
+        ResultsError,
+        match=rf"shards of matrix {MATRIX}: 2/2 is in 2 files \(.*b\.jsonl, .*b-again\.jsonl\); "
+        "give each shard once",
+    ):
+        merge(files)
+
+
+def test_merge_refuses_one_matrix_cut_two_ways(tmp_path: Path) -> None:
+    files = shard_files(
+        tmp_path, ("a.jsonl", 1, 2, "slice_prefix"), ("b.jsonl", 2, 3, "strip_prefix")
+    )
+    with pytest.raises(
+        ResultsError, match=r"cut into 2 and 3 shards \(1/2 from .*a\.jsonl, 2/3 from"
+    ):
+        merge(files)
+
+
+def test_merge_names_the_other_matrix_when_a_set_is_incomplete(tmp_path: Path) -> None:
+    files = [
+        *shard_files(tmp_path, ("a.jsonl", 1, 2, "slice_prefix")),
+        *shard_files(tmp_path, ("b.jsonl", 2, 2, "strip_prefix"), matrix=OTHER),
+    ]
+    with pytest.raises(ResultsError, match=rf"shards of 2 matrices: {MATRIX}, {OTHER}"):
+        merge(files)
+
+
+def test_merge_refuses_a_shard_field_it_cannot_read(tmp_path: Path) -> None:
+    path = write(tmp_path / "odd.jsonl", {**ENV, "shard": {"index": "1", "count": 2}}, result())
+    with pytest.raises(ResultsError, match=r"odd\.jsonl:1: shard .* is not a shard record"):
+        merge([read_results(path)])
+
+
+def test_a_complete_set_of_shards_merges_and_is_not_one_shard(tmp_path: Path) -> None:
+    files = shard_files(
+        tmp_path,
+        ("c.jsonl", 3, 3, "unfixed_prefix"),
+        ("a.jsonl", 1, 3, "slice_prefix"),
+        ("b.jsonl", 2, 3, "strip_prefix"),
+    )
+    environment, cells = merge(files)
+    assert [c.cell.recipe for c in cells] == ["unfixed_prefix", "slice_prefix", "strip_prefix"]
+    assert environment["shard"] is None
+    assert [s["shard"]["index"] for s in environment["merged_from"]] == [3, 1, 2]
+    merged = read_results(write(tmp_path / "merged.jsonl", environment, *cells))
+    assert len(merged.results) == 3
+    # a merged file is no shard: it merges again with other inputs as an unsharded one
+    more = write(tmp_path / "more.jsonl", ENV, result("replace_prefix"))
+    assert len(merge([merged, read_results(more)])[1]) == 4
+
+
+def test_a_single_shard_of_one_is_complete(tmp_path: Path) -> None:
+    environment, cells = merge(shard_files(tmp_path, ("all.jsonl", 1, 1, "slice_prefix")))
+    assert len(cells) == 1
+    assert environment["shard"] is None  # not "1/1": the merged file is not a shard
+
+
+def test_two_complete_matrices_and_unsharded_files_merge_together(tmp_path: Path) -> None:
+    files = [
+        *shard_files(
+            tmp_path, ("a1.jsonl", 1, 2, "slice_prefix"), ("a2.jsonl", 2, 2, "strip_prefix")
+        ),
+        *shard_files(tmp_path, ("b1.jsonl", 1, 1, "unfixed_prefix"), matrix=OTHER),
+        read_results(write(tmp_path / "plain.jsonl", ENV, result("replace_prefix"))),
+    ]
+    environment, cells = merge(files)
+    assert len(cells) == 4
+    assert environment["shard"] is None
+    assert environment["torch"] == "2.14.1"
+    assert "shard" not in environment["merged_from"][3]
+
+
+def test_unsharded_files_merge_as_before(tmp_path: Path) -> None:
+    # files from before sharding have no shard field: the merged environment gains none
+    one = write(tmp_path / "1.jsonl", ENV, result())
+    two = write(tmp_path / "2.jsonl", ENV, result("strip_prefix"))
+    environment, _ = merge([read_results(one), read_results(two)])
+    assert "shard" not in environment
+    # files of unsharded runs record shard: null, which all share
+    one = write(tmp_path / "3.jsonl", {**ENV, "shard": None}, result())
+    two = write(tmp_path / "4.jsonl", {**ENV, "shard": None}, result("strip_prefix"))
+    environment, _ = merge([read_results(one), read_results(two)])
+    assert environment["shard"] is None
+
+
+def test_shards_given_twice_are_named_before_their_shared_cells(tmp_path: Path) -> None:
+    # the same shard twice holds the same cells: the shard is the clearer thing to name
+    files = shard_files(
+        tmp_path,
+        ("a.jsonl", 1, 2, "slice_prefix"),
+        ("b.jsonl", 2, 2, "strip_prefix"),
+        ("a-again.jsonl", 1, 2, "slice_prefix"),
+    )
+    with pytest.raises(ResultsError, match=r"1/2 is in 2 files"):
+        merge(files)

@@ -10,7 +10,7 @@ from harness.cell import Cell
 from harness.outcomes import Outcome
 from harness.plan import JobFactory
 from harness.results import ResultsWriter, read_results
-from harness.runner import Job, JobRun
+from harness.launchers.protocol import Job, JobRun
 from harness.session import CellRunner, interleave_by_artifact, run_cells
 
 from .fake_launcher import RecordingLauncher, crash

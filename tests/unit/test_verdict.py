@@ -12,7 +12,7 @@ from harness.cell import Cell
 from harness.oracle import Expectation
 from harness.outcomes import ErrorClass, Outcome
 from harness.plan import DeviceMap
-from harness.runner import JobRun
+from harness.launchers.protocol import JobRun
 from harness.verdict import Judgement, compare_tensors, judge, probe_problems
 
 CELL = Cell(

@@ -12,7 +12,7 @@ import torch
 
 from harness.jobspec import LoadSpec, SaveSpec, spec_from_json
 from harness.recipes import RECIPES
-from harness.worker.__main__ import main
+from harness.worker.entry import main
 from harness.worker.main import configure_torch, run_load, run_save
 from harness.worker.models import build
 from harness.worker.recipes import PERFORM, LoadContext

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from harness.leases import GpuLeases, LeasedLauncher
-from harness.runner import Job, JobRun
+from harness.launchers.leases import GpuLeases, LeasedLauncher
+from harness.launchers.protocol import Job, JobRun
 
 HOLDER = """
 import json, sys, time
 from pathlib import Path
-from harness.leases import GpuLeases
+from harness.launchers.leases import GpuLeases
 folder, gpus, out = Path(sys.argv[1]), [int(g) for g in sys.argv[2].split(",")], sys.argv[3]
 slots = int(sys.argv[4])
 with GpuLeases(folder, slots=slots).hold(gpus):

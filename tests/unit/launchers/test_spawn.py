@@ -8,7 +8,8 @@ import threading
 import time
 from pathlib import Path
 
-from harness.runner import Job, SpawnLauncher, tail
+from harness.launchers.protocol import Job, tail
+from harness.launchers.spawn import SpawnLauncher
 
 
 def job(tmp_path: Path, name: str, code: str, timeout_s: float = 30.0) -> Job:

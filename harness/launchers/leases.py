@@ -18,7 +18,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from harness.runner import Job, JobRun, Launcher
+from harness.launchers.protocol import Job, JobRun, Launcher
 
 POLL_S = 0.05  # how often a job waiting for one of several slots looks again
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from harness.plan import worker_env
-from harness.runner import Job
+from harness.launchers.protocol import Job
 from harness.zygote import ZygoteError, ZygoteLauncher
 
 # A zygote whose children act out the behaviour named by the job's first argument.

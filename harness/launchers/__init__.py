@@ -1,0 +1,39 @@
+"""Launchers: how a worker job becomes a process. One protocol (``protocol``), two
+implementations (``spawn``: a fresh interpreter per job; ``zygote``: forked from one process that
+has imported torch, the default), the GPU-lease wrapper (``leases``), and one way to stop jobs
+(``shutdown``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from harness.launchers.protocol import Job, JobRun, Launcher, LauncherBroken
+
+__all__ = [
+    "DEFAULT_LAUNCHER",
+    "LAUNCHERS",
+    "Job",
+    "JobRun",
+    "Launcher",
+    "LauncherBroken",
+    "make_launcher",
+]
+
+LAUNCHERS = ("zygote", "spawn")
+DEFAULT_LAUNCHER = "zygote"
+
+
+def make_launcher(name: str, workdir: Path, env: dict[str, str]) -> Launcher:
+    """The launcher called ``name``; ``env`` is the zygote's own environment."""
+    if name == "spawn":
+        from harness.launchers.spawn import SpawnLauncher
+
+        return SpawnLauncher()
+    if name == "zygote":
+        from harness.launchers.zygote import ZygoteLauncher
+
+        # one zygote per process: pytest-xdist workers each have their own
+        log = workdir / "zygotes" / f"zygote-{os.getpid()}.log"
+        return ZygoteLauncher(env=env, log_path=log)
+    raise ValueError(f"unknown launcher {name!r}; expected one of {', '.join(LAUNCHERS)}")

@@ -1,0 +1,338 @@
+"""The zygote launcher (the default): worker jobs forked from one process that has imported torch.
+
+A fresh interpreter per job (``SpawnLauncher``) spends nearly all of a CPU cell's time importing
+torch (``benchmarks/bench_matrix.py``); a child forked from a process that already has torch
+imported starts in milliseconds. ``ZygoteLauncher`` starts that process
+(``python -m harness.worker --zygote``; ``harness.worker.zygote`` says why it is safe) and asks it
+for one child per job. Each child starts its own session, gets the job's environment
+(``CUDA_VISIBLE_DEVICES`` included) before CUDA initialises in it, and writes the same report as a
+spawned worker; timeouts and Ctrl-C stop it through ``harness.launchers.shutdown``.
+
+Nothing is stranded when the zygote misbehaves: a malformed answer or the zygote's death ends
+every job it held at once, as a lost ``JobRun`` naming the cause (the zygote's exit status and
+log tail), and the zygote is started again, once. A second death raises ``LauncherBroken``: the
+run stops with that message. A zygote that cannot even start (no torch, say) raises it at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.launchers.messages import (
+    Ended,
+    Failed,
+    ProtocolError,
+    Ready,
+    StartRequest,
+    Started,
+    Stopping,
+    encode,
+    parse_answer,
+)
+from harness.launchers.protocol import (
+    Job,
+    JobRun,
+    LauncherBroken,
+    finished_run,
+    prepare,
+    tail,
+    worker_args,
+    worker_argv,
+)
+from harness.launchers.shutdown import GRACE_S, Target, popen_target, shutdown_groups
+
+START_TIMEOUT_S = 300.0  # for the zygote's imports (torch, torchvision) on a slow, busy machine
+RESTARTS = 1  # a zygote that dies is started again this many times in one run
+
+
+@dataclass
+class _Pending:
+    started: threading.Event = field(default_factory=threading.Event)
+    ended: threading.Event = field(default_factory=threading.Event)
+    pid: int | None = None
+    returncode: int | None = None
+    lost: str | None = None  # no answer will come: why
+
+    def target(self) -> Target | None:
+        return None if self.pid is None else Target(pgid=self.pid, wait=self.ended.wait)
+
+
+@dataclass
+class _Zygote:
+    """One zygote process, the jobs it holds, and why it ended (once it has)."""
+
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    ready: threading.Event = field(default_factory=threading.Event)
+    pending: dict[int, _Pending] = field(default_factory=dict)
+    cause: str | None = None  # set once: why this zygote can take no more jobs
+
+    @property
+    def usable(self) -> bool:
+        return self.cause is None and self.process.poll() is None
+
+
+class ZygoteLauncher:
+    """Runs worker jobs as children of one zygote process; safe to call from several threads."""
+
+    def __init__(
+        self,
+        *,
+        env: Mapping[str, str],
+        log_path: Path,
+        python: str = sys.executable,
+        grace_s: float = GRACE_S,
+        command: tuple[str, ...] | None = None,
+        start_timeout_s: float = START_TIMEOUT_S,
+    ) -> None:
+        self.env = dict(env)
+        self.log_path = log_path  # the first zygote's; a restarted one adds -restart-N
+        self.grace_s = grace_s
+        self.start_timeout_s = start_timeout_s
+        # the zygote's own command line (tests start one that serves fake jobs)
+        self.command = command or worker_argv(python, "--zygote")
+        self._lock = threading.Lock()
+        self._zygote: _Zygote | None = None
+        self._deaths: list[str] = []
+        self._next_id = 0
+        self._readers: list[threading.Thread] = []
+
+    # -- the zygote ----------------------------------------------------------------------------
+
+    def _current(self) -> _Zygote:
+        """The running zygote: started on first use, started again once after a death
+        (under ``self._lock``)."""
+        zygote = self._zygote
+        if zygote is not None and zygote.usable:
+            return zygote
+        if zygote is not None:
+            cause = zygote.cause or self._exit_text(zygote)
+            self._retire(zygote, cause)
+            self._deaths.append(cause)
+            self._zygote = None
+        if len(self._deaths) > RESTARTS:
+            raise LauncherBroken(
+                f"the zygote died {len(self._deaths)} times, so the run stops: "
+                + "; then ".join(self._deaths)
+                + ". Continue with --resume, or use --launcher spawn"
+            )
+        self._zygote = self._start(len(self._deaths))
+        return self._zygote
+
+    def _start(self, restarts: int) -> _Zygote:
+        log_path = self.log_path
+        if restarts:
+            log_path = log_path.with_name(f"{log_path.stem}-restart-{restarts}{log_path.suffix}")
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(
+                self.command,
+                env=self.env,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                start_new_session=True,
+            )
+        zygote = _Zygote(process=process, log_path=log_path)
+        reader = threading.Thread(
+            target=self._read_answers, args=(zygote,), name="zygote-answers", daemon=True
+        )
+        reader.start()
+        self._readers.append(reader)
+        if not zygote.ready.wait(timeout=self.start_timeout_s) or not zygote.usable:
+            cause = zygote.cause or (
+                f"it was not ready after {self.start_timeout_s:.0f} s"
+                if process.poll() is None
+                else self._exit_text(zygote)
+            )
+            self._retire(zygote, cause)
+            raise LauncherBroken(
+                f"the zygote ({' '.join(self.command)}) could not start: {cause}. "
+                "Check that torch imports in this interpreter, or use --launcher spawn"
+            )
+        return zygote
+
+    def _exit_text(self, zygote: _Zygote) -> str:
+        code = zygote.process.poll()
+        status = "is still running" if code is None else f"exited with code {code}"
+        log = tail(zygote.log_path, 1500).strip() or "(empty)"
+        return f"the zygote {status}; its log {zygote.log_path} ends: {log}"
+
+    def _retire(self, zygote: _Zygote, cause: str) -> None:
+        """Mark the zygote unusable, end it, and end every job it held as lost with ``cause``
+        (their children too, which would otherwise run on unseen). Idempotent."""
+        if zygote.cause is None:
+            zygote.cause = cause
+        shutdown_groups([popen_target(zygote.process)], 0.0)
+        orphans = [p for p in zygote.pending.values() if not p.ended.is_set()]
+        children = [Target(pgid=p.pid, wait=_gone(p.pid)) for p in orphans if p.pid is not None]
+        for pending in orphans:
+            pending.lost = pending.lost or zygote.cause
+            pending.started.set()
+            pending.ended.set()
+        shutdown_groups(children, 0.0)
+
+    def _read_answers(self, zygote: _Zygote) -> None:
+        """Dispatch each answer; on a malformed one or the end of the stream, retire the zygote,
+        so that no job waits for an answer that will not come."""
+        assert zygote.process.stdout is not None
+        cause: str | None = None
+        try:
+            for line in zygote.process.stdout:
+                message = parse_answer(line)
+                HANDLERS[message["event"]](zygote, message)
+        except ProtocolError as exc:
+            cause = f"the zygote sent a malformed answer ({exc})"
+        except Exception as exc:  # a bug here must not leave jobs waiting forever
+            cause = f"the zygote's answers could not be read ({type(exc).__name__}: {exc})"
+        if cause is None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                zygote.process.wait(timeout=self.grace_s)
+            cause = self._exit_text(zygote)
+        if zygote.cause is None:
+            zygote.cause = cause
+        zygote.ready.set()  # a start waiting under the lock sees the zygote unusable
+        with self._lock:
+            self._retire(zygote, cause)
+            for pipe in (zygote.process.stdin, zygote.process.stdout):
+                if pipe is not None:
+                    with contextlib.suppress(OSError):
+                        pipe.close()
+
+    # -- the Launcher protocol -----------------------------------------------------------------
+
+    def launch(self, job: Job) -> JobRun:
+        args = worker_args(job.argv)
+        if args is None:
+            raise ValueError(
+                f"{job.name}: the zygote runs only worker jobs ({' '.join(worker_argv('python'))}"
+                f" ...), not {' '.join(job.argv)}; use SpawnLauncher for other commands"
+            )
+        prepare(job)
+        pending = _Pending()
+        started = time.monotonic()
+        with self._lock:
+            zygote = self._current()
+            self._next_id += 1
+            job_id = self._next_id
+            zygote.pending[job_id] = pending
+            request: StartRequest = {
+                "id": job_id,
+                "args": list(args),
+                "env": dict(job.env),
+                "log": str(job.log_path),
+            }
+            try:
+                assert zygote.process.stdin is not None
+                zygote.process.stdin.write(encode(request))
+                zygote.process.stdin.flush()
+            except (OSError, ValueError):  # a broken or closed pipe: the zygote is gone
+                self._retire(zygote, self._exit_text(zygote))
+        timed_out = False
+        try:
+            if not pending.ended.wait(timeout=job.timeout_s):
+                timed_out = True
+                self._stop([pending])
+        except BaseException:
+            self._stop([pending])
+            raise
+        finally:
+            with self._lock:
+                zygote.pending.pop(job_id, None)
+        return finished_run(
+            job,
+            returncode=pending.returncode,
+            timed_out=timed_out,
+            started=started,
+            lost=pending.lost,
+        )
+
+    def _stop(self, pendings: list[_Pending]) -> None:
+        """Stop the jobs' children (the one shutdown for every launcher)."""
+        for pending in pendings:
+            pending.started.wait(timeout=self.grace_s)  # a request in flight gets its pid first
+        targets = [t for t in (p.target() for p in pendings) if t is not None]
+        shutdown_groups(targets, self.grace_s)
+
+    def stop_all(self) -> None:
+        """Stop every running job, then the zygote."""
+        with self._lock:
+            zygote = self._zygote
+            live = [] if zygote is None else list(zygote.pending.values())
+        self._stop(live)
+        if zygote is not None:
+            with contextlib.suppress(OSError, ValueError):
+                if zygote.process.stdin is not None:
+                    zygote.process.stdin.close()  # the zygote's cue to finish and exit
+            shutdown_groups([popen_target(zygote.process)], self.grace_s)
+        for reader in self._readers:
+            reader.join(timeout=self.grace_s)  # it closes the pipes
+
+
+def _gone(pid: int) -> Callable[[float], bool]:
+    """Wait for a process that is not this one's child (a child of a dead zygote) to be gone."""
+
+    def wait(timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return True
+            except PermissionError:  # the pid was reused by another user's process
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+
+    return wait
+
+
+def _on_ready(zygote: _Zygote, _: Ready) -> None:
+    zygote.ready.set()
+
+
+def _on_started(zygote: _Zygote, started: Started) -> None:
+    pending = zygote.pending.get(started["id"])
+    if pending is not None:
+        pending.pid = started["pid"]
+        pending.started.set()
+
+
+def _on_ended(zygote: _Zygote, ended: Ended) -> None:
+    pending = zygote.pending.get(ended["id"])
+    if pending is not None:
+        pending.returncode = ended["returncode"]
+        pending.started.set()
+        pending.ended.set()
+
+
+def _on_failed(zygote: _Zygote, failed: Failed) -> None:
+    pending = zygote.pending.get(failed["id"])
+    if pending is not None:
+        pending.lost = f"the zygote could not start it: {failed['error']}"
+        pending.started.set()
+        pending.ended.set()
+
+
+def _on_stopping(zygote: _Zygote, stopping: Stopping) -> None:
+    zygote.cause = f"the zygote stopped forking: {stopping['reason']}"
+
+
+# One handler per event of harness.launchers.messages.ANSWER_FIELDS (a test keeps them equal).
+HANDLERS: dict[str, Callable[[_Zygote, Any], None]] = {
+    "ready": _on_ready,
+    "started": _on_started,
+    "ended": _on_ended,
+    "failed": _on_failed,
+    "stopping": _on_stopping,
+}

@@ -1,0 +1,29 @@
+"""``python -m harness.worker SPEC.json`` runs one job (``harness.worker.job``);
+``--environment`` prints the torch side of the environment as JSON; ``--zygote`` serves jobs by
+forking (``harness.worker.zygote``). Exit 0 when a report was written, 1 when the job itself
+broke (its report then says why), 2 for unusable arguments."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+USAGE = "usage: python -m harness.worker SPEC.json | --environment | --zygote"
+
+
+def main(argv: list[str]) -> int:
+    if argv == ["--environment"]:
+        from harness.worker.probe import environment
+
+        print(json.dumps(environment()))
+        return 0
+    if argv == ["--zygote"]:
+        from harness.worker.zygote import serve
+
+        return serve(sys.stdin.buffer, sys.stdout.buffer)
+    if len(argv) != 1 or argv[0].startswith("--"):
+        print(USAGE, file=sys.stderr)
+        return 2
+    from harness.worker.job import run_job
+
+    return run_job(argv)

@@ -1,0 +1,40 @@
+"""One worker job: read a spec file, save or load, write the report. What a spawned worker
+(``python -m harness.worker SPEC.json``) and a child of the zygote both run."""
+
+from __future__ import annotations
+
+import json
+import traceback
+from pathlib import Path
+
+from harness.jobspec import SaveSpec, spec_from_json, write_json_atomic
+
+
+def run_job(args: list[str]) -> int:
+    """Exit 0 when a report was written, 1 when the job itself broke (its report then says
+    why), 2 for unusable arguments."""
+    if len(args) != 1 or args[0].startswith("--"):
+        return 2
+    spec_path = Path(args[0])
+    spec = spec_from_json(json.loads(spec_path.read_text(encoding="utf-8")), str(spec_path))
+
+    from harness.worker.main import configure_torch, run_load, run_save
+
+    configure_torch()
+    report_path = Path(spec.report_path)
+    try:
+        report = run_save(spec) if isinstance(spec, SaveSpec) else run_load(spec)
+    except Exception as exc:
+        write_json_atomic(
+            report_path,
+            {
+                "status": "crashed",
+                "exception_type": type(exc).__qualname__,
+                "message": str(exc)[:4000],
+                "traceback": traceback.format_exc()[-4000:],
+            },
+        )
+        traceback.print_exc()
+        return 1
+    write_json_atomic(report_path, report)
+    return 0
