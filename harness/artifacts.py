@@ -15,8 +15,8 @@ from filelock import FileLock
 
 from harness.cell import SaveKey
 from harness.jobspec import write_json_atomic
-from harness.plan import JobFactory
 from harness.launchers.protocol import Launcher
+from harness.plan import JobFactory
 
 
 @dataclass(frozen=True, kw_only=True)

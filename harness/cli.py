@@ -10,28 +10,35 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
-from harness.cell import Visibility
 from harness.diff import compare
 from harness.diff import to_markdown as diff_markdown
-from harness.environment import TorchUnavailableError, describe, now, torch_environment
-from harness.inventory import Inventory, InventoryError, read_inventory, simulated
-from harness.matrix import Matrix, expand
-from harness.oracle import parse_torch_version
+from harness.environment import TorchUnavailableError, now
+from harness.inventory import InventoryError
+from harness.launchers import DEFAULT_LAUNCHER, LAUNCHERS, LauncherBroken
+from harness.options import (
+    RunOptions,
+    chosen_subsets,
+    machine_inventory,
+    open_runner,
+    plan_matrix,
+    run_environment,
+)
 from harness.outcomes import exit_code
-from harness.plan import DEFAULT_TIMEOUT_S, DeviceMap
+from harness.plan import DEFAULT_TIMEOUT_S
 from harness.progress import reporter_for
 from harness.report import report_html, report_markdown
 from harness.results import ResultsError, ResultsWriter, read_results
 from harness.results import merge as merge_results
-from harness.scenarios import ScenarioError, default_scenarios_dir, load_scenarios
-from harness.launchers import DEFAULT_LAUNCHER, LAUNCHERS
-from harness.session import build_runner, run_cells
+from harness.scenarios import ScenarioError
+from harness.session import run_cells
 from harness.summary import summary_table
-from harness.visibility import Policy, parse_policy, subsets
+from harness.visibility import parse_policy
 
 USAGE_ERROR = 2
+STOPPED = 3  # the run could not go on (a launcher broke); what finished is recorded
 
 
 class UsageError(Exception):
@@ -60,6 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
             default="minimal",
             help="GPU subsets: minimal, pairs, all[:K] or sample:N (default: minimal)",
         )
+        sub.add_argument(
+            "--shard",
+            default=None,
+            metavar="K/N",
+            help="only the K-th of N disjoint parts of the matrix (cells sharing a checkpoint stay "
+            "together); 'slurm' reads a Slurm array's task id and count, 'indexed:N' a Kubernetes "
+            "Indexed Job's JOB_COMPLETION_INDEX with N completions",
+        )
 
     def simulate_option(sub: argparse.ArgumentParser) -> None:
         sub.add_argument(
@@ -87,9 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--launcher",
         choices=LAUNCHERS,
-        default="spawn",
-        help="spawn: a fresh interpreter per worker (the default, for certification); zygote: "
-        "workers forked from one process that has imported torch (much faster on CPU)",
+        default=DEFAULT_LAUNCHER,
+        help="zygote (the default): workers forked from one process that has imported torch and "
+        "never computes; spawn: a fresh interpreter per worker (slower, the same outcomes)",
     )
     run.add_argument(
         "--workdir",
@@ -144,52 +159,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def machine_inventory(args: argparse.Namespace) -> Inventory:
-    simulate = getattr(args, "simulate_gpus", None)
-    if simulate is not None:
-        return simulated(simulate)
-    return read_inventory(os.environ)
-
-
-def chosen_subsets(policy: Policy, inventory: Inventory) -> list[Visibility]:
-    single_only = {gpu.index for gpu in inventory.gpus if gpu.mig_enabled}
-    return subsets(policy, inventory.indices, single_only=single_only)
-
-
-def load_matrix(
-    args: argparse.Namespace, inventory: Inventory, policy: Policy | None = None
-) -> Matrix:
-    path = args.scenarios if args.scenarios is not None else default_scenarios_dir()
-    chosen = chosen_subsets(policy or parse_policy(args.visibility), inventory)
-    matrix = expand(load_scenarios(path), subsets=chosen, select=args.select)
-    if not matrix.cells:
-        matching = f" match -k {args.select!r}" if args.select else ""
-        raise UsageError(f"no cells in {path}{matching}")
-    return matrix
+def run_options(args: argparse.Namespace) -> RunOptions:
+    return RunOptions(
+        scenarios=args.scenarios,
+        select=args.select,
+        visibility=args.visibility,
+        shard=args.shard,
+        timeout_s=getattr(args, "timeout", DEFAULT_TIMEOUT_S),
+        gpu_slots=getattr(args, "gpu_slots", 1),
+        launcher=getattr(args, "launcher", DEFAULT_LAUNCHER),
+        simulate_gpus=getattr(args, "simulate_gpus", None),
+    )
 
 
 def cmd_inventory(args: argparse.Namespace) -> int:
-    inventory = machine_inventory(args)
+    inventory = machine_inventory(RunOptions(simulate_gpus=args.simulate_gpus), os.environ)
     print(json.dumps(inventory.to_json(), indent=1) if args.json else inventory.describe())
     return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    inventory = machine_inventory(args)
+    options = run_options(args)
     if args.count:
+        inventory = machine_inventory(options, os.environ)
         gpus = len(inventory.gpus)
         print(f"# {gpus} GPU(s){' (simulated)' if inventory.simulated else ''}")
         for name in ("minimal", "pairs", "all:2", "all:3", "sample:8", "sample:32"):
-            policy = parse_policy(name)
-            chosen = chosen_subsets(policy, inventory)
-            cells = load_matrix(args, inventory, policy).cells
-            print(f"{name:<10} {len(chosen):>5} subsets {len(cells):>7} cells")
+            planned = plan_matrix(replace(options, visibility=name), inventory=inventory)
+            chosen = chosen_subsets(parse_policy(name), inventory)
+            print(f"{name:<10} {len(chosen):>5} subsets {len(planned.cells):>7} cells")
         return 0
-    matrix = load_matrix(args, inventory)
-    for cell in matrix.cells:
+    planned = plan_matrix(options)
+    for cell in planned.cells:
         print(cell.id)
     if args.explain:
-        print(f"\n# {len(matrix.cells)} cells; {len(matrix.omitted)} combinations omitted:")
+        matrix = planned.matrix
+        shard = (
+            "" if planned.shard is None else f" (shard {planned.shard.label}: {len(planned.cells)})"
+        )
+        print(f"\n# {len(matrix.cells)} cells{shard}; {len(matrix.omitted)} combinations omitted:")
         for omitted in matrix.omitted:
             print(f"# {omitted.combination}\n#     {omitted.reason} [{omitted.scenario}]")
     return 0
@@ -228,59 +236,45 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    inventory = machine_inventory(args)
-    matrix = load_matrix(args, inventory)
+    options = run_options(args)
+    planned = plan_matrix(options)
     if args.jobs < 1:
         raise UsageError(f"--jobs {args.jobs}: must be at least 1")
-    if args.timeout <= 0:
-        raise UsageError(f"--timeout {args.timeout}: must be positive")
-    if args.gpu_slots < 1:
-        raise UsageError(f"--gpu-slots {args.gpu_slots}: must be at least 1")
     done: set[str] = set()
     if args.out.exists() and not (args.resume or args.overwrite):
         raise UsageError(
             f"{args.out} exists; pass --resume to continue it or --overwrite to replace it"
         )
-    torch_side = torch_environment(inventory)
-    environment = describe(
-        torch_side,
-        inventory,
-        visibility_policy=args.visibility,
-        gpu_slots=args.gpu_slots,
-        launcher=args.launcher,
-    )
+    environment = run_environment(planned, options)
     if args.resume and args.out.exists():
         previous = read_results(args.out)
-        if previous.environment.get("torch") != environment["torch"]:
-            raise UsageError(
-                f"{args.out} was written under torch {previous.environment.get('torch')}, "
-                f"this run has {environment['torch']}; use a new --out to compare them"
-            )
+        for key, what in (("torch", "torch"), ("shard", "shard")):
+            if previous.environment.get(key) != environment[key]:
+                raise UsageError(
+                    f"{args.out} was written with {what} {previous.environment.get(key)}, "
+                    f"this run has {environment[key]}; use a new --out for this run"
+                )
         done = {result.id for result in previous.results}
-    cells = [cell for cell in matrix.cells if cell.id not in done]
+    cells = [cell for cell in planned.cells if cell.id not in done]
+    shard = "" if planned.shard is None else f" (shard {planned.shard.label})"
     print(
-        f"ckpt-matrix: {len(cells)} cells to run ({len(done)} already in {args.out}), "
-        f"torch {environment['torch']}, {args.jobs} at a time",
+        f"ckpt-matrix: {len(cells)} cells to run{shard} ({len(done)} already in {args.out}), "
+        f"torch {environment['torch']}, {args.jobs} at a time, {options.launcher} launcher",
         file=sys.stderr,
     )
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ckpt-matrix-"))
     started = time.monotonic()
     try:
-        runner = build_runner(
-            workdir=workdir,
-            timeout_s=args.timeout,
-            devices=DeviceMap(inventory.uuids),
-            torch_version=parse_torch_version(environment["torch"]),
-            gpu_slots=args.gpu_slots,
-            launcher=args.launcher,
-            torchvision=environment["torchvision"] is not None,
-        )
+        runner = open_runner(planned, options, environment, workdir)
         resume = bool(args.resume and args.out.exists())
         reporter = reporter_for(sys.stderr)
         with ResultsWriter(args.out, environment, resume=resume) as writer:
             reporter.start(len(cells))
             try:
                 run_cells(cells, runner, writer, jobs=args.jobs, progress=reporter.update)
+            except LauncherBroken as exc:
+                writer.finish(finished_at=now(), cells_run=len(cells), stopped=str(exc))
+                raise
             finally:
                 reporter.stop()
                 runner.launcher.stop_all()
@@ -319,6 +313,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ) as exc:
         print(f"ckpt-matrix {args.command}: error: {exc}", file=sys.stderr)
         return USAGE_ERROR
+    except LauncherBroken as exc:
+        print(f"ckpt-matrix {args.command}: the run stopped: {exc}", file=sys.stderr)
+        return STOPPED
     except KeyboardInterrupt:
         print(f"ckpt-matrix {args.command}: interrupted", file=sys.stderr)
         return 130

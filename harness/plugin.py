@@ -20,7 +20,7 @@ import pytest
 
 if TYPE_CHECKING:
     from harness.cell import Cell
-    from harness.inventory import Inventory
+    from harness.options import Planned, RunOptions
     from harness.results import CellResult
     from harness.session import CellRunner
 
@@ -46,10 +46,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--ckpt-launcher",
-        choices=("spawn", "zygote"),
-        default="spawn",
-        help="spawn: a fresh interpreter per worker (default); zygote: forked from one process "
-        "that has imported torch (faster)",
+        choices=("zygote", "spawn"),  # harness.launchers.LAUNCHERS (the plugin imports nothing)
+        default="zygote",
+        help="zygote (default): workers forked from one process that has imported torch; spawn: "
+        "a fresh interpreter per worker (slower, the same outcomes)",
+    )
+    group.addoption(
+        "--ckpt-shard",
+        default=None,
+        metavar="K/N",
+        help="only the K-th of N disjoint parts of the cells; 'slurm' or 'indexed:N' read a "
+        "Slurm array's or a Kubernetes Indexed Job's index from the environment",
     )
     group.addoption(
         "--ckpt-gpu-slots",
@@ -59,54 +66,47 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-_CELLS = pytest.StashKey["tuple[Cell, ...]"]()
-_INVENTORY = pytest.StashKey["Inventory"]()
+_PLANNED = pytest.StashKey["Planned"]()
 
 
-def _inventory(config: pytest.Config) -> Inventory:
-    from harness.inventory import InventoryError, read_inventory
+def _options(config: pytest.Config) -> RunOptions:
+    from harness.options import PLUGIN_NAMES, RunOptions
+    from harness.plan import DEFAULT_TIMEOUT_S
 
-    if _INVENTORY not in config.stash:
+    return RunOptions(
+        scenarios=config.getoption("ckpt_scenarios"),
+        visibility=config.getoption("ckpt_visibility"),
+        shard=config.getoption("ckpt_shard"),
+        timeout_s=config.getoption("ckpt_timeout") or DEFAULT_TIMEOUT_S,
+        gpu_slots=config.getoption("ckpt_gpu_slots"),
+        launcher=config.getoption("ckpt_launcher"),
+        names=PLUGIN_NAMES,
+    )
+
+
+def _planned(config: pytest.Config) -> Planned:
+    """The cells of this run (planned once per pytest process), through the CLI's own path."""
+    from harness.options import plan_matrix
+
+    if _PLANNED not in config.stash:
         try:
-            config.stash[_INVENTORY] = read_inventory(os.environ)
-        except InventoryError as exc:
-            raise pytest.UsageError(str(exc)) from None
-    return config.stash[_INVENTORY]
-
-
-def _load_cells(config: pytest.Config) -> tuple[Cell, ...]:
-    from harness.matrix import expand
-    from harness.scenarios import ScenarioError, default_scenarios_dir, load_scenarios
-    from harness.visibility import parse_policy, subsets
-
-    path = config.getoption("ckpt_scenarios")
-    try:
-        policy = parse_policy(config.getoption("ckpt_visibility"), "--ckpt-visibility")
-    except ValueError as exc:
-        raise pytest.UsageError(str(exc)) from None
-    inventory = _inventory(config)
-    single_only = {gpu.index for gpu in inventory.gpus if gpu.mig_enabled}
-    chosen = subsets(policy, inventory.indices, single_only=single_only)
-    try:
-        return expand(load_scenarios(path or default_scenarios_dir()), subsets=chosen).cells
-    except ScenarioError as exc:
-        raise pytest.UsageError(f"--ckpt-scenarios: {exc}") from None
+            config.stash[_PLANNED] = plan_matrix(_options(config))
+        except ValueError as exc:  # scenario, option, shard, inventory and policy errors
+            raise pytest.UsageError(f"ckpt-matrix: {exc}") from None
+    return config.stash[_PLANNED]
 
 
 def pytest_configure(config: pytest.Config) -> None:
     # An explicit --ckpt-scenarios is checked before collection, so a bad file is a usage
     # error with its own message rather than a collection error in some test module.
     if config.getoption("ckpt_scenarios", None) is not None:
-        config.stash[_CELLS] = _load_cells(config)
+        _planned(config)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "ckpt_cell" not in metafunc.fixturenames:
         return
-    stash = metafunc.config.stash
-    if _CELLS not in stash:
-        stash[_CELLS] = _load_cells(metafunc.config)
-    cells = stash[_CELLS]
+    cells = _planned(metafunc.config).cells
     metafunc.parametrize("ckpt_cell", cells, ids=[cell.id for cell in cells])
 
 
@@ -117,40 +117,22 @@ def ckpt_runner(
     """One cell runner per pytest process, sharing artifacts and leases across xdist workers."""
     from filelock import FileLock
 
-    from harness.environment import describe, torch_environment
-    from harness.oracle import parse_torch_version
-    from harness.plan import DEFAULT_TIMEOUT_S, DeviceMap
-    from harness.session import build_runner
+    from harness.options import open_runner, run_environment
 
     base = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         base = base.parent  # the folder all workers of this run share
     workdir = base / "ckpt-matrix"
     workdir.mkdir(parents=True, exist_ok=True)
-    inventory = _inventory(pytestconfig)
+    planned, options = _planned(pytestconfig), _options(pytestconfig)
     environment_path = workdir / "environment.json"
     with FileLock(str(environment_path) + ".lock"):
         if environment_path.exists():
             environment = json.loads(environment_path.read_text(encoding="utf-8"))
         else:
-            policy = pytestconfig.getoption("ckpt_visibility")
-            environment = describe(
-                torch_environment(inventory),
-                inventory,
-                visibility_policy=policy,
-                gpu_slots=pytestconfig.getoption("ckpt_gpu_slots"),
-                launcher=pytestconfig.getoption("ckpt_launcher"),
-            )
+            environment = run_environment(planned, options)
             environment_path.write_text(json.dumps(environment), encoding="utf-8")
-    runner = build_runner(
-        workdir=workdir,
-        timeout_s=pytestconfig.getoption("ckpt_timeout") or DEFAULT_TIMEOUT_S,
-        devices=DeviceMap(inventory.uuids),
-        torch_version=parse_torch_version(environment["torch"]),
-        gpu_slots=pytestconfig.getoption("ckpt_gpu_slots"),
-        launcher=pytestconfig.getoption("ckpt_launcher"),
-        torchvision=environment.get("torchvision") is not None,
-    )
+    runner = open_runner(planned, options, environment, workdir)
     yield runner
     runner.launcher.stop_all()
 
@@ -163,7 +145,12 @@ def ckpt_result(
 
     The outcome, the expectation and what was observed go into the test's user properties, so
     ``--junitxml`` carries them for CI systems that read JUnit XML."""
-    result = ckpt_runner.run_cell(ckpt_cell)
+    from harness.launchers import LauncherBroken
+
+    try:
+        result = ckpt_runner.run_cell(ckpt_cell)
+    except LauncherBroken as exc:
+        pytest.exit(f"ckpt-matrix: the run stopped: {exc}", returncode=3)
     observed = result.observed or {}
     request.node.user_properties.extend(
         [

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from harness.artifacts import ArtifactStore
 from harness.cell import Cell
-from harness.launchers import DEFAULT_LAUNCHER, LauncherBroken, make_launcher
+from harness.launchers import DEFAULT_LAUNCHER, Launcher, LauncherBroken, make_launcher
 from harness.launchers.leases import GpuLeases, LeasedLauncher
 from harness.oracle import Expectation, TorchVersion, expect
 from harness.outcomes import Outcome
@@ -103,15 +103,20 @@ def build_runner(
     gpu_slots: int = 1,
     launcher: str = DEFAULT_LAUNCHER,
     torchvision: bool = True,
+    preload_torchvision: bool = True,
 ) -> CellRunner:
-    """The runner both front doors use: workers as fresh interpreters (``spawn``) or forked from
-    a zygote that has imported torch (``zygote``), GPU leases in the work folder (shared by
-    threads and by pytest-xdist workers; ``gpu_slots`` jobs per GPU at once), artifacts saved
-    once. Call ``runner.launcher.stop_all()`` when done (it ends a zygote)."""
+    """The runner both front doors use: workers forked from a zygote that has imported torch
+    (``zygote``, the default) or fresh interpreters (``spawn``), GPU leases in the work folder
+    (shared by threads and by pytest-xdist workers; ``gpu_slots`` jobs per GPU at once),
+    artifacts saved once. ``preload_torchvision``: some cell's model needs torchvision (the
+    zygote imports it up front). Call ``runner.launcher.stop_all()`` when done (it ends a
+    zygote)."""
     factory = JobFactory(workdir=workdir, timeout_s=timeout_s, devices=devices)
-    leased = LeasedLauncher(
-        make_launcher(launcher, workdir, worker_env(())), GpuLeases(workdir / "leases", slots=gpu_slots)
+    leases = GpuLeases(workdir / "leases", slots=gpu_slots)
+    inner = make_launcher(
+        launcher, workdir, worker_env(()), preload_torchvision=preload_torchvision and torchvision
     )
+    leased = LeasedLauncher(inner, leases)
     return CellRunner(
         factory=factory,
         launcher=leased,

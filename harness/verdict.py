@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.cell import Cell, Visibility
+from harness.launchers.protocol import JobRun
 from harness.oracle import Expectation
 from harness.outcomes import ErrorClass, Outcome
 from harness.plan import DeviceMap, normalise_uuid
-from harness.launchers.protocol import JobRun
 
 NAMES_SHOWN = 8
 

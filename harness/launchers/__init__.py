@@ -24,8 +24,11 @@ LAUNCHERS = ("zygote", "spawn")
 DEFAULT_LAUNCHER = "zygote"
 
 
-def make_launcher(name: str, workdir: Path, env: dict[str, str]) -> Launcher:
-    """The launcher called ``name``; ``env`` is the zygote's own environment."""
+def make_launcher(
+    name: str, workdir: Path, env: dict[str, str], *, preload_torchvision: bool = True
+) -> Launcher:
+    """The launcher called ``name``; ``env`` is the zygote's own environment, which preloads
+    torchvision only where some job needs it (``preload_torchvision``)."""
     if name == "spawn":
         from harness.launchers.spawn import SpawnLauncher
 
@@ -35,5 +38,5 @@ def make_launcher(name: str, workdir: Path, env: dict[str, str]) -> Launcher:
 
         # one zygote per process: pytest-xdist workers each have their own
         log = workdir / "zygotes" / f"zygote-{os.getpid()}.log"
-        return ZygoteLauncher(env=env, log_path=log)
+        return ZygoteLauncher(env=env, log_path=log, preload_torchvision=preload_torchvision)
     raise ValueError(f"unknown launcher {name!r}; expected one of {', '.join(LAUNCHERS)}")

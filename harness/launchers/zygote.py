@@ -32,8 +32,8 @@ from harness.launchers.messages import (
     Failed,
     ProtocolError,
     Ready,
-    StartRequest,
     Started,
+    StartRequest,
     Stopping,
     encode,
     parse_answer,
@@ -93,13 +93,15 @@ class ZygoteLauncher:
         grace_s: float = GRACE_S,
         command: tuple[str, ...] | None = None,
         start_timeout_s: float = START_TIMEOUT_S,
+        preload_torchvision: bool = True,
     ) -> None:
         self.env = dict(env)
         self.log_path = log_path  # the first zygote's; a restarted one adds -restart-N
         self.grace_s = grace_s
         self.start_timeout_s = start_timeout_s
         # the zygote's own command line (tests start one that serves fake jobs)
-        self.command = command or worker_argv(python, "--zygote")
+        lean = () if preload_torchvision else ("--no-torchvision",)
+        self.command = command or worker_argv(python, "--zygote", *lean)
         self._lock = threading.Lock()
         self._zygote: _Zygote | None = None
         self._deaths: list[str] = []

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sys
 
-USAGE = "usage: python -m harness.worker SPEC.json | --environment | --zygote"
+USAGE = "usage: python -m harness.worker SPEC.json | --environment | --zygote [--no-torchvision]"
 
 
 def main(argv: list[str]) -> int:
@@ -17,10 +17,11 @@ def main(argv: list[str]) -> int:
 
         print(json.dumps(environment()))
         return 0
-    if argv == ["--zygote"]:
-        from harness.worker.zygote import serve
+    if argv in (["--zygote"], ["--zygote", "--no-torchvision"]):
+        from harness.worker.zygote import preload, serve
 
-        return serve(sys.stdin.buffer, sys.stdout.buffer)
+        vision = "--no-torchvision" not in argv
+        return serve(sys.stdin.buffer, sys.stdout.buffer, load=lambda: preload(torchvision=vision))
     if len(argv) != 1 or argv[0].startswith("--"):
         print(USAGE, file=sys.stderr)
         return 2

@@ -33,6 +33,7 @@ import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Any
 
 from harness.launchers.messages import (
@@ -73,7 +74,7 @@ def fork_hazard(
 
 def thread_count() -> int:
     try:
-        return len(os.listdir("/proc/self/task"))
+        return sum(1 for _ in Path("/proc/self/task").iterdir())
     except OSError:  # no /proc (macOS): this check is not available there
         return 1
 
@@ -126,20 +127,22 @@ def watch_torch() -> Watch:
             return result
 
     mode = Computing()
-    mode.__enter__()
-    watch._exit = lambda: mode.__exit__(None, None, None)
+    mode.__enter__()  # type: ignore[no-untyped-call]  # torch leaves it untyped
+    watch._exit = lambda: mode.__exit__(None, None, None)  # type: ignore[no-untyped-call]
     return watch
 
 
-def preload() -> Watch:
+def preload(*, torchvision: bool = True) -> Watch:
     """Everything a job imports that is slow to import, so that children start with it:
-    torch, the worker, and torchvision where installed (it imports torch._dynamo, ~1.5 s, which
-    every resnet job would pay again). Imports only, watched from the first one on."""
+    torch, the worker, and (``torchvision``: some job's model needs it) torchvision where
+    installed: it imports torch._dynamo, which every resnet job would pay again. Imports only,
+    watched from the first one on."""
     watch = watch_torch()
     import harness.worker.main  # noqa: F401
 
-    with contextlib.suppress(ImportError):
-        import torchvision  # noqa: F401
+    if torchvision:
+        with contextlib.suppress(ImportError):
+            import torchvision as _  # noqa: F401
     watch.threads_at_start = thread_count()
     return watch
 
@@ -180,8 +183,6 @@ def serve(
                     if line.strip():
                         refused = _handle(line, watch, children, requests, answers, run)
                 if refused is not None:
-                    print(f"zygote: {refused}", file=sys.stderr, flush=True)
-                    _answer(answers, {"event": "stopping", "reason": refused})
                     open_input = False  # answer no more requests; finish the children
         else:
             select.select([], [], [], POLL_S)
@@ -202,17 +203,26 @@ def _handle(
     answers: IO[bytes],
     run: Run,
 ) -> str | None:
-    """Start the request's child; the reason to stop forking, if there is one."""
+    """Start the request's child; or say why the zygote stops forking, and return that."""
     try:
         request = parse_request(line)
     except ProtocolError as exc:
-        return f"refusing to fork: {exc}"
+        return _refuse(answers, str(exc), None)
     hazard = watch.hazard()
     if hazard is not None:
-        _answer(answers, {"event": "failed", "id": request["id"], "error": hazard})
-        return f"refusing to fork: {hazard}"
+        return _refuse(answers, hazard, request["id"])
     _start(request, watch, children, requests, answers, run)
     return None
+
+
+def _refuse(answers: IO[bytes], reason: str, job_id: int | None) -> str:
+    """Say (on stderr, the zygote's log, and as the last answers) that it stops forking, and
+    why; ``stopping`` first, so the orchestrator knows before the request's ``failed``."""
+    print(f"zygote: refusing to fork: {reason}", file=sys.stderr, flush=True)
+    _answer(answers, {"event": "stopping", "reason": reason})
+    if job_id is not None:
+        _answer(answers, {"event": "failed", "id": job_id, "error": reason})
+    return reason
 
 
 def _start(

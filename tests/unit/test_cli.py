@@ -130,6 +130,8 @@ def test_run_writes_results_and_resumes(
     )
     first = read_results(out)
     assert [r.cell.recipe for r in first.results] == ["strip_prefix"]
+    assert first.environment["launcher"] == "zygote"  # the default
+    assert first.environment["shard"] is None
     assert first.environment["torch"]
     assert first.environment["gpus"] == "none"
     # resume: only the cells not yet in the file run, appended after the first
@@ -157,15 +159,54 @@ def test_run_writes_results_and_resumes(
     assert "Fragile" in captured.out
 
 
+def test_list_shards_are_disjoint_and_cover_the_matrix(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["list"]) == 0
+    whole = capsys.readouterr().out.splitlines()
+    parts = []
+    for k in (1, 2, 3):
+        assert main(["list", "--shard", f"{k}/3"]) == 0
+        parts.append(capsys.readouterr().out.splitlines())
+    assert sorted(sum(parts, [])) == sorted(whole)
+    assert all(parts)
+    assert all(set(a).isdisjoint(b) for a in parts for b in parts if a is not b)
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "named"),
+    [
+        (["--shard", "5/4"], {}, "--shard '5/4'"),
+        (["--shard", "x"], {}, "--shard 'x'"),
+        (["--shard", "slurm"], {"SLURM_ARRAY_TASK_ID": "x"}, "SLURM_ARRAY_TASK_ID='x'"),
+        (["--visibility", "some"], {}, "--visibility 'some'"),
+    ],
+)
+def test_bad_options_are_usage_errors_naming_their_source(
+    argv: list[str],
+    environ: dict[str, str],
+    named: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    assert main(["list", *argv]) == 2
+    assert named in capsys.readouterr().err
+
+
 @pytest.mark.slow
-def test_the_zygote_launcher_gives_the_same_outcomes(scenario: Path, tmp_path: Path) -> None:
-    outcomes = {}
-    for launcher in ("spawn", "zygote"):
-        out = tmp_path / f"{launcher}.jsonl"
-        argv = ["run", "--scenarios", str(scenario), "--out", str(out), "--launcher", launcher]
-        assert main(argv) == 0
-        results = read_results(out)
-        assert results.environment["launcher"] == launcher
-        outcomes[launcher] = {r.id: (r.outcome, r.reason) for r in results.results}
-    assert outcomes["zygote"] == outcomes["spawn"]
-    assert len(outcomes["zygote"]) == 3
+def test_three_shards_merged_certify_against_the_whole_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    select = ["-k", "model=trap_module-"]
+    whole = tmp_path / "whole.jsonl"
+    assert main(["run", *select, "--out", str(whole)]) == 0
+    parts = [tmp_path / f"part{k}.jsonl" for k in (1, 2, 3)]
+    for k, part in enumerate(parts, start=1):
+        assert main(["run", *select, "--shard", f"{k}/3", "--out", str(part)]) == 0
+        assert read_results(part).environment["shard"]["index"] == k
+    merged = tmp_path / "merged.jsonl"
+    assert main(["merge", str(merged), *map(str, parts[:2])]) == 2  # a shard missing
+    assert "3/3 is missing" in capsys.readouterr().err
+    assert main(["merge", str(merged), *map(str, parts)]) == 0
+    assert main(["diff", str(whole), str(merged)]) == 0
+    assert len(read_results(merged).results) == len(read_results(whole).results) > 30

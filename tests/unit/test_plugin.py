@@ -7,7 +7,7 @@ from xml.etree import ElementTree
 
 import pytest
 
-from harness.session import LAUNCHERS
+from harness.launchers import LAUNCHERS
 
 SCENARIO = """
 [[scenario]]
@@ -22,7 +22,7 @@ recipes = ["strip_prefix", "unfixed_prefix"]
 TEST_FILE = """
 import pytest
 
-from harness.session import LAUNCHERS
+from harness.launchers import LAUNCHERS
 from harness.outcomes import Outcome
 
 def test_cell(ckpt_cell, ckpt_result):

@@ -7,13 +7,12 @@ import pytest
 from harness.artifacts import ArtifactStore
 from harness.axes import Format, Layout
 from harness.cell import Cell
+from harness.launchers.protocol import Job, JobRun
 from harness.outcomes import Outcome
 from harness.plan import JobFactory
 from harness.results import ResultsWriter, read_results
-from harness.launchers.protocol import Job, JobRun
 from harness.session import CellRunner, interleave_by_artifact, run_cells
-
-from .fake_launcher import RecordingLauncher, crash
+from tests.unit.fake_launcher import RecordingLauncher, crash
 
 
 def cell(save: Layout, load: Layout, recipe: str) -> Cell:

@@ -9,10 +9,10 @@ import pytest
 
 from harness.axes import Format, Layout
 from harness.cell import Cell
+from harness.launchers.protocol import JobRun
 from harness.oracle import Expectation
 from harness.outcomes import ErrorClass, Outcome
 from harness.plan import DeviceMap
-from harness.launchers.protocol import JobRun
 from harness.verdict import Judgement, compare_tensors, judge, probe_problems
 
 CELL = Cell(

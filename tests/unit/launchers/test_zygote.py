@@ -1,24 +1,27 @@
 """The zygote launcher with real processes: a zygote that serves fake jobs (no torch) for the
-ways a child can end, and the real zygote for one real worker job."""
+ways a child can end and the ways the zygote itself can fail, and the real zygote for real
+worker jobs."""
 
 from __future__ import annotations
 
 import os
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from harness.launchers.messages import ANSWER_FIELDS
+from harness.launchers.protocol import Job, JobRun, LauncherBroken
+from harness.launchers.zygote import HANDLERS, ZygoteLauncher
 from harness.plan import worker_env
-from harness.launchers.protocol import Job
-from harness.zygote import ZygoteError, ZygoteLauncher
 
 # A zygote whose children act out the behaviour named by the job's first argument.
 FAKE_ZYGOTE = """
-import os, signal, sys, time
-from harness.worker.zygote import serve
+import os, signal, sys, threading, time
+from harness.worker.zygote import Watch, serve, thread_count
 
 def run(args):
     what = args[0]
@@ -36,9 +39,41 @@ def run(args):
         return 0
     if what == "raise":
         raise RuntimeError("the job broke")
+    if what == "kill-zygote":
+        print("killing the zygote", file=sys.stderr, flush=True)
+        os.kill(os.getppid(), signal.SIGKILL)
+        time.sleep(60)
+    if what == "exit42":  # the zygote garbles this job's answer (below)
+        return 42
     return 0
 
-sys.exit(serve(sys.stdin.buffer, sys.stdout.buffer, run=run, load=lambda: None))
+
+class Garble:
+    # the zygote's answers, with the answer for a child that exited 42 replaced by garbage
+
+    def __init__(self, out):
+        self.out = out
+
+    def write(self, data):
+        if b'"returncode": 42' in data:
+            data = b"this is not an answer\\n"
+        return self.out.write(data)
+
+    def flush(self):
+        self.out.flush()
+
+    def fileno(self):
+        return self.out.fileno()
+
+
+def load():
+    watch = Watch(threads_at_start=thread_count())
+    if os.environ.get("FAKE_ZYGOTE_THREAD"):  # as if an import had started a thread
+        threading.Thread(target=time.sleep, args=(60,), daemon=True).start()
+    return watch
+
+
+sys.exit(serve(sys.stdin.buffer, Garble(sys.stdout.buffer), run=run, load=load))
 """
 
 
@@ -53,14 +88,18 @@ def job(tmp_path: Path, name: str, *args: str, timeout_s: float = 30.0, **env: s
     )
 
 
-@pytest.fixture
-def launcher(tmp_path: Path) -> Iterator[ZygoteLauncher]:
-    fake = ZygoteLauncher(
-        env=dict(os.environ),
+def fake_zygote(tmp_path: Path, **env: str) -> ZygoteLauncher:
+    return ZygoteLauncher(
+        env={**os.environ, **env},
         log_path=tmp_path / "zygote.log",
         grace_s=1.0,
         command=(sys.executable, "-c", FAKE_ZYGOTE),
     )
+
+
+@pytest.fixture
+def launcher(tmp_path: Path) -> Iterator[ZygoteLauncher]:
+    fake = fake_zygote(tmp_path)
     yield fake
     fake.stop_all()
 
@@ -132,14 +171,108 @@ def test_only_worker_jobs_are_accepted(launcher: ZygoteLauncher, tmp_path: Path)
         launcher.launch(other)
 
 
-def test_a_zygote_that_dies_is_a_clear_error(tmp_path: Path) -> None:
+def test_a_zygote_that_cannot_start_stops_the_run_at_once(tmp_path: Path) -> None:
     dead = ZygoteLauncher(
         env=dict(os.environ),
         log_path=tmp_path / "zygote.log",
         command=(sys.executable, "-c", "import sys; print('no torch here', file=sys.stderr)"),
     )
-    with pytest.raises(ZygoteError, match=r"exited with code 0; its log .* ends: no torch here"):
+    with pytest.raises(
+        LauncherBroken, match=r"could not start: .*exited with code 0; its log .* ends: no torch"
+    ):
         dead.launch(job(tmp_path, "x", "exit3"))
+
+
+def in_thread(launcher: ZygoteLauncher, one: Job) -> tuple[threading.Thread, list[JobRun]]:
+    runs: list[JobRun] = []
+    thread = threading.Thread(target=lambda: runs.append(launcher.launch(one)))
+    thread.start()
+    return thread, runs
+
+
+def wait_started(launcher: ZygoteLauncher, log: Path) -> None:
+    """Until the child of a job has written its first line (the job is surely held)."""
+    deadline = time.monotonic() + 20
+    while not (log.exists() and log.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def test_a_zygote_that_dies_ends_its_jobs_at_once_restarts_once_then_stops_the_run(
+    launcher: ZygoteLauncher, tmp_path: Path
+) -> None:
+    thread, runs = in_thread(launcher, job(tmp_path, "held", "sleep", timeout_s=60))
+    wait_started(launcher, tmp_path / "held.log")
+    started = time.monotonic()
+    killer = launcher.launch(job(tmp_path, "killer", "kill-zygote", timeout_s=60))
+    thread.join(timeout=20)
+    assert time.monotonic() - started < 15  # nobody waited out a timeout
+    [held] = runs
+    for lost in (held, killer):
+        assert not lost.ok
+        assert lost.lost is not None
+        assert "the zygote exited with code -9" in lost.failure()
+        assert "its log" in lost.failure()
+    # the held job's child was stopped too, not left running unseen
+    held_pid = int(held.stderr_tail.split()[1])
+    with pytest.raises(ProcessLookupError):
+        os.kill(held_pid, 0)
+    # restarted once: the run goes on
+    again = launcher.launch(job(tmp_path, "again", "exit3"))
+    assert again.returncode == 3
+    assert (tmp_path / "zygote-restart-1.log").exists()
+    # a second death stops the run, naming both
+    second = launcher.launch(job(tmp_path, "killer2", "kill-zygote", timeout_s=60))
+    assert second.lost is not None
+    with pytest.raises(LauncherBroken, match=r"died 2 times.*code -9.*then.*code -9.*--resume"):
+        launcher.launch(job(tmp_path, "never", "exit3"))
+
+
+def test_a_malformed_answer_ends_every_pending_job_at_once(
+    launcher: ZygoteLauncher, tmp_path: Path
+) -> None:
+    thread, runs = in_thread(launcher, job(tmp_path, "held", "sleep", timeout_s=60))
+    wait_started(launcher, tmp_path / "held.log")
+    started = time.monotonic()
+    garbled = launcher.launch(job(tmp_path, "garbled", "exit42", timeout_s=60))
+    thread.join(timeout=20)
+    assert time.monotonic() - started < 15
+    [held] = runs
+    for lost in (garbled, held):
+        assert lost.lost is not None
+        assert "malformed answer" in lost.lost
+        assert "this is not an answer" in lost.lost
+    assert launcher.launch(job(tmp_path, "after", "exit3")).returncode == 3
+
+
+def test_a_zygote_with_a_thread_refuses_to_fork_and_says_why(tmp_path: Path) -> None:
+    threaded = fake_zygote(tmp_path, FAKE_ZYGOTE_THREAD="1")
+    try:
+        refused = threaded.launch(job(tmp_path, "first", "exit3"))
+        assert refused.lost is not None
+        assert "could not start it" in refused.lost
+        assert "forking a threaded process" in refused.lost
+        # it stopped forking: restarted once (the same hazard), then the run stops
+        threaded.launch(job(tmp_path, "second", "exit3"))
+        with pytest.raises(LauncherBroken, match="stopped forking"):
+            threaded.launch(job(tmp_path, "third", "exit3"))
+    finally:
+        threaded.stop_all()
+    assert "refusing to fork" in (tmp_path / "zygote.log").read_text()
+
+
+def test_stop_all_stops_running_children(launcher: ZygoteLauncher, tmp_path: Path) -> None:
+    thread, runs = in_thread(launcher, job(tmp_path, "held", "sleep", timeout_s=60))
+    wait_started(launcher, tmp_path / "held.log")
+    started = time.monotonic()
+    launcher.stop_all()
+    thread.join(timeout=20)
+    assert time.monotonic() - started < 10
+    [held] = runs
+    assert held.returncode == -15  # SIGTERM, through the one shutdown helper
+
+
+def test_every_answer_has_a_handler() -> None:
+    assert set(HANDLERS) == set(ANSWER_FIELDS)
 
 
 @pytest.mark.slow
@@ -173,3 +306,33 @@ def test_the_real_zygote_runs_a_worker_job(tmp_path: Path) -> None:
         assert len(pids) == 3
     finally:
         real.stop_all()
+
+
+COMPUTING_ZYGOTE = """
+import sys, torch
+from harness.worker.zygote import preload, serve
+
+def load():
+    watch = preload()
+    torch.ones(2).add(1)  # what a zygote must never do
+    return watch
+
+sys.exit(serve(sys.stdin.buffer, sys.stdout.buffer, load=load))
+"""
+
+
+@pytest.mark.slow
+def test_a_zygote_that_computed_refuses_to_fork(tmp_path: Path) -> None:
+    computing = ZygoteLauncher(
+        env=worker_env(()),
+        log_path=tmp_path / "zygote.log",
+        command=(sys.executable, "-c", COMPUTING_ZYGOTE),
+    )
+    try:
+        refused = computing.launch(job(tmp_path, "first", "unused.json"))
+    finally:
+        computing.stop_all()
+    assert refused.lost is not None
+    assert "ran a tensor computation" in refused.lost
+    assert "ones" in refused.lost
+    assert "refusing to fork" in (tmp_path / "zygote.log").read_text()

@@ -1,0 +1,161 @@
+"""What a user chooses for a run, and how both front doors (the CLI and the pytest plugin) turn it
+into cells and a runner: one path, so an option is added once, not twice.
+
+``plan_matrix`` reads the inventory, chooses the GPU subsets, expands the scenarios and keeps
+this shard's cells (cheap: no torch). ``run_environment`` reads the torch side in a worker and
+describes the run for the results file. ``open_runner`` builds the runner.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.cell import Cell, Visibility
+from harness.environment import describe, torch_environment
+from harness.inventory import Inventory, read_inventory, simulated
+from harness.launchers import DEFAULT_LAUNCHER, LAUNCHERS
+from harness.matrix import Matrix, expand
+from harness.oracle import parse_torch_version
+from harness.plan import DEFAULT_TIMEOUT_S, DeviceMap
+from harness.scenarios import ScenarioError, default_scenarios_dir, load_scenarios
+from harness.session import CellRunner, build_runner
+from harness.shards import Shard, parse_shard, select, shard_record
+from harness.visibility import Policy, parse_policy, subsets
+
+# How each front door spells its options, for errors ("--shard 5/4", "--ckpt-shard 5/4").
+CLI_NAMES = {
+    "scenarios": "--scenarios",
+    "visibility": "--visibility",
+    "shard": "--shard",
+    "timeout_s": "--timeout",
+    "gpu_slots": "--gpu-slots",
+    "launcher": "--launcher",
+    "jobs": "--jobs",
+}
+PLUGIN_NAMES = {
+    "scenarios": "--ckpt-scenarios",
+    "visibility": "--ckpt-visibility",
+    "shard": "--ckpt-shard",
+    "timeout_s": "--ckpt-timeout",
+    "gpu_slots": "--ckpt-gpu-slots",
+    "launcher": "--ckpt-launcher",
+    "jobs": "-n",
+}
+
+
+class OptionError(ValueError):
+    """An option the user gave cannot be used; the message names the option and the fix."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunOptions:
+    scenarios: Path | None = None  # a TOML file or folder; None: the shipped scenarios
+    select: str | None = None  # keep cells whose id contains this text
+    visibility: str = "minimal"
+    shard: str | None = None  # K/N, slurm, indexed:N
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    gpu_slots: int = 1
+    launcher: str = DEFAULT_LAUNCHER
+    simulate_gpus: int | None = None  # plan for N fake GPUs (never GPU evidence)
+    names: Mapping[str, str] = field(default_factory=lambda: CLI_NAMES)
+
+    def check(self) -> None:
+        """The numeric and named options, each error naming the option as the user spelled it."""
+        if self.timeout_s <= 0:
+            raise OptionError(f"{self.names['timeout_s']} {self.timeout_s}: must be positive")
+        if self.gpu_slots < 1:
+            raise OptionError(f"{self.names['gpu_slots']} {self.gpu_slots}: must be at least 1")
+        if self.launcher not in LAUNCHERS:
+            raise OptionError(
+                f"{self.names['launcher']} {self.launcher!r}: expected one of "
+                f"{', '.join(LAUNCHERS)}"
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Planned:
+    inventory: Inventory
+    policy: Policy
+    subsets: tuple[Visibility, ...]
+    matrix: Matrix  # every cell of the scenarios (after -k), before sharding
+    shard: Shard | None
+    cells: tuple[Cell, ...]  # what this run runs: the shard's cells, or all of them
+
+
+def machine_inventory(options: RunOptions, environ: Mapping[str, str]) -> Inventory:
+    if options.simulate_gpus is not None:
+        return simulated(options.simulate_gpus)
+    return read_inventory(environ)
+
+
+def chosen_subsets(policy: Policy, inventory: Inventory) -> list[Visibility]:
+    single_only = {gpu.index for gpu in inventory.gpus if gpu.mig_enabled}
+    return subsets(policy, inventory.indices, single_only=single_only)
+
+
+def plan_matrix(
+    options: RunOptions,
+    environ: Mapping[str, str] | None = None,
+    *,
+    inventory: Inventory | None = None,
+) -> Planned:
+    environ = os.environ if environ is None else environ
+    options.check()
+    inventory = inventory or machine_inventory(options, environ)
+    policy = parse_policy(options.visibility, options.names["visibility"])
+    chosen = chosen_subsets(policy, inventory)
+    path = options.scenarios if options.scenarios is not None else default_scenarios_dir()
+    try:
+        scenarios = load_scenarios(path)
+    except ScenarioError as exc:
+        raise ScenarioError(f"{options.names['scenarios']}: {exc}") from None
+    matrix = expand(scenarios, subsets=chosen, select=options.select)
+    if not matrix.cells:
+        matching = f" match -k {options.select!r}" if options.select else ""
+        raise OptionError(f"no cells in {path}{matching}")
+    shard = None
+    cells = matrix.cells
+    if options.shard is not None:
+        shard = parse_shard(options.shard, options.names["shard"], environ)
+        cells = select(matrix.cells, shard)
+    return Planned(
+        inventory=inventory,
+        policy=policy,
+        subsets=tuple(chosen),
+        matrix=matrix,
+        shard=shard,
+        cells=cells,
+    )
+
+
+def run_environment(planned: Planned, options: RunOptions) -> dict[str, Any]:
+    """The results file's environment line: torch's side (read in a worker that sees the run's
+    GPUs), the machine, and the run's choices (visibility, launcher, GPU slots, shard)."""
+    return describe(
+        torch_environment(planned.inventory),
+        planned.inventory,
+        visibility_policy=options.visibility,
+        gpu_slots=options.gpu_slots,
+        launcher=options.launcher,
+        shard=None if planned.shard is None else shard_record(planned.shard, planned.matrix.cells),
+    )
+
+
+def open_runner(
+    planned: Planned, options: RunOptions, environment: Mapping[str, Any], workdir: Path
+) -> CellRunner:
+    """The runner for the planned cells; call ``runner.launcher.stop_all()`` when done."""
+    return build_runner(
+        workdir=workdir,
+        timeout_s=options.timeout_s,
+        devices=DeviceMap(planned.inventory.uuids),
+        torch_version=parse_torch_version(environment["torch"]),
+        gpu_slots=options.gpu_slots,
+        launcher=options.launcher,
+        torchvision=environment.get("torchvision") is not None,
+        preload_torchvision=any(cell.model_spec.needs_torchvision for cell in planned.cells),
+    )
