@@ -1,11 +1,12 @@
-"""Where a cell's time goes: starting a worker process versus the work it does.
+"""Where one worker's time goes: the interpreter, ``import torch``, the work, and on a GPU what
+CUDA's start-up adds.
 
-Runs one save and N loads of the trap model through the real spawn launcher, and times a bare
-interpreter and ``import torch`` alongside, all in one run. Prints medians and ratios; the ratio
-"worker wall / work inside it" is the figure a faster launcher (fork from a process that has
-imported torch) would attack. Where the machine has a GPU, the same cell runs again on the first
-GPU, and "GPU worker / CPU worker" gives what CUDA's start-up adds to every GPU worker. The
-same loads forked from a zygote (``--launcher zygote``) give "spawned / zygote".
+The anatomy of a single worker, not of a run: one save and N loads of the trap model, each load
+timed alone (medians), beside a bare interpreter and ``import torch``; the same loads forked
+from a zygote; and where the machine has a GPU, the same cell again with the first GPU visible,
+spawned and forked ("GPU worker / CPU worker": CUDA's start-up in every GPU worker). The
+per-cell launcher overhead of a whole run of the matrix, spawn against zygote, and the digests'
+throughput are ``benchmarks/bench_matrix.py``.
 
     python benchmarks/cell_overhead.py [--loads 7]
 """
@@ -26,9 +27,10 @@ from harness.artifacts import ArtifactStore
 from harness.axes import Format, Layout
 from harness.cell import Cell, Visibility
 from harness.inventory import read_inventory
+from harness.launchers.protocol import JobRun, Launcher
+from harness.launchers.spawn import SpawnLauncher
+from harness.launchers.zygote import ZygoteLauncher
 from harness.plan import DeviceMap, JobFactory, worker_env
-from harness.runner import JobRun, Launcher, SpawnLauncher
-from harness.zygote import ZygoteLauncher
 
 
 def timed(argv: list[str]) -> float:
@@ -91,11 +93,14 @@ def main() -> int:
     devices = DeviceMap(inventory.uuids)
     cpu = time_workers((), devices, args.loads)
     gpu = time_workers(inventory.indices[:1], devices, args.loads) if inventory.gpus else None
+    forked_gpu: Timing | None = None
     with tempfile.TemporaryDirectory() as folder:
         zygote = ZygoteLauncher(env=worker_env(()), log_path=Path(folder) / "zygote.log")
         try:
             time_workers((), devices, 1, zygote)  # the zygote's own start (import torch)
             forked = time_workers((), devices, args.loads, zygote)
+            if inventory.gpus:
+                forked_gpu = time_workers(inventory.indices[:1], devices, args.loads, zygote)
         finally:
             zygote.stop_all()
 
@@ -110,6 +115,8 @@ def main() -> int:
         print(f"GPU load worker ({name}), whole process {gpu.wall:7.3f} s (median of {args.loads})")
         print(f"GPU load worker, work inside it {gpu.work:7.3f} s (median of {args.loads})")
         print(f"GPU save worker, whole process {gpu.save:7.3f} s (1 run)")
+    if forked_gpu is not None:
+        print(f"zygote GPU load worker, whole  {forked_gpu.wall:7.3f} s (median of {args.loads})")
     print()
     print(f"ratio worker wall / work inside      {cpu.wall / cpu.work:7.1f}x")
     print(f"ratio import torch / worker wall     {torch_import / cpu.wall:7.2f}")
@@ -118,6 +125,8 @@ def main() -> int:
     if gpu is not None:
         print(f"ratio GPU worker / CPU worker        {gpu.wall / cpu.wall:7.2f}")
         print(f"ratio GPU worker wall / work inside  {gpu.wall / gpu.work:7.1f}x")
+        if forked_gpu is not None:
+            print(f"ratio spawned / zygote GPU worker    {gpu.wall / forked_gpu.wall:7.1f}x")
     else:
         print("no GPU here: the GPU worker figures need one")
     return 0

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import struct
+
 import torch
+import xxhash
 
 from harness.axes import Layout
 from harness.worker.fingerprint import fingerprint, output_digest, tensor_digest
@@ -23,6 +26,29 @@ def test_digest_of_views_and_odd_dtypes() -> None:
     assert tensor_digest(base[1:, 2:]) == tensor_digest(base[1:, 2:].clone())
     assert tensor_digest(torch.tensor(True)) != tensor_digest(torch.tensor(False))
     assert tensor_digest(torch.tensor([], dtype=torch.bfloat16))
+    assert tensor_digest(torch.tensor([], dtype=torch.bfloat16)) != tensor_digest(
+        torch.tensor([], dtype=torch.float16)
+    )
+    assert tensor_digest(torch.zeros(0, 3)) != tensor_digest(torch.zeros(3, 0))
+    assert tensor_digest(torch.tensor(1.0)) != tensor_digest(torch.tensor([1.0]))  # 0-dim
+    one = torch.tensor([1.0], dtype=torch.bfloat16)
+    assert tensor_digest(one) != tensor_digest(one.view(torch.float16))  # same bytes
+
+
+def test_digest_of_complex_and_conjugate_views() -> None:
+    z = torch.tensor([1 + 2j, -3 + 0j], dtype=torch.complex64)
+    assert tensor_digest(z.conj()) == tensor_digest(z.conj().resolve_conj())
+    assert tensor_digest(z.conj()) != tensor_digest(z)
+    negative = z.conj().imag  # a negative view
+    assert tensor_digest(negative) == tensor_digest(torch.tensor([-2.0, -0.0]))
+    assert tensor_digest(z) != tensor_digest(z.to(torch.complex128))
+
+
+def test_digest_is_xxh3_128_of_dtype_shape_and_bytes() -> None:
+    """The exact construction: stored digests (tests/data/corpus manifests) depend on it."""
+    expected = xxhash.xxh3_128(b"torch.float32|(2,)|" + struct.pack("<2f", -0.0, 1.5))
+    assert tensor_digest(torch.tensor([-0.0, 1.5])) == expected.hexdigest()
+    assert len(tensor_digest(torch.tensor(True))) == 32
 
 
 def test_fingerprint_names_the_unwrapped_model_and_includes_buffers() -> None:
