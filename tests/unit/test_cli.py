@@ -166,7 +166,7 @@ def test_list_shards_are_disjoint_and_cover_the_matrix(capsys: pytest.CaptureFix
     for k in (1, 2, 3):
         assert main(["list", "--shard", f"{k}/3"]) == 0
         parts.append(capsys.readouterr().out.splitlines())
-    assert sorted(sum(parts, [])) == sorted(whole)
+    assert sorted(cell for part in parts for cell in part) == sorted(whole)
     assert all(parts)
     assert all(set(a).isdisjoint(b) for a in parts for b in parts if a is not b)
 
