@@ -20,6 +20,7 @@ from typing import Any
 
 import harness
 from harness.inventory import Inventory
+from harness.launchers.protocol import worker_argv
 from harness.plan import DeviceMap, worker_env
 
 
@@ -33,7 +34,7 @@ def torch_environment(
     """torch's version, CUDA build and what CUDA sees, read in a worker that sees every GPU of the
     run (``inventory``; none without one), so ``cuda_available`` and ``device_count`` describe
     the GPUs the cells use, not an empty visibility."""
-    argv = [python, "-m", "harness.worker", "--environment"]
+    argv = list(worker_argv(python, "--environment"))
     gpus = inventory.indices if inventory is not None else ()
     devices = DeviceMap(inventory.uuids) if inventory is not None else None
     try:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from harness.cell import Cell, SaveKey, Visibility
 from harness.jobspec import LoadSpec, SaveSpec, Spec, spec_to_json
-from harness.launchers.protocol import Job
+from harness.launchers.protocol import Job, worker_argv
 
 DEFAULT_TIMEOUT_S = 120.0
 
@@ -108,7 +108,7 @@ class JobFactory:
         spec_path.write_text(json.dumps(spec_to_json(spec), indent=1), encoding="utf-8")
         return Job(
             name=name,
-            argv=(self.python, "-m", "harness.worker", str(spec_path)),
+            argv=worker_argv(self.python, str(spec_path)),
             env=worker_env(visibility, devices=self.devices),
             timeout_s=self.timeout_s,
             log_path=stem.with_name(stem.name + ".log"),

@@ -7,8 +7,9 @@
 # Runs from a source checkout without installing it (PYTHONPATH), with the interpreter in $PYTHON
 # (default python3), which must already hold torch, filelock, rich and xxhash. Environment knobs:
 # JOBS (cells at a time, default: the CPU count), GPU_SLOTS (worker processes per GPU at once,
-# default 8), MATRIX_TIME_LIMIT (seconds for the matrix before it is stopped, default 0 = none;
-# what finished is kept and `--resume` continues it).
+# default 8), MATRIX_TIME_LIMIT (seconds for each matrix run before it is stopped, default 0 =
+# none; what finished is kept and `--resume` continues it), SPAWN_TOO (default 1: run the matrix
+# again under --launcher spawn and diff the two).
 set -uo pipefail
 out=${1:?usage: docs/evidence/run-gpu.sh OUT_DIR [ckpt-matrix run options]}
 shift
@@ -38,6 +39,21 @@ timeout --signal=INT --kill-after=30 "$limit" \
   tee "$out/run.log"
 status=${PIPESTATUS[0]}
 echo "matrix: exit $status after $(($(date +%s) - start)) s" | tee -a "$out/run.log"
+
+# The same matrix under the other launcher (SPAWN_TOO=1, the default): the zygote is the default
+# launcher, and the two results files must certify against each other (exit 0).
+if [ "${SPAWN_TOO:-1}" = 1 ]; then
+  start=$(date +%s)
+  timeout --signal=INT --kill-after=30 "$limit" \
+    "$python" -m harness.cli run --out "$out/results-spawn.jsonl" --overwrite --jobs "$jobs" \
+    --gpu-slots "$slots" --launcher spawn --workdir "${WORKDIR:-/tmp/ckpt-matrix-work}-spawn" \
+    "$@" 2>&1 | tail -3 | tee "$out/run-spawn.log"
+  echo "matrix (spawn): exit ${PIPESTATUS[0]} after $(($(date +%s) - start)) s" |
+    tee -a "$out/run-spawn.log"
+  "$python" -m harness.cli diff "$out/results-spawn.jsonl" "$out/results.jsonl" \
+    --markdown "$out/diff-launchers.md" >/dev/null 2>&1
+  echo "diff spawn -> zygote: exit $?" | tee -a "$out/run-spawn.log"
+fi
 
 "$python" -m harness.cli report "$out/results.jsonl" --markdown "$out/results.md" \
   --html "$out/results.html" 2>&1 | tail -1

@@ -1,12 +1,19 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from harness.artifacts import ArtifactStore
 from harness.cli import main
+from harness.launchers import Job, JobRun, LauncherBroken
+from harness.options import Planned, RunOptions
+from harness.plan import JobFactory
 from harness.results import read_results
+from harness.session import CellRunner
 
 from .test_results import result, write
 
@@ -210,3 +217,43 @@ def test_three_shards_merged_certify_against_the_whole_run(
     assert main(["merge", str(merged), *map(str, parts)]) == 0
     assert main(["diff", str(whole), str(merged)]) == 0
     assert len(read_results(merged).results) == len(read_results(whole).results) > 30
+
+
+@dataclass
+class Broken:
+    """A launcher whose zygote has died twice."""
+
+    def launch(self, job: Job) -> JobRun:
+        raise LauncherBroken("the zygote died 2 times, so the run stops: exited with code -9")
+
+    def stop_all(self) -> None:
+        pass
+
+
+def test_a_broken_launcher_stops_the_run_with_exit_3_and_an_end_line(
+    scenario: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken_runner(
+        planned: Planned, options: RunOptions, environment: dict[str, Any], workdir: Path
+    ) -> CellRunner:
+        factory = JobFactory(workdir=workdir)
+        return CellRunner(
+            factory=factory,
+            launcher=Broken(),
+            store=ArtifactStore(factory, Broken()),
+            torch_version=(2, 14),
+        )
+
+    monkeypatch.setattr("harness.cli.open_runner", broken_runner)
+    monkeypatch.setattr(
+        "harness.cli.run_environment", lambda *_: {"torch": "2.14.1", "shard": None}
+    )
+    out = tmp_path / "results.jsonl"
+    assert main(["run", "--scenarios", str(scenario), "--out", str(out)]) == 3
+    assert "the run stopped: the zygote died 2 times" in capsys.readouterr().err
+    ends = read_results(out).ends
+    assert len(ends) == 1
+    assert "died 2 times" in ends[0]["stopped"]

@@ -107,3 +107,22 @@ def test_every_session_launcher_is_a_plugin_choice(
 def test_an_unknown_launcher_is_a_usage_error(pytester: pytest.Pytester) -> None:
     with pytest.raises(pytest.UsageError, match="fork"):
         pytester.parseconfig("--ckpt-launcher", "fork")
+
+
+def test_ckpt_shard_keeps_one_part_and_a_bad_one_is_a_usage_error(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makefile(".toml", tiny=SCENARIO.replace('"dp"', '"dp", "single"'))
+    pytester.makepyfile(test_cells="def test_cell(ckpt_cell):\n    pass\n")
+    ids = []
+    for k in (1, 2):
+        result = pytester.runpytest_subprocess(
+            "--ckpt-scenarios", "tiny.toml", f"--ckpt-shard={k}/2", "--collect-only", "-q"
+        )
+        assert result.ret == pytest.ExitCode.OK
+        ids.append({line for line in result.stdout.lines if line.startswith("test_cells.py::")})
+    assert all(ids)
+    assert ids[0].isdisjoint(ids[1])
+    bad = pytester.runpytest_subprocess("--ckpt-scenarios", "tiny.toml", "--ckpt-shard=5/4")
+    assert bad.ret == pytest.ExitCode.USAGE_ERROR
+    bad.stderr.fnmatch_lines(["*--ckpt-shard '5/4'*"])
