@@ -46,6 +46,16 @@ class ArtifactStore:
                 return SavedArtifact(**json.loads(record_path.read_text(encoding="utf-8")))
             job = self.factory.save_job(key)
             run = self.launcher.launch(job)
+            if run.lost is not None:
+                # the launcher lost the job (its zygote died): this save fails, and the next cell
+                # that needs the artifact tries again
+                return SavedArtifact(
+                    key=key.id,
+                    path=str(folder / "checkpoint.pt"),
+                    report=None,
+                    failure=run.failure(),
+                    duration_s=run.duration_s,
+                )
             saved = run.report is not None and run.report.get("status") == "saved"
             artifact = SavedArtifact(
                 key=key.id,

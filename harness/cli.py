@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from harness.diff import compare
 from harness.diff import to_markdown as diff_markdown
@@ -20,7 +21,6 @@ from harness.inventory import InventoryError
 from harness.launchers import DEFAULT_LAUNCHER, LAUNCHERS, LauncherBroken
 from harness.options import (
     RunOptions,
-    chosen_subsets,
     machine_inventory,
     open_runner,
     plan_matrix,
@@ -35,7 +35,6 @@ from harness.results import merge as merge_results
 from harness.scenarios import ScenarioError
 from harness.session import run_cells
 from harness.summary import summary_table
-from harness.visibility import parse_policy
 
 USAGE_ERROR = 2
 STOPPED = 3  # the run could not go on (a launcher broke); what finished is recorded
@@ -172,6 +171,13 @@ def run_options(args: argparse.Namespace) -> RunOptions:
     )
 
 
+def shard_identity(record: dict[str, Any] | None) -> str:
+    """Which part of which matrix a results file holds, whatever named the shard."""
+    if not record:
+        return "none (the whole matrix)"
+    return f"{record.get('index')}/{record.get('count')} of matrix {record.get('matrix')}"
+
+
 def cmd_inventory(args: argparse.Namespace) -> int:
     inventory = machine_inventory(RunOptions(simulate_gpus=args.simulate_gpus), os.environ)
     print(json.dumps(inventory.to_json(), indent=1) if args.json else inventory.describe())
@@ -186,8 +192,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(f"# {gpus} GPU(s){' (simulated)' if inventory.simulated else ''}")
         for name in ("minimal", "pairs", "all:2", "all:3", "sample:8", "sample:32"):
             planned = plan_matrix(replace(options, visibility=name), inventory=inventory)
-            chosen = chosen_subsets(parse_policy(name), inventory)
-            print(f"{name:<10} {len(chosen):>5} subsets {len(planned.cells):>7} cells")
+            print(f"{name:<10} {len(planned.subsets):>5} subsets {len(planned.cells):>7} cells")
         return 0
     planned = plan_matrix(options)
     for cell in planned.cells:
@@ -248,11 +253,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     environment = run_environment(planned, options)
     if args.resume and args.out.exists():
         previous = read_results(args.out)
-        for key, what in (("torch", "torch"), ("shard", "shard")):
-            if previous.environment.get(key) != environment[key]:
+        before, now_ = previous.environment, environment
+        for what, then, this in (
+            ("torch", before.get("torch"), now_["torch"]),
+            ("shard", shard_identity(before.get("shard")), shard_identity(now_["shard"])),
+        ):
+            if then != this:
                 raise UsageError(
-                    f"{args.out} was written with {what} {previous.environment.get(key)}, "
-                    f"this run has {environment[key]}; use a new --out for this run"
+                    f"{args.out} was written with {what} {then}, this run has {this}; "
+                    "use a new --out for this run"
                 )
         done = {result.id for result in previous.results}
     cells = [cell for cell in planned.cells if cell.id not in done]
@@ -273,7 +282,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             try:
                 run_cells(cells, runner, writer, jobs=args.jobs, progress=reporter.update)
             except LauncherBroken as exc:
-                writer.finish(finished_at=now(), cells_run=len(cells), stopped=str(exc))
+                writer.finish(finished_at=now(), cells_run=writer.appended, stopped=str(exc))
                 raise
             finally:
                 reporter.stop()
@@ -314,7 +323,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ckpt-matrix {args.command}: error: {exc}", file=sys.stderr)
         return USAGE_ERROR
     except LauncherBroken as exc:
-        print(f"ckpt-matrix {args.command}: the run stopped: {exc}", file=sys.stderr)
+        print(
+            f"ckpt-matrix {args.command}: the run stopped: {exc}\n"
+            "What finished is recorded: `ckpt-matrix run --resume` with the same --out continues "
+            "it; --launcher spawn runs without a zygote.",
+            file=sys.stderr,
+        )
         return STOPPED
     except KeyboardInterrupt:
         print(f"ckpt-matrix {args.command}: interrupted", file=sys.stderr)

@@ -20,6 +20,7 @@ from typing import Any
 
 import harness
 from harness.inventory import Inventory
+from harness.launchers import DEFAULT_LAUNCHER
 from harness.launchers.protocol import worker_argv
 from harness.plan import DeviceMap, worker_env
 
@@ -65,7 +66,7 @@ def describe(
     *,
     visibility_policy: str,
     gpu_slots: int = 1,
-    launcher: str = "spawn",
+    launcher: str = DEFAULT_LAUNCHER,
     shard: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The environment line; ``shard`` is the run's :func:`harness.shards.shard_record`, or None

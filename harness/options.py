@@ -34,7 +34,6 @@ CLI_NAMES = {
     "timeout_s": "--timeout",
     "gpu_slots": "--gpu-slots",
     "launcher": "--launcher",
-    "jobs": "--jobs",
 }
 PLUGIN_NAMES = {
     "scenarios": "--ckpt-scenarios",
@@ -43,7 +42,6 @@ PLUGIN_NAMES = {
     "timeout_s": "--ckpt-timeout",
     "gpu_slots": "--ckpt-gpu-slots",
     "launcher": "--ckpt-launcher",
-    "jobs": "-n",
 }
 
 
@@ -79,7 +77,6 @@ class RunOptions:
 @dataclass(frozen=True, kw_only=True)
 class Planned:
     inventory: Inventory
-    policy: Policy
     subsets: tuple[Visibility, ...]
     matrix: Matrix  # every cell of the scenarios (after -k), before sharding
     shard: Shard | None
@@ -124,7 +121,6 @@ def plan_matrix(
         cells = select(matrix.cells, shard)
     return Planned(
         inventory=inventory,
-        policy=policy,
         subsets=tuple(chosen),
         matrix=matrix,
         shard=shard,

@@ -77,7 +77,9 @@ def _options(config: pytest.Config) -> RunOptions:
         scenarios=config.getoption("ckpt_scenarios"),
         visibility=config.getoption("ckpt_visibility"),
         shard=config.getoption("ckpt_shard"),
-        timeout_s=config.getoption("ckpt_timeout") or DEFAULT_TIMEOUT_S,
+        timeout_s=DEFAULT_TIMEOUT_S
+        if config.getoption("ckpt_timeout") is None
+        else config.getoption("ckpt_timeout"),
         gpu_slots=config.getoption("ckpt_gpu_slots"),
         launcher=config.getoption("ckpt_launcher"),
         names=PLUGIN_NAMES,
@@ -150,7 +152,10 @@ def ckpt_result(
     try:
         result = ckpt_runner.run_cell(ckpt_cell)
     except LauncherBroken as exc:
-        pytest.exit(f"ckpt-matrix: the run stopped: {exc}", returncode=3)
+        # stop the session (pytest-xdist honours shouldstop in each worker) and fail this test
+        reason = f"ckpt-matrix: the run stopped: {exc} (--ckpt-launcher spawn avoids the zygote)"
+        request.session.shouldstop = reason
+        pytest.fail(reason, pytrace=False)
     observed = result.observed or {}
     request.node.user_properties.extend(
         [

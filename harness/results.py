@@ -211,6 +211,15 @@ def check_shards(files: list[ResultsFile]) -> None:
             sets.setdefault(shard["matrix"], []).append(
                 (shard["index"], shard["count"], results.path)
             )
+    for results in files:
+        shard = shard_of(results)
+        cells = None if shard is None else shard.get("cells")
+        if shard is not None and isinstance(cells, int) and len(results.results) < cells:
+            raise ResultsError(
+                f"merge: {results.path} holds {len(results.results)} of the {cells} cells of "
+                f"shard {shard['index']}/{shard['count']} (its run stopped early); finish it "
+                "with `ckpt-matrix run --resume` and the same --shard, then merge"
+            )
     for matrix, members in sets.items():
         problem = _shard_set_problem(members)
         if problem is None:
@@ -268,6 +277,7 @@ class ResultsWriter:
 
     def __init__(self, path: Path, environment: dict[str, Any], *, resume: bool) -> None:
         self.path = path
+        self.appended = 0  # cell lines written by this writer
         self._lock = threading.Lock()
         path.parent.mkdir(parents=True, exist_ok=True)
         if resume:
@@ -288,6 +298,7 @@ class ResultsWriter:
 
     def append(self, result: CellResult) -> None:
         self._write(result.to_json())
+        self.appended += 1
 
     def finish(self, **fields: Any) -> None:
         """The last line of a run (a resumed run adds its own): when it ended, and what else."""

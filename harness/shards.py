@@ -276,9 +276,11 @@ def matrix_digest(cells: Iterable[Cell]) -> str:
 
 
 def shard_record(shard: Shard, all_cells: Sequence[Cell]) -> dict[str, Any]:
-    """The environment line's ``shard`` field: the shard, and the matrix it is a part of."""
+    """The environment line's ``shard`` field: the shard, how many cells it holds, and the
+    matrix it is a part of."""
     return {
         **shard.to_json(),
+        "cells": len(select(all_cells, shard)),
         "matrix": matrix_digest(all_cells),
         "matrix_cells": len(all_cells),
     }

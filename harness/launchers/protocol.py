@@ -128,6 +128,17 @@ def finished_run(
     )
 
 
+def stopping_run(job: Job) -> JobRun:
+    """A job asked for after the launcher was stopped (Ctrl-C): lost, never started."""
+    return finished_run(
+        job,
+        returncode=None,
+        timed_out=False,
+        started=time.monotonic(),
+        lost="the run is stopping; no new job starts",
+    )
+
+
 def prepare(job: Job) -> None:
     """Before a job starts: its log's folder exists and no stale report can be read as its own."""
     job.log_path.parent.mkdir(parents=True, exist_ok=True)

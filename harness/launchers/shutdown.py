@@ -55,5 +55,11 @@ def shutdown_groups(targets: Sequence[Target], grace_s: float = GRACE_S) -> None
 
 def _signal(targets: Sequence[Target], sig: signal.Signals) -> None:
     for target in targets:
-        with contextlib.suppress(ProcessLookupError, PermissionError):  # the group is gone
+        try:
             os.killpg(target.pgid, sig)
+        except ProcessLookupError:
+            # no such group: gone, or a forked child that has not called setsid yet
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(target.pgid, sig)
+        except PermissionError:  # the id was reused by another user's process
+            pass

@@ -11,7 +11,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from harness.launchers.protocol import Job, JobRun, finished_run, prepare
+from harness.launchers.protocol import Job, JobRun, finished_run, prepare, stopping_run
 from harness.launchers.shutdown import GRACE_S, popen_target, shutdown_groups
 
 
@@ -20,11 +20,15 @@ class SpawnLauncher:
     grace_s: float = GRACE_S
     _live: set[subprocess.Popen[bytes]] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _closed: bool = False  # stop_all was called: no new job starts
 
     def launch(self, job: Job) -> JobRun:
         prepare(job)
         started = time.monotonic()
         timed_out = False
+        with self._lock:
+            if self._closed:
+                return stopping_run(job)
         with open(job.log_path, "wb") as log:
             proc = subprocess.Popen(
                 job.argv,
@@ -36,6 +40,8 @@ class SpawnLauncher:
             )
             with self._lock:
                 self._live.add(proc)
+                if self._closed:  # stopped while it started: stop it with the others
+                    proc.kill()
             try:
                 proc.wait(timeout=job.timeout_s)
             except subprocess.TimeoutExpired:
@@ -58,5 +64,6 @@ class SpawnLauncher:
         """Stop every running job (on Ctrl-C: the children are in their own sessions and do not
         receive the terminal's SIGINT)."""
         with self._lock:
+            self._closed = True
             live = list(self._live)
         shutdown_groups([popen_target(proc) for proc in live], self.grace_s)

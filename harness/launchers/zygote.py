@@ -10,8 +10,10 @@ spawned worker; timeouts and Ctrl-C stop it through ``harness.launchers.shutdown
 
 Nothing is stranded when the zygote misbehaves: a malformed answer or the zygote's death ends
 every job it held at once, as a lost ``JobRun`` naming the cause (the zygote's exit status and
-log tail), and the zygote is started again, once. A second death raises ``LauncherBroken``: the
-run stops with that message. A zygote that cannot even start (no torch, say) raises it at once.
+log tail), their children are stopped, and the zygote is started again, once. A zygote that
+refuses to fork (its fork guard) answers every request ``failed``, finishes the children it has,
+and is replaced likewise. A second failure raises ``LauncherBroken``: the run stops with that
+message. A zygote that cannot even start (no torch, say) raises it at once.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from harness.launchers.protocol import (
     LauncherBroken,
     finished_run,
     prepare,
+    stopping_run,
     tail,
     worker_args,
     worker_argv,
@@ -68,13 +71,15 @@ class _Pending:
 
 @dataclass
 class _Zygote:
-    """One zygote process, the jobs it holds, and why it ended (once it has)."""
+    """One zygote process, the jobs it holds, and why it can take no more (once it can't)."""
 
     process: subprocess.Popen[bytes]
     log_path: Path
-    ready: threading.Event = field(default_factory=threading.Event)
+    ready: threading.Event = field(default_factory=threading.Event)  # ready, or gone first
+    was_ready: bool = False
     pending: dict[int, _Pending] = field(default_factory=dict)
     cause: str | None = None  # set once: why this zygote can take no more jobs
+    refusing: bool = False  # it said it stops forking; it still finishes its children
 
     @property
     def usable(self) -> bool:
@@ -82,7 +87,8 @@ class _Zygote:
 
 
 class ZygoteLauncher:
-    """Runs worker jobs as children of one zygote process; safe to call from several threads."""
+    """Runs worker jobs as children of one zygote process; safe to call from several threads.
+    The lock is never held while waiting for a job or for a zygote's start."""
 
     def __init__(
         self,
@@ -104,29 +110,41 @@ class ZygoteLauncher:
         self.command = command or worker_argv(python, "--zygote", *lean)
         self._lock = threading.Lock()
         self._zygote: _Zygote | None = None
+        self._draining: list[_Zygote] = []  # refused to fork, still finishing children
         self._deaths: list[str] = []
+        self._broken: str | None = None  # set once: no zygote will be started again
+        self._closed = False  # stop_all was called: no new job starts
         self._next_id = 0
         self._readers: list[threading.Thread] = []
 
     # -- the zygote ----------------------------------------------------------------------------
 
     def _current(self) -> _Zygote:
-        """The running zygote: started on first use, started again once after a death
-        (under ``self._lock``)."""
+        """The zygote to use, perhaps still starting: started on first use, started again once
+        after a death (under ``self._lock``; waits for nothing)."""
+        if self._broken is not None:
+            raise LauncherBroken(self._broken)
         zygote = self._zygote
-        if zygote is not None and zygote.usable:
+        if zygote is not None and (zygote.usable or not zygote.ready.is_set()):
             return zygote
+        if zygote is not None and not zygote.was_ready:
+            self._fail_start(zygote, zygote.cause or self._exit_text(zygote))
         if zygote is not None:
             cause = zygote.cause or self._exit_text(zygote)
-            self._retire(zygote, cause)
             self._deaths.append(cause)
             self._zygote = None
+            if zygote.refusing and zygote.process.poll() is None:
+                self._close_input(zygote)  # it finishes the children it has, then exits
+                self._draining.append(zygote)
+            else:
+                self._retire(zygote, cause)
         if len(self._deaths) > RESTARTS:
-            raise LauncherBroken(
-                f"the zygote died {len(self._deaths)} times, so the run stops: "
+            self._broken = (
+                f"the zygote failed {len(self._deaths)} times, so the run stops: "
                 + "; then ".join(self._deaths)
-                + ". Continue with --resume, or use --launcher spawn"
+                + ". Resume the run, or use the spawn launcher"
             )
+            raise LauncherBroken(self._broken)
         self._zygote = self._start(len(self._deaths))
         return self._zygote
 
@@ -150,18 +168,17 @@ class ZygoteLauncher:
         )
         reader.start()
         self._readers.append(reader)
-        if not zygote.ready.wait(timeout=self.start_timeout_s) or not zygote.usable:
-            cause = zygote.cause or (
-                f"it was not ready after {self.start_timeout_s:.0f} s"
-                if process.poll() is None
-                else self._exit_text(zygote)
-            )
-            self._retire(zygote, cause)
-            raise LauncherBroken(
-                f"the zygote ({' '.join(self.command)}) could not start: {cause}. "
-                "Check that torch imports in this interpreter, or use --launcher spawn"
-            )
         return zygote
+
+    def _fail_start(self, zygote: _Zygote, cause: str) -> None:
+        """A zygote that never became ready: no restart would do better (under the lock)."""
+        self._retire(zygote, cause)
+        if self._broken is None:
+            self._broken = (
+                f"the zygote ({' '.join(self.command)}) could not start: {cause}. Check that "
+                "torch imports in this interpreter, or use the spawn launcher"
+            )
+        raise LauncherBroken(self._broken)
 
     def _exit_text(self, zygote: _Zygote) -> str:
         code = zygote.process.poll()
@@ -169,12 +186,19 @@ class ZygoteLauncher:
         log = tail(zygote.log_path, 1500).strip() or "(empty)"
         return f"the zygote {status}; its log {zygote.log_path} ends: {log}"
 
+    @staticmethod
+    def _close_input(zygote: _Zygote) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            if zygote.process.stdin is not None:
+                zygote.process.stdin.close()  # the zygote's cue to finish and exit
+
     def _retire(self, zygote: _Zygote, cause: str) -> None:
         """Mark the zygote unusable, end it, and end every job it held as lost with ``cause``
         (their children too, which would otherwise run on unseen). Idempotent."""
         if zygote.cause is None:
             zygote.cause = cause
-        shutdown_groups([popen_target(zygote.process)], 0.0)
+        if zygote.process.returncode is None:
+            shutdown_groups([popen_target(zygote.process)], 0.0)
         orphans = [p for p in zygote.pending.values() if not p.ended.is_set()]
         children = [Target(pgid=p.pid, wait=_gone(p.pid)) for p in orphans if p.pid is not None]
         for pending in orphans:
@@ -188,21 +212,28 @@ class ZygoteLauncher:
         so that no job waits for an answer that will not come."""
         assert zygote.process.stdout is not None
         cause: str | None = None
+        lines = iter(zygote.process.stdout)
         try:
-            for line in zygote.process.stdout:
+            for line in lines:
                 message = parse_answer(line)
                 HANDLERS[message["event"]](zygote, message)
         except ProtocolError as exc:
             cause = f"the zygote sent a malformed answer ({exc})"
         except Exception as exc:  # a bug here must not leave jobs waiting forever
             cause = f"the zygote's answers could not be read ({type(exc).__name__}: {exc})"
-        if cause is None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                zygote.process.wait(timeout=self.grace_s)
-            cause = self._exit_text(zygote)
-        if zygote.cause is None:
-            zygote.cause = cause
-        zygote.ready.set()  # a start waiting under the lock sees the zygote unusable
+        if cause is not None:
+            zygote.cause = zygote.cause or cause
+            shutdown_groups([popen_target(zygote.process)], 0.0)
+            for line in lines:  # what it said before it died: the pids of children it started
+                with contextlib.suppress(ProtocolError):
+                    message = parse_answer(line)
+                    if message["event"] == "started":
+                        _on_started(zygote, message)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            zygote.process.wait(timeout=self.grace_s)
+        cause = f"{cause}; {self._exit_text(zygote)}" if cause else self._exit_text(zygote)
+        zygote.cause = zygote.cause or cause
+        zygote.ready.set()  # a launch waiting for its start sees the zygote gone
         with self._lock:
             self._retire(zygote, cause)
             for pipe in (zygote.process.stdin, zygote.process.stdout):
@@ -221,29 +252,47 @@ class ZygoteLauncher:
             )
         prepare(job)
         pending = _Pending()
-        started = time.monotonic()
-        with self._lock:
-            zygote = self._current()
-            self._next_id += 1
-            job_id = self._next_id
-            zygote.pending[job_id] = pending
-            request: StartRequest = {
-                "id": job_id,
-                "args": list(args),
-                "env": dict(job.env),
-                "log": str(job.log_path),
-            }
-            try:
-                assert zygote.process.stdin is not None
-                zygote.process.stdin.write(encode(request))
-                zygote.process.stdin.flush()
-            except (OSError, ValueError):  # a broken or closed pipe: the zygote is gone
-                self._retire(zygote, self._exit_text(zygote))
+        request: StartRequest = {
+            "id": 0,
+            "args": list(args),
+            "env": dict(job.env),
+            "log": str(job.log_path),
+        }
+        while True:
+            with self._lock:
+                if self._closed:
+                    return stopping_run(job)
+                zygote = self._current()
+            if not zygote.ready.wait(timeout=self.start_timeout_s):
+                with self._lock:
+                    self._fail_start(zygote, f"it was not ready after {self.start_timeout_s:.0f} s")
+            with self._lock:
+                if not zygote.was_ready:
+                    self._fail_start(zygote, zygote.cause or self._exit_text(zygote))
+                if self._closed:
+                    return stopping_run(job)
+                if not zygote.usable:
+                    continue  # it died since it was ready: the next _current restarts it
+                started = time.monotonic()
+                self._next_id += 1
+                job_id = request["id"] = self._next_id
+                zygote.pending[job_id] = pending
+                try:
+                    assert zygote.process.stdin is not None
+                    zygote.process.stdin.write(encode(request))
+                    zygote.process.stdin.flush()
+                except (OSError, ValueError):  # a broken or closed pipe: the zygote is gone
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        zygote.process.wait(timeout=self.grace_s)
+                    self._retire(zygote, self._exit_text(zygote))
+                break
         timed_out = False
         try:
             if not pending.ended.wait(timeout=job.timeout_s):
                 timed_out = True
                 self._stop([pending])
+                if pending.pid is None and pending.lost is None:
+                    pending.lost = f"the zygote started no child for it in {job.timeout_s:.0f} s"
         except BaseException:
             self._stop([pending])
             raise
@@ -259,23 +308,26 @@ class ZygoteLauncher:
         )
 
     def _stop(self, pendings: list[_Pending]) -> None:
-        """Stop the jobs' children (the one shutdown for every launcher)."""
+        """Stop the jobs' children (the one shutdown for every launcher); a request in flight
+        gets its pid first, all within one grace period."""
+        deadline = time.monotonic() + self.grace_s
         for pending in pendings:
-            pending.started.wait(timeout=self.grace_s)  # a request in flight gets its pid first
-        targets = [t for t in (p.target() for p in pendings) if t is not None]
+            pending.started.wait(timeout=max(0.0, deadline - time.monotonic()))
+        targets = [
+            t for t in (p.target() for p in pendings if not p.ended.is_set()) if t is not None
+        ]
         shutdown_groups(targets, self.grace_s)
 
     def stop_all(self) -> None:
-        """Stop every running job, then the zygote."""
+        """Stop every running job, then the zygotes; no job starts after this."""
         with self._lock:
-            zygote = self._zygote
-            live = [] if zygote is None else list(zygote.pending.values())
+            self._closed = True
+            zygotes = [z for z in (self._zygote, *self._draining) if z is not None]
+            live = [p for z in zygotes for p in z.pending.values()]
         self._stop(live)
-        if zygote is not None:
-            with contextlib.suppress(OSError, ValueError):
-                if zygote.process.stdin is not None:
-                    zygote.process.stdin.close()  # the zygote's cue to finish and exit
-            shutdown_groups([popen_target(zygote.process)], self.grace_s)
+        for zygote in zygotes:
+            self._close_input(zygote)
+        shutdown_groups([popen_target(z.process) for z in zygotes], self.grace_s)
         for reader in self._readers:
             reader.join(timeout=self.grace_s)  # it closes the pipes
 
@@ -300,6 +352,7 @@ def _gone(pid: int) -> Callable[[float], bool]:
 
 
 def _on_ready(zygote: _Zygote, _: Ready) -> None:
+    zygote.was_ready = True
     zygote.ready.set()
 
 
@@ -327,6 +380,7 @@ def _on_failed(zygote: _Zygote, failed: Failed) -> None:
 
 
 def _on_stopping(zygote: _Zygote, stopping: Stopping) -> None:
+    zygote.refusing = True
     zygote.cause = f"the zygote stopped forking: {stopping['reason']}"
 
 

@@ -6,6 +6,7 @@ broke (its report then says why), 2 for unusable arguments."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 USAGE = "usage: python -m harness.worker SPEC.json | --environment | --zygote [--no-torchvision]"
@@ -21,7 +22,12 @@ def main(argv: list[str]) -> int:
         from harness.worker.zygote import preload, serve
 
         vision = "--no-torchvision" not in argv
-        return serve(sys.stdin.buffer, sys.stdout.buffer, load=lambda: preload(torchvision=vision))
+        # The answers keep the original stdout; whatever an import prints goes to stderr (the
+        # zygote's log), so that no stray line can corrupt the protocol.
+        sys.stdout.flush()
+        answers = os.fdopen(os.dup(1), "wb")
+        os.dup2(2, 1)
+        return serve(sys.stdin.buffer, answers, load=lambda: preload(torchvision=vision))
     if len(argv) != 1 or argv[0].startswith("--"):
         print(USAGE, file=sys.stderr)
         return 2

@@ -163,7 +163,8 @@ def serve(
 ) -> int:
     """Serve requests until stdin closes and every child has ended. ``run`` and ``load`` are
     what a child runs and what the zygote imports first (replaced in the launcher's tests).
-    Exit 0, or ``REFUSED_EXIT`` when it stopped forking (its last answer says why)."""
+    Once it has refused to fork, every later request is answered ``failed`` with the reason,
+    and the children it has are finished. Exit 0, or ``REFUSED_EXIT`` after a refusal."""
     watch = load()
     _answer(answers, {"event": "ready", "pid": os.getpid()})
     children: dict[int, int] = {}  # pid -> request id
@@ -178,12 +179,10 @@ def serve(
                 if not chunk:
                     open_input = False  # the parent is gone or done: finish the children
                 buffer += chunk
-                while b"\n" in buffer and refused is None:
+                while b"\n" in buffer:
                     line, buffer = buffer.split(b"\n", 1)
                     if line.strip():
-                        refused = _handle(line, watch, children, requests, answers, run)
-                if refused is not None:
-                    open_input = False  # answer no more requests; finish the children
+                        refused = _handle(line, refused, watch, children, requests, answers, run)
         else:
             select.select([], [], [], POLL_S)
         _reap(children, answers)
@@ -197,17 +196,22 @@ def _answer(answers: IO[bytes], message: Answer) -> None:
 
 def _handle(
     line: bytes,
+    refused: str | None,
     watch: Watch,
     children: dict[int, int],
     requests: IO[bytes],
     answers: IO[bytes],
     run: Run,
 ) -> str | None:
-    """Start the request's child; or say why the zygote stops forking, and return that."""
+    """Start the request's child; or say why the zygote stops forking. Returns the reason it
+    refuses to fork, once it does."""
     try:
         request = parse_request(line)
     except ProtocolError as exc:
-        return _refuse(answers, str(exc), None)
+        return refused or _refuse(answers, str(exc), None)
+    if refused is not None:
+        _answer(answers, {"event": "failed", "id": request["id"], "error": refused})
+        return refused
     hazard = watch.hazard()
     if hazard is not None:
         return _refuse(answers, hazard, request["id"])

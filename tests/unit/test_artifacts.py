@@ -1,14 +1,17 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from harness.artifacts import ArtifactStore
 from harness.axes import Layout, SaveVariant
 from harness.cell import SaveKey
+from harness.launchers import Job, JobRun
 from harness.plan import JobFactory
 
-from .fake_launcher import RecordingLauncher, crash
+from .fake_launcher import RecordingLauncher, crash, report
 
 KEY = SaveKey(model="trap", layout=Layout.DP, variant=SaveVariant.STATE_DICT)
 
@@ -41,3 +44,20 @@ def test_a_failed_save_is_recorded_once_with_its_reason(tmp_path: Path) -> None:
     assert first.failure is not None
     assert "killed by SIGSEGV" in first.failure
     assert "Segmentation fault" in first.failure
+
+
+def test_a_save_the_launcher_lost_is_not_recorded_and_runs_again(tmp_path: Path) -> None:
+    def lost_once(job: Job, data: dict[str, Any]) -> JobRun:
+        if len(launcher.jobs) == 1:
+            return replace(crash(job, data), lost="the zygote exited with code -9")
+        return report(job, data)
+
+    launcher = RecordingLauncher(behaviours={KEY.id: lost_once})
+    store = ArtifactStore(JobFactory(workdir=tmp_path), launcher)
+    first = store.get(KEY)
+    assert not first.ok
+    assert first.failure is not None
+    assert "the launcher lost the job: the zygote exited with code -9" in first.failure
+    second = store.get(KEY)
+    assert second.ok
+    assert launcher.names() == [KEY.id, KEY.id]

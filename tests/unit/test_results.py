@@ -295,3 +295,14 @@ def test_shards_given_twice_are_named_before_their_shared_cells(tmp_path: Path) 
     )
     with pytest.raises(ResultsError, match=r"1/2 is in 2 files"):
         merge(files)
+
+
+def test_merge_refuses_a_shard_whose_run_stopped_early(tmp_path: Path) -> None:
+    short = {**shard_env(1, 2), "shard": {**shard_env(1, 2)["shard"], "cells": 2}}
+    files = [
+        read_results(write(tmp_path / "a.jsonl", short, result("slice_prefix"))),
+        *shard_files(tmp_path, ("b.jsonl", 2, 2, "strip_prefix")),
+    ]
+    with pytest.raises(ResultsError, match=r"a\.jsonl holds 1 of the 2 cells of shard 1/2") as e:
+        merge(files)
+    assert "--resume" in str(e.value)

@@ -345,6 +345,7 @@ def test_the_matrix_digest_names_the_matrix_whatever_its_order() -> None:
         "index": 2,
         "count": 4,
         "source": "--shard",
+        "cells": len(partition(cells, 4)[1]),
         "matrix": digest,
         "matrix_cells": len(cells),
     }

@@ -108,3 +108,11 @@ def test_tail_reads_the_end(tmp_path: Path) -> None:
     path.write_bytes(b"x" * 5000 + b"END")
     assert tail(path, limit=10) == "xxxxxxxEND"
     assert tail(tmp_path / "absent") == ""
+
+
+def test_after_stop_all_no_job_starts(tmp_path: Path) -> None:
+    launcher = SpawnLauncher()
+    launcher.stop_all()
+    after = launcher.launch(job(tmp_path, "after", WRITES_REPORT))
+    assert after.lost == "the run is stopping; no new job starts"
+    assert not (tmp_path / "after.json").exists()

@@ -45,7 +45,18 @@ def run(args):
         time.sleep(60)
     if what == "exit42":  # the zygote garbles this job's answer (below)
         return 42
+    if what == "nap":
+        time.sleep(1.5)
     return 0
+
+
+class LaterHazard(Watch):
+    # safe for the first fork, a hazard from then on
+    forks = 0
+
+    def hazard(self):
+        LaterHazard.forks += 1
+        return None if LaterHazard.forks == 1 else "a hazard after the first fork"
 
 
 class Garble:
@@ -67,6 +78,8 @@ class Garble:
 
 
 def load():
+    if os.environ.get("FAKE_ZYGOTE_LATER"):
+        return LaterHazard(threads_at_start=thread_count())
     watch = Watch(threads_at_start=thread_count())
     if os.environ.get("FAKE_ZYGOTE_THREAD"):  # as if an import had started a thread
         threading.Thread(target=time.sleep, args=(60,), daemon=True).start()
@@ -223,7 +236,9 @@ def test_a_zygote_that_dies_ends_its_jobs_at_once_restarts_once_then_stops_the_r
     # a second death stops the run, naming both
     second = launcher.launch(job(tmp_path, "killer2", "kill-zygote", timeout_s=60))
     assert second.lost is not None
-    with pytest.raises(LauncherBroken, match=r"died 2 times.*code -9.*then.*code -9.*--resume"):
+    with pytest.raises(
+        LauncherBroken, match=r"failed 2 times.*code -9.*then.*code -9.*Resume the run"
+    ):
         launcher.launch(job(tmp_path, "never", "exit3"))
 
 
@@ -258,6 +273,46 @@ def test_a_zygote_with_a_thread_refuses_to_fork_and_says_why(tmp_path: Path) -> 
     finally:
         threaded.stop_all()
     assert "refusing to fork" in (tmp_path / "zygote.log").read_text()
+
+
+def test_a_refusing_zygote_finishes_its_children_and_is_replaced(tmp_path: Path) -> None:
+    later = fake_zygote(tmp_path, FAKE_ZYGOTE_LATER="1")
+    try:
+        thread, runs = in_thread(later, job(tmp_path, "napping", "nap"))
+        wait_started(later, tmp_path / "napping.log")
+        refused = later.launch(job(tmp_path, "refused", "exit3"))
+        assert refused.lost is not None
+        assert "a hazard after the first fork" in refused.lost
+        thread.join(timeout=20)
+        [napping] = runs
+        assert napping.ok is False  # no report, but it ran to its end: not killed, not lost
+        assert napping.lost is None
+        assert napping.returncode == 0
+        replaced = later.launch(job(tmp_path, "replaced", "exit3"))
+        assert replaced.returncode == 3  # the first fork of a fresh zygote
+    finally:
+        later.stop_all()
+
+
+def test_after_stop_all_no_job_starts(launcher: ZygoteLauncher, tmp_path: Path) -> None:
+    assert launcher.launch(job(tmp_path, "before", "exit3")).returncode == 3
+    launcher.stop_all()
+    after = launcher.launch(job(tmp_path, "after", "exit3"))
+    assert after.lost == "the run is stopping; no new job starts"
+    assert not (tmp_path / "zygote-restart-1.log").exists()  # no zygote started again
+
+
+def test_a_failed_start_is_remembered(tmp_path: Path) -> None:
+    starts = tmp_path / "starts"
+    dead = ZygoteLauncher(
+        env=dict(os.environ),
+        log_path=tmp_path / "zygote.log",
+        command=(sys.executable, "-c", f"open({str(starts)!r}, 'a').write('x')"),
+    )
+    for name in ("one", "two"):
+        with pytest.raises(LauncherBroken, match="could not start"):
+            dead.launch(job(tmp_path, name, "exit3"))
+    assert starts.read_text() == "x"
 
 
 def test_stop_all_stops_running_children(launcher: ZygoteLauncher, tmp_path: Path) -> None:
