@@ -51,7 +51,7 @@ class ArtifactStore:
                 # that needs the artifact tries again
                 return SavedArtifact(
                     key=key.id,
-                    path=str(folder / "checkpoint.pt"),
+                    path=str(self.factory.artifact_path(key)),
                     report=None,
                     failure=run.failure(),
                     duration_s=run.duration_s,
@@ -59,7 +59,7 @@ class ArtifactStore:
             saved = run.report is not None and run.report.get("status") == "saved"
             artifact = SavedArtifact(
                 key=key.id,
-                path=str(folder / "checkpoint.pt"),
+                path=str(self.factory.artifact_path(key)),
                 report=run.report if run.ok and saved else None,
                 failure=None
                 if run.ok and saved

@@ -13,6 +13,12 @@ class Layout(StrEnum):
 
     SINGLE = "single"  # a plain module
     DP = "dp"  # wrapped in nn.DataParallel (keys carry the ``module.`` prefix)
+    FSDP2 = "fsdp2"  # fully_shard over a 1-D device mesh, one process per rank
+
+    @property
+    def distributed(self) -> bool:
+        """One process per rank (a world size), rather than one process."""
+        return self is Layout.FSDP2
 
 
 class Format(StrEnum):
@@ -21,6 +27,7 @@ class Format(StrEnum):
     WEIGHTS = "weights"  # a state_dict (or what a recipe mistakes for one)
     WHOLE = "whole"  # the pickled model object
     TRAIN_STATE = "train_state"  # {'model', 'optimizer', 'lr_scheduler', 'epoch', 'args', 'rng'}
+    DCP = "dcp"  # a torch.distributed.checkpoint directory: sharded model and optimizer state
 
 
 class SaveVariant(StrEnum):
@@ -32,11 +39,14 @@ class SaveVariant(StrEnum):
     WHOLE = "whole"  # the model object
     TRAIN_STATE = "train_state"  # the training state, args as a plain dict
     TRAIN_STATE_NAMESPACE = "train_state_namespace"  # ... args as an argparse.Namespace
+    DCP = "dcp"  # dcp.save of get_state_dict(model, optimizer), from every rank
 
     @property
     def file_format(self) -> Format:
         if self is SaveVariant.WHOLE:
             return Format.WHOLE
+        if self is SaveVariant.DCP:
+            return Format.DCP
         if self in (SaveVariant.TRAIN_STATE, SaveVariant.TRAIN_STATE_NAMESPACE):
             return Format.TRAIN_STATE
         return Format.WEIGHTS

@@ -24,6 +24,11 @@ def visibility_label(visibility: Visibility) -> str:
     return "cpu" if not visibility else ",".join(str(index) for index in visibility)
 
 
+def layout_label(layout: Layout, world: int) -> str:
+    """``fsdp2x2``: a distributed layout names its world size; the others run one process."""
+    return f"{layout}x{world}" if layout.distributed else str(layout)
+
+
 def device_suffix(device: str, visibility: Visibility) -> str:
     """``@cuda:1`` where the device is not the natural one for the visibility, else nothing."""
     return "" if device == resolve_device(DEFAULT_DEVICE, len(visibility)) else f"@{device}"
@@ -40,13 +45,15 @@ class SaveKey:
     device: str = "cpu"  # the logical device the saver's model is on
     training: str = ""  # the training regime of a train_state artifact
     serialization: str = "zip"  # zip (torch>=1.6 default) or legacy
+    world: int = 1  # ranks that save it (distributed layouts)
 
     @property
     def id(self) -> str:
         training = f"-{self.training}" if self.training else ""
         legacy = "" if self.serialization == "zip" else f"-{self.serialization}"
         return (
-            f"{self.model}-{self.layout}[{visibility_label(self.visibility)}]"
+            f"{self.model}-{layout_label(self.layout, self.world)}"
+            f"[{visibility_label(self.visibility)}]"
             f"{device_suffix(self.device, self.visibility)}-{self.variant}{training}{legacy}"
         )
 
@@ -72,6 +79,8 @@ class Cell:
     map_location: str = "none"  # a policy name from harness.devices.MAP_LOCATIONS
     training: str = ""  # a regime from harness.recipes.TRAININGS (train_state cells only)
     serialization: str = "zip"  # zip, or legacy (_use_new_zipfile_serialization=False)
+    save_world: int = 1  # ranks of a distributed save layout (1 for the others)
+    load_world: int = 1
 
     @property
     def id(self) -> str:
@@ -80,9 +89,11 @@ class Cell:
         mapping += "" if self.serialization == "zip" else f"-ser={self.serialization}"
         return (
             f"model={self.model}"
-            f"-save={self.save_layout}[{visibility_label(self.save_visibility)}]"
+            f"-save={layout_label(self.save_layout, self.save_world)}"
+            f"[{visibility_label(self.save_visibility)}]"
             f"{device_suffix(self.save_device, self.save_visibility)}"
-            f"-load={self.load_layout}[{visibility_label(self.load_visibility)}]"
+            f"-load={layout_label(self.load_layout, self.load_world)}"
+            f"[{visibility_label(self.load_visibility)}]"
             f"-fmt={self.format}-recipe={self.recipe}{mapping}"
         )
 
@@ -107,6 +118,7 @@ class Cell:
             device=self.save_device,
             training=self.training,
             serialization=self.serialization,
+            world=self.save_world,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -122,6 +134,8 @@ class Cell:
             "map_location": self.map_location,
             "training": self.training,
             "serialization": self.serialization,
+            "save_world": self.save_world,
+            "load_world": self.load_world,
         }
 
     @classmethod
@@ -138,4 +152,6 @@ class Cell:
             map_location=data.get("map_location", "none"),
             training=data.get("training", ""),
             serialization=data.get("serialization", "zip"),
+            save_world=data.get("save_world", 1),
+            load_world=data.get("load_world", 1),
         )

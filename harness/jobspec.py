@@ -91,6 +91,12 @@ def spec_from_json(data: dict[str, Any], where: str) -> Spec:
     raise ValueError(f"{where}: unknown role {role!r}; expected 'save' or 'load'")
 
 
+def rank_report_path(path: Path, rank: int) -> Path:
+    """Where rank ``rank`` of a distributed job writes its report: rank 0 at ``path``, the
+    others beside it (``load-report.rank1.json``)."""
+    return path if rank == 0 else path.with_name(f"{path.stem}.rank{rank}{path.suffix}")
+
+
 def read_report(path: Path) -> dict[str, Any] | None:
     """The worker's report, or None when it is missing or unreadable (the child died first)."""
     try:

@@ -55,6 +55,8 @@ def expand(
                 map_location=axes["map_location"],
                 training=axes["training"],
                 serialization=axes["serialization"],
+                save_world=axes["save_world"],
+                load_world=axes["load_world"],
             )
             if select is not None and select not in cell.id:
                 continue
@@ -64,7 +66,12 @@ def expand(
                 fmt=cell.format,
                 training=cell.training,
             )
-            reason = reason or device_skip_reason(cell) or resume_skip_reason(cell)
+            reason = (
+                reason
+                or world_skip_reason(cell)
+                or device_skip_reason(cell)
+                or resume_skip_reason(cell)
+            )
             if reason is not None:
                 omitted.append(Omitted(combination=cell.id, reason=reason, scenario=scenario.name))
                 continue
@@ -85,9 +92,28 @@ def _combinations(scenario: Scenario, subsets: Sequence[Visibility]) -> Iterator
         "map_location": scenario.map_locations,
         "training": scenario.trainings,
         "serialization": scenario.serializations,
+        "save_world": scenario.save_world_sizes,
+        "load_world": scenario.load_world_sizes,
     }
     for values in itertools.product(*axes.values()):
         yield dict(zip(axes, values, strict=True))
+
+
+def world_skip_reason(cell: Cell) -> str | None:
+    """A world size belongs to a distributed layout; the others run one process. Distributed
+    layouts run their ranks on the CPU (gloo) for now: one rank per GPU of a subset is next."""
+    for role, layout, world, visibility in (
+        ("save", cell.save_layout, cell.save_world, cell.save_visibility),
+        ("load", cell.load_layout, cell.load_world, cell.load_visibility),
+    ):
+        if not layout.distributed and world != 1:
+            return f"{role} layout {layout} runs one process; world sizes apply to fsdp2"
+        if layout.distributed and visibility:
+            return (
+                f"{role} layout {layout} runs its ranks on the CPU with gloo; ranks on GPUs "
+                "(NCCL, one per GPU of the subset) are not built yet"
+            )
+    return None
 
 
 def resume_skip_reason(cell: Cell) -> str | None:

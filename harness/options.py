@@ -154,4 +154,7 @@ def open_runner(
         launcher=options.launcher,
         torchvision=environment.get("torchvision") is not None,
         preload_torchvision=any(cell.model_spec.needs_torchvision for cell in planned.cells),
+        preload_distributed=any(
+            cell.save_layout.distributed or cell.load_layout.distributed for cell in planned.cells
+        ),
     )

@@ -130,6 +130,13 @@ def _resume(_: Cell, __: TorchVersion) -> Prediction:
     return None, "resumed training is bitwise equal to training without a stop"
 
 
+def _dcp_reshard(cell: Cell, _: TorchVersion) -> Prediction:
+    return None, (
+        f"DCP reshards the model and optimizer state saved at {cell.save_world} ranks "
+        f"to {cell.load_world}"
+    )
+
+
 _RULES: dict[str, Callable[[Cell, TorchVersion], Prediction]] = {
     "resume": _resume,
     "resume_safe_globals": _resume,
@@ -148,6 +155,7 @@ _RULES: dict[str, Callable[[Cell, TorchVersion], Prediction]] = {
     "slice_prefix": _slice_prefix,
     "replace_prefix": _replace_prefix,
     "whole_default_load": _whole_default_load,
+    "dcp_reshard": _dcp_reshard,
 }
 
 

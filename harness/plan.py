@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.axes import SaveVariant
 from harness.cell import Cell, SaveKey, Visibility
 from harness.jobspec import LoadSpec, SaveSpec, Spec, spec_to_json
 from harness.launchers.protocol import Job, worker_argv
@@ -70,6 +71,11 @@ class JobFactory:
     def artifact_dir(self, key: SaveKey) -> Path:
         return self.workdir / "artifacts" / key.id
 
+    def artifact_path(self, key: SaveKey) -> Path:
+        """The checkpoint: a file, or a directory for a distributed checkpoint (DCP)."""
+        name = "checkpoint.dcp" if key.variant is SaveVariant.DCP else "checkpoint.pt"
+        return self.artifact_dir(key) / name
+
     def save_job(self, key: SaveKey) -> Job:
         folder = self.artifact_dir(key)
         spec = SaveSpec(
@@ -77,14 +83,15 @@ class JobFactory:
             model=key.model,
             layout=str(key.layout),
             variant=str(key.variant),
-            artifact_path=str(folder / "checkpoint.pt"),
+            artifact_path=str(self.artifact_path(key)),
             report_path=str(folder / "save-report.json"),
             device="cpu" if key.simulated_tag else key.device,
             tag_as=key.simulated_tag,
             training=key.training,
             serialization=key.serialization,
         )
-        return self._job(key.id, spec, folder / "save", key.visibility)
+        ranks = key.world if key.layout.distributed else 0
+        return self._job(key.id, spec, folder / "save", key.visibility, ranks)
 
     def load_job(self, cell: Cell, *, artifact_path: str, sha256: str) -> Job:
         folder = self.workdir / "cells" / cell.id
@@ -100,9 +107,10 @@ class JobFactory:
             saved_tag=cell.save_device,
             training=cell.training,
         )
-        return self._job(cell.id, spec, folder / "load", cell.load_visibility)
+        ranks = cell.load_world if cell.load_layout.distributed else 0
+        return self._job(cell.id, spec, folder / "load", cell.load_visibility, ranks)
 
-    def _job(self, name: str, spec: Spec, stem: Path, visibility: Visibility) -> Job:
+    def _job(self, name: str, spec: Spec, stem: Path, visibility: Visibility, ranks: int) -> Job:
         stem.parent.mkdir(parents=True, exist_ok=True)
         spec_path = stem.with_name(stem.name + "-spec.json")
         spec_path.write_text(json.dumps(spec_to_json(spec), indent=1), encoding="utf-8")
@@ -114,4 +122,5 @@ class JobFactory:
             log_path=stem.with_name(stem.name + ".log"),
             report_path=Path(spec.report_path),
             gpus=visibility,
+            ranks=ranks,
         )

@@ -24,7 +24,8 @@ class Pairing(StrEnum):
     CROSS = "cross"  # load layout differs from save layout
 
 
-_ALL = frozenset(Layout)
+# The layouts of one process; the recipes of distributed layouts name theirs.
+_ALL = frozenset(layout for layout in Layout if not layout.distributed)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,6 +84,7 @@ TRAININGS: dict[str, str] = {
 
 _DP = frozenset({Layout.DP})
 _SINGLE = frozenset({Layout.SINGLE})
+_FSDP2 = frozenset({Layout.FSDP2})
 
 RECIPES: dict[str, Recipe] = {
     recipe.name: recipe
@@ -150,6 +152,15 @@ RECIPES: dict[str, Recipe] = {
             load_layouts=_SINGLE,
             keeps_loaded_model=True,
             summary="torch.load a whole DataParallel model (weights_only=False), take .module",
+        ),
+        Recipe(
+            name="dcp_reshard",
+            kind=RecipeKind.CORRECT,
+            save_variant=SaveVariant.DCP,
+            save_layouts=_FSDP2,
+            load_layouts=_FSDP2,
+            summary="FSDP2 at N ranks: dcp.save(get_state_dict(model, optimizer)); at M ranks: "
+            "dcp.load into get_state_dict of a fresh model and optimizer, then set_state_dict",
         ),
         # --- known-bad recipes -----------------------------------------------------------------
         Recipe(

@@ -27,7 +27,11 @@ _OPTIONAL_LISTS = {
     "serializations": ["zip"],
 }
 SERIALIZATIONS = ("zip", "legacy")
-_ALLOWED_KEYS = frozenset({"name", "description", "visibility", *_LIST_KEYS, *_OPTIONAL_LISTS})
+_WORLD_KEYS = ("save_world_sizes", "load_world_sizes")
+MAX_WORLD = 64
+_ALLOWED_KEYS = frozenset(
+    {"name", "description", "visibility", *_LIST_KEYS, *_OPTIONAL_LISTS, *_WORLD_KEYS}
+)
 
 
 class ScenarioError(ValueError):
@@ -49,6 +53,8 @@ class Scenario:
     visibility: str = "same"  # cpu | same | cross (see harness.visibility.pairs_for_mode)
     trainings: tuple[str, ...] = ("",)  # regimes for train_state recipes
     serializations: tuple[str, ...] = ("zip",)
+    save_world_sizes: tuple[int, ...] = (1,)  # ranks of distributed save layouts
+    load_world_sizes: tuple[int, ...] = (1,)
 
 
 def default_scenarios_dir() -> Path:
@@ -139,6 +145,7 @@ def _scenario(table: dict[str, Any], where: str) -> Scenario:
         formats = tuple(parse_enum(Format, v, f"{where}.formats") for v in lists["formats"])
     except ValueError as exc:
         raise ScenarioError(str(exc)) from None
+    worlds = {key: _world_sizes(table, key, where) for key in _WORLD_KEYS}
     description = table.get("description", "")
     if not isinstance(description, str):
         raise ScenarioError(f"{where}.description: must be a string")
@@ -156,7 +163,23 @@ def _scenario(table: dict[str, Any], where: str) -> Scenario:
         trainings=lists["trainings"],
         serializations=lists["serializations"],
         visibility=visibility,
+        save_world_sizes=worlds["save_world_sizes"],
+        load_world_sizes=worlds["load_world_sizes"],
     )
+
+
+def _world_sizes(table: dict[str, Any], key: str, where: str) -> tuple[int, ...]:
+    """Ranks for distributed layouts: a non-empty list of distinct integers 1..MAX_WORLD."""
+    value = table.get(key, [1])
+    ok = isinstance(value, list) and value and len(set(value)) == len(value)
+    if not ok or not all(
+        isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_WORLD for v in value
+    ):
+        raise ScenarioError(
+            f"{where}.{key}: expected a non-empty list of distinct whole numbers of ranks "
+            f"(1 to {MAX_WORLD}), got {value!r}"
+        )
+    return tuple(value)
 
 
 def _strings(table: dict[str, Any], key: str, where: str) -> tuple[str, ...]:

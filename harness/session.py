@@ -104,6 +104,7 @@ def build_runner(
     launcher: str = DEFAULT_LAUNCHER,
     torchvision: bool = True,
     preload_torchvision: bool = True,
+    preload_distributed: bool = False,
 ) -> CellRunner:
     """The runner both front doors use: workers forked from a zygote that has imported torch
     (``zygote``, the default) or fresh interpreters (``spawn``), GPU leases in the work folder
@@ -114,7 +115,11 @@ def build_runner(
     factory = JobFactory(workdir=workdir, timeout_s=timeout_s, devices=devices)
     leases = GpuLeases(workdir / "leases", slots=gpu_slots)
     inner = make_launcher(
-        launcher, workdir, worker_env(()), preload_torchvision=preload_torchvision and torchvision
+        launcher,
+        workdir,
+        worker_env(()),
+        preload_torchvision=preload_torchvision and torchvision,
+        preload_distributed=preload_distributed,
     )
     leased = LeasedLauncher(inner, leases)
     return CellRunner(

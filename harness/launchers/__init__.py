@@ -25,10 +25,15 @@ DEFAULT_LAUNCHER = "zygote"
 
 
 def make_launcher(
-    name: str, workdir: Path, env: dict[str, str], *, preload_torchvision: bool = True
+    name: str,
+    workdir: Path,
+    env: dict[str, str],
+    *,
+    preload_torchvision: bool = True,
+    preload_distributed: bool = False,
 ) -> Launcher:
     """The launcher called ``name``; ``env`` is the zygote's own environment, which preloads
-    torchvision only where some job needs it (``preload_torchvision``)."""
+    torchvision and the distributed modules only where some job needs them."""
     if name == "spawn":
         from harness.launchers.spawn import SpawnLauncher
 
@@ -38,5 +43,10 @@ def make_launcher(
 
         # one zygote per process: pytest-xdist workers each have their own
         log = workdir / "zygotes" / f"zygote-{os.getpid()}.log"
-        return ZygoteLauncher(env=env, log_path=log, preload_torchvision=preload_torchvision)
+        return ZygoteLauncher(
+            env=env,
+            log_path=log,
+            preload_torchvision=preload_torchvision,
+            preload_distributed=preload_distributed,
+        )
     raise ValueError(f"unknown launcher {name!r}; expected one of {', '.join(LAUNCHERS)}")

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from harness.jobspec import read_report
+from harness.jobspec import rank_report_path, read_report
 
 STDERR_TAIL_BYTES = 3000
 
@@ -26,6 +27,23 @@ WORKER_MODULE = ("-m", "harness.worker")
 
 def worker_argv(python: str, *args: str) -> tuple[str, ...]:
     return (python, *WORKER_MODULE, *args)
+
+
+def torchrun_argv(python: str, ranks: int, args: tuple[str, ...]) -> tuple[str, ...]:
+    """The worker's command line under torchrun: ``ranks`` processes on this node, with a
+    rendezvous on a free port of its own (``--standalone``), so parallel jobs never collide."""
+    return (
+        python,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nnodes",
+        "1",
+        "--nproc-per-node",
+        str(ranks),
+        *WORKER_MODULE,
+        *args,
+    )
 
 
 def worker_args(argv: tuple[str, ...]) -> tuple[str, ...] | None:
@@ -49,6 +67,12 @@ class Job:
     log_path: Path  # stdout and stderr together
     report_path: Path
     gpus: tuple[int, ...] = ()  # the GPUs the job may see (for leases)
+    ranks: int = 0  # 0: one plain process; N >= 1: a distributed job of N rank processes
+
+    def rank_log(self, rank: int) -> Path:
+        """Rank 0 logs to ``log_path``, the other ranks beside it (``load.rank1.log``)."""
+        path = self.log_path
+        return path if rank == 0 else path.with_name(f"{path.stem}.rank{rank}{path.suffix}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,22 +82,21 @@ class JobRun:
     timed_out: bool
     duration_s: float
     stderr_tail: str
-    report: dict[str, Any] | None
+    report: dict[str, Any] | None  # rank 0's, for a distributed job
     lost: str | None = None  # the launcher lost the job (its zygote died): why
+    failed_ranks: str | None = None  # a distributed job: which ranks failed, and how
 
     @property
     def signal_name(self) -> str | None:
         if self.returncode is not None and self.returncode < 0:
-            try:
-                return signal.Signals(-self.returncode).name
-            except ValueError:
-                return f"signal {-self.returncode}"
+            return signal_name(self.returncode)
         return None
 
     @property
     def ok(self) -> bool:
         return (
             self.lost is None
+            and self.failed_ranks is None
             and not self.timed_out
             and self.returncode == 0
             and self.report is not None
@@ -83,6 +106,8 @@ class JobRun:
         """What went wrong, for a person: timeout, signal or exit code, and a missing report."""
         if self.lost is not None:
             return f"{self.name}: the launcher lost the job: {self.lost}"
+        if self.failed_ranks is not None:
+            return f"{self.name}: {self.failed_ranks}"
         if self.timed_out:
             what = f"timed out after {self.duration_s:.1f} s and was stopped"
         elif self.signal_name is not None:
@@ -101,6 +126,21 @@ class JobRun:
         return f"{self.name}: worker {what}"
 
 
+def signal_name(returncode: int) -> str:
+    """``SIGSEGV`` for -11 (a returncode as ``subprocess`` reports a signal)."""
+    try:
+        return signal.Signals(-returncode).name
+    except ValueError:
+        return f"signal {-returncode}"
+
+
+def free_port() -> int:
+    """A TCP port on the loopback that was free a moment ago, for one job's rendezvous."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 class Launcher(Protocol):
     def launch(self, job: Job) -> JobRun: ...
 
@@ -114,17 +154,32 @@ def finished_run(
     timed_out: bool,
     started: float,
     lost: str | None = None,
+    failed_ranks: str | None = None,
 ) -> JobRun:
     """What a launcher hands back once a job's process has ended (``started``: its monotonic
-    start): the exit, the time, the tail of its log and its report, if it wrote one."""
+    start): the exit, the time, the tail of its log and its report, if it wrote one. For a
+    distributed job, a rank that wrote no report counts as failed (named) unless the launcher
+    already named the failed ranks."""
+    if failed_ranks is None and job.ranks > 1 and lost is None and not timed_out:
+        silent = [
+            r
+            for r in range(1, job.ranks)
+            if read_report(rank_report_path(job.report_path, r)) is None
+        ]
+        if silent:
+            failed_ranks = f"rank(s) {', '.join(map(str, silent))} of {job.ranks} wrote no report"
+    tails = [tail(job.log_path)]
+    if failed_ranks is not None:
+        tails += [f"--- rank {r} ---\n{tail(job.rank_log(r), 1000)}" for r in range(1, job.ranks)]
     return JobRun(
         name=job.name,
         returncode=returncode,
         timed_out=timed_out,
         duration_s=time.monotonic() - started,
-        stderr_tail=tail(job.log_path),
+        stderr_tail="\n".join(t for t in tails if t.strip()),
         report=None if lost is not None else read_report(job.report_path),
         lost=lost,
+        failed_ranks=failed_ranks,
     )
 
 
@@ -142,7 +197,8 @@ def stopping_run(job: Job) -> JobRun:
 def prepare(job: Job) -> None:
     """Before a job starts: its log's folder exists and no stale report can be read as its own."""
     job.log_path.parent.mkdir(parents=True, exist_ok=True)
-    job.report_path.unlink(missing_ok=True)
+    for rank in range(max(1, job.ranks)):
+        rank_report_path(job.report_path, rank).unlink(missing_ok=True)
 
 
 def tail(path: Path, limit: int = STDERR_TAIL_BYTES) -> str:

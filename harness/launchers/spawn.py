@@ -11,7 +11,15 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from harness.launchers.protocol import Job, JobRun, finished_run, prepare, stopping_run
+from harness.launchers.protocol import (
+    Job,
+    JobRun,
+    finished_run,
+    prepare,
+    stopping_run,
+    torchrun_argv,
+    worker_args,
+)
 from harness.launchers.shutdown import GRACE_S, popen_target, shutdown_groups
 
 
@@ -29,9 +37,13 @@ class SpawnLauncher:
         with self._lock:
             if self._closed:
                 return stopping_run(job)
+        argv = job.argv
+        args = worker_args(job.argv)
+        if job.ranks >= 1 and args is not None:  # a distributed job: torchrun starts its ranks
+            argv = torchrun_argv(job.argv[0], job.ranks, args)
         with open(job.log_path, "wb") as log:
             proc = subprocess.Popen(
-                job.argv,
+                argv,
                 env=dict(job.env),
                 stdin=subprocess.DEVNULL,
                 stdout=log,

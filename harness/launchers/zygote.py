@@ -45,7 +45,9 @@ from harness.launchers.protocol import (
     JobRun,
     LauncherBroken,
     finished_run,
+    free_port,
     prepare,
+    signal_name,
     stopping_run,
     tail,
     worker_args,
@@ -53,6 +55,7 @@ from harness.launchers.protocol import (
 )
 from harness.launchers.shutdown import GRACE_S, Target, popen_target, shutdown_groups
 
+RANK_POLL_S = 0.05  # how often a distributed job looks for a failed rank
 START_TIMEOUT_S = 300.0  # for the zygote's imports (torch, torchvision) on a slow, busy machine
 RESTARTS = 1  # a zygote that dies is started again this many times in one run
 
@@ -100,14 +103,16 @@ class ZygoteLauncher:
         command: tuple[str, ...] | None = None,
         start_timeout_s: float = START_TIMEOUT_S,
         preload_torchvision: bool = True,
+        preload_distributed: bool = False,
     ) -> None:
         self.env = dict(env)
         self.log_path = log_path  # the first zygote's; a restarted one adds -restart-N
         self.grace_s = grace_s
         self.start_timeout_s = start_timeout_s
         # the zygote's own command line (tests start one that serves fake jobs)
-        lean = () if preload_torchvision else ("--no-torchvision",)
-        self.command = command or worker_argv(python, "--zygote", *lean)
+        flags: tuple[str, ...] = () if preload_torchvision else ("--no-torchvision",)
+        flags += ("--distributed",) if preload_distributed else ()
+        self.command = command or worker_argv(python, "--zygote", *flags)
         self._lock = threading.Lock()
         self._zygote: _Zygote | None = None
         self._draining: list[_Zygote] = []  # refused to fork, still finishing children
@@ -251,13 +256,11 @@ class ZygoteLauncher:
                 f" ...), not {' '.join(job.argv)}; use SpawnLauncher for other commands"
             )
         prepare(job)
-        pending = _Pending()
-        request: StartRequest = {
-            "id": 0,
-            "args": list(args),
-            "env": dict(job.env),
-            "log": str(job.log_path),
-        }
+        requests = [
+            StartRequest(id=0, args=list(args), env=env, log=str(job.rank_log(rank)))
+            for rank, env in enumerate(rank_environments(job))
+        ]
+        pendings = [_Pending() for _ in requests]
         while True:
             with self._lock:
                 if self._closed:
@@ -274,38 +277,72 @@ class ZygoteLauncher:
                 if not zygote.usable:
                     continue  # it died since it was ready: the next _current restarts it
                 started = time.monotonic()
-                self._next_id += 1
-                job_id = request["id"] = self._next_id
-                zygote.pending[job_id] = pending
-                try:
-                    assert zygote.process.stdin is not None
-                    zygote.process.stdin.write(encode(request))
-                    zygote.process.stdin.flush()
-                except (OSError, ValueError):  # a broken or closed pipe: the zygote is gone
-                    with contextlib.suppress(subprocess.TimeoutExpired):
-                        zygote.process.wait(timeout=self.grace_s)
-                    self._retire(zygote, self._exit_text(zygote))
+                ids = self._submit(zygote, requests, pendings)
                 break
-        timed_out = False
         try:
-            if not pending.ended.wait(timeout=job.timeout_s):
-                timed_out = True
-                self._stop([pending])
-                if pending.pid is None and pending.lost is None:
-                    pending.lost = f"the zygote started no child for it in {job.timeout_s:.0f} s"
+            timed_out, culprits = self._wait(pendings, job.timeout_s)
         except BaseException:
-            self._stop([pending])
+            self._stop(pendings)
             raise
         finally:
             with self._lock:
-                zygote.pending.pop(job_id, None)
+                for job_id in ids:
+                    zygote.pending.pop(job_id, None)
+        lost = next((p.lost for p in pendings if p.lost is not None), None)
+        failed = [(rank, pendings[rank].returncode) for rank in culprits]
+        returncode = failed[0][1] if failed else pendings[0].returncode
         return finished_run(
             job,
-            returncode=pending.returncode,
+            returncode=None if lost is not None else returncode,
             timed_out=timed_out,
             started=started,
-            lost=pending.lost,
+            lost=lost,
+            failed_ranks=rank_failures(failed, len(pendings)) if job.ranks > 1 else None,
         )
+
+    def _submit(
+        self, zygote: _Zygote, requests: list[StartRequest], pendings: list[_Pending]
+    ) -> list[int]:
+        """Send the requests, one per rank (under the lock); their ids."""
+        ids = []
+        for request, pending in zip(requests, pendings, strict=True):
+            self._next_id += 1
+            request["id"] = self._next_id
+            ids.append(self._next_id)
+            zygote.pending[self._next_id] = pending
+        try:
+            assert zygote.process.stdin is not None
+            zygote.process.stdin.write(b"".join(encode(request) for request in requests))
+            zygote.process.stdin.flush()
+        except (OSError, ValueError):  # a broken or closed pipe: the zygote is gone
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                zygote.process.wait(timeout=self.grace_s)
+            self._retire(zygote, self._exit_text(zygote))
+        return ids
+
+    def _wait(self, pendings: list[_Pending], timeout_s: float) -> tuple[bool, list[int]]:
+        """Until every rank has ended; once one fails, the others are stopped at once (a
+        distributed job cannot go on without it). Whether the job timed out, and the ranks
+        that failed by themselves."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            running = [p for p in pendings if not p.ended.is_set()]
+            culprits = [
+                rank
+                for rank, p in enumerate(pendings)
+                if p.ended.is_set() and (p.lost is not None or p.returncode != 0)
+            ]
+            if not running or culprits:
+                self._stop(running)
+                return False, culprits
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self._stop(running)
+                for pending in running:
+                    if pending.pid is None and pending.lost is None:
+                        pending.lost = f"the zygote started no child for it in {timeout_s:.0f} s"
+                return True, []
+            running[0].ended.wait(timeout=min(left, RANK_POLL_S if len(pendings) > 1 else left))
 
     def _stop(self, pendings: list[_Pending]) -> None:
         """Stop the jobs' children (the one shutdown for every launcher); a request in flight
@@ -330,6 +367,44 @@ class ZygoteLauncher:
         shutdown_groups([popen_target(z.process) for z in zygotes], self.grace_s)
         for reader in self._readers:
             reader.join(timeout=self.grace_s)  # it closes the pipes
+
+
+def rank_environments(job: Job) -> list[dict[str, str]]:
+    """Each rank's environment: the job's, plus what torchrun would set, so that
+    ``init_process_group`` joins the ranks through PyTorch's own env:// rendezvous on a free
+    port of this job's. A plain job (``ranks`` 0) is one process with the job's environment."""
+    if job.ranks < 1:
+        return [dict(job.env)]
+    port = str(free_port())
+    return [
+        {
+            **job.env,
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": str(job.ranks),
+            "LOCAL_WORLD_SIZE": str(job.ranks),
+            "GROUP_RANK": "0",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": port,
+        }
+        for rank in range(job.ranks)
+    ]
+
+
+def rank_failures(failed: list[tuple[int, int | None]], ranks: int) -> str | None:
+    """``rank 1 of 3 was killed by SIGSEGV; rank 2 of 3 exited with code 1``, or None."""
+    if not failed:
+        return None
+    described = []
+    for rank, code in failed:
+        if code is None:
+            how = "was lost"
+        elif code < 0:
+            how = f"was killed by {signal_name(code)}"
+        else:
+            how = f"exited with code {code}"
+        described.append(f"rank {rank} of {ranks} {how}")
+    return "; ".join(described) + " (the other ranks were stopped)"
 
 
 def _gone(pid: int) -> Callable[[float], bool]:

@@ -9,7 +9,11 @@ import json
 import os
 import sys
 
-USAGE = "usage: python -m harness.worker SPEC.json | --environment | --zygote [--no-torchvision]"
+USAGE = (
+    "usage: python -m harness.worker SPEC.json | --environment "
+    "| --zygote [--no-torchvision] [--distributed]"
+)
+ZYGOTE_FLAGS = {"--no-torchvision", "--distributed"}
 
 
 def main(argv: list[str]) -> int:
@@ -18,16 +22,20 @@ def main(argv: list[str]) -> int:
 
         print(json.dumps(environment()))
         return 0
-    if argv in (["--zygote"], ["--zygote", "--no-torchvision"]):
+    if argv[:1] == ["--zygote"] and set(argv[1:]) <= ZYGOTE_FLAGS:
         from harness.worker.zygote import preload, serve
 
-        vision = "--no-torchvision" not in argv
+        vision, distributed = "--no-torchvision" not in argv, "--distributed" in argv
         # The answers keep the original stdout; whatever an import prints goes to stderr (the
         # zygote's log), so that no stray line can corrupt the protocol.
         sys.stdout.flush()
         answers = os.fdopen(os.dup(1), "wb")
         os.dup2(2, 1)
-        return serve(sys.stdin.buffer, answers, load=lambda: preload(torchvision=vision))
+        return serve(
+            sys.stdin.buffer,
+            answers,
+            load=lambda: preload(torchvision=vision, distributed=distributed),
+        )
     if len(argv) != 1 or argv[0].startswith("--"):
         print(USAGE, file=sys.stderr)
         return 2

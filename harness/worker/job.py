@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import json
+import os
 import traceback
 from pathlib import Path
 
-from harness.jobspec import SaveSpec, spec_from_json, write_json_atomic
+from harness.axes import Layout
+from harness.jobspec import SaveSpec, rank_report_path, spec_from_json, write_json_atomic
 
 
 def run_job(args: list[str]) -> int:
@@ -18,12 +20,18 @@ def run_job(args: list[str]) -> int:
     spec_path = Path(args[0])
     spec = spec_from_json(json.loads(spec_path.read_text(encoding="utf-8")), str(spec_path))
 
-    from harness.worker.main import configure_torch, run_load, run_save
+    from harness.worker.main import configure_torch
 
     configure_torch()
     report_path = Path(spec.report_path)
+    if Layout(spec.layout).distributed:  # one process per rank, each with its own report
+        from harness.worker import distributed as jobs
+
+        report_path = rank_report_path(report_path, int(os.environ.get("RANK", "0")))
+    else:
+        from harness.worker import main as jobs  # type: ignore[no-redef]
     try:
-        report = run_save(spec) if isinstance(spec, SaveSpec) else run_load(spec)
+        report = jobs.run_save(spec) if isinstance(spec, SaveSpec) else jobs.run_load(spec)
     except Exception as exc:
         write_json_atomic(
             report_path,

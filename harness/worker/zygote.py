@@ -132,13 +132,19 @@ def watch_torch() -> Watch:
     return watch
 
 
-def preload(*, torchvision: bool = True) -> Watch:
+def preload(*, torchvision: bool = True, distributed: bool = False) -> Watch:
     """Everything a job imports that is slow to import, so that children start with it:
-    torch, the worker, and (``torchvision``: some job's model needs it) torchvision where
-    installed: it imports torch._dynamo, which every resnet job would pay again. Imports only,
-    watched from the first one on."""
+    torch, the worker, (``torchvision``: some job's model needs it) torchvision where
+    installed, which imports torch._dynamo that every resnet job would pay again, and
+    (``distributed``) FSDP2 and torch.distributed.checkpoint. Imports only, watched from the
+    first one on."""
     watch = watch_torch()
-    import harness.worker.main  # noqa: F401
+    import harness.worker.main
+
+    if distributed:
+        import torch._dynamo  # noqa: F401  (fully_shard imports it at its first call: ~1.3 s)
+
+        import harness.worker.distributed  # noqa: F401
 
     if torchvision:
         with contextlib.suppress(ImportError):

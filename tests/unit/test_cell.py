@@ -49,3 +49,22 @@ def test_save_key_follows_the_recipe_variant() -> None:
 def test_json_round_trip() -> None:
     cell = make(save_visibility=(3, 1), load_visibility=())
     assert Cell.from_json(cell.to_json()) == cell
+
+
+def test_a_distributed_layout_names_its_world_size() -> None:
+    fsdp = make(
+        save_layout=Layout.FSDP2,
+        load_layout=Layout.FSDP2,
+        format=Format.DCP,
+        recipe="dcp_reshard",
+        save_world=2,
+        load_world=3,
+    )
+    assert fsdp.id == ("model=trap-save=fsdp2x2[cpu]-load=fsdp2x3[cpu]-fmt=dcp-recipe=dcp_reshard")
+    assert fsdp.save_key.world == 2
+    assert fsdp.save_key.variant is SaveVariant.DCP
+    assert fsdp.save_key.id == "trap-fsdp2x2[cpu]-dcp"
+    assert Cell.from_json(fsdp.to_json()) == fsdp
+    # results written before world sizes existed read as one process each
+    old = {k: v for k, v in make().to_json().items() if not k.endswith("_world")}
+    assert Cell.from_json(old) == make()

@@ -60,7 +60,8 @@ def test_inventory_and_simulated_listing(capsys: pytest.CaptureFixture[str]) -> 
     assert main(["list", "--simulate-gpus", "4", "--visibility", "minimal"]) == 0
     ids = capsys.readouterr().out.splitlines()
     assert "model=trap-save=dp[0,1,2,3]-load=dp[0,1,2,3]-fmt=weights-recipe=as_saved" in ids
-    assert not any("[cpu]" in i.split("-load=")[0] for i in ids)  # every save sees a GPU
+    # every save sees a GPU, but distributed layouts' ranks, which run on the CPU (gloo) for now
+    assert not any("[cpu]" in i.split("-load=")[0] for i in ids if "fsdp2" not in i)
     assert main(["list", "--simulate-gpus", "4", "--count"]) == 0
     counts = capsys.readouterr().out
     assert "# 4 GPU(s) (simulated)" in counts
@@ -204,7 +205,7 @@ def test_bad_options_are_usage_errors_naming_their_source(
 def test_three_shards_merged_certify_against_the_whole_run(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    select = ["-k", "model=trap_module-"]
+    select = ["-k", "model=trap_module-save=dp"]
     whole = tmp_path / "whole.jsonl"
     assert main(["run", *select, "--out", str(whole)]) == 0
     parts = [tmp_path / f"part{k}.jsonl" for k in (1, 2, 3)]
@@ -216,7 +217,7 @@ def test_three_shards_merged_certify_against_the_whole_run(
     assert "3/3 is missing" in capsys.readouterr().err
     assert main(["merge", str(merged), *map(str, parts)]) == 0
     assert main(["diff", str(whole), str(merged)]) == 0
-    assert len(read_results(merged).results) == len(read_results(whole).results) > 30
+    assert len(read_results(merged).results) == len(read_results(whole).results) > 20
 
 
 @dataclass

@@ -15,7 +15,10 @@ def default() -> Matrix:
 def test_default_matrix_shape() -> None:
     matrix = default()
     ids = [cell.id for cell in matrix.cells]
-    assert len(ids) == len(set(ids)) == 180
+    assert len(ids) == len(set(ids)) == 196
+    # the DCP square: fsdp2 saved at N ranks, loaded at M, N and M in 1..4
+    square = {(c.save_world, c.load_world) for c in matrix.cells if c.format == "dcp"}
+    assert square == {(n, m) for n in range(1, 5) for m in range(1, 5)}
     legacy = [c for c in matrix.cells if c.serialization == "legacy"]
     # legacy format: (2 models x 8 weights/whole cells) + 4 resume cells; the zip cells of the
     # cross-version scenario are cells of the other scenarios already
@@ -31,6 +34,7 @@ def test_default_matrix_shape() -> None:
         and c.save_device == "cpu"
         and not c.training
         and c.serialization == "zip"
+        and c.format != "dcp"
     ]
     assert Counter(c.model for c in prefix) == {"trap": 30, "trap_module": 30, "resnet18": 30}
     kinds = Counter(c.recipe_spec.kind for c in prefix)
@@ -38,7 +42,8 @@ def test_default_matrix_shape() -> None:
     assert kinds[RecipeKind.KNOWN_BAD] == 60
     # device mapping: 2 formats x 3 saved devices x 8 map_locations, less the 2 cells that are
     # the prefix scenario's own (saved on cpu, no map_location)
-    assert len(matrix.cells) - len(prefix) - len(training) - len(legacy) == 2 * 3 * 8 - 2
+    dcp = len(square)
+    assert len(matrix.cells) - len(prefix) - len(training) - len(legacy) - dcp == 2 * 3 * 8 - 2
     assert all(cell.save_visibility == () == cell.load_visibility for cell in matrix.cells)
 
 
@@ -75,7 +80,11 @@ def test_gpu_subsets_expand_the_visibility_axis() -> None:
     mapping = "model=trap-save=single[0,1]@cuda:1-load=single[1]-fmt=whole-recipe=as_saved_whole"
     assert mapping in ids
     assert f"{mapping}-map=cuda0" in ids
-    assert not any(cell.save_visibility == () for cell in matrix.cells)  # GPU runs only
+    # GPU runs only, but distributed layouts' ranks, which run on the CPU (gloo) for now
+    assert not any(
+        cell.save_visibility == () for cell in matrix.cells if not cell.save_layout.distributed
+    )
+    assert all(cell.save_visibility == () for cell in matrix.cells if cell.save_layout.distributed)
     reasons = {o.reason for o in matrix.omitted}
     assert "save device cuda:1 needs 2 GPUs in the save subset, it has 1" in reasons
 
@@ -85,7 +94,7 @@ def test_without_gpus_cuda_devices_are_simulated_tags() -> None:
     tagged = [c for c in matrix.cells if c.save_device != "cpu"]
     assert tagged
     assert all(c.save_key.simulated_tag == c.save_device for c in tagged)
-    assert len(matrix.cells) == 180
+    assert len(matrix.cells) == 196
 
 
 def test_resume_across_a_multi_gpu_dataparallel_split_is_left_out() -> None:
@@ -108,3 +117,45 @@ def test_resume_across_a_multi_gpu_dataparallel_split_is_left_out() -> None:
     assert any(
         r.startswith("resume equivalence needs the same training arithmetic") for r in reasons
     )
+
+
+def test_world_sizes_apply_to_distributed_layouts_only() -> None:
+    both = Scenario(
+        name="w",
+        description="",
+        source="here",
+        models=("trap",),
+        save_layouts=(Layout.SINGLE, Layout.FSDP2),
+        load_layouts=(Layout.FSDP2,),
+        formats=(Format.DCP,),
+        recipes=("dcp_reshard",),
+        save_world_sizes=(1, 2),
+        load_world_sizes=(2,),
+    )
+    matrix = expand([both], subsets=[(0,)])
+    # with a GPU, the scenario's "same" visibility gives GPU subsets: not built for ranks yet
+    assert matrix.cells == ()
+    reasons = {o.reason for o in matrix.omitted}
+    assert any("runs its ranks on the CPU with gloo" in r for r in reasons)
+    cpu = expand([both], subsets=[])
+    assert [c.id for c in cpu.cells] == [
+        "model=trap-save=fsdp2x1[cpu]-load=fsdp2x2[cpu]-fmt=dcp-recipe=dcp_reshard",
+        "model=trap-save=fsdp2x2[cpu]-load=fsdp2x2[cpu]-fmt=dcp-recipe=dcp_reshard",
+    ]
+    reasons = {o.reason for o in cpu.omitted}
+    assert "recipe=dcp_reshard needs save in {fsdp2}, got single" in reasons
+    plain = Scenario(
+        name="p",
+        description="",
+        source="here",
+        models=("trap",),
+        save_layouts=(Layout.SINGLE,),
+        load_layouts=(Layout.SINGLE,),
+        formats=(Format.WEIGHTS,),
+        recipes=("as_saved",),
+        save_world_sizes=(1, 2),
+    )
+    one = expand([plain], subsets=[])
+    assert len(one.cells) == 1
+    [omitted] = one.omitted
+    assert omitted.reason == "save layout single runs one process; world sizes apply to fsdp2"

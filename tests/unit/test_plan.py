@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from harness.axes import Format, Layout, SaveVariant
@@ -42,3 +43,27 @@ def test_jobs_carry_their_spec_name_timeout_and_visibility(tmp_path: Path) -> No
     assert spec["recipe"] == "whole_module"
     assert load.env["CUDA_VISIBLE_DEVICES"] == ""
     assert load.report_path.parent.name == cell.id
+
+
+def test_a_distributed_job_has_its_ranks_and_a_checkpoint_directory(tmp_path: Path) -> None:
+    cell = Cell(
+        model="trap",
+        save_layout=Layout.FSDP2,
+        load_layout=Layout.FSDP2,
+        format=Format.DCP,
+        recipe="dcp_reshard",
+        save_world=3,
+        load_world=2,
+    )
+    factory = JobFactory(workdir=tmp_path)
+    save = factory.save_job(cell.save_key)
+    assert save.ranks == 3
+    spec = json.loads(Path(save.argv[-1]).read_text())
+    assert spec["artifact_path"].endswith("/checkpoint.dcp")
+    load = factory.load_job(cell, artifact_path="x", sha256="y")
+    assert load.ranks == 2
+    assert load.rank_log(1).name == "load.rank1.log"
+    plain = factory.load_job(
+        replace(cell, load_layout=Layout.SINGLE), artifact_path="x", sha256="y"
+    )
+    assert plain.ranks == 0  # one plain process, not a distributed job of one rank

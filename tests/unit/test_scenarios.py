@@ -84,3 +84,20 @@ def test_folder_and_missing_paths(tmp_path: Path) -> None:
 def test_default_scenarios_load() -> None:
     names = {s.name for s in load_scenarios(default_scenarios_dir())}
     assert {"prefix-recipes", "known-bad-recipes"} <= names
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [("[0]", "[0]"), ("[2, 2]", "[2, 2]"), ('["2"]', "['2']"), ("[true]", "[True]"), ("[]", "[]")],
+)
+def test_world_sizes_must_be_distinct_whole_numbers(tmp_path: Path, value: str, shown: str) -> None:
+    path = write(tmp_path, GOOD + f"save_world_sizes = {value}\n")
+    with pytest.raises(ScenarioError, match=r"scenario\[0\] \(mine\)\.save_world_sizes") as e:
+        load_file(path)
+    assert f"got {shown}" in str(e.value)
+
+
+def test_world_sizes_are_read(tmp_path: Path) -> None:
+    [scenario] = load_file(write(tmp_path, GOOD + "load_world_sizes = [1, 3]\n"))
+    assert scenario.load_world_sizes == (1, 3)
+    assert scenario.save_world_sizes == (1,)

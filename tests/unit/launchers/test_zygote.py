@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,15 @@ def run(args):
         return 42
     if what == "nap":
         time.sleep(1.5)
+    if what == "ranks":  # rank 1 crashes, the others would wait for it forever
+        print("rank", os.environ["RANK"], "of", os.environ["WORLD_SIZE"], "port",
+              os.environ["MASTER_PORT"], os.environ["MASTER_ADDR"], flush=True)
+        if os.environ["RANK"] == "1":
+            time.sleep(0.5)
+            os.kill(os.getpid(), signal.SIGSEGV)
+        time.sleep(60)
+    if what == "ranks-ok":
+        print("rank", os.environ["RANK"], flush=True)
     return 0
 
 
@@ -324,6 +334,40 @@ def test_stop_all_stops_running_children(launcher: ZygoteLauncher, tmp_path: Pat
     assert time.monotonic() - started < 10
     [held] = runs
     assert held.returncode == -15  # SIGTERM, through the one shutdown helper
+
+
+def rank_job(tmp_path: Path, name: str, what: str, ranks: int) -> Job:
+    return replace(job(tmp_path, name, what), ranks=ranks)
+
+
+def test_a_distributed_job_forks_its_ranks_with_torchruns_environment(
+    launcher: ZygoteLauncher, tmp_path: Path
+) -> None:
+    run = launcher.launch(rank_job(tmp_path, "ok", "ranks-ok", 3))
+    assert run.returncode == 0
+    assert run.failed_ranks == "rank(s) 1, 2 of 3 wrote no report"  # the fake writes none
+    assert (tmp_path / "ok.log").read_text().split()[-1] == "0"
+    assert (tmp_path / "ok.rank2.log").read_text().split()[-1] == "2"
+
+
+def test_a_crashed_rank_ends_the_job_at_once_naming_the_rank(
+    launcher: ZygoteLauncher, tmp_path: Path
+) -> None:
+    started = time.monotonic()
+    run = launcher.launch(replace(rank_job(tmp_path, "ranks", "ranks", 3), timeout_s=60))
+    assert time.monotonic() - started < 15  # the others were stopped, not waited for
+    assert run.failed_ranks is not None
+    assert run.failed_ranks.startswith("rank 1 of 3 was killed by SIGSEGV")
+    assert "rank 0" not in run.failed_ranks  # stopped by the launcher, not failed by itself
+    assert not run.ok
+    assert "rank 1 of 3 was killed by SIGSEGV" in run.failure()
+    lines = [
+        next(line.split() for line in (tmp_path / name).read_text().splitlines() if "rank" in line)
+        for name in ("ranks.log", "ranks.rank2.log")
+    ]
+    assert [words[1] for words in lines] == ["0", "2"]
+    assert lines[0][5] == lines[1][5]  # one rendezvous port for the job
+    assert lines[0][6] == "127.0.0.1"
 
 
 def test_every_answer_has_a_handler() -> None:

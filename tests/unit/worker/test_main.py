@@ -52,7 +52,14 @@ def load(saved: dict[str, Any], layout: str, recipe: str, model: str = "trap") -
 
 
 def test_every_recipe_has_an_implementation() -> None:
-    assert set(PERFORM) == set(RECIPES)
+    from harness.worker.distributed import PERFORM as DISTRIBUTED
+
+    assert set(PERFORM) | set(DISTRIBUTED) == set(RECIPES)
+    assert not set(PERFORM) & set(DISTRIBUTED)
+    # a recipe of a distributed layout is performed by the distributed worker, and only there
+    for name, recipe in RECIPES.items():
+        distributed = any(layout.distributed for layout in recipe.load_layouts)
+        assert (name in DISTRIBUTED) == distributed, name
 
 
 def test_strip_prefix_round_trip_is_bitwise(tmp_path: Path) -> None:

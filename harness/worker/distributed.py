@@ -1,0 +1,219 @@
+"""Distributed layouts in a worker: one process per rank, joined by PyTorch's env:// rendezvous
+(``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``, set by torchrun or by the zygote).
+
+FSDP2 (``fully_shard`` over a 1-D mesh) trains with AdamW and saves model and optimizer state with
+``torch.distributed.checkpoint``; a loader at another world size loads it into a fresh model and
+optimizer. Every rank runs the same code; rank 0 gathers the full state (``full_state_dict``,
+``cpu_offload``) and reports its digests, which the verdict compares like any other cell's.
+Ranks run on the CPU with gloo; with GPUs visible, NCCL and one GPU per rank are next.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_state_dict,
+)
+from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
+from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import fully_shard
+
+from harness.classify import ChecksumMismatchError, classify_exception
+from harness.jobspec import LOAD_SEED, SAVE_SEED, TRAIN_STEPS, LoadSpec, SaveSpec
+from harness.worker.fingerprint import tensor_digest
+from harness.worker.models import build, example_input
+from harness.worker.probe import isolation_probe
+
+MESSAGE_LIMIT = 4000
+LR = 0.01
+OPTIMIZER = "optimizer."  # the prefix of optimizer entries among a report's tensors
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+@contextlib.contextmanager
+def process_group() -> Iterator[None]:
+    """Join the job's ranks (gloo on the CPU) for the duration of the job."""
+    dist.init_process_group("gloo")
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def sharded(name: str, seed: int) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """The model from ``seed``, fully sharded over all ranks, and its AdamW."""
+    model = build(name, seed=seed)
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    fully_shard(model, mesh=mesh)
+    return model, torch.optim.AdamW(model.parameters(), lr=LR)
+
+
+def train(model: nn.Module, optimizer: torch.optim.Optimizer, name: str) -> None:
+    """A few AdamW steps on the same batches on every rank (FSDP2 averages the gradients)."""
+    model.train()
+    generator = torch.Generator().manual_seed(99)
+    batch = example_input(name)
+    for _ in range(TRAIN_STEPS):
+        optimizer.zero_grad()
+        noisy = batch + 0.1 * torch.randn(batch.shape, generator=generator)
+        model(noisy).pow(2).mean().backward()
+        optimizer.step()
+    model.eval()
+
+
+def full_tensors(
+    model: nn.Module, optimizer: torch.optim.Optimizer | None
+) -> dict[str, dict[str, Any]]:
+    """The gathered full state of model (and optimizer) as a report's ``tensors``: a collective,
+    every rank calls it; only rank 0's answer is complete."""
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    model_state: Any
+    optim_state: Any = {}
+    if optimizer is None:
+        model_state = get_model_state_dict(model, options=options)
+    else:
+        model_state, optim_state = get_state_dict(model, optimizer, options=options)
+    device = str(next(model.parameters()).device)
+    tensors: dict[str, dict[str, Any]] = {}
+    for prefix, state in (("", model_state), (OPTIMIZER, optim_state)):
+        for path, tensor in _tensor_items(state):
+            tensors[prefix + path] = {
+                "digest": tensor_digest(tensor),
+                "dtype": str(tensor.dtype).removeprefix("torch."),
+                "shape": list(tensor.shape),
+                "device": device,
+            }
+    return tensors
+
+
+def _tensor_items(state: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    if isinstance(state, torch.Tensor):
+        yield prefix, state
+    elif isinstance(state, dict):
+        for key, value in state.items():
+            yield from _tensor_items(value, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(state, list | tuple):
+        for index, value in enumerate(state):
+            yield from _tensor_items(value, f"{prefix}.{index}" if prefix else str(index))
+
+
+def output_digest(model: nn.Module, name: str) -> str:
+    """An eval-mode forward pass on every rank (FSDP2 gathers the parameters for it)."""
+    model.eval()
+    with torch.no_grad():
+        return tensor_digest(model(example_input(name)))
+
+
+def directory_sha256(path: Path) -> str:
+    """One digest of a checkpoint directory: every file's relative name and sha256, sorted."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        content = hashlib.sha256(file.read_bytes()).hexdigest()
+        digest.update(f"{file.relative_to(path).as_posix()}\0{content}\n".encode())
+    return digest.hexdigest()
+
+
+def run_save(spec: SaveSpec) -> dict[str, Any]:
+    started = time.perf_counter()
+    final = Path(spec.artifact_path)
+    partial = final.with_name(final.name + ".partial")
+    with process_group():
+        model, optimizer = sharded(spec.model, SAVE_SEED)
+        train(model, optimizer, spec.model)
+        if rank() == 0:
+            shutil.rmtree(partial, ignore_errors=True)
+        dist.barrier()
+        model_state, optim_state = get_state_dict(model, optimizer)
+        dcp_save({"model": model_state, "optimizer": optim_state}, checkpoint_id=str(partial))
+        dist.barrier()  # every rank's shard is written
+        if rank() == 0:  # the checkpoint appears whole or not at all
+            shutil.rmtree(final, ignore_errors=True)
+            partial.rename(final)
+        tensors = full_tensors(model, optimizer)
+        output = output_digest(model, spec.model)
+        dist.barrier()
+    report: dict[str, Any] = {"status": "saved", "rank": rank(), "probe": isolation_probe()}
+    if rank() == 0:
+        report.update(
+            sha256=directory_sha256(final),
+            bytes=sum(p.stat().st_size for p in final.rglob("*") if p.is_file()),
+            tensors=tensors,
+            output_digest=output,
+            output_device="cpu",
+            tagged_as=None,
+            serialization="dcp",
+            world=int(os.environ.get("WORLD_SIZE", "1")),
+            torch=torch.__version__,
+        )
+    report["work_s"] = time.perf_counter() - started
+    return report
+
+
+def _dcp_reshard(model: nn.Module, optimizer: torch.optim.Optimizer, path: Path) -> None:
+    model_state, optim_state = get_state_dict(model, optimizer)
+    # dcp.load fills the sharded tensors of both dicts in place
+    dcp_load({"model": model_state, "optimizer": optim_state}, checkpoint_id=str(path))
+    set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state)
+
+
+# How each recipe of a distributed layout loads, into a fresh sharded model and optimizer at the
+# loader's world size (harness.worker.recipes.PERFORM holds the recipes of one process).
+PERFORM: dict[str, Callable[[nn.Module, torch.optim.Optimizer, Path], None]] = {
+    "dcp_reshard": _dcp_reshard,
+}
+
+
+def run_load(spec: LoadSpec) -> dict[str, Any]:
+    started = time.perf_counter()
+    path = Path(spec.artifact_path)
+    report: dict[str, Any] = {
+        "rank": rank(),
+        "probe": isolation_probe(),
+        "torch": torch.__version__,
+    }
+    with process_group():
+        model, optimizer = sharded(spec.model, LOAD_SEED)
+        before = full_tensors(model, None)
+        try:
+            # DCP reads .metadata with pickle: only a directory this run wrote, checksum verified
+            actual = directory_sha256(path)
+            if actual != spec.artifact_sha256:
+                raise ChecksumMismatchError(
+                    f"{path}: sha256 {actual} differs from the saver's {spec.artifact_sha256}"
+                )
+            PERFORM[spec.recipe](model, optimizer, path)
+            tensors = full_tensors(model, optimizer)
+            output = output_digest(model, spec.model)
+        except (Exception, CheckpointException) as exc:  # CheckpointException: a BaseException
+            report.update(
+                status="raised",
+                error_class=str(classify_exception(exc)),
+                exception_type=f"{type(exc).__module__}.{type(exc).__qualname__}",
+                message=str(exc)[:MESSAGE_LIMIT],
+            )
+        else:
+            report.update(
+                status="loaded", tensors=tensors, output_digest=output, output_device="cpu"
+            )
+        report["before"] = before
+    report["work_s"] = time.perf_counter() - started
+    return report
