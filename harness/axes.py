@@ -40,6 +40,8 @@ class SaveVariant(StrEnum):
     TRAIN_STATE = "train_state"  # the training state, args as a plain dict
     TRAIN_STATE_NAMESPACE = "train_state_namespace"  # ... args as an argparse.Namespace
     DCP = "dcp"  # dcp.save of get_state_dict(model, optimizer), from every rank
+    FULL_STATE_DICT = "full_state_dict"  # the gathered full model state, torch.save on rank 0
+    SHARDED_STATE_DICT = "sharded_state_dict"  # each rank's own model.state_dict() (DTensors)
 
     @property
     def file_format(self) -> Format:

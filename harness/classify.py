@@ -38,6 +38,11 @@ _RULES: tuple[tuple[type[BaseException], re.Pattern[str], ErrorClass], ...] = (
         ErrorClass.DEVICE_INDEX_OUT_OF_RANGE,
     ),
     (TypeError, re.compile(r"Expected state_dict to be dict-like"), ErrorClass.NOT_A_STATE_DICT),
+    (
+        RuntimeError,
+        re.compile(r"got mixed torch\.Tensor and DTensor"),
+        ErrorClass.SHARDED_TENSOR,
+    ),
     # A whole DataParallel model keeps its saver's device_ids; its forward scatters the input to
     # each of them, and CUDA refuses an index the process cannot see. The only place a cell
     # reaches a device beyond those its storages were restored to. (Newer torch raises CUDA

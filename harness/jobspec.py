@@ -25,6 +25,9 @@ TRAIN_STEPS = 3
 # the result; the loader resumes from the file and must reach it bitwise.
 RESUME_AT = 3
 RESUME_MORE = 3
+# A distributed saver reports its optimizer's state among its tensors under this prefix; a
+# recipe that restores only the model is compared on the other entries.
+OPTIMIZER_PREFIX = "optimizer."
 
 
 @dataclass(frozen=True, kw_only=True)

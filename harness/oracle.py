@@ -137,6 +137,17 @@ def _dcp_reshard(cell: Cell, _: TorchVersion) -> Prediction:
     )
 
 
+def _into_one_process(cell: Cell, _: TorchVersion) -> Prediction:
+    return None, f"the state of FSDP2 at {cell.save_world} ranks loads into one plain model"
+
+
+def _sharded_state_dict(_: Cell, __: TorchVersion) -> Prediction:
+    return ErrorClass.SHARDED_TENSOR, (
+        "an FSDP2 model's own state_dict() holds DTensor shards, which a plain model cannot copy "
+        "(at any world size); gather it with get_model_state_dict(full_state_dict=True)"
+    )
+
+
 _RULES: dict[str, Callable[[Cell, TorchVersion], Prediction]] = {
     "resume": _resume,
     "resume_safe_globals": _resume,
@@ -156,6 +167,9 @@ _RULES: dict[str, Callable[[Cell, TorchVersion], Prediction]] = {
     "replace_prefix": _replace_prefix,
     "whole_default_load": _whole_default_load,
     "dcp_reshard": _dcp_reshard,
+    "dcp_no_dist": _into_one_process,
+    "full_state_dict": _into_one_process,
+    "sharded_state_dict": _sharded_state_dict,
 }
 
 

@@ -37,6 +37,7 @@ class ErrorClass(StrEnum):
     DEVICE_INDEX_OUT_OF_RANGE = "device_index_out_of_range"
     # Raised by PyTorch in the loaded model's forward pass.
     DP_DEVICE_MISSING = "dp_device_missing"
+    SHARDED_TENSOR = "sharded_tensor"
     # Raised by the harness before loading.
     CHECKSUM_MISMATCH = "checksum_mismatch"
     OPTIMIZER_STATE_DEVICE = "optimizer_state_device"
@@ -63,6 +64,9 @@ _DESCRIPTIONS = {
     ErrorClass.DP_DEVICE_MISSING: (
         "a loaded whole DataParallel model's forward needs a GPU of its saved device_ids that the "
         "loader does not see"
+    ),
+    ErrorClass.SHARDED_TENSOR: (
+        "a DTensor shard (an FSDP2 model's own state_dict) was copied into a plain tensor"
     ),
     ErrorClass.CHECKSUM_MISMATCH: "the file's sha256 differs from the one its saver recorded",
     ErrorClass.OPTIMIZER_STATE_DEVICE: "an optimizer state tensor is not on its parameter's device",

@@ -40,6 +40,8 @@ class Recipe:
     # The recipe ends with the unpickled model itself (its tensors stay where torch.load put
     # them), not with a fresh model that the loaded tensors were copied into.
     keeps_loaded_model: bool = False
+    # It restores the optimizer's state too (compared with the saver's, where it reports one).
+    restores_optimizer: bool = False
 
     @property
     def format(self) -> Format:
@@ -159,8 +161,27 @@ RECIPES: dict[str, Recipe] = {
             save_variant=SaveVariant.DCP,
             save_layouts=_FSDP2,
             load_layouts=_FSDP2,
+            restores_optimizer=True,
             summary="FSDP2 at N ranks: dcp.save(get_state_dict(model, optimizer)); at M ranks: "
             "dcp.load into get_state_dict of a fresh model and optimizer, then set_state_dict",
+        ),
+        Recipe(
+            name="dcp_no_dist",
+            kind=RecipeKind.CORRECT,
+            save_variant=SaveVariant.DCP,
+            save_layouts=_FSDP2,
+            load_layouts=_SINGLE,
+            summary="a DCP checkpoint of FSDP2 at N ranks into a plain model in one process: "
+            "dcp.load({'model': model.state_dict()}, no_dist=True), then load_state_dict",
+        ),
+        Recipe(
+            name="full_state_dict",
+            kind=RecipeKind.CORRECT,
+            save_variant=SaveVariant.FULL_STATE_DICT,
+            save_layouts=_FSDP2,
+            load_layouts=_SINGLE,
+            summary="FSDP2 at N ranks: get_model_state_dict(full_state_dict=True, cpu_offload=True)"
+            " and torch.save on rank 0; a plain model: load_state_dict(torch.load(weights_only))",
         ),
         # --- known-bad recipes -----------------------------------------------------------------
         Recipe(
@@ -212,6 +233,16 @@ RECIPES: dict[str, Recipe] = {
             kind=RecipeKind.KNOWN_BAD,
             save_variant=SaveVariant.STATE_DICT,
             summary="{k.replace('module.', ''): v ...}; load into the unwrapped model",
+        ),
+        Recipe(
+            name="sharded_state_dict",
+            kind=RecipeKind.KNOWN_BAD,
+            save_variant=SaveVariant.SHARDED_STATE_DICT,
+            save_layouts=_FSDP2,
+            load_layouts=_SINGLE,
+            summary="torch.save(model.state_dict()) of an FSDP2 model on each rank (DTensor "
+            "shards); a plain model loads rank 0's file, importing torch.distributed.tensor as "
+            "the first error asks",
         ),
         Recipe(
             name="resume_namespace_args",

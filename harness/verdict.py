@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.cell import Cell, Visibility
+from harness.jobspec import OPTIMIZER_PREFIX
 from harness.launchers.protocol import JobRun
 from harness.oracle import Expectation
 from harness.outcomes import ErrorClass, Outcome
@@ -122,7 +123,11 @@ def judge(
         isolation.append("save, load and orchestrator did not run in three distinct processes")
 
     before = report.get("before")
-    saved_tensors = save_report["tensors"]
+    saved_tensors = {
+        name: tensor
+        for name, tensor in save_report["tensors"].items()
+        if cell.recipe_spec.restores_optimizer or not name.startswith(OPTIMIZER_PREFIX)
+    }
     if before is not None:
         same = sorted(
             n

@@ -11,7 +11,6 @@ Ranks run on the CPU with gloo; with GPUs visible, NCCL and one GPU per rank are
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
 import time
@@ -34,15 +33,23 @@ from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 
+from harness.axes import SaveVariant
 from harness.classify import ChecksumMismatchError, classify_exception
-from harness.jobspec import LOAD_SEED, SAVE_SEED, TRAIN_STEPS, LoadSpec, SaveSpec
+from harness.jobspec import (
+    LOAD_SEED,
+    OPTIMIZER_PREFIX,
+    SAVE_SEED,
+    TRAIN_STEPS,
+    LoadSpec,
+    SaveSpec,
+)
 from harness.worker.fingerprint import tensor_digest
+from harness.worker.main import artifact_sha256, save_atomic
 from harness.worker.models import build, example_input
 from harness.worker.probe import isolation_probe
 
 MESSAGE_LIMIT = 4000
 LR = 0.01
-OPTIMIZER = "optimizer."  # the prefix of optimizer entries among a report's tensors
 
 
 def rank() -> int:
@@ -94,7 +101,7 @@ def full_tensors(
         model_state, optim_state = get_state_dict(model, optimizer, options=options)
     device = str(next(model.parameters()).device)
     tensors: dict[str, dict[str, Any]] = {}
-    for prefix, state in (("", model_state), (OPTIMIZER, optim_state)):
+    for prefix, state in (("", model_state), (OPTIMIZER_PREFIX, optim_state)):
         for path, tensor in _tensor_items(state):
             tensors[prefix + path] = {
                 "digest": tensor_digest(tensor),
@@ -123,44 +130,53 @@ def output_digest(model: nn.Module, name: str) -> str:
         return tensor_digest(model(example_input(name)))
 
 
-def directory_sha256(path: Path) -> str:
-    """One digest of a checkpoint directory: every file's relative name and sha256, sorted."""
-    digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        content = hashlib.sha256(file.read_bytes()).hexdigest()
-        digest.update(f"{file.relative_to(path).as_posix()}\0{content}\n".encode())
-    return digest.hexdigest()
+def save_dcp(model: nn.Module, optimizer: torch.optim.Optimizer, final: Path) -> None:
+    """dcp.save from every rank into a folder beside ``final``, renamed by rank 0 once every
+    shard is written: the checkpoint appears whole or not at all."""
+    partial = final.with_name(final.name + ".partial")
+    if rank() == 0:
+        shutil.rmtree(partial, ignore_errors=True)
+    dist.barrier()
+    model_state, optim_state = get_state_dict(model, optimizer)
+    dcp_save({"model": model_state, "optimizer": optim_state}, checkpoint_id=str(partial))
+    dist.barrier()
+    if rank() == 0:
+        shutil.rmtree(final, ignore_errors=True)
+        partial.rename(final)
+    dist.barrier()
 
 
 def run_save(spec: SaveSpec) -> dict[str, Any]:
     started = time.perf_counter()
     final = Path(spec.artifact_path)
-    partial = final.with_name(final.name + ".partial")
     with process_group():
         model, optimizer = sharded(spec.model, SAVE_SEED)
         train(model, optimizer, spec.model)
-        if rank() == 0:
-            shutil.rmtree(partial, ignore_errors=True)
-        dist.barrier()
-        model_state, optim_state = get_state_dict(model, optimizer)
-        dcp_save({"model": model_state, "optimizer": optim_state}, checkpoint_id=str(partial))
-        dist.barrier()  # every rank's shard is written
-        if rank() == 0:  # the checkpoint appears whole or not at all
-            shutil.rmtree(final, ignore_errors=True)
-            partial.rename(final)
+        variant = SaveVariant(spec.variant)
+        if variant is SaveVariant.FULL_STATE_DICT:
+            options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            state = get_model_state_dict(model, options=options)  # a collective: every rank
+            if rank() == 0:
+                save_atomic(state, final)
+        elif variant is SaveVariant.SHARDED_STATE_DICT:  # the mistake under test: each rank
+            mine = final if rank() == 0 else final.with_name(f"{final.stem}.rank{rank()}.pt")
+            save_atomic(model.state_dict(), mine)
+        else:
+            save_dcp(model, optimizer, final)
         tensors = full_tensors(model, optimizer)
         output = output_digest(model, spec.model)
         dist.barrier()
     report: dict[str, Any] = {"status": "saved", "rank": rank(), "probe": isolation_probe()}
     if rank() == 0:
+        files = list(final.rglob("*")) if final.is_dir() else [final]
         report.update(
-            sha256=directory_sha256(final),
-            bytes=sum(p.stat().st_size for p in final.rglob("*") if p.is_file()),
+            sha256=artifact_sha256(final),
+            bytes=sum(p.stat().st_size for p in files if p.is_file()),
             tensors=tensors,
             output_digest=output,
             output_device="cpu",
             tagged_as=None,
-            serialization="dcp",
+            serialization="dcp" if final.is_dir() else "zip",
             world=int(os.environ.get("WORLD_SIZE", "1")),
             torch=torch.__version__,
         )
@@ -195,7 +211,7 @@ def run_load(spec: LoadSpec) -> dict[str, Any]:
         before = full_tensors(model, None)
         try:
             # DCP reads .metadata with pickle: only a directory this run wrote, checksum verified
-            actual = directory_sha256(path)
+            actual = artifact_sha256(path)
             if actual != spec.artifact_sha256:
                 raise ChecksumMismatchError(
                     f"{path}: sha256 {actual} differs from the saver's {spec.artifact_sha256}"

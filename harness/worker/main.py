@@ -51,6 +51,17 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def artifact_sha256(path: Path) -> str:
+    """A file's sha256; for a checkpoint directory (DCP), the sha256 of every file's relative
+    name and sha256, sorted: a changed, missing or added file changes it."""
+    if not path.is_dir():
+        return file_sha256(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(f"{file.relative_to(path).as_posix()}\0{file_sha256(file)}\n".encode())
+    return digest.hexdigest()
+
+
 def save_atomic(obj: Any, path: Path, *, legacy: bool = False) -> None:
     """``torch.save`` to a temporary file beside ``path``, then rename it: never a torn file.
     ``legacy`` writes the pre-1.6 format (``_use_new_zipfile_serialization=False``)."""
@@ -151,7 +162,7 @@ def run_load(spec: LoadSpec) -> dict[str, Any]:
     ctx = LoadContext(spec)
     report: dict[str, Any] = {"probe": isolation_probe(), "torch": torch.__version__}
     try:
-        actual = file_sha256(ctx.path)
+        actual = artifact_sha256(ctx.path)
         if actual != spec.artifact_sha256:
             raise ChecksumMismatchError(
                 f"{ctx.path}: sha256 {actual} differs from the saver's {spec.artifact_sha256}"

@@ -82,6 +82,24 @@ def _as_saved(ctx: LoadContext) -> nn.Module:
     return model
 
 
+def _dcp_no_dist(ctx: LoadContext) -> nn.Module:
+    """A sharded checkpoint into a plain model in this one process: no process group. DCP
+    reads .metadata with pickle: the directory's checksum was verified before this call."""
+    from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
+
+    model = ctx.fresh()
+    state = {"model": model.state_dict()}
+    dcp_load(state, checkpoint_id=str(ctx.path), no_dist=True)  # fills the tensors in place
+    model.load_state_dict(state["model"])
+    return model
+
+
+def _sharded_state_dict(ctx: LoadContext) -> nn.Module:
+    import torch.distributed.tensor  # noqa: F401  (what the first error asks for)
+
+    return _as_saved(ctx)
+
+
 def _as_saved_whole(ctx: LoadContext) -> nn.Module:
     return ctx.whole()
 
@@ -184,4 +202,7 @@ PERFORM: dict[str, Callable[[LoadContext], nn.Module]] = {
     "slice_prefix": _slice_prefix,
     "replace_prefix": _replace_prefix,
     "whole_default_load": _whole_default_load,
+    "dcp_no_dist": _dcp_no_dist,
+    "full_state_dict": _as_saved,
+    "sharded_state_dict": _sharded_state_dict,
 }

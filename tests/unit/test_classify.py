@@ -27,6 +27,7 @@ TYPES: dict[str, type[Exception]] = {
         "not_a_state_dict",
         "cuda_unavailable",
         "device_index_out_of_range",
+        "sharded_tensor",
     ],
 )
 def test_recorded_torch_messages_classify_to_their_class(name: str) -> None:

@@ -15,10 +15,14 @@ def default() -> Matrix:
 def test_default_matrix_shape() -> None:
     matrix = default()
     ids = [cell.id for cell in matrix.cells]
-    assert len(ids) == len(set(ids)) == 196
-    # the DCP square: fsdp2 saved at N ranks, loaded at M, N and M in 1..4
-    square = {(c.save_world, c.load_world) for c in matrix.cells if c.format == "dcp"}
+    assert len(ids) == len(set(ids)) == 205
+    # the DCP square: fsdp2 saved at N ranks, loaded by fsdp2 at M, N and M in 1..4; and fsdp2
+    # at 1..3 ranks into one plain model by 3 recipes
+    distributed = [c for c in matrix.cells if c.save_layout.distributed]
+    square = {(c.save_world, c.load_world) for c in distributed if c.load_layout.distributed}
     assert square == {(n, m) for n in range(1, 5) for m in range(1, 5)}
+    into_one = Counter(c.recipe for c in distributed if not c.load_layout.distributed)
+    assert into_one == {"dcp_no_dist": 3, "full_state_dict": 3, "sharded_state_dict": 3}
     legacy = [c for c in matrix.cells if c.serialization == "legacy"]
     # legacy format: (2 models x 8 weights/whole cells) + 4 resume cells; the zip cells of the
     # cross-version scenario are cells of the other scenarios already
@@ -34,7 +38,7 @@ def test_default_matrix_shape() -> None:
         and c.save_device == "cpu"
         and not c.training
         and c.serialization == "zip"
-        and c.format != "dcp"
+        and not c.save_layout.distributed
     ]
     assert Counter(c.model for c in prefix) == {"trap": 30, "trap_module": 30, "resnet18": 30}
     kinds = Counter(c.recipe_spec.kind for c in prefix)
@@ -42,8 +46,8 @@ def test_default_matrix_shape() -> None:
     assert kinds[RecipeKind.KNOWN_BAD] == 60
     # device mapping: 2 formats x 3 saved devices x 8 map_locations, less the 2 cells that are
     # the prefix scenario's own (saved on cpu, no map_location)
-    dcp = len(square)
-    assert len(matrix.cells) - len(prefix) - len(training) - len(legacy) - dcp == 2 * 3 * 8 - 2
+    others = len(prefix) + len(training) + len(legacy) + len(distributed)
+    assert len(matrix.cells) - others == 2 * 3 * 8 - 2
     assert all(cell.save_visibility == () == cell.load_visibility for cell in matrix.cells)
 
 
@@ -94,7 +98,7 @@ def test_without_gpus_cuda_devices_are_simulated_tags() -> None:
     tagged = [c for c in matrix.cells if c.save_device != "cpu"]
     assert tagged
     assert all(c.save_key.simulated_tag == c.save_device for c in tagged)
-    assert len(matrix.cells) == 196
+    assert len(matrix.cells) == 205
 
 
 def test_resume_across_a_multi_gpu_dataparallel_split_is_left_out() -> None:
