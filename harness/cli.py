@@ -18,10 +18,12 @@ from harness.diff import compare
 from harness.diff import to_markdown as diff_markdown
 from harness.environment import TorchUnavailableError, now
 from harness.inventory import InventoryError
-from harness.launchers import DEFAULT_LAUNCHER, LAUNCHERS, LauncherBroken
+from harness.launchers import DEFAULT_LAUNCHER, LAUNCHERS, Launcher, LauncherBroken
 from harness.options import (
+    Planned,
     RunOptions,
     machine_inventory,
+    open_launcher,
     open_runner,
     plan_matrix,
     run_environment,
@@ -245,12 +247,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     planned = plan_matrix(options)
     if args.jobs < 1:
         raise UsageError(f"--jobs {args.jobs}: must be at least 1")
-    done: set[str] = set()
     if args.out.exists() and not (args.resume or args.overwrite):
         raise UsageError(
             f"{args.out} exists; pass --resume to continue it or --overwrite to replace it"
         )
-    environment = run_environment(planned, options)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ckpt-matrix-"))
+    launcher = open_launcher(planned, options, workdir)
+    try:
+        return run_planned(args, options, planned, launcher, workdir)
+    finally:
+        launcher.stop_all()
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def run_planned(
+    args: argparse.Namespace,
+    options: RunOptions,
+    planned: Planned,
+    launcher: Launcher,
+    workdir: Path,
+) -> int:
+    done: set[str] = set()
+    environment = run_environment(planned, options, launcher, workdir)
     if args.resume and args.out.exists():
         previous = read_results(args.out)
         before, now_ = previous.environment, environment
@@ -271,26 +290,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"torch {environment['torch']}, {args.jobs} at a time, {options.launcher} launcher",
         file=sys.stderr,
     )
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ckpt-matrix-"))
     started = time.monotonic()
-    try:
-        runner = open_runner(planned, options, environment, workdir)
-        resume = bool(args.resume and args.out.exists())
-        reporter = reporter_for(sys.stderr)
-        with ResultsWriter(args.out, environment, resume=resume) as writer:
-            reporter.start(len(cells))
-            try:
-                run_cells(cells, runner, writer, jobs=args.jobs, progress=reporter.update)
-            except LauncherBroken as exc:
-                writer.finish(finished_at=now(), cells_run=writer.appended, stopped=str(exc))
-                raise
-            finally:
-                reporter.stop()
-                runner.launcher.stop_all()
-            writer.finish(finished_at=now(), cells_run=len(cells))
-    finally:
-        if args.workdir is None:
-            shutil.rmtree(workdir, ignore_errors=True)
+    runner = open_runner(planned, options, environment, workdir, launcher)
+    resume = bool(args.resume and args.out.exists())
+    reporter = reporter_for(sys.stderr)
+    with ResultsWriter(args.out, environment, resume=resume) as writer:
+        reporter.start(len(cells))
+        try:
+            run_cells(cells, runner, writer, jobs=args.jobs, progress=reporter.update)
+        except LauncherBroken as exc:
+            writer.finish(finished_at=now(), cells_run=writer.appended, stopped=str(exc))
+            raise
+        finally:
+            reporter.stop()
+            runner.launcher.stop_all()
+        writer.finish(finished_at=now(), cells_run=len(cells))
     everything = read_results(args.out)
     print(summary_table(everything.results))
     print(

@@ -21,7 +21,7 @@ from typing import Any
 import harness
 from harness.inventory import Inventory
 from harness.launchers import DEFAULT_LAUNCHER
-from harness.launchers.protocol import worker_argv
+from harness.launchers.protocol import Job, Launcher, worker_argv
 from harness.plan import DeviceMap, worker_env
 
 
@@ -30,14 +30,40 @@ class TorchUnavailableError(RuntimeError):
 
 
 def torch_environment(
-    inventory: Inventory | None = None, *, python: str = sys.executable, timeout_s: float = 120.0
+    inventory: Inventory | None = None,
+    *,
+    python: str = sys.executable,
+    timeout_s: float = 120.0,
+    launcher: Launcher | None = None,
+    workdir: Path | None = None,
 ) -> dict[str, Any]:
     """torch's version, CUDA build and what CUDA sees, read in a worker that sees every GPU of the
     run (``inventory``; none without one), so ``cuda_available`` and ``device_count`` describe
-    the GPUs the cells use, not an empty visibility."""
+    the GPUs the cells use, not an empty visibility. With a ``launcher`` (and a ``workdir`` for
+    the job's files) the worker is one of the run's own (a child of the zygote costs no torch
+    import); without one, a fresh interpreter."""
     argv = list(worker_argv(python, "--environment"))
     gpus = inventory.indices if inventory is not None else ()
     devices = DeviceMap(inventory.uuids) if inventory is not None else None
+    if launcher is not None and workdir is not None:
+        report = workdir / "environment" / "torch.json"
+        run = launcher.launch(
+            Job(
+                name="the torch side of the environment",
+                argv=(*argv, str(report)),
+                env=worker_env(gpus, devices=devices),
+                timeout_s=timeout_s,
+                log_path=report.with_suffix(".log"),
+                report_path=report,
+                gpus=gpus,
+            )
+        )
+        if not run.ok or run.report is None:
+            raise TorchUnavailableError(
+                f"{' '.join(argv)} failed: {run.failure()}\n{run.stderr_tail.strip()[-1500:]}\n"
+                "Install torch into that interpreter (pip install torch) and try again."
+            )
+        return run.report
     try:
         done = subprocess.run(
             argv,

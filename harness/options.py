@@ -2,8 +2,9 @@
 into cells and a runner: one path, so an option is added once, not twice.
 
 ``plan_matrix`` reads the inventory, chooses the GPU subsets, expands the scenarios and keeps
-this shard's cells (cheap: no torch). ``run_environment`` reads the torch side in a worker and
-describes the run for the results file. ``open_runner`` builds the runner.
+this shard's cells (cheap: no torch). ``open_launcher`` makes the run's launcher;
+``run_environment`` reads the torch side in one of its workers and describes the run for the
+results file; ``open_runner`` builds the runner on the same launcher.
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ from typing import Any
 from harness.cell import Cell, Visibility
 from harness.environment import describe, torch_environment
 from harness.inventory import Inventory, read_inventory, simulated
-from harness.launchers import DEFAULT_LAUNCHER, LAUNCHERS
+from harness.launchers import DEFAULT_LAUNCHER, LAUNCHERS, Launcher
 from harness.matrix import Matrix, expand
 from harness.oracle import parse_torch_version
 from harness.plan import DEFAULT_TIMEOUT_S, DeviceMap
 from harness.scenarios import ScenarioError, default_scenarios_dir, load_scenarios
-from harness.session import CellRunner, build_runner
+from harness.session import CellRunner, build_runner, leased_launcher
 from harness.shards import Shard, parse_shard, select, shard_record
 from harness.visibility import Policy, parse_policy, subsets
 
@@ -128,11 +129,28 @@ def plan_matrix(
     )
 
 
-def run_environment(planned: Planned, options: RunOptions) -> dict[str, Any]:
-    """The results file's environment line: torch's side (read in a worker that sees the run's
-    GPUs), the machine, and the run's choices (visibility, launcher, GPU slots, shard)."""
+def open_launcher(planned: Planned, options: RunOptions, workdir: Path) -> Launcher:
+    """The run's launcher, behind its GPU leases; the zygote preloads torchvision and the
+    distributed modules only where a planned cell needs them. Call ``stop_all()`` when done."""
+    return leased_launcher(
+        options.launcher,
+        workdir,
+        gpu_slots=options.gpu_slots,
+        preload_torchvision=any(cell.model_spec.needs_torchvision for cell in planned.cells),
+        preload_distributed=any(
+            cell.save_layout.distributed or cell.load_layout.distributed for cell in planned.cells
+        ),
+    )
+
+
+def run_environment(
+    planned: Planned, options: RunOptions, launcher: Launcher, workdir: Path
+) -> dict[str, Any]:
+    """The results file's environment line: torch's side (read by one of the run's own workers,
+    which sees the run's GPUs), the machine, and the run's choices (visibility, launcher, GPU
+    slots, shard)."""
     return describe(
-        torch_environment(planned.inventory),
+        torch_environment(planned.inventory, launcher=launcher, workdir=workdir),
         planned.inventory,
         visibility_policy=options.visibility,
         gpu_slots=options.gpu_slots,
@@ -142,19 +160,18 @@ def run_environment(planned: Planned, options: RunOptions) -> dict[str, Any]:
 
 
 def open_runner(
-    planned: Planned, options: RunOptions, environment: Mapping[str, Any], workdir: Path
+    planned: Planned,
+    options: RunOptions,
+    environment: Mapping[str, Any],
+    workdir: Path,
+    launcher: Launcher,
 ) -> CellRunner:
-    """The runner for the planned cells; call ``runner.launcher.stop_all()`` when done."""
+    """The runner for the planned cells, on ``launcher`` (from ``open_launcher``)."""
     return build_runner(
         workdir=workdir,
         timeout_s=options.timeout_s,
         devices=DeviceMap(planned.inventory.uuids),
         torch_version=parse_torch_version(environment["torch"]),
-        gpu_slots=options.gpu_slots,
-        launcher=options.launcher,
+        launcher=launcher,
         torchvision=environment.get("torchvision") is not None,
-        preload_torchvision=any(cell.model_spec.needs_torchvision for cell in planned.cells),
-        preload_distributed=any(
-            cell.save_layout.distributed or cell.load_layout.distributed for cell in planned.cells
-        ),
     )

@@ -119,7 +119,7 @@ def ckpt_runner(
     """One cell runner per pytest process, sharing artifacts and leases across xdist workers."""
     from filelock import FileLock
 
-    from harness.options import open_runner, run_environment
+    from harness.options import open_launcher, open_runner, run_environment
 
     base = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
@@ -127,16 +127,18 @@ def ckpt_runner(
     workdir = base / "ckpt-matrix"
     workdir.mkdir(parents=True, exist_ok=True)
     planned, options = _planned(pytestconfig), _options(pytestconfig)
-    environment_path = workdir / "environment.json"
-    with FileLock(str(environment_path) + ".lock"):
-        if environment_path.exists():
-            environment = json.loads(environment_path.read_text(encoding="utf-8"))
-        else:
-            environment = run_environment(planned, options)
-            environment_path.write_text(json.dumps(environment), encoding="utf-8")
-    runner = open_runner(planned, options, environment, workdir)
-    yield runner
-    runner.launcher.stop_all()
+    launcher = open_launcher(planned, options, workdir)
+    try:
+        environment_path = workdir / "environment.json"
+        with FileLock(str(environment_path) + ".lock"):
+            if environment_path.exists():
+                environment = json.loads(environment_path.read_text(encoding="utf-8"))
+            else:
+                environment = run_environment(planned, options, launcher, workdir)
+                environment_path.write_text(json.dumps(environment), encoding="utf-8")
+        yield open_runner(planned, options, environment, workdir, launcher)
+    finally:
+        launcher.stop_all()
 
 
 @pytest.fixture

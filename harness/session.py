@@ -101,7 +101,7 @@ def build_runner(
     devices: DeviceMap,
     torch_version: TorchVersion,
     gpu_slots: int = 1,
-    launcher: str = DEFAULT_LAUNCHER,
+    launcher: str | Launcher = DEFAULT_LAUNCHER,
     torchvision: bool = True,
     preload_torchvision: bool = True,
     preload_distributed: bool = False,
@@ -109,26 +109,46 @@ def build_runner(
     """The runner both front doors use: workers forked from a zygote that has imported torch
     (``zygote``, the default) or fresh interpreters (``spawn``), GPU leases in the work folder
     (shared by threads and by pytest-xdist workers; ``gpu_slots`` jobs per GPU at once),
-    artifacts saved once. ``preload_torchvision``: some cell's model needs torchvision (the
-    zygote imports it up front). Call ``runner.launcher.stop_all()`` when done (it ends a
-    zygote)."""
+    artifacts saved once. ``launcher``: a name, or a launcher made by ``leased_launcher``
+    (the front doors make it first and read the environment through it).
+    ``preload_torchvision``: some cell's model needs torchvision (the zygote imports it up
+    front). Call ``runner.launcher.stop_all()`` when done (it ends a zygote)."""
     factory = JobFactory(workdir=workdir, timeout_s=timeout_s, devices=devices)
-    leases = GpuLeases(workdir / "leases", slots=gpu_slots)
-    inner = make_launcher(
-        launcher,
-        workdir,
-        worker_env(()),
-        preload_torchvision=preload_torchvision and torchvision,
-        preload_distributed=preload_distributed,
-    )
-    leased = LeasedLauncher(inner, leases)
+    if isinstance(launcher, str):
+        launcher = leased_launcher(
+            launcher,
+            workdir,
+            gpu_slots=gpu_slots,
+            preload_torchvision=preload_torchvision and torchvision,
+            preload_distributed=preload_distributed,
+        )
     return CellRunner(
         factory=factory,
-        launcher=leased,
-        store=ArtifactStore(factory, leased),
+        launcher=launcher,
+        store=ArtifactStore(factory, launcher),
         torch_version=torch_version,
         torchvision=torchvision,
     )
+
+
+def leased_launcher(
+    name: str,
+    workdir: Path,
+    *,
+    gpu_slots: int = 1,
+    preload_torchvision: bool = True,
+    preload_distributed: bool = False,
+) -> Launcher:
+    """The launcher called ``name`` behind the GPU leases of the work folder (shared by threads
+    and by pytest-xdist workers; ``gpu_slots`` jobs per GPU at once)."""
+    inner = make_launcher(
+        name,
+        workdir,
+        worker_env(()),
+        preload_torchvision=preload_torchvision,
+        preload_distributed=preload_distributed,
+    )
+    return LeasedLauncher(inner, GpuLeases(workdir / "leases", slots=gpu_slots))
 
 
 def interleave_by_artifact(cells: Sequence[Cell]) -> list[Cell]:

@@ -5,23 +5,17 @@ broke (its report then says why), 2 for unusable arguments."""
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
 USAGE = (
-    "usage: python -m harness.worker SPEC.json | --environment "
+    "usage: python -m harness.worker SPEC.json | --environment [REPORT.json] "
     "| --zygote [--no-torchvision] [--distributed]"
 )
 ZYGOTE_FLAGS = {"--no-torchvision", "--distributed"}
 
 
 def main(argv: list[str]) -> int:
-    if argv == ["--environment"]:
-        from harness.worker.probe import environment
-
-        print(json.dumps(environment()))
-        return 0
     if argv[:1] == ["--zygote"] and set(argv[1:]) <= ZYGOTE_FLAGS:
         from harness.worker.zygote import preload, serve
 
@@ -36,9 +30,9 @@ def main(argv: list[str]) -> int:
             answers,
             load=lambda: preload(torchvision=vision, distributed=distributed),
         )
-    if len(argv) != 1 or argv[0].startswith("--"):
-        print(USAGE, file=sys.stderr)
-        return 2
     from harness.worker.job import run_job
 
-    return run_job(argv)
+    code = run_job(argv)
+    if code == 2:
+        print(USAGE, file=sys.stderr)
+    return code

@@ -1,5 +1,6 @@
-"""One worker job: read a spec file, save or load, write the report. What a spawned worker
-(``python -m harness.worker SPEC.json``) and a child of the zygote both run."""
+"""One worker job: read a spec file, save or load, write the report; or report the torch side of
+the environment (``--environment [REPORT.json]``: as JSON on stdout, or into the report). What a
+spawned worker (``python -m harness.worker ARGS``) and a child of the zygote both run."""
 
 from __future__ import annotations
 
@@ -15,6 +16,14 @@ from harness.jobspec import SaveSpec, rank_report_path, spec_from_json, write_js
 def run_job(args: list[str]) -> int:
     """Exit 0 when a report was written, 1 when the job itself broke (its report then says
     why), 2 for unusable arguments."""
+    if args[:1] == ["--environment"] and len(args) <= 2:
+        from harness.worker.probe import environment
+
+        if len(args) == 1:
+            print(json.dumps(environment()))
+        else:
+            write_json_atomic(Path(args[1]), environment())
+        return 0
     if len(args) != 1 or args[0].startswith("--"):
         return 2
     spec_path = Path(args[0])

@@ -74,6 +74,8 @@ class RecordingLauncher:
     def launch(self, job: Job) -> JobRun:
         with self._lock:
             self.jobs.append(job)
+        if not job.argv[-1].endswith("-spec.json"):  # not a save or load job: no default
+            return self.behaviours[job.name](job, {})
         spec = json.loads(Path(job.argv[-1]).read_text(encoding="utf-8"))
         default = saved() if spec["role"] == "save" else loaded()
         return self.behaviours.get(job.name, report)(job, default)

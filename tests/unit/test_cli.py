@@ -9,7 +9,7 @@ import pytest
 
 from harness.artifacts import ArtifactStore
 from harness.cli import main
-from harness.launchers import Job, JobRun, LauncherBroken
+from harness.launchers import Job, JobRun, Launcher, LauncherBroken
 from harness.options import Planned, RunOptions
 from harness.plan import JobFactory
 from harness.results import read_results
@@ -238,7 +238,11 @@ def test_a_broken_launcher_stops_the_run_with_exit_3_and_an_end_line(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     def broken_runner(
-        planned: Planned, options: RunOptions, environment: dict[str, Any], workdir: Path
+        planned: Planned,
+        options: RunOptions,
+        environment: dict[str, Any],
+        workdir: Path,
+        launcher: Launcher,
     ) -> CellRunner:
         factory = JobFactory(workdir=workdir)
         return CellRunner(

@@ -8,6 +8,9 @@ import pytest
 import harness
 from harness.environment import TorchUnavailableError, describe, git_commit, torch_environment
 from harness.inventory import simulated
+from harness.launchers.zygote import ZygoteLauncher
+from harness.plan import worker_env
+from tests.unit.fake_launcher import RecordingLauncher, crash
 
 
 @pytest.mark.slow
@@ -70,3 +73,23 @@ def test_the_environment_records_the_shard_or_null() -> None:
     unsharded = describe(torch_side, simulated(0), visibility_policy="minimal")
     assert unsharded["shard"] is None
     assert sharded.keys() == unsharded.keys()
+
+
+@pytest.mark.slow
+def test_the_torch_side_is_read_by_one_of_the_runs_own_workers(tmp_path: Path) -> None:
+    zygote = ZygoteLauncher(
+        env=worker_env(()), log_path=tmp_path / "zygote.log", preload_torchvision=False
+    )
+    try:
+        forked = torch_environment(launcher=zygote, workdir=tmp_path)
+    finally:
+        zygote.stop_all()
+    assert forked == torch_environment()  # the same answer as a fresh interpreter's
+
+
+def test_a_worker_that_cannot_report_the_torch_side_is_a_clear_error(tmp_path: Path) -> None:
+    broken = RecordingLauncher(behaviours={"the torch side of the environment": crash})
+    with pytest.raises(TorchUnavailableError, match="killed by SIGSEGV"):
+        torch_environment(launcher=broken, workdir=tmp_path)
+    [job] = broken.jobs
+    assert job.argv[-2:] == ("--environment", str(tmp_path / "environment" / "torch.json"))
