@@ -13,12 +13,13 @@ class Layout(StrEnum):
 
     SINGLE = "single"  # a plain module
     DP = "dp"  # wrapped in nn.DataParallel (keys carry the ``module.`` prefix)
+    DDP = "ddp"  # DistributedDataParallel, one process per rank (keys carry ``module.``)
     FSDP2 = "fsdp2"  # fully_shard over a 1-D device mesh, one process per rank
 
     @property
     def distributed(self) -> bool:
         """One process per rank (a world size), rather than one process."""
-        return self is Layout.FSDP2
+        return self in (Layout.DDP, Layout.FSDP2)
 
 
 class Format(StrEnum):

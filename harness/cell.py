@@ -25,8 +25,9 @@ def visibility_label(visibility: Visibility) -> str:
 
 
 def layout_label(layout: Layout, world: int) -> str:
-    """``fsdp2x2``: a distributed layout names its world size; the others run one process."""
-    return f"{layout}x{world}" if layout.distributed else str(layout)
+    """``fsdp2x2``: a distributed layout names its world size; the others run one process (a
+    combination that gives one of them more is left out, and named ``singlex3``)."""
+    return f"{layout}x{world}" if layout.distributed or world != 1 else str(layout)
 
 
 def device_suffix(device: str, visibility: Visibility) -> str:

@@ -107,7 +107,7 @@ def world_skip_reason(cell: Cell) -> str | None:
         ("load", cell.load_layout, cell.load_world, cell.load_visibility),
     ):
         if not layout.distributed and world != 1:
-            return f"{role} layout {layout} runs one process; world sizes apply to fsdp2"
+            return f"{role} layout {layout} runs one process; world sizes apply to ddp and fsdp2"
         if layout.distributed and visibility:
             return (
                 f"{role} layout {layout} runs its ranks on the CPU with gloo; ranks on GPUs "

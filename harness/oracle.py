@@ -141,6 +141,10 @@ def _into_one_process(cell: Cell, _: TorchVersion) -> Prediction:
     return None, f"the state of FSDP2 at {cell.save_world} ranks loads into one plain model"
 
 
+def _ddp_unfixed_prefix(_: Cell, __: TorchVersion) -> Prediction:
+    return ErrorClass.KEY_MISMATCH, "DDP's keys carry 'module.'; the plain model expects none"
+
+
 def _sharded_state_dict(_: Cell, __: TorchVersion) -> Prediction:
     return ErrorClass.SHARDED_TENSOR, (
         "an FSDP2 model's own state_dict() holds DTensor shards, which a plain model cannot copy "
@@ -170,6 +174,9 @@ _RULES: dict[str, Callable[[Cell, TorchVersion], Prediction]] = {
     "dcp_no_dist": _into_one_process,
     "full_state_dict": _into_one_process,
     "sharded_state_dict": _sharded_state_dict,
+    "ddp_module_state_dict": _clean,
+    "ddp_strip_prefix": _clean,
+    "ddp_unfixed_prefix": _ddp_unfixed_prefix,
 }
 
 

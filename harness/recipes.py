@@ -87,6 +87,7 @@ TRAININGS: dict[str, str] = {
 _DP = frozenset({Layout.DP})
 _SINGLE = frozenset({Layout.SINGLE})
 _FSDP2 = frozenset({Layout.FSDP2})
+_DDP = frozenset({Layout.DDP})
 
 RECIPES: dict[str, Recipe] = {
     recipe.name: recipe
@@ -166,6 +167,24 @@ RECIPES: dict[str, Recipe] = {
             "dcp.load into get_state_dict of a fresh model and optimizer, then set_state_dict",
         ),
         Recipe(
+            name="ddp_module_state_dict",
+            kind=RecipeKind.CORRECT,
+            save_variant=SaveVariant.MODULE_STATE_DICT,
+            save_layouts=_DDP,
+            load_layouts=frozenset({Layout.SINGLE, Layout.DDP}),
+            summary="DDP at N ranks: torch.save(model.module.state_dict()) on rank 0; a plain "
+            "model, or DDP at M ranks (into model.module), load_state_dict(torch.load(...))",
+        ),
+        Recipe(
+            name="ddp_strip_prefix",
+            kind=RecipeKind.CORRECT,
+            save_variant=SaveVariant.STATE_DICT,
+            save_layouts=_DDP,
+            load_layouts=frozenset({Layout.SINGLE, Layout.DDP}),
+            summary="DDP at N ranks: torch.save(model.state_dict()) ('module.' keys) on rank 0; "
+            "consume_prefix_in_state_dict_if_present(sd, 'module.'), then into the plain model",
+        ),
+        Recipe(
             name="dcp_no_dist",
             kind=RecipeKind.CORRECT,
             save_variant=SaveVariant.DCP,
@@ -233,6 +252,14 @@ RECIPES: dict[str, Recipe] = {
             kind=RecipeKind.KNOWN_BAD,
             save_variant=SaveVariant.STATE_DICT,
             summary="{k.replace('module.', ''): v ...}; load into the unwrapped model",
+        ),
+        Recipe(
+            name="ddp_unfixed_prefix",
+            kind=RecipeKind.KNOWN_BAD,
+            save_variant=SaveVariant.STATE_DICT,
+            save_layouts=_DDP,
+            load_layouts=_SINGLE,
+            summary="DDP's own state_dict ('module.' keys) into a plain model with no fix",
         ),
         Recipe(
             name="sharded_state_dict",

@@ -32,8 +32,9 @@ from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
+from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
-from harness.axes import SaveVariant
+from harness.axes import Layout, SaveVariant
 from harness.classify import ChecksumMismatchError, classify_exception
 from harness.jobspec import (
     LOAD_SEED,
@@ -43,6 +44,7 @@ from harness.jobspec import (
     LoadSpec,
     SaveSpec,
 )
+from harness.recipes import RECIPES
 from harness.worker.fingerprint import tensor_digest
 from harness.worker.main import artifact_sha256, save_atomic
 from harness.worker.models import build, example_input
@@ -72,6 +74,16 @@ def sharded(name: str, seed: int) -> tuple[nn.Module, torch.optim.Optimizer]:
     mesh = init_device_mesh("cpu", (dist.get_world_size(),))
     fully_shard(model, mesh=mesh)
     return model, torch.optim.AdamW(model.parameters(), lr=LR)
+
+
+def replicated(name: str, seed: int) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """The model from ``seed`` in DistributedDataParallel (a replica per rank), and its AdamW."""
+    model = nn.parallel.DistributedDataParallel(build(name, seed=seed))
+    return model, torch.optim.AdamW(model.parameters(), lr=LR)
+
+
+def distributed_model(layout: str, name: str, seed: int) -> tuple[nn.Module, torch.optim.Optimizer]:
+    return (replicated if Layout(layout) is Layout.DDP else sharded)(name, seed)
 
 
 def train(model: nn.Module, optimizer: torch.optim.Optimizer, name: str) -> None:
@@ -150,10 +162,16 @@ def run_save(spec: SaveSpec) -> dict[str, Any]:
     started = time.perf_counter()
     final = Path(spec.artifact_path)
     with process_group():
-        model, optimizer = sharded(spec.model, SAVE_SEED)
+        model, optimizer = distributed_model(spec.layout, spec.model, SAVE_SEED)
         train(model, optimizer, spec.model)
         variant = SaveVariant(spec.variant)
-        if variant is SaveVariant.FULL_STATE_DICT:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            if variant not in (SaveVariant.STATE_DICT, SaveVariant.MODULE_STATE_DICT):
+                raise ValueError(f"{spec.cell_key}: DDP saves state_dict or module_state_dict")
+            if rank() == 0:  # every rank holds the whole model: rank 0 saves, as trainers do
+                inner = model.module if variant is SaveVariant.MODULE_STATE_DICT else model
+                save_atomic(inner.state_dict(), final)
+        elif variant is SaveVariant.FULL_STATE_DICT:
             options = StateDictOptions(full_state_dict=True, cpu_offload=True)
             state = get_model_state_dict(model, options=options)  # a collective: every rank
             if rank() == 0:
@@ -193,8 +211,22 @@ def _dcp_reshard(model: nn.Module, optimizer: torch.optim.Optimizer, path: Path)
 
 # How each recipe of a distributed layout loads, into a fresh sharded model and optimizer at the
 # loader's world size (harness.worker.recipes.PERFORM holds the recipes of one process).
+def _ddp_module_state_dict(model: nn.Module, _: torch.optim.Optimizer, path: Path) -> None:
+    inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    inner.load_state_dict(torch.load(path, weights_only=True))
+
+
+def _ddp_strip_prefix(model: nn.Module, _: torch.optim.Optimizer, path: Path) -> None:
+    state = torch.load(path, weights_only=True)
+    consume_prefix_in_state_dict_if_present(state, "module.")
+    inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    inner.load_state_dict(state)
+
+
 PERFORM: dict[str, Callable[[nn.Module, torch.optim.Optimizer, Path], None]] = {
     "dcp_reshard": _dcp_reshard,
+    "ddp_module_state_dict": _ddp_module_state_dict,
+    "ddp_strip_prefix": _ddp_strip_prefix,
 }
 
 
@@ -207,7 +239,7 @@ def run_load(spec: LoadSpec) -> dict[str, Any]:
         "torch": torch.__version__,
     }
     with process_group():
-        model, optimizer = sharded(spec.model, LOAD_SEED)
+        model, optimizer = distributed_model(spec.layout, spec.model, LOAD_SEED)
         before = full_tensors(model, None)
         try:
             # DCP reads .metadata with pickle: only a directory this run wrote, checksum verified
@@ -217,7 +249,8 @@ def run_load(spec: LoadSpec) -> dict[str, Any]:
                     f"{path}: sha256 {actual} differs from the saver's {spec.artifact_sha256}"
                 )
             PERFORM[spec.recipe](model, optimizer, path)
-            tensors = full_tensors(model, optimizer)
+            restored = optimizer if RECIPES[spec.recipe].restores_optimizer else None
+            tensors = full_tensors(model, restored)
             output = output_digest(model, spec.model)
         except (Exception, CheckpointException) as exc:  # CheckpointException: a BaseException
             report.update(

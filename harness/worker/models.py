@@ -91,8 +91,9 @@ def wrap(model: nn.Module, layout: Layout) -> nn.Module:
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The model inside any DataParallel wrappers (by type, never by attribute name)."""
-    while isinstance(model, nn.DataParallel):
+    """The model inside any DataParallel or DistributedDataParallel wrappers (by type, never by
+    attribute name)."""
+    while isinstance(model, nn.DataParallel | nn.parallel.DistributedDataParallel):
         model = model.module
     return model
 

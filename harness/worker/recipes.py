@@ -205,4 +205,7 @@ PERFORM: dict[str, Callable[[LoadContext], nn.Module]] = {
     "dcp_no_dist": _dcp_no_dist,
     "full_state_dict": _as_saved,
     "sharded_state_dict": _sharded_state_dict,
+    "ddp_module_state_dict": _as_saved,
+    "ddp_strip_prefix": _strip_prefix,
+    "ddp_unfixed_prefix": _as_saved,
 }

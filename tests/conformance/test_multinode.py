@@ -107,7 +107,12 @@ def test_two_torchrun_agents_on_the_loopback_save_a_checkpoint_that_loads(tmp_pa
     rank1 = read_report(rank_report_path(save_job.report_path, 1))
     assert rank1 is not None  # the second node's rank reported too
     assert rank1["probe"]["pid"] != artifact.report["probe"]["pid"]
-    one_node = ZygoteLauncher(env=worker_env(()), log_path=tmp_path / "zygote.log")
+    one_node = ZygoteLauncher(
+        env=worker_env(()),
+        log_path=tmp_path / "zygote.log",
+        preload_torchvision=False,
+        preload_distributed=True,
+    )
     try:
         load = one_node.launch(
             factory.load_job(CELL, artifact_path=artifact.path, sha256=artifact.report["sha256"])

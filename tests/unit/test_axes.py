@@ -11,9 +11,10 @@ def test_parse_enum_reads_known_values() -> None:
 
 def test_parse_enum_names_place_value_and_choices() -> None:
     with pytest.raises(
-        ValueError, match=r"f\.toml:x: unknown layout 'ddp'; expected one of 'single', 'dp'"
+        ValueError,
+        match=r"f\.toml:x: unknown layout 'tp'; expected one of 'single', 'dp', 'ddp', 'fsdp2'",
     ):
-        parse_enum(Layout, "ddp", "f.toml:x")
+        parse_enum(Layout, "tp", "f.toml:x")
 
 
 @pytest.mark.parametrize(

@@ -61,7 +61,10 @@ def test_inventory_and_simulated_listing(capsys: pytest.CaptureFixture[str]) -> 
     ids = capsys.readouterr().out.splitlines()
     assert "model=trap-save=dp[0,1,2,3]-load=dp[0,1,2,3]-fmt=weights-recipe=as_saved" in ids
     # every save sees a GPU, but distributed layouts' ranks, which run on the CPU (gloo) for now
-    assert not any("[cpu]" in i.split("-load=")[0] for i in ids if "fsdp2" not in i)
+    distributed = ("=fsdp2x", "=ddpx")
+    assert not any(
+        "[cpu]" in i.split("-load=")[0] for i in ids if not any(d in i for d in distributed)
+    )
     assert main(["list", "--simulate-gpus", "4", "--count"]) == 0
     counts = capsys.readouterr().out
     assert "# 4 GPU(s) (simulated)" in counts

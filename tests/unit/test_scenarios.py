@@ -37,8 +37,8 @@ def test_reads_a_scenario(tmp_path: Path) -> None:
         (('"trap"', '"vgg"'), r"s\.toml:scenario\[0\] \(mine\)\.models: unknown model 'vgg'"),
         (('"as_saved"', '"strip"'), r"\(mine\)\.recipes: unknown recipe 'strip'"),
         (
-            ('load_layouts = ["single"]', 'load_layouts = ["ddp"]'),
-            r"\(mine\)\.load_layouts: unknown layout 'ddp'",
+            ('load_layouts = ["single"]', 'load_layouts = ["tp"]'),
+            r"\(mine\)\.load_layouts: unknown layout 'tp'",
         ),
         (
             ('formats = ["weights"]', 'formats = "weights"'),
