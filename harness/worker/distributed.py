@@ -2,10 +2,12 @@
 (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``, set by torchrun or by the zygote).
 
 FSDP2 (``fully_shard`` over a 1-D mesh) trains with AdamW and saves model and optimizer state with
-``torch.distributed.checkpoint``; a loader at another world size loads it into a fresh model and
-optimizer. Every rank runs the same code; rank 0 gathers the full state (``full_state_dict``,
-``cpu_offload``) and reports its digests, which the verdict compares like any other cell's.
-Ranks run on the CPU with gloo; with GPUs visible, NCCL and one GPU per rank are next.
+``torch.distributed.checkpoint`` (or, by other recipes, a gathered full state dict, or each rank's
+own state_dict); a loader at another world size loads it into a fresh model and optimizer. DDP
+(a replica per rank) saves on rank 0. Every rank runs the same code; rank 0 gathers the full
+state (``full_state_dict``, ``cpu_offload``) and reports its digests, which the verdict compares
+like any other cell's. Ranks run on the CPU with gloo; with GPUs, NCCL and one GPU per rank are
+next.
 """
 
 from __future__ import annotations
@@ -209,8 +211,6 @@ def _dcp_reshard(model: nn.Module, optimizer: torch.optim.Optimizer, path: Path)
     set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state)
 
 
-# How each recipe of a distributed layout loads, into a fresh sharded model and optimizer at the
-# loader's world size (harness.worker.recipes.PERFORM holds the recipes of one process).
 def _ddp_module_state_dict(model: nn.Module, _: torch.optim.Optimizer, path: Path) -> None:
     inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
     inner.load_state_dict(torch.load(path, weights_only=True))
@@ -223,6 +223,8 @@ def _ddp_strip_prefix(model: nn.Module, _: torch.optim.Optimizer, path: Path) ->
     inner.load_state_dict(state)
 
 
+# How each recipe of a distributed layout loads, into a fresh model and optimizer of that layout
+# at the loader's world size (harness.worker.recipes.PERFORM holds the recipes of one process).
 PERFORM: dict[str, Callable[[nn.Module, torch.optim.Optimizer, Path], None]] = {
     "dcp_reshard": _dcp_reshard,
     "ddp_module_state_dict": _ddp_module_state_dict,
