@@ -172,6 +172,7 @@ _RULES: dict[str, Callable[[Cell, TorchVersion], Prediction]] = {
     "whole_default_load": _whole_default_load,
     "dcp_reshard": _dcp_reshard,
     "dcp_no_dist": _into_one_process,
+    "dcp_to_torch_save": _into_one_process,
     "full_state_dict": _into_one_process,
     "sharded_state_dict": _sharded_state_dict,
     "ddp_module_state_dict": _clean,

@@ -194,6 +194,15 @@ RECIPES: dict[str, Recipe] = {
             "dcp.load({'model': model.state_dict()}, no_dist=True), then load_state_dict",
         ),
         Recipe(
+            name="dcp_to_torch_save",
+            kind=RecipeKind.CORRECT,
+            save_variant=SaveVariant.DCP,
+            save_layouts=_FSDP2,
+            load_layouts=_SINGLE,
+            summary="a DCP checkpoint of FSDP2 at N ranks converted with format_utils."
+            "dcp_to_torch_save, then torch.load(weights_only=True)['model'] into a plain model",
+        ),
+        Recipe(
             name="full_state_dict",
             kind=RecipeKind.CORRECT,
             save_variant=SaveVariant.FULL_STATE_DICT,

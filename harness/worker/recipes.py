@@ -100,6 +100,18 @@ def _sharded_state_dict(ctx: LoadContext) -> nn.Module:
     return _as_saved(ctx)
 
 
+def _dcp_to_torch_save(ctx: LoadContext) -> nn.Module:
+    """DCP's own converter to one torch.save file (it reads .metadata with pickle: the
+    directory's checksum was verified before this call), then a weights_only load."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    converted = Path(ctx.spec.report_path).with_name("converted.pt")
+    dcp_to_torch_save(ctx.path, converted)
+    model = ctx.fresh()
+    model.load_state_dict(torch.load(converted, weights_only=True)["model"])
+    return model
+
+
 def _as_saved_whole(ctx: LoadContext) -> nn.Module:
     return ctx.whole()
 
@@ -203,6 +215,7 @@ PERFORM: dict[str, Callable[[LoadContext], nn.Module]] = {
     "replace_prefix": _replace_prefix,
     "whole_default_load": _whole_default_load,
     "dcp_no_dist": _dcp_no_dist,
+    "dcp_to_torch_save": _dcp_to_torch_save,
     "full_state_dict": _as_saved,
     "sharded_state_dict": _sharded_state_dict,
     "ddp_module_state_dict": _as_saved,

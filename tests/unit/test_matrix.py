@@ -15,7 +15,7 @@ def default() -> Matrix:
 def test_default_matrix_shape() -> None:
     matrix = default()
     ids = [cell.id for cell in matrix.cells]
-    assert len(ids) == len(set(ids)) == 233
+    assert len(ids) == len(set(ids)) == 236
     # the DCP square: fsdp2 saved at N ranks, loaded by fsdp2 at M, N and M in 1..4; and fsdp2
     # at 1..3 ranks into one plain model by 3 recipes
     distributed = [c for c in matrix.cells if c.save_layout.distributed]
@@ -23,7 +23,12 @@ def test_default_matrix_shape() -> None:
     square = {(c.save_world, c.load_world) for c in fsdp if c.load_layout.distributed}
     assert square == {(n, m) for n in range(1, 5) for m in range(1, 5)}
     into_one = Counter(c.recipe for c in fsdp if not c.load_layout.distributed)
-    assert into_one == {"dcp_no_dist": 3, "full_state_dict": 3, "sharded_state_dict": 3}
+    assert into_one == {
+        "dcp_no_dist": 3,
+        "dcp_to_torch_save": 3,
+        "full_state_dict": 3,
+        "sharded_state_dict": 3,
+    }
     # DDP at 1 and 2 ranks: 2 models x (3 recipes into a plain model + 2 into DDP at 1, 3 ranks)
     ddp = Counter(str(c.load_layout) for c in distributed if c.save_layout is Layout.DDP)
     assert ddp == {"single": 2 * 2 * 3, "ddp": 2 * 2 * 2 * 2}
@@ -102,7 +107,7 @@ def test_without_gpus_cuda_devices_are_simulated_tags() -> None:
     tagged = [c for c in matrix.cells if c.save_device != "cpu"]
     assert tagged
     assert all(c.save_key.simulated_tag == c.save_device for c in tagged)
-    assert len(matrix.cells) == 233
+    assert len(matrix.cells) == 236
 
 
 def test_resume_across_a_multi_gpu_dataparallel_split_is_left_out() -> None:
