@@ -303,7 +303,6 @@ def run_planned(
             raise
         finally:
             reporter.stop()
-            runner.launcher.stop_all()
         writer.finish(finished_at=now(), cells_run=len(cells))
     everything = read_results(args.out)
     print(summary_table(everything.results))

@@ -94,9 +94,9 @@ def spec_from_json(data: dict[str, Any], where: str) -> Spec:
     raise ValueError(f"{where}: unknown role {role!r}; expected 'save' or 'load'")
 
 
-def rank_report_path(path: Path, rank: int) -> Path:
-    """Where rank ``rank`` of a distributed job writes its report: rank 0 at ``path``, the
-    others beside it (``load-report.rank1.json``)."""
+def rank_path(path: Path, rank: int) -> Path:
+    """Where rank ``rank`` of a distributed job writes its own copy of a file (a report, a log,
+    a checkpoint): rank 0 at ``path``, the others beside it (``load-report.rank1.json``)."""
     return path if rank == 0 else path.with_name(f"{path.stem}.rank{rank}{path.suffix}")
 
 

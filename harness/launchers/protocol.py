@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from harness.jobspec import rank_report_path, read_report
+from harness.jobspec import rank_path, read_report
 
 STDERR_TAIL_BYTES = 3000
 
@@ -71,8 +71,7 @@ class Job:
 
     def rank_log(self, rank: int) -> Path:
         """Rank 0 logs to ``log_path``, the other ranks beside it (``load.rank1.log``)."""
-        path = self.log_path
-        return path if rank == 0 else path.with_name(f"{path.stem}.rank{rank}{path.suffix}")
+        return rank_path(self.log_path, rank)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -162,9 +161,7 @@ def finished_run(
     already named the failed ranks."""
     if failed_ranks is None and job.ranks > 1 and lost is None and not timed_out:
         silent = [
-            r
-            for r in range(1, job.ranks)
-            if read_report(rank_report_path(job.report_path, r)) is None
+            r for r in range(1, job.ranks) if read_report(rank_path(job.report_path, r)) is None
         ]
         if silent:
             failed_ranks = f"rank(s) {', '.join(map(str, silent))} of {job.ranks} wrote no report"
@@ -198,7 +195,7 @@ def prepare(job: Job) -> None:
     """Before a job starts: its log's folder exists and no stale report can be read as its own."""
     job.log_path.parent.mkdir(parents=True, exist_ok=True)
     for rank in range(max(1, job.ranks)):
-        rank_report_path(job.report_path, rank).unlink(missing_ok=True)
+        rank_path(job.report_path, rank).unlink(missing_ok=True)
 
 
 def tail(path: Path, limit: int = STDERR_TAIL_BYTES) -> str:

@@ -37,7 +37,6 @@ from torch.distributed.fsdp import fully_shard
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from harness.axes import Layout, SaveVariant
-from harness.classify import ChecksumMismatchError, classify_exception
 from harness.jobspec import (
     LOAD_SEED,
     OPTIMIZER_PREFIX,
@@ -45,14 +44,14 @@ from harness.jobspec import (
     TRAIN_STEPS,
     LoadSpec,
     SaveSpec,
+    rank_path,
 )
 from harness.recipes import RECIPES
-from harness.worker.fingerprint import tensor_digest
-from harness.worker.main import artifact_sha256, save_atomic
+from harness.worker.fingerprint import nested_tensors, tensor_digest, tensor_record
+from harness.worker.main import artifact_sha256, raised, save_atomic, verify_checksum
 from harness.worker.models import build, example_input
 from harness.worker.probe import isolation_probe
 
-MESSAGE_LIMIT = 4000
 LR = 0.01
 
 
@@ -113,28 +112,12 @@ def full_tensors(
         model_state = get_model_state_dict(model, options=options)
     else:
         model_state, optim_state = get_state_dict(model, optimizer, options=options)
-    device = str(next(model.parameters()).device)
-    tensors: dict[str, dict[str, Any]] = {}
-    for prefix, state in (("", model_state), (OPTIMIZER_PREFIX, optim_state)):
-        for path, tensor in _tensor_items(state):
-            tensors[prefix + path] = {
-                "digest": tensor_digest(tensor),
-                "dtype": str(tensor.dtype).removeprefix("torch."),
-                "shape": list(tensor.shape),
-                "device": device,
-            }
-    return tensors
-
-
-def _tensor_items(state: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
-    if isinstance(state, torch.Tensor):
-        yield prefix, state
-    elif isinstance(state, dict):
-        for key, value in state.items():
-            yield from _tensor_items(value, f"{prefix}.{key}" if prefix else str(key))
-    elif isinstance(state, list | tuple):
-        for index, value in enumerate(state):
-            yield from _tensor_items(value, f"{prefix}.{index}" if prefix else str(index))
+    device = str(next(model.parameters()).device)  # where the shards live, not the copy
+    return {
+        prefix + path: tensor_record(tensor, device)
+        for prefix, state in (("", model_state), (OPTIMIZER_PREFIX, optim_state))
+        for path, tensor in nested_tensors(state)
+    }
 
 
 def output_digest(model: nn.Module, name: str) -> str:
@@ -179,8 +162,7 @@ def run_save(spec: SaveSpec) -> dict[str, Any]:
             if rank() == 0:
                 save_atomic(state, final)
         elif variant is SaveVariant.SHARDED_STATE_DICT:  # the mistake under test: each rank
-            mine = final if rank() == 0 else final.with_name(f"{final.stem}.rank{rank()}.pt")
-            save_atomic(model.state_dict(), mine)
+            save_atomic(model.state_dict(), rank_path(final, rank()))
         else:
             save_dcp(model, optimizer, final)
         tensors = full_tensors(model, optimizer)
@@ -245,22 +227,13 @@ def run_load(spec: LoadSpec) -> dict[str, Any]:
         before = full_tensors(model, None)
         try:
             # DCP reads .metadata with pickle: only a directory this run wrote, checksum verified
-            actual = artifact_sha256(path)
-            if actual != spec.artifact_sha256:
-                raise ChecksumMismatchError(
-                    f"{path}: sha256 {actual} differs from the saver's {spec.artifact_sha256}"
-                )
+            verify_checksum(path, spec.artifact_sha256)
             PERFORM[spec.recipe](model, optimizer, path)
             restored = optimizer if RECIPES[spec.recipe].restores_optimizer else None
             tensors = full_tensors(model, restored)
             output = output_digest(model, spec.model)
         except (Exception, CheckpointException) as exc:  # CheckpointException: a BaseException
-            report.update(
-                status="raised",
-                error_class=str(classify_exception(exc)),
-                exception_type=f"{type(exc).__module__}.{type(exc).__qualname__}",
-                message=str(exc)[:MESSAGE_LIMIT],
-            )
+            report.update(raised(exc))
         else:
             report.update(
                 status="loaded", tensors=tensors, output_digest=output, output_device="cpu"

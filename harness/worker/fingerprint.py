@@ -4,6 +4,7 @@ model, never ``state_dict()``, which a bad recipe can replace."""
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -28,19 +29,22 @@ def tensor_digest(tensor: torch.Tensor) -> str:
     return digest.hexdigest()
 
 
+def tensor_record(tensor: torch.Tensor, device: str | None = None) -> dict[str, Any]:
+    """What a report says of one tensor: digest, dtype, shape and device (its own, unless the
+    caller names the device its model lives on: a gathered copy of a shard)."""
+    return {
+        "digest": tensor_digest(tensor),
+        "dtype": str(tensor.dtype).removeprefix("torch."),
+        "shape": list(tensor.shape),
+        "device": device or str(tensor.device),
+    }
+
+
 def fingerprint(model: nn.Module) -> dict[str, dict[str, Any]]:
     """Every parameter and buffer by its name in the unwrapped model."""
     inner = unwrap(model)
     tensors = [*inner.named_parameters(), *inner.named_buffers()]
-    return {
-        name: {
-            "digest": tensor_digest(tensor),
-            "dtype": str(tensor.dtype).removeprefix("torch."),
-            "shape": list(tensor.shape),
-            "device": str(tensor.device),
-        }
-        for name, tensor in tensors
-    }
+    return {name: tensor_record(tensor) for name, tensor in tensors}
 
 
 def output_digest(model: nn.Module, name: str) -> tuple[str, str]:
@@ -53,16 +57,21 @@ def output_digest(model: nn.Module, name: str) -> tuple[str, str]:
     return tensor_digest(output), str(device)
 
 
-def nested_digests(value: Any, prefix: str = "") -> dict[str, str]:
-    """Every tensor in a nested state (dicts, lists, tuples: a training state), by its path."""
+def nested_tensors(value: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor in a nested state (dicts, lists, tuples: a training state), by its path
+    (``optimizer.state.0.exp_avg``)."""
     if isinstance(value, torch.Tensor):
-        return {prefix: tensor_digest(value)}
+        yield prefix, value
+        return
     items: list[tuple[str, Any]] = []
     if isinstance(value, dict):
         items = [(str(key), item) for key, item in value.items()]
     elif isinstance(value, list | tuple):
         items = [(str(index), item) for index, item in enumerate(value)]
-    found: dict[str, str] = {}
     for key, item in items:
-        found.update(nested_digests(item, f"{prefix}.{key}" if prefix else key))
-    return found
+        yield from nested_tensors(item, f"{prefix}.{key}" if prefix else key)
+
+
+def nested_digests(value: Any, prefix: str = "") -> dict[str, str]:
+    """The digest of every tensor in a nested state, by its path."""
+    return {path: tensor_digest(tensor) for path, tensor in nested_tensors(value, prefix)}

@@ -10,7 +10,7 @@ import traceback
 from pathlib import Path
 
 from harness.axes import Layout
-from harness.jobspec import SaveSpec, rank_report_path, spec_from_json, write_json_atomic
+from harness.jobspec import SaveSpec, rank_path, spec_from_json, write_json_atomic
 
 
 def run_job(args: list[str]) -> int:
@@ -36,7 +36,7 @@ def run_job(args: list[str]) -> int:
     if Layout(spec.layout).distributed:  # one process per rank, each with its own report
         from harness.worker import distributed as jobs
 
-        report_path = rank_report_path(report_path, int(os.environ.get("RANK", "0")))
+        report_path = rank_path(report_path, int(os.environ.get("RANK", "0")))
     else:
         from harness.worker import main as jobs  # type: ignore[no-redef]
     try:

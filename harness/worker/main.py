@@ -157,16 +157,30 @@ def saved_report(
     }
 
 
+def verify_checksum(path: Path, expected: str) -> None:
+    """Before anything is unpickled: the artifact is the one its saver recorded."""
+    actual = artifact_sha256(path)
+    if actual != expected:
+        raise ChecksumMismatchError(f"{path}: sha256 {actual} differs from the saver's {expected}")
+
+
+def raised(exc: BaseException) -> dict[str, Any]:
+    """A load report's fields for an exception the load raised (an observation, not a crash)."""
+    return {
+        "status": "raised",
+        "error_class": str(classify_exception(exc)),
+        "exception_type": f"{type(exc).__module__}.{type(exc).__qualname__}",
+        "message": str(exc)[:MESSAGE_LIMIT],
+        "traceback": traceback.format_exc()[-MESSAGE_LIMIT:],
+    }
+
+
 def run_load(spec: LoadSpec) -> dict[str, Any]:
     started = time.perf_counter()
     ctx = LoadContext(spec)
     report: dict[str, Any] = {"probe": isolation_probe(), "torch": torch.__version__}
     try:
-        actual = artifact_sha256(ctx.path)
-        if actual != spec.artifact_sha256:
-            raise ChecksumMismatchError(
-                f"{ctx.path}: sha256 {actual} differs from the saver's {spec.artifact_sha256}"
-            )
+        verify_checksum(ctx.path, spec.artifact_sha256)
         model = PERFORM[spec.recipe](ctx)
         if isinstance(model, torch.nn.DataParallel):
             # which GPUs its forward will use: the saver's, for a whole model loaded as pickled
@@ -174,13 +188,7 @@ def run_load(spec: LoadSpec) -> dict[str, Any]:
         tensors = fingerprint(model)
         output, output_device = output_digest(model, spec.model)
     except Exception as exc:
-        report.update(
-            status="raised",
-            error_class=str(classify_exception(exc)),
-            exception_type=f"{type(exc).__module__}.{type(exc).__qualname__}",
-            message=str(exc)[:MESSAGE_LIMIT],
-            traceback=traceback.format_exc()[-MESSAGE_LIMIT:],
-        )
+        report.update(raised(exc))
     else:
         report.update(
             status="loaded", tensors=tensors, output_digest=output, output_device=output_device

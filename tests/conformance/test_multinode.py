@@ -15,7 +15,7 @@ import pytest
 from harness.artifacts import ArtifactStore
 from harness.axes import Format, Layout
 from harness.cell import Cell
-from harness.jobspec import rank_report_path, read_report
+from harness.jobspec import rank_path, read_report
 from harness.launchers import Job, JobRun
 from harness.launchers.protocol import WORKER_MODULE, free_port, worker_args
 from harness.launchers.zygote import ZygoteLauncher
@@ -104,7 +104,7 @@ def test_two_torchrun_agents_on_the_loopback_save_a_checkpoint_that_loads(tmp_pa
     assert artifact.report is not None
     assert artifact.report["world"] == 2
     save_job = factory.save_job(CELL.save_key)
-    rank1 = read_report(rank_report_path(save_job.report_path, 1))
+    rank1 = read_report(rank_path(save_job.report_path, 1))
     assert rank1 is not None  # the second node's rank reported too
     assert rank1["probe"]["pid"] != artifact.report["probe"]["pid"]
     one_node = ZygoteLauncher(
