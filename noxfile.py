@@ -8,6 +8,7 @@ Each session installs the torch under certification first (default: the pins bel
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import nox
@@ -96,9 +97,13 @@ def cross_version(session: nox.Session) -> None:
 
     def run(saved: str, loaded: str) -> None:
         out = f"results-cross-{saved}-to-{loaded}.jsonl"
-        workdir = str(work / f"saved-with-{saved}")
+        workdir = work / f"saved-with-{saved}"
+        if saved == loaded:
+            # the saving run starts afresh: the store would reuse an earlier session's records,
+            # failed saves included
+            shutil.rmtree(workdir, ignore_errors=True)
         session.run(
-            "ckpt-matrix", "run", *scenarios, "--workdir", workdir, "--out", out, "--overwrite"
+            "ckpt-matrix", "run", *scenarios, "--workdir", str(workdir), "--out", out, "--overwrite"
         )
 
     use(older)

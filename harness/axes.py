@@ -41,14 +41,27 @@ class SaveVariant(StrEnum):
     TRAIN_STATE = "train_state"  # the training state, args as a plain dict
     TRAIN_STATE_NAMESPACE = "train_state_namespace"  # ... args as an argparse.Namespace
     DCP = "dcp"  # dcp.save of get_state_dict(model, optimizer), from every rank
-    FULL_STATE_DICT = "full_state_dict"  # the gathered full model state, torch.save on rank 0
+    # the complete, unprefixed model state: a plain model's state_dict(), .module's of DataParallel
+    # or DDP (rank 0), FSDP2's gathered by get_model_state_dict(full_state_dict=True) on rank 0
+    FULL_STATE_DICT = "full_state_dict"
     SHARDED_STATE_DICT = "sharded_state_dict"  # each rank's own model.state_dict() (DTensors)
+    DCP_RANK_STATE = "dcp_rank_state"  # DCP, plus each rank's own entry under a rank-indexed key
+    DCP_TRAIN_STATE = "dcp_train_state"  # DCP of model, optimizer, scheduler and step
+
+    @property
+    def trains(self) -> bool:
+        """A training state: the cell names a training regime to save and resume."""
+        return self in (
+            SaveVariant.TRAIN_STATE,
+            SaveVariant.TRAIN_STATE_NAMESPACE,
+            SaveVariant.DCP_TRAIN_STATE,
+        )
 
     @property
     def file_format(self) -> Format:
         if self is SaveVariant.WHOLE:
             return Format.WHOLE
-        if self is SaveVariant.DCP:
+        if self in (SaveVariant.DCP, SaveVariant.DCP_RANK_STATE, SaveVariant.DCP_TRAIN_STATE):
             return Format.DCP
         if self in (SaveVariant.TRAIN_STATE, SaveVariant.TRAIN_STATE_NAMESPACE):
             return Format.TRAIN_STATE

@@ -37,6 +37,13 @@ _RULES: tuple[tuple[type[BaseException], re.Pattern[str], ErrorClass], ...] = (
         re.compile(r"Attempting to deserialize object on CUDA device \d+ but .*device_count\(\)"),
         ErrorClass.DEVICE_INDEX_OUT_OF_RANGE,
     ),
+    # torch.distributed.checkpoint's CheckpointException (a BaseException, known by its text):
+    # a key the model asks for is not in the checkpoint.
+    (
+        BaseException,
+        re.compile(r"CheckpointException ranks:.*Missing key in checkpoint state_dict", re.S),
+        ErrorClass.KEY_MISMATCH,
+    ),
     (TypeError, re.compile(r"Expected state_dict to be dict-like"), ErrorClass.NOT_A_STATE_DICT),
     (
         RuntimeError,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.axes import Format, Layout
-from harness.cell import Cell
+from harness.cell import Cell, layout_label
 from harness.devices import DEFAULT_DEVICE, resolve_device, restore_error, restore_target
 from harness.outcomes import ErrorClass
 
@@ -141,6 +141,57 @@ def _into_one_process(cell: Cell, _: TorchVersion) -> Prediction:
     return None, f"the state of FSDP2 at {cell.save_world} ranks loads into one plain model"
 
 
+def _full_state(cell: Cell, _: TorchVersion) -> Prediction:
+    saved = layout_label(cell.save_layout, cell.save_world)
+    return (
+        None,
+        f"the full state of {saved} loads into {layout_label(cell.load_layout, cell.load_world)}",
+    )
+
+
+def _torch_save_to_dcp(cell: Cell, _: TorchVersion) -> Prediction:
+    return None, f"one process's torch.save file, as DCP, loads at {cell.load_world} ranks"
+
+
+def _dcp_resume(cell: Cell, _: TorchVersion) -> Prediction:
+    return None, (
+        f"training resumed at {cell.load_world} ranks is bitwise equal to the run at "
+        f"{cell.save_world} that never stopped"
+    )
+
+
+def _dcp_partial_load(_: Cell, __: TorchVersion) -> Prediction:
+    return None, "allow_partial_load loads every saved key and leaves the new buffer as built"
+
+
+def _dcp_extra_key(_: Cell, __: TorchVersion) -> Prediction:
+    return ErrorClass.KEY_MISMATCH, (
+        "dcp.load raises CheckpointException for a key the model has and the checkpoint lacks; "
+        "the fix is DefaultLoadPlanner(allow_partial_load=True)"
+    )
+
+
+def _dcp_missing_key(_: Cell, __: TorchVersion) -> Prediction:
+    return ErrorClass.TENSOR_SET_DIFFERS, (
+        "dcp.load reads only the keys the model asks for: a saved key the model lost is dropped "
+        "without a word"
+    )
+
+
+def _dcp_rank_state(cell: Cell, _: TorchVersion) -> Prediction:
+    saved, loading = cell.save_world, cell.load_world
+    if saved > loading:
+        return ErrorClass.TENSOR_SET_DIFFERS, (
+            f"the state of ranks {loading}..{saved - 1} has no rank to ask for it at "
+            f"{loading} ranks: dropped without a word"
+        )
+    if saved < loading:
+        return ErrorClass.KEY_MISMATCH, (
+            f"ranks {saved}..{loading - 1} ask for keys no rank saved: CheckpointException"
+        )
+    return None, "at the same world size every rank finds its own key (fragile)"
+
+
 def _ddp_unfixed_prefix(_: Cell, __: TorchVersion) -> Prediction:
     return ErrorClass.KEY_MISMATCH, "DDP's keys carry 'module.'; the plain model expects none"
 
@@ -173,10 +224,16 @@ _RULES: dict[str, Callable[[Cell, TorchVersion], Prediction]] = {
     "dcp_reshard": _dcp_reshard,
     "dcp_no_dist": _into_one_process,
     "dcp_to_torch_save": _into_one_process,
-    "full_state_dict": _into_one_process,
+    "full_state_dict": _full_state,
+    "torch_save_to_dcp": _torch_save_to_dcp,
+    "dcp_partial_load": _dcp_partial_load,
+    "dcp_resume": _dcp_resume,
+    "dcp_extra_key": _dcp_extra_key,
+    "dcp_missing_key": _dcp_missing_key,
+    "dcp_rank_state": _dcp_rank_state,
     "sharded_state_dict": _sharded_state_dict,
-    "ddp_module_state_dict": _clean,
-    "ddp_strip_prefix": _clean,
+    "ddp_module_state_dict": _full_state,
+    "ddp_strip_prefix": _full_state,
     "ddp_unfixed_prefix": _ddp_unfixed_prefix,
 }
 

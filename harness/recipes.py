@@ -53,11 +53,11 @@ class Recipe:
         """Why this recipe does not apply to the combination, or None when it does."""
         if fmt is not self.format:
             return f"recipe={self.name} is a {self.format} recipe, not {fmt}"
-        if (fmt is Format.TRAIN_STATE) != bool(training):
+        if self.save_variant.trains != bool(training):
             return (
                 f"recipe={self.name} needs a training regime"
-                if fmt is Format.TRAIN_STATE
-                else f"training={training} applies to train_state recipes only"
+                if self.save_variant.trains
+                else f"training={training} applies to training-state recipes only"
             )
         if save not in self.save_layouts:
             return f"recipe={self.name} needs save in {_names(self.save_layouts)}, got {save}"
@@ -82,12 +82,14 @@ TRAININGS: dict[str, str] = {
     "adam_onecycle": "Adam(lr=0.01) + OneCycleLR(max_lr=0.05, total_steps=6)",
     "sgd_onecycle": "SGD(lr=0.05, momentum=0.9) + OneCycleLR(max_lr=0.05, total_steps=6)",
     "adam_steplr": "Adam(lr=0.01) + StepLR(step_size=2, gamma=0.5)",
+    "adamw_onecycle": "AdamW(lr=0.01) + OneCycleLR(max_lr=0.05, total_steps=6)",
 }
 
 _DP = frozenset({Layout.DP})
 _SINGLE = frozenset({Layout.SINGLE})
 _FSDP2 = frozenset({Layout.FSDP2})
 _DDP = frozenset({Layout.DDP})
+_EVERY = frozenset(Layout)
 
 RECIPES: dict[str, Recipe] = {
     recipe.name: recipe
@@ -171,18 +173,21 @@ RECIPES: dict[str, Recipe] = {
             kind=RecipeKind.CORRECT,
             save_variant=SaveVariant.MODULE_STATE_DICT,
             save_layouts=_DDP,
-            load_layouts=frozenset({Layout.SINGLE, Layout.DDP}),
-            summary="DDP at N ranks: torch.save(model.module.state_dict()) on rank 0; a plain "
-            "model, or DDP at M ranks (into model.module), load_state_dict(torch.load(...))",
+            load_layouts=_EVERY,
+            summary="DDP at N ranks: torch.save(model.module.state_dict()) on rank 0; "
+            "load_state_dict(torch.load(...)) into a plain model, DataParallel's or DDP's "
+            ".module; into FSDP2 at M ranks, set_model_state_dict(full_state_dict=True, "
+            "broadcast_from_rank0=True) with rank 0 reading the file",
         ),
         Recipe(
             name="ddp_strip_prefix",
             kind=RecipeKind.CORRECT,
             save_variant=SaveVariant.STATE_DICT,
             save_layouts=_DDP,
-            load_layouts=frozenset({Layout.SINGLE, Layout.DDP}),
+            load_layouts=_EVERY,
             summary="DDP at N ranks: torch.save(model.state_dict()) ('module.' keys) on rank 0; "
-            "consume_prefix_in_state_dict_if_present(sd, 'module.'), then into the plain model",
+            "consume_prefix_in_state_dict_if_present(sd, 'module.'), then as "
+            "ddp_module_state_dict",
         ),
         Recipe(
             name="dcp_no_dist",
@@ -206,10 +211,45 @@ RECIPES: dict[str, Recipe] = {
             name="full_state_dict",
             kind=RecipeKind.CORRECT,
             save_variant=SaveVariant.FULL_STATE_DICT,
+            save_layouts=_EVERY,
+            load_layouts=_EVERY,
+            summary="the complete, unprefixed state, from any layout: a plain model's "
+            "state_dict(), .module's of DataParallel or DDP (rank 0), FSDP2's "
+            "get_model_state_dict(full_state_dict=True, cpu_offload=True) on rank 0; torch.save. "
+            "load_state_dict(torch.load(weights_only)) into a plain model or .module; into FSDP2 "
+            "at M ranks, set_model_state_dict(full_state_dict=True, broadcast_from_rank0=True)",
+        ),
+        Recipe(
+            name="torch_save_to_dcp",
+            kind=RecipeKind.CORRECT,
+            save_variant=SaveVariant.STATE_DICT,
+            save_layouts=_SINGLE,
+            load_layouts=_FSDP2,
+            summary="a plain model's torch.save file converted by format_utils.torch_save_to_dcp "
+            "(rank 0), then dcp.load into get_model_state_dict of FSDP2 at M ranks and "
+            "set_model_state_dict",
+        ),
+        Recipe(
+            name="dcp_partial_load",
+            kind=RecipeKind.CORRECT,
+            save_variant=SaveVariant.DCP,
             save_layouts=_FSDP2,
-            load_layouts=_SINGLE,
-            summary="FSDP2 at N ranks: get_model_state_dict(full_state_dict=True, cpu_offload=True)"
-            " and torch.save on rank 0; a plain model: load_state_dict(torch.load(weights_only))",
+            load_layouts=_FSDP2,
+            restores_optimizer=True,
+            summary="the loading model gained a buffer since the save: dcp.load with "
+            "DefaultLoadPlanner(allow_partial_load=True) loads every saved key and leaves the "
+            "new one as built",
+        ),
+        Recipe(
+            name="dcp_resume",
+            kind=RecipeKind.CORRECT,
+            save_variant=SaveVariant.DCP_TRAIN_STATE,
+            save_layouts=_FSDP2,
+            load_layouts=_FSDP2,
+            restores_optimizer=True,
+            summary="FSDP2 at N ranks: dcp.save of model, optimizer, scheduler and step; at M ranks"
+            " dcp.load, set_state_dict, the scheduler's load_state_dict, and train on: bitwise "
+            "equal to the run at N that never stopped",
         ),
         # --- known-bad recipes -----------------------------------------------------------------
         Recipe(
@@ -279,6 +319,36 @@ RECIPES: dict[str, Recipe] = {
             summary="torch.save(model.state_dict()) of an FSDP2 model on each rank (DTensor "
             "shards); a plain model loads rank 0's file, importing torch.distributed.tensor as "
             "the first error asks",
+        ),
+        Recipe(
+            name="dcp_extra_key",
+            kind=RecipeKind.KNOWN_BAD,
+            save_variant=SaveVariant.DCP,
+            save_layouts=_FSDP2,
+            load_layouts=_FSDP2,
+            restores_optimizer=True,
+            summary="the loading model gained a buffer since the save: dcp.load with the default "
+            "planner (CheckpointException, a BaseException, for the key the checkpoint lacks)",
+        ),
+        Recipe(
+            name="dcp_missing_key",
+            kind=RecipeKind.KNOWN_BAD,
+            save_variant=SaveVariant.DCP,
+            save_layouts=_FSDP2,
+            load_layouts=_FSDP2,
+            restores_optimizer=True,
+            summary="the loading model lost a parameter since the save (its last Linear's bias): "
+            "dcp.load reads only the keys the model asks for and says nothing",
+        ),
+        Recipe(
+            name="dcp_rank_state",
+            kind=RecipeKind.KNOWN_BAD,
+            save_variant=SaveVariant.DCP_RANK_STATE,
+            save_layouts=_FSDP2,
+            load_layouts=_FSDP2,
+            restores_optimizer=True,
+            summary="each rank saves its own data-loader state under a rank-indexed key beside "
+            "the sharded model; at another world size ranks ask for the keys of their own rank",
         ),
         Recipe(
             name="resume_namespace_args",

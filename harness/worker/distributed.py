@@ -13,10 +13,12 @@ next.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,22 +26,27 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+from torch.distributed.checkpoint.format_utils import torch_save_to_dcp
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
     get_state_dict,
+    set_model_state_dict,
     set_state_dict,
 )
 from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import fully_shard
+from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from harness.axes import Layout, SaveVariant
 from harness.jobspec import (
     LOAD_SEED,
     OPTIMIZER_PREFIX,
+    RESUME_AT,
+    RESUME_MORE,
     SAVE_SEED,
     TRAIN_STEPS,
     LoadSpec,
@@ -51,6 +58,7 @@ from harness.worker.fingerprint import nested_tensors, tensor_digest, tensor_rec
 from harness.worker.main import artifact_sha256, raised, save_atomic, verify_checksum
 from harness.worker.models import build, example_input
 from harness.worker.probe import isolation_probe
+from harness.worker.training import DATA_SEED, TOTAL_STEPS, Regime, make_regime
 
 LR = 0.01
 
@@ -69,22 +77,34 @@ def process_group() -> Iterator[None]:
         dist.destroy_process_group()
 
 
-def sharded(name: str, seed: int) -> tuple[nn.Module, torch.optim.Optimizer]:
-    """The model from ``seed``, fully sharded over all ranks, and its AdamW."""
+Alteration = Callable[[nn.Module], None]
+
+
+def sharded(name: str, seed: int, alter: Alteration | None = None) -> nn.Module:
+    """The model from ``seed`` (changed by ``alter`` first, where a recipe's model changed since
+    the save), fully sharded over all ranks."""
     model = build(name, seed=seed)
+    if alter is not None:
+        alter(model)
     mesh = init_device_mesh("cpu", (dist.get_world_size(),))
     fully_shard(model, mesh=mesh)
+    return model
+
+
+def replicated(name: str, seed: int, alter: Alteration | None = None) -> nn.Module:
+    """The model from ``seed`` in DistributedDataParallel (a replica per rank)."""
+    model = build(name, seed=seed)
+    if alter is not None:
+        alter(model)
+    return nn.parallel.DistributedDataParallel(model)
+
+
+def distributed_model(
+    layout: str, name: str, seed: int, alter: Alteration | None = None
+) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """The model in ``layout`` at the job's world size, and its AdamW."""
+    model = (replicated if Layout(layout) is Layout.DDP else sharded)(name, seed, alter)
     return model, torch.optim.AdamW(model.parameters(), lr=LR)
-
-
-def replicated(name: str, seed: int) -> tuple[nn.Module, torch.optim.Optimizer]:
-    """The model from ``seed`` in DistributedDataParallel (a replica per rank), and its AdamW."""
-    model = nn.parallel.DistributedDataParallel(build(name, seed=seed))
-    return model, torch.optim.AdamW(model.parameters(), lr=LR)
-
-
-def distributed_model(layout: str, name: str, seed: int) -> tuple[nn.Module, torch.optim.Optimizer]:
-    return (replicated if Layout(layout) is Layout.DDP else sharded)(name, seed)
 
 
 def train(model: nn.Module, optimizer: torch.optim.Optimizer, name: str) -> None:
@@ -98,6 +118,53 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, name: str) -> None
         model(noisy).pow(2).mean().backward()
         optimizer.step()
     model.eval()
+
+
+def invariant_steps(
+    model: nn.Module, regime: Regime, data: torch.Generator, name: str, steps: int
+) -> None:
+    """Training steps whose arithmetic does not depend on the world size, so that a run resumed
+    at M ranks can be compared bitwise with one at N: every rank draws the same batch, only rank
+    0's loss counts (the others' is multiplied by 0), and the gradients are summed, not averaged
+    (:func:`summed_gradients`). Averaging identical gradients over 3 ranks rounds differently
+    from 1, 2 or 4: that would say nothing about the checkpoint."""
+    optimizer, scheduler = regime
+    weight = 1.0 if rank() == 0 else 0.0
+    batch = example_input(name)
+    model.train()
+    for _ in range(steps):
+        noisy = batch + 0.1 * torch.randn(batch.shape, generator=data)
+        optimizer.zero_grad(set_to_none=True)
+        (model(noisy).pow(2).mean() * weight).backward()
+        optimizer.step()
+        scheduler.step()
+    model.eval()
+
+
+def summed_gradients(model: nn.Module) -> None:
+    """FSDP2 reduces gradients by a plain sum (gloo has no pre-multiplied sum)."""
+    assert isinstance(model, FSDPModule)
+    model.set_force_sum_reduction_for_comms(True)
+    model.set_gradient_divide_factor(1.0)
+
+
+def gathered(entries: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Every rank's own report entries, merged (a collective: every rank calls it)."""
+    everyone: list[dict[str, dict[str, Any]]] = [{} for _ in range(dist.get_world_size())]
+    dist.all_gather_object(everyone, entries)
+    return {name: entry for part in everyone for name, entry in part.items()}
+
+
+# Per-rank state (a data loader's position, as trainers keep it), one key per rank.
+RANK_KEY = "dataloader.dp_rank_{}"
+
+
+def rank_state(fresh: bool) -> dict[str, torch.Tensor]:
+    """This rank's own entry: the saver's (distinct per rank), or the loader's placeholder."""
+    value = torch.zeros(4, dtype=torch.int64)
+    if not fresh:
+        value += torch.arange(4) + 1000 * (rank() + 1)
+    return {RANK_KEY.format(rank()): value}
 
 
 def full_tensors(
@@ -127,15 +194,14 @@ def output_digest(model: nn.Module, name: str) -> str:
         return tensor_digest(model(example_input(name)))
 
 
-def save_dcp(model: nn.Module, optimizer: torch.optim.Optimizer, final: Path) -> None:
+def save_dcp(state: dict[str, Any], final: Path) -> None:
     """dcp.save from every rank into a folder beside ``final``, renamed by rank 0 once every
     shard is written: the checkpoint appears whole or not at all."""
     partial = final.with_name(final.name + ".partial")
     if rank() == 0:
         shutil.rmtree(partial, ignore_errors=True)
     dist.barrier()
-    model_state, optim_state = get_state_dict(model, optimizer)
-    dcp_save({"model": model_state, "optimizer": optim_state}, checkpoint_id=str(partial))
+    dcp_save(state, checkpoint_id=str(partial))
     dist.barrier()
     if rank() == 0:
         shutil.rmtree(final, ignore_errors=True)
@@ -143,29 +209,44 @@ def save_dcp(model: nn.Module, optimizer: torch.optim.Optimizer, final: Path) ->
     dist.barrier()
 
 
+def model_and_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    model_state, optim_state = get_state_dict(model, optimizer)
+    return {"model": model_state, "optimizer": optim_state}
+
+
+def train_state(
+    model: nn.Module, regime: Regime, data: torch.Generator, step: int
+) -> dict[str, Any]:
+    """What a trainer saves to resume: model, optimizer, scheduler, step and the data order."""
+    return {
+        **model_and_optimizer(model, regime[0]),
+        "lr_scheduler": regime[1].state_dict(),
+        "step": step,
+        "rng": {"data": data.get_state()},
+    }
+
+
 def run_save(spec: SaveSpec) -> dict[str, Any]:
     started = time.perf_counter()
     final = Path(spec.artifact_path)
+    variant = SaveVariant(spec.variant)
+    extra: dict[str, dict[str, Any]] = {}
     with process_group():
-        model, optimizer = distributed_model(spec.layout, spec.model, SAVE_SEED)
-        train(model, optimizer, spec.model)
-        variant = SaveVariant(spec.variant)
-        if isinstance(model, nn.parallel.DistributedDataParallel):
-            if variant not in (SaveVariant.STATE_DICT, SaveVariant.MODULE_STATE_DICT):
-                raise ValueError(f"{spec.cell_key}: DDP saves state_dict or module_state_dict")
-            if rank() == 0:  # every rank holds the whole model: rank 0 saves, as trainers do
-                inner = model.module if variant is SaveVariant.MODULE_STATE_DICT else model
-                save_atomic(inner.state_dict(), final)
-        elif variant is SaveVariant.FULL_STATE_DICT:
-            options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-            state = get_model_state_dict(model, options=options)  # a collective: every rank
-            if rank() == 0:
-                save_atomic(state, final)
-        elif variant is SaveVariant.SHARDED_STATE_DICT:  # the mistake under test: each rank
-            save_atomic(model.state_dict(), rank_path(final, rank()))
+        if variant is SaveVariant.DCP_TRAIN_STATE:
+            model = sharded(spec.model, SAVE_SEED)
+            summed_gradients(model)  # see invariant_steps
+            regime = make_regime(spec.training, model)
+            data = torch.Generator().manual_seed(DATA_SEED)
+            invariant_steps(model, regime, data, spec.model, RESUME_AT)
+            save_dcp(train_state(model, regime, data, RESUME_AT), final)
+            # what a resume must reach: this same run, never stopped
+            invariant_steps(model, regime, data, spec.model, RESUME_MORE)
+            optimizer = regime[0]
         else:
-            save_dcp(model, optimizer, final)
-        tensors = full_tensors(model, optimizer)
+            model, optimizer = distributed_model(spec.layout, spec.model, SAVE_SEED)
+            train(model, optimizer, spec.model)
+            extra = save_distributed(spec, variant, model, optimizer, final)
+        tensors = full_tensors(model, optimizer) | extra
         output = output_digest(model, spec.model)
         dist.barrier()
     report: dict[str, Any] = {"status": "saved", "rank": rank(), "probe": isolation_probe()}
@@ -186,31 +267,182 @@ def run_save(spec: SaveSpec) -> dict[str, Any]:
     return report
 
 
-def _dcp_reshard(model: nn.Module, optimizer: torch.optim.Optimizer, path: Path) -> None:
-    model_state, optim_state = get_state_dict(model, optimizer)
+def save_distributed(
+    spec: SaveSpec,
+    variant: SaveVariant,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    final: Path,
+) -> dict[str, dict[str, Any]]:
+    """Save by ``variant``; returns the report entries saved beside model and optimizer."""
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        unwrapped = (SaveVariant.MODULE_STATE_DICT, SaveVariant.FULL_STATE_DICT)
+        if variant is not SaveVariant.STATE_DICT and variant not in unwrapped:
+            raise ValueError(f"{spec.cell_key}: DDP does not save {variant}")
+        if rank() == 0:  # every rank holds the whole model: rank 0 saves, as trainers do
+            inner = model.module if variant in unwrapped else model
+            save_atomic(inner.state_dict(), final)
+    elif variant is SaveVariant.FULL_STATE_DICT:
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        state = get_model_state_dict(model, options=options)  # a collective: every rank
+        if rank() == 0:
+            save_atomic(state, final)
+    elif variant is SaveVariant.SHARDED_STATE_DICT:  # the mistake under test: each rank
+        save_atomic(model.state_dict(), rank_path(final, rank()))
+    elif variant is SaveVariant.DCP_RANK_STATE:
+        own = rank_state(fresh=False)
+        save_dcp(model_and_optimizer(model, optimizer) | own, final)
+        return gathered({key: tensor_record(value, "cpu") for key, value in own.items()})
+    elif variant is SaveVariant.DCP:
+        save_dcp(model_and_optimizer(model, optimizer), final)
+    else:
+        raise ValueError(f"{spec.cell_key}: a distributed layout does not save {variant}")
+    return {}
+
+
+@dataclass(kw_only=True)
+class DistributedLoad:
+    """What a distributed recipe works on, and what it adds to its report."""
+
+    spec: LoadSpec
+    path: Path
+    model: nn.Module
+    optimizer: torch.optim.Optimizer  # a recipe that builds its own regime replaces it
+    extra: dict[str, dict[str, Any]] = field(default_factory=dict)  # entries beyond model/optim
+    unsaved: set[str] = field(default_factory=set)  # the model's keys the checkpoint never had
+
+
+def on_rank0(action: Callable[[], Any]) -> Any:
+    """``action()`` on rank 0 alone; its failure is raised on every rank, so that no rank waits
+    in a collective for a rank that has given up. Other ranks get None."""
+    failure: list[str | None] = [None]
+    result = None
+    if rank() == 0:
+        try:
+            result = action()
+        except Exception as exc:
+            failure[0] = f"{type(exc).__name__}: {exc}"
+            dist.broadcast_object_list(failure, src=0)
+            raise
+    dist.broadcast_object_list(failure, src=0)
+    if failure[0] is not None:
+        raise RuntimeError(f"rank 0 failed: {failure[0]}")
+    return result
+
+
+def _full_state(ctx: DistributedLoad, *, strip: bool = False) -> None:
+    """A full (unsharded) state dict file into DDP (every rank reads it, into ``.module``) or
+    FSDP2 (rank 0 reads it; set_model_state_dict broadcasts and shards it)."""
+
+    def read() -> dict[str, Any]:
+        state: dict[str, Any] = torch.load(ctx.path, weights_only=True)
+        if strip:
+            consume_prefix_in_state_dict_if_present(state, "module.")
+        return state
+
+    if isinstance(ctx.model, nn.parallel.DistributedDataParallel):
+        ctx.model.module.load_state_dict(read())
+        return
+    state = on_rank0(read) or {}
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+    set_model_state_dict(ctx.model, state, options=options)
+
+
+def _dcp_reshard(ctx: DistributedLoad, planner: DefaultLoadPlanner | None = None) -> None:
+    state = model_and_optimizer(ctx.model, ctx.optimizer)
     # dcp.load fills the sharded tensors of both dicts in place
-    dcp_load({"model": model_state, "optimizer": optim_state}, checkpoint_id=str(path))
-    set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state)
+    dcp_load(state, checkpoint_id=str(ctx.path), planner=planner)
+    set_state_dict(
+        ctx.model,
+        ctx.optimizer,
+        model_state_dict=state["model"],
+        optim_state_dict=state["optimizer"],
+    )
 
 
-def _ddp_module_state_dict(model: nn.Module, _: torch.optim.Optimizer, path: Path) -> None:
-    inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-    inner.load_state_dict(torch.load(path, weights_only=True))
+ADDED_BUFFER = "added_since_save"
 
 
-def _ddp_strip_prefix(model: nn.Module, _: torch.optim.Optimizer, path: Path) -> None:
-    state = torch.load(path, weights_only=True)
-    consume_prefix_in_state_dict_if_present(state, "module.")
-    inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-    inner.load_state_dict(state)
+def _add_buffer(model: nn.Module) -> None:
+    model.register_buffer(ADDED_BUFFER, torch.full((4,), 7.0))
+
+
+def _drop_last_bias(model: nn.Module) -> None:
+    last = [m for m in model.modules() if isinstance(m, nn.Linear) and m.bias is not None][-1]
+    last.register_parameter("bias", None)
+
+
+def _dcp_partial_load(ctx: DistributedLoad) -> None:
+    _dcp_reshard(ctx, DefaultLoadPlanner(allow_partial_load=True))
+    added = ctx.model.get_buffer(ADDED_BUFFER)
+    if not torch.equal(added, torch.full((4,), 7.0)):
+        raise RuntimeError(f"allow_partial_load changed {ADDED_BUFFER!r}, which no rank saved")
+    ctx.unsaved = {ADDED_BUFFER}
+
+
+def _dcp_rank_state(ctx: DistributedLoad) -> None:
+    own = rank_state(fresh=True)
+    state = model_and_optimizer(ctx.model, ctx.optimizer) | own
+    dcp_load(state, checkpoint_id=str(ctx.path))
+    set_state_dict(
+        ctx.model,
+        ctx.optimizer,
+        model_state_dict=state["model"],
+        optim_state_dict=state["optimizer"],
+    )
+    ctx.extra = gathered({key: tensor_record(state[key], "cpu") for key in own})
+
+
+def _torch_save_to_dcp(ctx: DistributedLoad) -> None:
+    converted = Path(ctx.spec.report_path).with_name("converted-dcp")
+
+    def convert() -> None:
+        # torch_save_to_dcp unpickles with weights_only=False: the file is this run's own,
+        # its checksum verified before this call
+        shutil.rmtree(converted, ignore_errors=True)
+        torch_save_to_dcp(ctx.path, converted)
+
+    on_rank0(convert)
+    state = get_model_state_dict(ctx.model)
+    dcp_load(state, checkpoint_id=str(converted))
+    set_model_state_dict(ctx.model, state)
+
+
+def _dcp_resume(ctx: DistributedLoad) -> None:
+    model = ctx.model
+    summed_gradients(model)  # see invariant_steps
+    regime = make_regime(ctx.spec.training, model)
+    data = torch.Generator()
+    state = train_state(model, regime, data, 0)
+    dcp_load(state, checkpoint_id=str(ctx.path))  # tensors in place, the rest into the dict
+    set_state_dict(
+        model, regime[0], model_state_dict=state["model"], optim_state_dict=state["optimizer"]
+    )
+    regime[1].load_state_dict(state["lr_scheduler"])
+    data.set_state(state["rng"]["data"])
+    invariant_steps(model, regime, data, ctx.spec.model, TOTAL_STEPS - int(state["step"]))
+    ctx.optimizer = regime[0]
 
 
 # How each recipe of a distributed layout loads, into a fresh model and optimizer of that layout
 # at the loader's world size (harness.worker.recipes.PERFORM holds the recipes of one process).
-PERFORM: dict[str, Callable[[nn.Module, torch.optim.Optimizer, Path], None]] = {
+PERFORM: dict[str, Callable[[DistributedLoad], None]] = {
     "dcp_reshard": _dcp_reshard,
-    "ddp_module_state_dict": _ddp_module_state_dict,
-    "ddp_strip_prefix": _ddp_strip_prefix,
+    "dcp_extra_key": _dcp_reshard,
+    "dcp_missing_key": _dcp_reshard,
+    "dcp_partial_load": _dcp_partial_load,
+    "dcp_rank_state": _dcp_rank_state,
+    "dcp_resume": _dcp_resume,
+    "torch_save_to_dcp": _torch_save_to_dcp,
+    "full_state_dict": _full_state,
+    "ddp_module_state_dict": _full_state,
+    "ddp_strip_prefix": functools.partial(_full_state, strip=True),
+}
+# Recipes whose loading model changed since the save: applied before it is wrapped or sharded.
+ALTER: dict[str, Alteration] = {
+    "dcp_extra_key": _add_buffer,
+    "dcp_partial_load": _add_buffer,
+    "dcp_missing_key": _drop_last_bias,
 }
 
 
@@ -223,14 +455,19 @@ def run_load(spec: LoadSpec) -> dict[str, Any]:
         "torch": torch.__version__,
     }
     with process_group():
-        model, optimizer = distributed_model(spec.layout, spec.model, LOAD_SEED)
+        model, optimizer = distributed_model(
+            spec.layout, spec.model, LOAD_SEED, ALTER.get(spec.recipe)
+        )
         before = full_tensors(model, None)
+        ctx = DistributedLoad(spec=spec, path=path, model=model, optimizer=optimizer)
         try:
             # DCP reads .metadata with pickle: only a directory this run wrote, checksum verified
             verify_checksum(path, spec.artifact_sha256)
-            PERFORM[spec.recipe](model, optimizer, path)
-            restored = optimizer if RECIPES[spec.recipe].restores_optimizer else None
-            tensors = full_tensors(model, restored)
+            PERFORM[spec.recipe](ctx)
+            restored = ctx.optimizer if RECIPES[spec.recipe].restores_optimizer else None
+            tensors = full_tensors(model, restored) | ctx.extra
+            for key in ctx.unsaved:
+                tensors.pop(key, None)
             output = output_digest(model, spec.model)
         except (Exception, CheckpointException) as exc:  # CheckpointException: a BaseException
             report.update(raised(exc))

@@ -17,7 +17,7 @@ from harness.axes import Format, Layout, SaveVariant
 from harness.classify import ChecksumMismatchError, classify_exception
 from harness.jobspec import RESUME_AT, RESUME_MORE, SAVE_SEED, TRAIN_STEPS, LoadSpec, SaveSpec
 from harness.worker.fingerprint import fingerprint, output_digest
-from harness.worker.models import build, train, wrap
+from harness.worker.models import build, train, unwrap, wrap
 from harness.worker.probe import isolation_probe
 from harness.worker.recipes import PERFORM, LoadContext
 from harness.worker.training import DATA_SEED, checkpoint, make_regime, train_steps
@@ -119,6 +119,8 @@ def run_save(spec: SaveSpec) -> dict[str, Any]:
         if not isinstance(model, torch.nn.DataParallel):
             raise ValueError(f"{spec.cell_key}: module_state_dict needs a DataParallel model")
         obj = model.module.state_dict()
+    elif variant is SaveVariant.FULL_STATE_DICT:  # complete and unprefixed, from any wrapper
+        obj = unwrap(model).state_dict()
     elif variant is SaveVariant.BOUND_METHOD:
         obj = model.state_dict  # the mistake under test: the method, not its result
     else:
@@ -170,9 +172,22 @@ def raised(exc: BaseException) -> dict[str, Any]:
         "status": "raised",
         "error_class": str(classify_exception(exc)),
         "exception_type": f"{type(exc).__module__}.{type(exc).__qualname__}",
-        "message": str(exc)[:MESSAGE_LIMIT],
+        "message": describe(exc)[:MESSAGE_LIMIT],
         "traceback": traceback.format_exc()[-MESSAGE_LIMIT:],
     }
+
+
+def describe(exc: BaseException) -> str:
+    """The exception's message; for torch.distributed.checkpoint's CheckpointException, whose
+    text is every failed rank's traceback, each rank's own exception first."""
+    failures = getattr(exc, "failures", None)
+    if type(exc).__name__ != "CheckpointException" or not isinstance(failures, dict):
+        return str(exc)
+    ranks = "; ".join(
+        f"rank {rank}: {type(error).__name__}: {error}"
+        for rank, (error, _trace) in sorted(failures.items())
+    )
+    return f"{ranks}\n{exc}"
 
 
 def run_load(spec: LoadSpec) -> dict[str, Any]:

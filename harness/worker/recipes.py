@@ -216,9 +216,9 @@ PERFORM: dict[str, Callable[[LoadContext], nn.Module]] = {
     "whole_default_load": _whole_default_load,
     "dcp_no_dist": _dcp_no_dist,
     "dcp_to_torch_save": _dcp_to_torch_save,
-    "full_state_dict": _as_saved,
+    "full_state_dict": _module_state_dict,
     "sharded_state_dict": _sharded_state_dict,
-    "ddp_module_state_dict": _as_saved,
+    "ddp_module_state_dict": _module_state_dict,
     "ddp_strip_prefix": _strip_prefix,
     "ddp_unfixed_prefix": _as_saved,
 }

@@ -35,6 +35,8 @@ def make_regime(name: str, model: nn.Module) -> Regime:
         optimizer = torch.optim.SGD(parameters, lr=0.05, momentum=0.9)
     elif optimizer_name == "adam":
         optimizer = torch.optim.Adam(parameters, lr=0.01)
+    elif optimizer_name == "adamw":
+        optimizer = torch.optim.AdamW(parameters, lr=0.01)
     else:
         raise ValueError(f"unknown optimizer in training {name!r}")
     scheduler: torch.optim.lr_scheduler.LRScheduler

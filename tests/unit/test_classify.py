@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import traceback
 from pathlib import Path
 
 import pytest
@@ -56,3 +57,15 @@ def test_a_dataparallel_forward_on_a_missing_gpu() -> None:
     # index the process cannot see; torch raises it as a RuntimeError (AcceleratorError).
     exc = RuntimeError("CUDA error: invalid device ordinal\nCUDA kernel errors might be ...")
     assert classify_exception(exc) is ErrorClass.DP_DEVICE_MISSING
+
+
+def test_a_checkpoint_exception_for_a_missing_key_is_a_key_mismatch() -> None:
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    no_trace = traceback.StackSummary()
+    missing = RuntimeError("Missing key in checkpoint state_dict: dataloader.dp_rank_2.")
+    exc = CheckpointException("CheckpointException", {2: (missing, no_trace)})
+    assert not isinstance(exc, Exception)  # a BaseException: a bare `except Exception` misses it
+    assert classify_exception(exc) is ErrorClass.KEY_MISMATCH
+    other = CheckpointException("CheckpointException", {0: (ValueError("disk full"), no_trace)})
+    assert classify_exception(other) is ErrorClass.UNCLASSIFIED

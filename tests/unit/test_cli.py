@@ -61,10 +61,10 @@ def test_inventory_and_simulated_listing(capsys: pytest.CaptureFixture[str]) -> 
     ids = capsys.readouterr().out.splitlines()
     assert "model=trap-save=dp[0,1,2,3]-load=dp[0,1,2,3]-fmt=weights-recipe=as_saved" in ids
     # every save sees a GPU, but distributed layouts' ranks, which run on the CPU (gloo) for now
-    distributed = ("=fsdp2x", "=ddpx")
-    assert not any(
-        "[cpu]" in i.split("-load=")[0] for i in ids if not any(d in i for d in distributed)
-    )
+    # on the CPU: distributed layouts' ranks (gloo), and the every-layout-pair scenario that pairs
+    # them with the others
+    on_cpu = ("=fsdp2x", "=ddpx", "recipe=full_state_dict")
+    assert not any("[cpu]" in i.split("-load=")[0] for i in ids if not any(d in i for d in on_cpu))
     assert main(["list", "--simulate-gpus", "4", "--count"]) == 0
     counts = capsys.readouterr().out
     assert "# 4 GPU(s) (simulated)" in counts

@@ -15,28 +15,66 @@ def default() -> Matrix:
 def test_default_matrix_shape() -> None:
     matrix = default()
     ids = [cell.id for cell in matrix.cells]
-    assert len(ids) == len(set(ids)) == 236
+    assert len(ids) == len(set(ids)) == 312
     # the DCP square: fsdp2 saved at N ranks, loaded by fsdp2 at M, N and M in 1..4; and fsdp2
     # at 1..3 ranks into one plain model by 3 recipes
-    distributed = [c for c in matrix.cells if c.save_layout.distributed]
-    fsdp = [c for c in distributed if c.save_layout is Layout.FSDP2]
-    square = {(c.save_world, c.load_world) for c in fsdp if c.load_layout.distributed}
+    distributed = [
+        c for c in matrix.cells if c.save_layout.distributed or c.load_layout.distributed
+    ]
+    square = {(c.save_world, c.load_world) for c in distributed if c.recipe == "dcp_reshard"}
     assert square == {(n, m) for n in range(1, 5) for m in range(1, 5)}
-    into_one = Counter(c.recipe for c in fsdp if not c.load_layout.distributed)
+    into_one = Counter(
+        c.recipe
+        for c in distributed
+        if c.save_layout is Layout.FSDP2 and c.load_layout is Layout.SINGLE
+    )
     assert into_one == {
         "dcp_no_dist": 3,
         "dcp_to_torch_save": 3,
         "full_state_dict": 3,
         "sharded_state_dict": 3,
     }
-    # DDP at 1 and 2 ranks: 2 models x (3 recipes into a plain model + 2 into DDP at 1, 3 ranks)
-    ddp = Counter(str(c.load_layout) for c in distributed if c.save_layout is Layout.DDP)
-    assert ddp == {"single": 2 * 2 * 3, "ddp": 2 * 2 * 2 * 2}
+    # every save layout x every load layout has a full-state cell
+    pairs = {
+        (c.save_layout, c.load_layout)
+        for c in distributed + list(matrix.cells)
+        if c.recipe == "full_state_dict"
+    }
+    assert pairs == {(save, load) for save in Layout for load in Layout}
+    # DDP at 1 and 2 ranks, 2 models: 3 recipes into a plain model, 2 into DataParallel, and 2
+    # into DDP and fsdp2 at 1 and 3 ranks each
+    ddp = Counter(
+        str(c.load_layout)
+        for c in distributed
+        if c.save_layout is Layout.DDP and c.recipe != "full_state_dict"
+    )
+    assert ddp == {
+        "single": 2 * 2 * 3,
+        "dp": 2 * 2 * 2,
+        "ddp": 2 * 2 * 2 * 2,
+        "fsdp2": 2 * 2 * 2 * 2,
+    }
+    # the model changed since the save, per-rank state at 2 and 3 ranks both ways, and resume
+    # (2 regimes, saved at 1 and 3 ranks, resumed at 2 and 4); a torch.save file into fsdp2 at 1..3
+    others = Counter(c.recipe for c in distributed if c.recipe.startswith(("dcp_", "torch_save")))
+    assert others == {
+        "dcp_reshard": 16,
+        "dcp_no_dist": 3,
+        "dcp_to_torch_save": 3,
+        "dcp_extra_key": 1,
+        "dcp_missing_key": 1,
+        "dcp_partial_load": 1,
+        "dcp_rank_state": 4,
+        "dcp_resume": 2 * 2 * 2,
+        "torch_save_to_dcp": 3,
+    }
     legacy = [c for c in matrix.cells if c.serialization == "legacy"]
     # legacy format: (2 models x 8 weights/whole cells) + 4 resume cells; the zip cells of the
     # cross-version scenario are cells of the other scenarios already
     assert len(legacy) == 2 * 8 + 4
-    training = [c for c in matrix.cells if c.training and c.serialization == "zip"]
+    training = [
+        c for c in matrix.cells if c.training and c.serialization == "zip" and c not in distributed
+    ]
     # resume: 2 models x 4 layout pairs x 2 regimes; namespace args: 2 recipes x 2 layouts x 2
     assert len(training) == 16 + 8
     assert all(c.format == "train_state" for c in training)
@@ -47,7 +85,8 @@ def test_default_matrix_shape() -> None:
         and c.save_device == "cpu"
         and not c.training
         and c.serialization == "zip"
-        and not c.save_layout.distributed
+        and c not in distributed
+        and c.recipe != "full_state_dict"  # the every-layout-pair scenario's one-process cells
     ]
     assert Counter(c.model for c in prefix) == {"trap": 30, "trap_module": 30, "resnet18": 30}
     kinds = Counter(c.recipe_spec.kind for c in prefix)
@@ -55,8 +94,10 @@ def test_default_matrix_shape() -> None:
     assert kinds[RecipeKind.KNOWN_BAD] == 60
     # device mapping: 2 formats x 3 saved devices x 8 map_locations, less the 2 cells that are
     # the prefix scenario's own (saved on cpu, no map_location)
-    others = len(prefix) + len(training) + len(legacy) + len(distributed)
-    assert len(matrix.cells) - others == 2 * 3 * 8 - 2
+    full_state = [c for c in matrix.cells if c.recipe == "full_state_dict" and c not in distributed]
+    assert len(full_state) == 4  # single and dp into single and dp
+    counted = len(prefix) + len(training) + len(legacy) + len(distributed) + len(full_state)
+    assert len(matrix.cells) - counted == 2 * 3 * 8 - 2
     assert all(cell.save_visibility == () == cell.load_visibility for cell in matrix.cells)
 
 
@@ -93,11 +134,14 @@ def test_gpu_subsets_expand_the_visibility_axis() -> None:
     mapping = "model=trap-save=single[0,1]@cuda:1-load=single[1]-fmt=whole-recipe=as_saved_whole"
     assert mapping in ids
     assert f"{mapping}-map=cuda0" in ids
-    # GPU runs only, but distributed layouts' ranks, which run on the CPU (gloo) for now
-    assert not any(
-        cell.save_visibility == () for cell in matrix.cells if not cell.save_layout.distributed
-    )
-    assert all(cell.save_visibility == () for cell in matrix.cells if cell.save_layout.distributed)
+    # GPU runs only, but the CPU scenarios (distributed layouts' ranks run on the CPU with gloo
+    # for now, and the cells that pair them with one-process layouts)
+    on_gpus = expand([s for s in scenarios if s.visibility != "cpu"], subsets=[(0,), (1,)])
+    assert on_gpus.cells
+    assert not any(cell.save_visibility == () for cell in on_gpus.cells)
+    on_cpu = expand([s for s in scenarios if s.visibility == "cpu"], subsets=[(0,), (1,)])
+    assert all(c.save_visibility == () == c.load_visibility for c in on_cpu.cells)
+    assert all(c.save_visibility == () for c in matrix.cells if c.save_layout.distributed)
     reasons = {o.reason for o in matrix.omitted}
     assert "save device cuda:1 needs 2 GPUs in the save subset, it has 1" in reasons
 
@@ -107,7 +151,7 @@ def test_without_gpus_cuda_devices_are_simulated_tags() -> None:
     tagged = [c for c in matrix.cells if c.save_device != "cpu"]
     assert tagged
     assert all(c.save_key.simulated_tag == c.save_device for c in tagged)
-    assert len(matrix.cells) == 236
+    assert len(matrix.cells) == 312
 
 
 def test_resume_across_a_multi_gpu_dataparallel_split_is_left_out() -> None:

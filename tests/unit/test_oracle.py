@@ -238,3 +238,85 @@ def test_the_dataparallel_claim_is_stated_on_the_simulated_gpu_matrix() -> None:
     for c in claims:
         assert c.recipe == "as_saved_whole"
         assert 0 < len(c.load_visibility) < len(c.save_visibility), c.id
+
+
+F2, DDP = Layout.FSDP2, Layout.DDP
+DCP = Format.DCP
+SET_DIFFERS = ErrorClass.TENSOR_SET_DIFFERS
+
+# (save layout, N, load layout, M, format, recipe, expected error or None)
+DISTRIBUTED_TABLE = [
+    (F2, 3, F2, 2, DCP, "dcp_reshard", None),
+    (F2, 2, S, 1, DCP, "dcp_no_dist", None),
+    # the full state goes between any two layouts
+    (S, 1, F2, 3, W, "full_state_dict", None),
+    (DDP, 2, D, 1, W, "full_state_dict", None),
+    (F2, 3, DDP, 2, W, "full_state_dict", None),
+    (DDP, 2, F2, 3, W, "ddp_strip_prefix", None),
+    (DDP, 2, S, 1, W, "ddp_unfixed_prefix", KEY),
+    (S, 1, F2, 4, W, "torch_save_to_dcp", None),
+    (F2, 2, S, 1, W, "sharded_state_dict", ErrorClass.SHARDED_TENSOR),
+    # a model that changed since the save
+    (F2, 3, F2, 2, DCP, "dcp_extra_key", KEY),
+    (F2, 3, F2, 2, DCP, "dcp_partial_load", None),
+    (F2, 3, F2, 2, DCP, "dcp_missing_key", SET_DIFFERS),
+    # rank-indexed state: kept at the same world size, dropped at fewer ranks, an error at more
+    (F2, 2, F2, 2, DCP, "dcp_rank_state", None),
+    (F2, 4, F2, 2, DCP, "dcp_rank_state", SET_DIFFERS),
+    (F2, 2, F2, 3, DCP, "dcp_rank_state", KEY),
+]
+
+
+@pytest.mark.parametrize(
+    ("save", "save_world", "load", "load_world", "fmt", "recipe", "error"), DISTRIBUTED_TABLE
+)
+def test_distributed_oracle_table(
+    save: Layout,
+    save_world: int,
+    load: Layout,
+    load_world: int,
+    fmt: Format,
+    recipe: str,
+    error: ErrorClass | None,
+) -> None:
+    c = Cell(
+        model="trap",
+        save_layout=save,
+        load_layout=load,
+        format=fmt,
+        recipe=recipe,
+        save_world=save_world,
+        load_world=load_world,
+    )
+    expectation = expect(c, torch_version=NEW)
+    assert expectation.error is error, expectation.reason
+    assert expectation.tensor_device == "cpu"
+
+
+def test_rank_state_names_the_ranks_whose_state_is_dropped() -> None:
+    c = Cell(
+        model="trap",
+        save_layout=F2,
+        load_layout=F2,
+        format=DCP,
+        recipe="dcp_rank_state",
+        save_world=4,
+        load_world=2,
+    )
+    assert "ranks 2..3" in expect(c, torch_version=NEW).reason
+
+
+def test_resume_across_world_sizes_passes() -> None:
+    c = Cell(
+        model="trap",
+        save_layout=F2,
+        load_layout=F2,
+        format=DCP,
+        recipe="dcp_resume",
+        training="sgd_steplr",
+        save_world=3,
+        load_world=2,
+    )
+    expectation = expect(c, torch_version=NEW)
+    assert expectation.passes
+    assert "resumed at 2 ranks" in expectation.reason

@@ -50,7 +50,7 @@ def test_training_applies_to_train_state_recipes_only() -> None:
         "recipe=resume needs a training regime"
     )
     assert RECIPES["as_saved"].skip_reason(save=S, load=S, fmt=W, training="sgd_steplr") == (
-        "training=sgd_steplr applies to train_state recipes only"
+        "training=sgd_steplr applies to training-state recipes only"
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -152,3 +153,22 @@ def test_main_writes_a_crash_report_when_the_save_breaks(tmp_path: Path) -> None
     crashed = json.loads(report.read_text())
     assert crashed["status"] == "crashed"
     assert "cannot build model 'nope'" in crashed["message"]
+
+
+def test_a_checkpoint_exception_is_described_rank_by_rank() -> None:
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    from harness.worker.main import describe
+
+    no_trace = traceback.StackSummary()
+    exc = CheckpointException(
+        "CheckpointException",
+        {
+            2: (RuntimeError("Missing key in checkpoint state_dict: k2."), no_trace),
+            1: (RuntimeError("Missing key in checkpoint state_dict: k1."), no_trace),
+        },
+    )
+    first, second, *_ = describe(exc).split("; ")
+    assert first == "rank 1: RuntimeError: Missing key in checkpoint state_dict: k1."
+    assert second.startswith("rank 2: RuntimeError: Missing key in checkpoint state_dict: k2.")
+    assert describe(ValueError("plain")) == "plain"
