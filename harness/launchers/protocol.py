@@ -9,6 +9,7 @@ more jobs, and the run must stop (its results so far are kept; ``--resume`` cont
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import time
@@ -131,6 +132,44 @@ def signal_name(returncode: int) -> str:
         return signal.Signals(-returncode).name
     except ValueError:
         return f"signal {-returncode}"
+
+
+def rank_failures(failed: list[tuple[int, int | None]], ranks: int) -> str | None:
+    """``rank 1 of 3 was killed by SIGSEGV; rank 2 of 3 exited with code 1``, or None."""
+    if not failed:
+        return None
+    described = []
+    for rank, code in failed:
+        if code is None:
+            how = "was lost"
+        elif code < 0:
+            how = f"was killed by {signal_name(code)}"
+        else:
+            how = f"exited with code {code}"
+        described.append(f"rank {rank} of {ranks} {how}")
+    return "; ".join(described) + " (the other ranks were stopped)"
+
+
+# torchrun's failure summary (torch.distributed.elastic's ChildFailedError), one entry per rank:
+#   rank      : 1 (local_rank: 1)
+#   exitcode  : -6 (pid: 1786)  (SIGABRT)
+_TORCHRUN_RANK = re.compile(
+    r"^\s*rank\s*:\s*(\d+) \(local_rank: \d+\)\n\s*exitcode\s*:\s*(-?\d+)", re.M
+)
+
+
+def torchrun_failures(log: str) -> list[tuple[int, int | None]]:
+    """The ranks torchrun's failure summary names, with their exit codes: the root cause first
+    (torchrun prints it last), then the others, less those torchrun itself stopped with SIGTERM
+    after the first failure. Empty when the log holds no summary."""
+    found = [(int(rank), int(code)) for rank, code in _TORCHRUN_RANK.findall(log)]
+    if not found:
+        return []
+    root, others = found[-1], found[:-1]
+    stopped = -signal.SIGTERM
+    failed: list[tuple[int, int | None]] = [root]
+    failed += [(rank, code) for rank, code in others if code != stopped and rank != root[0]]
+    return failed
 
 
 def free_port() -> int:

@@ -16,8 +16,11 @@ from harness.launchers.protocol import (
     JobRun,
     finished_run,
     prepare,
+    rank_failures,
     stopping_run,
+    tail,
     torchrun_argv,
+    torchrun_failures,
     worker_args,
 )
 from harness.launchers.shutdown import GRACE_S, popen_target, shutdown_groups
@@ -65,7 +68,16 @@ class SpawnLauncher:
             finally:
                 with self._lock:
                     self._live.discard(proc)
-        return finished_run(job, returncode=proc.returncode, timed_out=timed_out, started=started)
+        failed_ranks = None
+        if job.ranks > 1 and proc.returncode != 0 and not timed_out:
+            failed_ranks = rank_failures(torchrun_failures(tail(job.log_path)), job.ranks)
+        return finished_run(
+            job,
+            returncode=proc.returncode,
+            timed_out=timed_out,
+            started=started,
+            failed_ranks=failed_ranks,
+        )
 
     @property
     def running(self) -> int:

@@ -47,7 +47,7 @@ from harness.launchers.protocol import (
     finished_run,
     free_port,
     prepare,
-    signal_name,
+    rank_failures,
     stopping_run,
     tail,
     worker_args,
@@ -389,22 +389,6 @@ def rank_environments(job: Job) -> list[dict[str, str]]:
         }
         for rank in range(job.ranks)
     ]
-
-
-def rank_failures(failed: list[tuple[int, int | None]], ranks: int) -> str | None:
-    """``rank 1 of 3 was killed by SIGSEGV; rank 2 of 3 exited with code 1``, or None."""
-    if not failed:
-        return None
-    described = []
-    for rank, code in failed:
-        if code is None:
-            how = "was lost"
-        elif code < 0:
-            how = f"was killed by {signal_name(code)}"
-        else:
-            how = f"exited with code {code}"
-        described.append(f"rank {rank} of {ranks} {how}")
-    return "; ".join(described) + " (the other ranks were stopped)"
 
 
 def _gone(pid: int) -> Callable[[float], bool]:

@@ -6,9 +6,16 @@ import os
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
-from harness.launchers.protocol import Job, tail
+from harness.launchers.protocol import (
+    Job,
+    rank_failures,
+    tail,
+    torchrun_failures,
+    worker_argv,
+)
 from harness.launchers.spawn import SpawnLauncher
 
 
@@ -116,3 +123,28 @@ def test_after_stop_all_no_job_starts(tmp_path: Path) -> None:
     after = launcher.launch(job(tmp_path, "after", WRITES_REPORT))
     assert after.lost == "the run is stopping; no new job starts"
     assert not (tmp_path / "after.json").exists()
+
+
+RECORDED_TORCHRUN = (Path(__file__).parents[2] / "data" / "torchrun_failure.txt").read_text()
+
+
+def test_torchruns_summary_names_the_failed_ranks_root_cause_first() -> None:
+    failed = torchrun_failures(RECORDED_TORCHRUN)
+    assert failed == [(1, -6), (2, 3)]  # rank 0 was stopped by torchrun (SIGTERM): not a failure
+    assert rank_failures(failed, 3) == (
+        "rank 1 of 3 was killed by SIGABRT; rank 2 of 3 exited with code 3 "
+        "(the other ranks were stopped)"
+    )
+    assert torchrun_failures("Traceback (most recent call last):\nValueError: x") == []
+
+
+def test_a_torchrun_job_whose_ranks_fail_names_them(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-spec.json"
+    distributed = replace(
+        job(tmp_path, "ranks", ""), argv=worker_argv(sys.executable, str(missing)), ranks=2
+    )
+    run = SpawnLauncher().launch(distributed)
+    assert not run.ok
+    assert run.failed_ranks is not None
+    assert run.failed_ranks.startswith(("rank 0 of 2 exited with code 1", "rank 1 of 2 exited"))
+    assert "no-such-spec.json" in run.stderr_tail
