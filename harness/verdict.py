@@ -49,6 +49,33 @@ def probe_problems(
     return problems
 
 
+def rank_problems(
+    probes: list[dict[str, Any]] | None,
+    world: int,
+    visibility: Visibility,
+    devices: DeviceMap,
+    *,
+    role: str,
+) -> list[str]:
+    """How the ranks of a distributed job differ from what it was given: one probe per rank
+    0..world-1, each seeing ``world`` ranks and the visibility it was given, in its own process."""
+    if not probes:
+        return [f"the {role} job reported no probe of its ranks"]
+    ranks = [probe.get("rank") for probe in probes]
+    if ranks != list(range(world)):
+        return [f"{role} ranks {ranks} reported; expected 0..{world - 1}"]
+    problems = [
+        f"{role} rank {probe['rank']} saw a world of {probe.get('world_size')}, expected {world}"
+        for probe in probes
+        if probe.get("world_size") != world
+    ]
+    if len({probe.get("pid") for probe in probes}) != world:
+        problems.append(f"the {world} {role} ranks did not run in {world} distinct processes")
+    for probe in probes:
+        problems += probe_problems(probe, visibility, devices, role=f"{role} rank {probe['rank']}")
+    return problems
+
+
 def compare_tensors(
     saved: dict[str, Any], loaded: dict[str, Any], *, device: str
 ) -> tuple[ErrorClass | None, str]:
@@ -118,6 +145,13 @@ def judge(
     devices = devices or DeviceMap()
     isolation = probe_problems(save_report.get("probe"), cell.save_visibility, devices, role="save")
     isolation += probe_problems(report.get("probe"), cell.load_visibility, devices, role="load")
+    for role, layout, world, visibility, job_report in (
+        ("save", cell.save_layout, cell.save_world, cell.save_visibility, save_report),
+        ("load", cell.load_layout, cell.load_world, cell.load_visibility, report),
+    ):
+        if layout.distributed:
+            probes = job_report.get("rank_probes")
+            isolation += rank_problems(probes, world, visibility, devices, role=role)
     pids = {orchestrator_pid, save_report["probe"]["pid"], report["probe"]["pid"]}
     if len(pids) != 3:
         isolation.append("save, load and orchestrator did not run in three distinct processes")

@@ -155,6 +155,15 @@ def gathered(entries: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {name: entry for part in everyone for name, entry in part.items()}
 
 
+def rank_probes() -> list[dict[str, Any]]:
+    """Every rank's isolation probe with its rank and world size, in rank order (a collective,
+    taken first thing, before anything that can fail on one rank alone)."""
+    own = isolation_probe() | {"rank": rank(), "world_size": dist.get_world_size()}
+    everyone: list[dict[str, Any]] = [{} for _ in range(dist.get_world_size())]
+    dist.all_gather_object(everyone, own)
+    return everyone
+
+
 # Per-rank state (a data loader's position, as trainers keep it), one key per rank.
 RANK_KEY = "dataloader.dp_rank_{}"
 
@@ -232,6 +241,7 @@ def run_save(spec: SaveSpec) -> dict[str, Any]:
     variant = SaveVariant(spec.variant)
     extra: dict[str, dict[str, Any]] = {}
     with process_group():
+        probes = rank_probes()
         if variant is SaveVariant.DCP_TRAIN_STATE:
             model = sharded(spec.model, SAVE_SEED)
             summed_gradients(model)  # see invariant_steps
@@ -249,7 +259,12 @@ def run_save(spec: SaveSpec) -> dict[str, Any]:
         tensors = full_tensors(model, optimizer) | extra
         output = output_digest(model, spec.model)
         dist.barrier()
-    report: dict[str, Any] = {"status": "saved", "rank": rank(), "probe": isolation_probe()}
+    report: dict[str, Any] = {
+        "status": "saved",
+        "rank": rank(),
+        "probe": isolation_probe(),
+        "rank_probes": probes,
+    }
     if rank() == 0:
         files = list(final.rglob("*")) if final.is_dir() else [final]
         report.update(
@@ -455,6 +470,7 @@ def run_load(spec: LoadSpec) -> dict[str, Any]:
         "torch": torch.__version__,
     }
     with process_group():
+        report["rank_probes"] = rank_probes()
         model, optimizer = distributed_model(
             spec.layout, spec.model, LOAD_SEED, ALTER.get(spec.recipe)
         )

@@ -238,3 +238,62 @@ def test_a_dataparallel_models_device_ids_are_observed() -> None:
     plain = verdict(CLEAN, run(loaded()))
     assert plain.observed is not None
     assert "dp_device_ids" not in plain.observed
+
+
+RESHARD = Cell(
+    model="trap",
+    save_layout=Layout.FSDP2,
+    load_layout=Layout.FSDP2,
+    format=Format.DCP,
+    recipe="dcp_reshard",
+    save_world=2,
+    load_world=3,
+)
+
+
+def ranks(world: int, first_pid: int) -> list[dict[str, Any]]:
+    return [probe(first_pid + r) | {"rank": r, "world_size": world} for r in range(world)]
+
+
+def distributed_verdict(save_probes: Any, load_probes: Any) -> Judgement:
+    save = SAVE | {"probe": probe(10), "rank_probes": save_probes}
+    load = loaded(probe=probe(20), rank_probes=load_probes)
+    return judge(
+        RESHARD,
+        CLEAN,
+        save_report=save,
+        save_failure=None,
+        load=run(load),
+        orchestrator_pid=ORCHESTRATOR,
+    )
+
+
+def test_every_rank_of_a_distributed_job_is_probed() -> None:
+    assert distributed_verdict(ranks(2, 10), ranks(3, 20)).outcome is Outcome.PASS
+
+
+@pytest.mark.parametrize(
+    ("save_probes", "load_probes", "words"),
+    [
+        (ranks(2, 10), None, "the load job reported no probe of its ranks"),
+        (ranks(2, 10), ranks(2, 20), "load ranks [0, 1] reported; expected 0..2"),
+        (ranks(3, 10)[:2], ranks(3, 20), "save rank 0 saw a world of 3, expected 2"),
+        (
+            ranks(2, 10),
+            [*ranks(3, 20)[:2], probe(20) | {"rank": 2, "world_size": 3}],
+            "3 load ranks did not run in 3 distinct processes",
+        ),
+        (
+            ranks(2, 10),
+            [*ranks(3, 20)[:2], probe(22) | {"rank": 2, "world_size": 3, "device_count": 1}],
+            "load rank 2 saw 1 CUDA devices, was given 0",
+        ),
+    ],
+)
+def test_a_rank_that_saw_the_wrong_world_fails_the_cell(
+    save_probes: Any, load_probes: Any, words: str
+) -> None:
+    judgement = distributed_verdict(save_probes, load_probes)
+    assert judgement.outcome is Outcome.FAIL
+    assert "isolation_mismatch" in judgement.reason
+    assert words in judgement.reason
