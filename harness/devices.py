@@ -53,6 +53,25 @@ def resolve_device(device: str, visible: int) -> str:
     return device
 
 
+def distributed_backend(visible: int) -> str:
+    """The process group of a distributed job: NCCL where its ranks see GPUs (one each), gloo on
+    the CPU."""
+    return "nccl" if visible else "gloo"
+
+
+def rank_device(local_rank: int, visible: int) -> str:
+    """A rank's device: its own GPU of the job's subset (logical ``cuda:LOCAL_RANK``), or the CPU
+    where the job sees none."""
+    if not visible:
+        return "cpu"
+    if not 0 <= local_rank < visible:
+        raise ValueError(
+            f"local rank {local_rank} has no GPU of its own: the job sees {visible}; a distributed "
+            "job runs one rank per GPU of its subset"
+        )
+    return f"cuda:{local_rank}"
+
+
 def restore_target(saved_tag: str, map_location: str) -> str:
     """Where ``torch.load`` puts a storage tagged ``saved_tag`` under a map_location policy."""
     if map_location == "none":

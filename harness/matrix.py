@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.axes import Layout
-from harness.cell import Cell, Visibility
+from harness.cell import Cell, Visibility, visibility_label
 from harness.devices import cuda_index, resolve_device
 from harness.recipes import RECIPES
 from harness.scenarios import Scenario
@@ -100,18 +100,18 @@ def _combinations(scenario: Scenario, subsets: Sequence[Visibility]) -> Iterator
 
 
 def world_skip_reason(cell: Cell) -> str | None:
-    """A world size belongs to a distributed layout; the others run one process. Distributed
-    layouts run their ranks on the CPU (gloo) for now: one rank per GPU of a subset is next."""
+    """A world size belongs to a distributed layout; the others run one process. A distributed
+    layout runs its ranks on the CPU with gloo, or one rank per GPU of its subset with NCCL."""
     for role, layout, world, visibility in (
         ("save", cell.save_layout, cell.save_world, cell.save_visibility),
         ("load", cell.load_layout, cell.load_world, cell.load_visibility),
     ):
         if not layout.distributed and world != 1:
             return f"{role} layout {layout} runs one process; world sizes apply to ddp and fsdp2"
-        if layout.distributed and visibility:
+        if layout.distributed and visibility and len(visibility) != world:
             return (
-                f"{role} layout {layout} runs its ranks on the CPU with gloo; ranks on GPUs "
-                "(NCCL, one per GPU of the subset) are not built yet"
+                f"{role} layout {layout} at {world} ranks runs one rank per GPU (NCCL); the "
+                f"subset [{visibility_label(visibility)}] has {len(visibility)}"
             )
     return None
 

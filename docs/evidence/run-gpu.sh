@@ -5,7 +5,7 @@
 #   docs/evidence/run-gpu.sh OUT_DIR [extra `ckpt-matrix run` options]
 #
 # Runs from a source checkout without installing it (PYTHONPATH), with the interpreter in $PYTHON
-# (default python3), which must already hold torch, filelock, rich and xxhash. Environment knobs:
+# (default python3), which must already hold torch, filelock, rich, xxhash and numpy. Environment knobs:
 # JOBS (cells at a time, default: the CPU count), GPU_SLOTS (worker processes per GPU at once,
 # default 8), MATRIX_TIME_LIMIT (seconds for each matrix run before it is stopped, default 0 =
 # none; what finished is kept and `--resume` continues it), SPAWN_TOO (default 1: run the matrix

@@ -6,8 +6,9 @@ FSDP2 (``fully_shard`` over a 1-D mesh) trains with AdamW and saves model and op
 own state_dict); a loader at another world size loads it into a fresh model and optimizer. DDP
 (a replica per rank) saves on rank 0. Every rank runs the same code; rank 0 gathers the full
 state (``full_state_dict``, ``cpu_offload``) and reports its digests, which the verdict compares
-like any other cell's. Ranks run on the CPU with gloo; with GPUs, NCCL and one GPU per rank are
-next.
+like any other cell's. Where the job's subset holds GPUs, each rank takes its own
+(``cuda:LOCAL_RANK``) and the ranks join with NCCL; without, they run on the CPU with gloo
+(:func:`harness.devices.distributed_backend`, :func:`harness.devices.rank_device`).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from harness.axes import Layout, SaveVariant
+from harness.devices import distributed_backend, rank_device
 from harness.jobspec import (
     LOAD_SEED,
     OPTIMIZER_PREFIX,
@@ -67,10 +69,22 @@ def rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+def device() -> torch.device:
+    """This rank's device: its own GPU of the job's subset (``LOCAL_RANK``), or the CPU."""
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    return torch.device(rank_device(local, torch.cuda.device_count()))
+
+
 @contextlib.contextmanager
 def process_group() -> Iterator[None]:
-    """Join the job's ranks (gloo on the CPU) for the duration of the job."""
-    dist.init_process_group("gloo")
+    """Join the job's ranks for the duration of the job: NCCL with one GPU per rank where the
+    job sees GPUs, gloo on the CPU otherwise."""
+    here = device()
+    if here.type == "cuda":
+        torch.cuda.set_device(here)
+        dist.init_process_group(distributed_backend(torch.cuda.device_count()), device_id=here)
+    else:
+        dist.init_process_group(distributed_backend(0))
     try:
         yield
     finally:
@@ -86,7 +100,8 @@ def sharded(name: str, seed: int, alter: Alteration | None = None) -> nn.Module:
     model = build(name, seed=seed)
     if alter is not None:
         alter(model)
-    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    model.to(device())
+    mesh = init_device_mesh(device().type, (dist.get_world_size(),))
     fully_shard(model, mesh=mesh)
     return model
 
@@ -96,7 +111,9 @@ def replicated(name: str, seed: int, alter: Alteration | None = None) -> nn.Modu
     model = build(name, seed=seed)
     if alter is not None:
         alter(model)
-    return nn.parallel.DistributedDataParallel(model)
+    here = device()
+    ids = [here] if here.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model.to(here), device_ids=ids)
 
 
 def distributed_model(
@@ -114,7 +131,7 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, name: str) -> None
     batch = example_input(name)
     for _ in range(TRAIN_STEPS):
         optimizer.zero_grad()
-        noisy = batch + 0.1 * torch.randn(batch.shape, generator=generator)
+        noisy = (batch + 0.1 * torch.randn(batch.shape, generator=generator)).to(device())
         model(noisy).pow(2).mean().backward()
         optimizer.step()
     model.eval()
@@ -133,7 +150,7 @@ def invariant_steps(
     batch = example_input(name)
     model.train()
     for _ in range(steps):
-        noisy = batch + 0.1 * torch.randn(batch.shape, generator=data)
+        noisy = (batch + 0.1 * torch.randn(batch.shape, generator=data)).to(device())
         optimizer.zero_grad(set_to_none=True)
         (model(noisy).pow(2).mean() * weight).backward()
         optimizer.step()
@@ -200,7 +217,7 @@ def output_digest(model: nn.Module, name: str) -> str:
     """An eval-mode forward pass on every rank (FSDP2 gathers the parameters for it)."""
     model.eval()
     with torch.no_grad():
-        return tensor_digest(model(example_input(name)))
+        return tensor_digest(model(example_input(name, device())))
 
 
 def save_dcp(state: dict[str, Any], final: Path) -> None:
@@ -272,7 +289,7 @@ def run_save(spec: SaveSpec) -> dict[str, Any]:
             bytes=sum(p.stat().st_size for p in files if p.is_file()),
             tensors=tensors,
             output_digest=output,
-            output_device="cpu",
+            output_device=str(device()),
             tagged_as=None,
             serialization="dcp" if final.is_dir() else "zip",
             world=int(os.environ.get("WORLD_SIZE", "1")),
@@ -390,7 +407,7 @@ def _drop_last_bias(model: nn.Module) -> None:
 def _dcp_partial_load(ctx: DistributedLoad) -> None:
     _dcp_reshard(ctx, DefaultLoadPlanner(allow_partial_load=True))
     added = ctx.model.get_buffer(ADDED_BUFFER)
-    if not torch.equal(added, torch.full((4,), 7.0)):
+    if not torch.equal(added.cpu(), torch.full((4,), 7.0)):
         raise RuntimeError(f"allow_partial_load changed {ADDED_BUFFER!r}, which no rank saved")
     ctx.unsaved = {ADDED_BUFFER}
 
@@ -489,7 +506,10 @@ def run_load(spec: LoadSpec) -> dict[str, Any]:
             report.update(raised(exc))
         else:
             report.update(
-                status="loaded", tensors=tensors, output_digest=output, output_device="cpu"
+                status="loaded",
+                tensors=tensors,
+                output_digest=output,
+                output_device=str(device()),
             )
         report["before"] = before
     report["work_s"] = time.perf_counter() - started

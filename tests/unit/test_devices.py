@@ -8,6 +8,8 @@ from harness.devices import (
     MAP_LOCATIONS,
     check_device,
     check_map_location,
+    distributed_backend,
+    rank_device,
     resolve_device,
     restore_error,
     restore_target,
@@ -58,3 +60,24 @@ def test_default_device_and_validation() -> None:
         check_device("gpu1", "s.toml")
     with pytest.raises(ValueError, match=r"unknown map_location 'lambda'"):
         check_map_location("lambda", "s.toml")
+
+
+@pytest.mark.parametrize(
+    ("local_rank", "visible", "backend", "device"),
+    [
+        (0, 0, "gloo", "cpu"),
+        (3, 0, "gloo", "cpu"),
+        (0, 1, "nccl", "cuda:0"),
+        (1, 2, "nccl", "cuda:1"),
+    ],
+)
+def test_a_rank_uses_its_own_gpu_with_nccl_or_the_cpu_with_gloo(
+    local_rank: int, visible: int, backend: str, device: str
+) -> None:
+    assert distributed_backend(visible) == backend
+    assert rank_device(local_rank, visible) == device
+
+
+def test_a_rank_without_a_gpu_of_its_own_is_refused() -> None:
+    with pytest.raises(ValueError, match="local rank 2 has no GPU of its own: the job sees 2"):
+        rank_device(2, 2)

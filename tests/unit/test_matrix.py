@@ -13,7 +13,11 @@ def default() -> Matrix:
 
 
 def test_default_matrix_shape() -> None:
-    matrix = default()
+    scenarios = load_scenarios(default_scenarios_dir())
+    assert len(expand(scenarios).cells) == 324
+    # without GPUs, the distributed-on-gpus scenario runs its ranks with gloo on the CPU: 12 cells
+    # the other scenarios lack (ddp and fsdp2 at 1 and 2 ranks); the rest is counted below
+    matrix = expand([s for s in scenarios if s.name != "distributed-on-gpus"])
     ids = [cell.id for cell in matrix.cells]
     assert len(ids) == len(set(ids)) == 312
     # the DCP square: fsdp2 saved at N ranks, loaded by fsdp2 at M, N and M in 1..4; and fsdp2
@@ -141,7 +145,11 @@ def test_gpu_subsets_expand_the_visibility_axis() -> None:
     assert not any(cell.save_visibility == () for cell in on_gpus.cells)
     on_cpu = expand([s for s in scenarios if s.visibility == "cpu"], subsets=[(0,), (1,)])
     assert all(c.save_visibility == () == c.load_visibility for c in on_cpu.cells)
-    assert all(c.save_visibility == () for c in matrix.cells if c.save_layout.distributed)
+    # a distributed layout on GPUs runs one rank per GPU of its subset
+    ranks_on_gpus = [c for c in matrix.cells if c.save_layout.distributed and c.save_visibility]
+    assert ranks_on_gpus
+    assert all(len(c.save_visibility) == c.save_world for c in ranks_on_gpus)
+    assert all(len(c.load_visibility) == c.load_world for c in ranks_on_gpus)
     reasons = {o.reason for o in matrix.omitted}
     assert "save device cuda:1 needs 2 GPUs in the save subset, it has 1" in reasons
 
@@ -151,7 +159,7 @@ def test_without_gpus_cuda_devices_are_simulated_tags() -> None:
     tagged = [c for c in matrix.cells if c.save_device != "cpu"]
     assert tagged
     assert all(c.save_key.simulated_tag == c.save_device for c in tagged)
-    assert len(matrix.cells) == 312
+    assert len(matrix.cells) == 324
 
 
 def test_resume_across_a_multi_gpu_dataparallel_split_is_left_out() -> None:
@@ -189,11 +197,18 @@ def test_world_sizes_apply_to_distributed_layouts_only() -> None:
         save_world_sizes=(1, 2),
         load_world_sizes=(2,),
     )
-    matrix = expand([both], subsets=[(0,)])
-    # with a GPU, the scenario's "same" visibility gives GPU subsets: not built for ranks yet
-    assert matrix.cells == ()
+    matrix = expand([both], subsets=[(0,), (1, 0)])
+    # with GPUs, the scenario's "same" visibility gives GPU subsets: one rank per GPU (NCCL)
+    assert [c.id for c in matrix.cells] == [
+        "model=trap-save=fsdp2x2[1,0]-load=fsdp2x2[1,0]-fmt=dcp-recipe=dcp_reshard"
+    ]
     reasons = {o.reason for o in matrix.omitted}
-    assert any("runs its ranks on the CPU with gloo" in r for r in reasons)
+    assert "load layout fsdp2 at 2 ranks runs one rank per GPU (NCCL); the subset [0] has 1" in (
+        reasons
+    )
+    assert "save layout fsdp2 at 1 ranks runs one rank per GPU (NCCL); the subset [1,0] has 2" in (
+        reasons
+    )
     cpu = expand([both], subsets=[])
     assert [c.id for c in cpu.cells] == [
         "model=trap-save=fsdp2x1[cpu]-load=fsdp2x2[cpu]-fmt=dcp-recipe=dcp_reshard",
