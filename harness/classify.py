@@ -20,7 +20,8 @@ class OptimizerStateDeviceError(Exception):
     """After loading, an optimizer state tensor is not on the device of its parameter."""
 
 
-_RULES: tuple[tuple[type[BaseException], re.Pattern[str], ErrorClass], ...] = (
+# (exception type, or the name of one this module cannot import without torch; message; class)
+_RULES: tuple[tuple[type[BaseException] | str, re.Pattern[str], ErrorClass], ...] = (
     (pickle.UnpicklingError, re.compile(r"Weights only load failed"), ErrorClass.UNSAFE_GLOBAL),
     (
         RuntimeError,
@@ -37,11 +38,18 @@ _RULES: tuple[tuple[type[BaseException], re.Pattern[str], ErrorClass], ...] = (
         re.compile(r"Attempting to deserialize object on CUDA device \d+ but .*device_count\(\)"),
         ErrorClass.DEVICE_INDEX_OUT_OF_RANGE,
     ),
-    # torch.distributed.checkpoint's CheckpointException (a BaseException, known by its text):
-    # a key the model asks for is not in the checkpoint.
+    # torch.distributed.checkpoint's CheckpointException (a BaseException): a key the model asks
+    # for is not in the checkpoint. A rank that learns of another's failure names it the same way.
     (
-        BaseException,
-        re.compile(r"CheckpointException ranks:.*Missing key in checkpoint state_dict", re.S),
+        "CheckpointException",
+        re.compile(r"Missing key in checkpoint state_dict"),
+        ErrorClass.KEY_MISMATCH,
+    ),
+    (
+        RuntimeError,
+        re.compile(
+            r"^rank \d+ failed: CheckpointException: .*Missing key in checkpoint state_dict"
+        ),
         ErrorClass.KEY_MISMATCH,
     ),
     (TypeError, re.compile(r"Expected state_dict to be dict-like"), ErrorClass.NOT_A_STATE_DICT),
@@ -66,6 +74,7 @@ def classify_exception(exc: BaseException) -> ErrorClass:
         raise exc
     message = str(exc)
     for kind, pattern, error_class in _RULES:
-        if isinstance(exc, kind) and pattern.search(message):
+        matches = type(exc).__name__ == kind if isinstance(kind, str) else isinstance(exc, kind)
+        if matches and pattern.search(message):
             return error_class
     return ErrorClass.UNCLASSIFIED

@@ -147,7 +147,8 @@ def rank_failures(failed: list[tuple[int, int | None]], ranks: int) -> str | Non
         else:
             how = f"exited with code {code}"
         described.append(f"rank {rank} of {ranks} {how}")
-    return "; ".join(described) + " (the other ranks were stopped)"
+    stopped = " (the other ranks were stopped)" if len(failed) < ranks else ""
+    return "; ".join(described) + stopped
 
 
 # torchrun's failure summary (torch.distributed.elastic's ChildFailedError), one entry per rank:

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -57,10 +57,16 @@ from harness.jobspec import (
 )
 from harness.recipes import RECIPES
 from harness.worker.fingerprint import nested_tensors, tensor_digest, tensor_record
-from harness.worker.main import artifact_sha256, raised, save_atomic, verify_checksum
+from harness.worker.main import (
+    artifact_sha256,
+    describe,
+    raised,
+    save_atomic,
+    verify_checksum,
+)
 from harness.worker.models import build, example_input
 from harness.worker.probe import isolation_probe
-from harness.worker.training import DATA_SEED, TOTAL_STEPS, Regime, make_regime
+from harness.worker.training import DATA_SEED, TOTAL_STEPS, Regime, make_regime, train_steps
 
 LR = 0.01
 
@@ -145,22 +151,13 @@ def invariant_steps(
     0's loss counts (the others' is multiplied by 0), and the gradients are summed, not averaged
     (:func:`summed_gradients`). Averaging identical gradients over 3 ranks rounds differently
     from 1, 2 or 4: that would say nothing about the checkpoint."""
-    optimizer, scheduler = regime
-    weight = 1.0 if rank() == 0 else 0.0
-    batch = example_input(name)
-    model.train()
-    for _ in range(steps):
-        noisy = (batch + 0.1 * torch.randn(batch.shape, generator=data)).to(device())
-        optimizer.zero_grad(set_to_none=True)
-        (model(noisy).pow(2).mean() * weight).backward()
-        optimizer.step()
-        scheduler.step()
-    model.eval()
+    train_steps(model, regime, data, name, steps, loss_weight=1.0 if rank() == 0 else 0.0)
 
 
 def summed_gradients(model: nn.Module) -> None:
     """FSDP2 reduces gradients by a plain sum (gloo has no pre-multiplied sum)."""
-    assert isinstance(model, FSDPModule)
+    if not isinstance(model, FSDPModule):
+        raise TypeError(f"summed gradients need an FSDP2 model, not {type(model).__name__}")
     model.set_force_sum_reduction_for_comms(True)
     model.set_gradient_divide_factor(1.0)
 
@@ -186,7 +183,9 @@ RANK_KEY = "dataloader.dp_rank_{}"
 
 
 def rank_state(fresh: bool) -> dict[str, torch.Tensor]:
-    """This rank's own entry: the saver's (distinct per rank), or the loader's placeholder."""
+    """This rank's own entry: the saver's (distinct per rank), or the loader's placeholder. On the
+    CPU, where a data loader keeps it (so its cells run on the CPU: on GPUs the verdict would
+    expect it on rank 0's GPU)."""
     value = torch.zeros(4, dtype=torch.int64)
     if not fresh:
         value += torch.arange(4) + 1000 * (rank() + 1)
@@ -205,9 +204,9 @@ def full_tensors(
         model_state = get_model_state_dict(model, options=options)
     else:
         model_state, optim_state = get_state_dict(model, optimizer, options=options)
-    device = str(next(model.parameters()).device)  # where the shards live, not the copy
+    where = str(next(model.parameters()).device)  # where the shards live, not the copy
     return {
-        prefix + path: tensor_record(tensor, device)
+        prefix + path: tensor_record(tensor, where)
         for prefix, state in (("", model_state), (OPTIMIZER_PREFIX, optim_state))
         for path, tensor in nested_tensors(state)
     }
@@ -344,21 +343,36 @@ class DistributedLoad:
     unsaved: set[str] = field(default_factory=set)  # the model's keys the checkpoint never had
 
 
-def on_rank0(action: Callable[[], Any]) -> Any:
-    """``action()`` on rank 0 alone; its failure is raised on every rank, so that no rank waits
-    in a collective for a rank that has given up. Other ranks get None."""
-    failure: list[str | None] = [None]
-    result = None
+# What a load may raise: CheckpointException (torch.distributed.checkpoint) is a BaseException.
+LOAD_ERRORS = (Exception, CheckpointException)
+T = TypeVar("T")
+
+
+def agree(failure: BaseException | None) -> None:
+    """A collective after a step that may fail on some ranks only: every rank learns whether any
+    failed, and each raises (its own exception, or one naming the ranks that failed), so that no
+    rank goes on into a collective that a rank which gave up will never join."""
+    texts: list[str | None] = [None] * dist.get_world_size()
+    own = None if failure is None else f"{type(failure).__name__}: {describe(failure)}"
+    dist.all_gather_object(texts, own)
+    if failure is not None:
+        raise failure
+    failed = [(index, text) for index, text in enumerate(texts) if text is not None]
+    if failed:
+        raise RuntimeError("; ".join(f"rank {index} failed: {text}" for index, text in failed))
+
+
+def on_rank0(action: Callable[[], T]) -> T | None:
+    """``action()`` on rank 0 alone, its failure raised on every rank (:func:`agree`); the other
+    ranks get None."""
+    result: T | None = None
+    failure: BaseException | None = None
     if rank() == 0:
         try:
             result = action()
-        except Exception as exc:
-            failure[0] = f"{type(exc).__name__}: {exc}"
-            dist.broadcast_object_list(failure, src=0)
-            raise
-    dist.broadcast_object_list(failure, src=0)
-    if failure[0] is not None:
-        raise RuntimeError(f"rank 0 failed: {failure[0]}")
+        except LOAD_ERRORS as exc:
+            failure = exc
+    agree(failure)
     return result
 
 
@@ -367,7 +381,8 @@ def _full_state(ctx: DistributedLoad, *, strip: bool = False) -> None:
     FSDP2 (rank 0 reads it; set_model_state_dict broadcasts and shards it)."""
 
     def read() -> dict[str, Any]:
-        state: dict[str, Any] = torch.load(ctx.path, weights_only=True)
+        # onto this rank's own device: a DDP saver's CUDA storages carry cuda:0
+        state: dict[str, Any] = torch.load(ctx.path, map_location=device(), weights_only=True)
         if strip:
             consume_prefix_in_state_dict_if_present(state, "module.")
         return state
@@ -393,10 +408,11 @@ def _dcp_reshard(ctx: DistributedLoad, planner: DefaultLoadPlanner | None = None
 
 
 ADDED_BUFFER = "added_since_save"
+ADDED_VALUE = 7.0
 
 
 def _add_buffer(model: nn.Module) -> None:
-    model.register_buffer(ADDED_BUFFER, torch.full((4,), 7.0))
+    model.register_buffer(ADDED_BUFFER, torch.full((4,), ADDED_VALUE))
 
 
 def _drop_last_bias(model: nn.Module) -> None:
@@ -407,7 +423,7 @@ def _drop_last_bias(model: nn.Module) -> None:
 def _dcp_partial_load(ctx: DistributedLoad) -> None:
     _dcp_reshard(ctx, DefaultLoadPlanner(allow_partial_load=True))
     added = ctx.model.get_buffer(ADDED_BUFFER)
-    if not torch.equal(added.cpu(), torch.full((4,), 7.0)):
+    if not torch.equal(added.cpu(), torch.full((4,), ADDED_VALUE)):
         raise RuntimeError(f"allow_partial_load changed {ADDED_BUFFER!r}, which no rank saved")
     ctx.unsaved = {ADDED_BUFFER}
 
@@ -494,15 +510,19 @@ def run_load(spec: LoadSpec) -> dict[str, Any]:
         before = full_tensors(model, None)
         ctx = DistributedLoad(spec=spec, path=path, model=model, optimizer=optimizer)
         try:
-            # DCP reads .metadata with pickle: only a directory this run wrote, checksum verified
-            verify_checksum(path, spec.artifact_sha256)
-            PERFORM[spec.recipe](ctx)
+            try:
+                # DCP reads .metadata with pickle: only a directory this run wrote, verified
+                verify_checksum(path, spec.artifact_sha256)
+                PERFORM[spec.recipe](ctx)
+            except LOAD_ERRORS as exc:
+                agree(exc)
+            agree(None)
             restored = ctx.optimizer if RECIPES[spec.recipe].restores_optimizer else None
             tensors = full_tensors(model, restored) | ctx.extra
             for key in ctx.unsaved:
                 tensors.pop(key, None)
             output = output_digest(model, spec.model)
-        except (Exception, CheckpointException) as exc:  # CheckpointException: a BaseException
+        except LOAD_ERRORS as exc:
             report.update(raised(exc))
         else:
             report.update(

@@ -52,8 +52,16 @@ def make_regime(name: str, model: nn.Module) -> Regime:
 
 
 def train_steps(
-    model: nn.Module, regime: Regime, data: torch.Generator, name: str, steps: int
+    model: nn.Module,
+    regime: Regime,
+    data: torch.Generator,
+    name: str,
+    steps: int,
+    *,
+    loss_weight: float = 1.0,
 ) -> None:
+    """``steps`` optimizer and scheduler steps on batches drawn from ``data`` (``loss_weight``
+    scales the loss: a distributed run counts one rank's, see harness.worker.distributed)."""
     optimizer, scheduler = regime
     model.train()
     device = model_device(model)
@@ -61,7 +69,7 @@ def train_steps(
     for _ in range(steps):
         noisy = (batch + 0.1 * torch.randn(batch.shape, generator=data)).to(device)
         optimizer.zero_grad(set_to_none=True)
-        model(noisy).pow(2).mean().backward()
+        (model(noisy).pow(2).mean() * loss_weight).backward()
         optimizer.step()
         scheduler.step()
     model.eval()

@@ -138,8 +138,8 @@ def test_gpu_subsets_expand_the_visibility_axis() -> None:
     mapping = "model=trap-save=single[0,1]@cuda:1-load=single[1]-fmt=whole-recipe=as_saved_whole"
     assert mapping in ids
     assert f"{mapping}-map=cuda0" in ids
-    # GPU runs only, but the CPU scenarios (distributed layouts' ranks run on the CPU with gloo
-    # for now, and the cells that pair them with one-process layouts)
+    # GPU runs only, but the CPU scenarios (distributed layouts' ranks with gloo at every world
+    # size, and the cells that pair them with one-process layouts)
     on_gpus = expand([s for s in scenarios if s.visibility != "cpu"], subsets=[(0,), (1,)])
     assert on_gpus.cells
     assert not any(cell.save_visibility == () for cell in on_gpus.cells)

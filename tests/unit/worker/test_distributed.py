@@ -6,6 +6,9 @@ can be broken on purpose and the report shown to notice.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -95,21 +98,6 @@ def test_rank_indexed_state_is_saved_and_loaded_per_rank(tmp_path: Path) -> None
     assert report["tensors"] == saved["tensors"]
 
 
-def test_rank_state_of_a_rank_the_loader_lacks_would_be_missing(tmp_path: Path) -> None:
-    """What the verdict sees at N > M: the saver reports every rank's entry, the loader only its
-    own ranks' (simulated here by a second rank's entry in the saver's report)."""
-    saved = save(tmp_path, "dcp_rank_state")
-    report = load(saved, "dcp_rank_state")
-    from harness.verdict import compare_tensors
-
-    extra_rank = dict(saved["tensors"]) | {
-        distributed.RANK_KEY.format(1): saved["tensors"][distributed.RANK_KEY.format(0)]
-    }
-    error, detail = compare_tensors(extra_rank, report["tensors"], device="cpu")
-    assert str(error) == "tensor_set_differs"
-    assert distributed.RANK_KEY.format(1) in detail
-
-
 def test_partial_load_keeps_the_new_buffer_and_reports_only_saved_keys(tmp_path: Path) -> None:
     saved = save(tmp_path, "dcp")
     report = load(saved, "dcp_partial_load")
@@ -162,3 +150,70 @@ def test_a_changed_artifact_is_refused_before_dcp_reads_it(tmp_path: Path) -> No
     report = load(saved, "dcp_reshard")
     assert report["status"] == "raised"
     assert report["error_class"] == "checksum_mismatch"
+
+
+def test_the_full_state_into_fsdp2_is_broadcast_from_rank_0(tmp_path: Path) -> None:
+    saved = save(tmp_path, "full_state_dict")
+    report = load(saved, "full_state_dict")
+    assert report["status"] == "loaded", report.get("message")
+    model_only = {n: t for n, t in saved["tensors"].items() if not n.startswith("optimizer.")}
+    assert report["tensors"] == model_only
+
+
+# Two real ranks (gloo): a failure on one rank reaches the other at once, and each raises.
+TWO_RANKS = """
+import traceback
+from torch.distributed.checkpoint.api import CheckpointException
+from harness.worker import distributed as d
+
+def fail():
+    disk_full = (OSError("disk full"), traceback.StackSummary())
+    raise CheckpointException("CheckpointException", {0: disk_full})
+
+def first_line(what, exc):
+    print(f"{what} rank {d.rank()}: {type(exc).__name__}: {exc}".splitlines()[0], flush=True)
+
+with d.process_group():
+    try:
+        d.on_rank0(fail)
+    except BaseException as exc:
+        first_line("on_rank0", exc)
+    try:
+        d.agree(ValueError("only rank 1") if d.rank() == 1 else None)
+    except BaseException as exc:
+        first_line("agree", exc)
+"""
+
+
+def test_a_failure_on_one_rank_is_raised_on_every_rank(tmp_path: Path) -> None:
+    port = str(free_port())
+    ranks = [
+        subprocess.Popen(
+            [sys.executable, "-c", TWO_RANKS],
+            env={
+                **os.environ,
+                "RANK": str(r),
+                "LOCAL_RANK": str(r),
+                "WORLD_SIZE": "2",
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": port,
+                "CUDA_VISIBLE_DEVICES": "",
+            },
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for r in range(2)
+    ]
+    outputs = [rank.communicate(timeout=120)[0] for rank in ranks]
+    assert [rank.returncode for rank in ranks] == [0, 0], outputs
+    zero, one = ([line for line in out.splitlines() if " rank " in line] for out in outputs)
+    assert zero == [
+        "on_rank0 rank 0: CheckpointException: CheckpointException ranks:dict_keys([0])",
+        "agree rank 0: RuntimeError: rank 1 failed: ValueError: only rank 1",
+    ]
+    assert one == [
+        "on_rank0 rank 1: RuntimeError: rank 0 failed: CheckpointException: rank 0: OSError: "
+        "disk full",
+        "agree rank 1: ValueError: only rank 1",
+    ]
