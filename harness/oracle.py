@@ -15,6 +15,7 @@ from harness.axes import Format, Layout
 from harness.cell import Cell, layout_label
 from harness.devices import DEFAULT_DEVICE, resolve_device, restore_error, restore_target
 from harness.outcomes import ErrorClass
+from harness.recipes import registrar
 
 TorchVersion = tuple[int, int]
 
@@ -63,16 +64,26 @@ class Expectation:
 Prediction = tuple[ErrorClass | None, str]
 
 
+_RULES: dict[str, Callable[[Cell, TorchVersion], Prediction]] = {}
+# The oracle's rule for a recipe is filed where it is written, under the recipe names it judges.
+rule = registrar(_RULES, "the oracle")
+
+
+@rule(
+    "as_saved", "as_saved_whole", "module_state_dict", "wrap_loader", "strip_prefix", "whole_module"
+)
 def _clean(_: Cell, __: TorchVersion) -> Prediction:
     return None, "a correct recipe loads every tensor"
 
 
+@rule("unfixed_prefix")
 def _unfixed_prefix(cell: Cell, _: TorchVersion) -> Prediction:
     if cell.save_layout is Layout.DP:
         return ErrorClass.KEY_MISMATCH, "keys carry 'module.'; the plain model expects none"
     return ErrorClass.KEY_MISMATCH, "keys lack 'module.'; the DataParallel model expects it"
 
 
+@rule("strip_prefix_unwrapped")
 def _strip_prefix_unwrapped(cell: Cell, _: TorchVersion) -> Prediction:
     if cell.model_spec.top_level_module_attr:
         return (
@@ -82,12 +93,14 @@ def _strip_prefix_unwrapped(cell: Cell, _: TorchVersion) -> Prediction:
     return None, "no key starts with 'module.', so nothing is stripped (fragile)"
 
 
+@rule("save_method")
 def _save_method(_: Cell, version: TorchVersion) -> Prediction:
     if version >= WEIGHTS_ONLY_DEFAULT_SINCE:
         return ErrorClass.UNSAFE_GLOBAL, "the file pickles a bound method; weights_only refuses it"
     return ErrorClass.NOT_A_STATE_DICT, "torch.load returns the bound method, not a dict"
 
 
+@rule("assign_dict", "assign_method")
 def _assignment(_: Cell, __: TorchVersion) -> Prediction:
     return (
         ErrorClass.WEIGHTS_DIFFER,
@@ -95,12 +108,14 @@ def _assignment(_: Cell, __: TorchVersion) -> Prediction:
     )
 
 
+@rule("slice_prefix")
 def _slice_prefix(cell: Cell, _: TorchVersion) -> Prediction:
     if cell.save_layout is Layout.DP:
         return None, "every key carries 'module.', so k[7:] strips exactly it (fragile)"
     return ErrorClass.KEY_MISMATCH, "k[7:] cuts 7 characters off keys that carry no prefix"
 
 
+@rule("replace_prefix")
 def _replace_prefix(cell: Cell, _: TorchVersion) -> Prediction:
     spec = cell.model_spec
     if spec.nested_module_dot:
@@ -110,12 +125,14 @@ def _replace_prefix(cell: Cell, _: TorchVersion) -> Prediction:
     return None, "no key contains 'module.' below the wrapper, so replace() is exact (fragile)"
 
 
+@rule("whole_default_load")
 def _whole_default_load(_: Cell, version: TorchVersion) -> Prediction:
     if version >= WEIGHTS_ONLY_DEFAULT_SINCE:
         return ErrorClass.UNSAFE_GLOBAL, "torch>=2.6 loads with weights_only=True by default"
     return None, "torch<2.6 unpickles whole models by default"
 
 
+@rule("resume_namespace_args")
 def _resume_namespace_args(_: Cell, version: TorchVersion) -> Prediction:
     if version >= WEIGHTS_ONLY_DEFAULT_SINCE:
         return (
@@ -126,10 +143,12 @@ def _resume_namespace_args(_: Cell, version: TorchVersion) -> Prediction:
     return None, "torch<2.6 loads with weights_only=False by default (fragile)"
 
 
+@rule("resume", "resume_safe_globals")
 def _resume(_: Cell, __: TorchVersion) -> Prediction:
     return None, "resumed training is bitwise equal to training without a stop"
 
 
+@rule("dcp_reshard")
 def _dcp_reshard(cell: Cell, _: TorchVersion) -> Prediction:
     return None, (
         f"DCP reshards the model and optimizer state saved at {cell.save_world} ranks "
@@ -137,10 +156,12 @@ def _dcp_reshard(cell: Cell, _: TorchVersion) -> Prediction:
     )
 
 
+@rule("dcp_no_dist", "dcp_to_torch_save")
 def _into_one_process(cell: Cell, _: TorchVersion) -> Prediction:
     return None, f"the state of FSDP2 at {cell.save_world} ranks loads into one plain model"
 
 
+@rule("full_state_dict", "ddp_module_state_dict", "ddp_strip_prefix")
 def _full_state(cell: Cell, _: TorchVersion) -> Prediction:
     saved = layout_label(cell.save_layout, cell.save_world)
     return (
@@ -149,10 +170,12 @@ def _full_state(cell: Cell, _: TorchVersion) -> Prediction:
     )
 
 
+@rule("torch_save_to_dcp")
 def _torch_save_to_dcp(cell: Cell, _: TorchVersion) -> Prediction:
     return None, f"one process's torch.save file, as DCP, loads at {cell.load_world} ranks"
 
 
+@rule("dcp_resume")
 def _dcp_resume(cell: Cell, _: TorchVersion) -> Prediction:
     return None, (
         f"training resumed at {cell.load_world} ranks is bitwise equal to the run at "
@@ -160,10 +183,12 @@ def _dcp_resume(cell: Cell, _: TorchVersion) -> Prediction:
     )
 
 
+@rule("dcp_partial_load")
 def _dcp_partial_load(_: Cell, __: TorchVersion) -> Prediction:
     return None, "allow_partial_load loads every saved key and leaves the new buffer as built"
 
 
+@rule("dcp_extra_key")
 def _dcp_extra_key(_: Cell, __: TorchVersion) -> Prediction:
     return ErrorClass.KEY_MISMATCH, (
         "dcp.load raises CheckpointException for a key the model has and the checkpoint lacks; "
@@ -171,6 +196,7 @@ def _dcp_extra_key(_: Cell, __: TorchVersion) -> Prediction:
     )
 
 
+@rule("dcp_missing_key")
 def _dcp_missing_key(_: Cell, __: TorchVersion) -> Prediction:
     return ErrorClass.TENSOR_SET_DIFFERS, (
         "dcp.load reads only the keys the model asks for: a saved key the model lost is dropped "
@@ -178,6 +204,7 @@ def _dcp_missing_key(_: Cell, __: TorchVersion) -> Prediction:
     )
 
 
+@rule("dcp_rank_state")
 def _dcp_rank_state(cell: Cell, _: TorchVersion) -> Prediction:
     saved, loading = cell.save_world, cell.load_world
     if saved > loading:
@@ -192,50 +219,17 @@ def _dcp_rank_state(cell: Cell, _: TorchVersion) -> Prediction:
     return None, "at the same world size every rank finds its own key (fragile)"
 
 
+@rule("ddp_unfixed_prefix")
 def _ddp_unfixed_prefix(_: Cell, __: TorchVersion) -> Prediction:
     return ErrorClass.KEY_MISMATCH, "DDP's keys carry 'module.'; the plain model expects none"
 
 
+@rule("sharded_state_dict")
 def _sharded_state_dict(_: Cell, __: TorchVersion) -> Prediction:
     return ErrorClass.SHARDED_TENSOR, (
         "an FSDP2 model's own state_dict() holds DTensor shards, which a plain model cannot copy "
         "(at any world size); gather it with get_model_state_dict(full_state_dict=True)"
     )
-
-
-_RULES: dict[str, Callable[[Cell, TorchVersion], Prediction]] = {
-    "resume": _resume,
-    "resume_safe_globals": _resume,
-    "resume_namespace_args": _resume_namespace_args,
-    "as_saved": _clean,
-    "as_saved_whole": _clean,
-    "module_state_dict": _clean,
-    "wrap_loader": _clean,
-    "strip_prefix": _clean,
-    "whole_module": _clean,
-    "unfixed_prefix": _unfixed_prefix,
-    "strip_prefix_unwrapped": _strip_prefix_unwrapped,
-    "save_method": _save_method,
-    "assign_dict": _assignment,
-    "assign_method": _assignment,
-    "slice_prefix": _slice_prefix,
-    "replace_prefix": _replace_prefix,
-    "whole_default_load": _whole_default_load,
-    "dcp_reshard": _dcp_reshard,
-    "dcp_no_dist": _into_one_process,
-    "dcp_to_torch_save": _into_one_process,
-    "full_state_dict": _full_state,
-    "torch_save_to_dcp": _torch_save_to_dcp,
-    "dcp_partial_load": _dcp_partial_load,
-    "dcp_resume": _dcp_resume,
-    "dcp_extra_key": _dcp_extra_key,
-    "dcp_missing_key": _dcp_missing_key,
-    "dcp_rank_state": _dcp_rank_state,
-    "sharded_state_dict": _sharded_state_dict,
-    "ddp_module_state_dict": _full_state,
-    "ddp_strip_prefix": _full_state,
-    "ddp_unfixed_prefix": _ddp_unfixed_prefix,
-}
 
 
 def expect(cell: Cell, *, torch_version: TorchVersion) -> Expectation:

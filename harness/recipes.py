@@ -7,8 +7,10 @@ correct recipe or a known-bad one. The code that performs a recipe lives in
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TypeVar
 
 from harness.axes import Format, Layout, SaveVariant
 
@@ -377,3 +379,26 @@ def recipe(name: str, where: str) -> Recipe:
     except KeyError:
         known = ", ".join(RECIPES)
         raise ValueError(f"{where}: unknown recipe {name!r}; the catalogue has {known}") from None
+
+
+F = TypeVar("F", bound=Callable[..., object])
+
+
+def registrar(registry: dict[str, F], owner: str) -> Callable[..., Callable[[F], F]]:
+    """A decorator factory that files a function in ``registry`` under the recipe names it is
+    given, where the function is defined: ``@performs("as_saved", "unfixed_prefix")``. A name the
+    catalogue lacks, or one filed twice, is refused at import."""
+
+    def names(*recipes: str) -> Callable[[F], F]:
+        def register(function: F) -> F:
+            where = f"{owner}: {getattr(function, '__qualname__', function)}"
+            for name in recipes:
+                recipe(name, where)
+                if name in registry:
+                    raise ValueError(f"{where}: recipe {name!r} is registered twice")
+                registry[name] = function
+            return function
+
+        return register
+
+    return names

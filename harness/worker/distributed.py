@@ -14,7 +14,6 @@ like any other cell's. Where the job's subset holds GPUs, each rank takes its ow
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import shutil
 import time
@@ -55,7 +54,7 @@ from harness.jobspec import (
     SaveSpec,
     rank_path,
 )
-from harness.recipes import RECIPES
+from harness.recipes import RECIPES, registrar
 from harness.worker.fingerprint import nested_tensors, tensor_digest, tensor_record
 from harness.worker.main import (
     artifact_sha256,
@@ -343,6 +342,13 @@ class DistributedLoad:
     unsaved: set[str] = field(default_factory=set)  # the model's keys the checkpoint never had
 
 
+# How each recipe of a distributed layout loads, into a fresh model and optimizer of that layout
+# at the loader's world size, filed where it is written (harness.worker.recipes.PERFORM holds the
+# recipes of one process).
+PERFORM: dict[str, Callable[[DistributedLoad], None]] = {}
+performs = registrar(PERFORM, "harness.worker.distributed")
+
+
 # What a load may raise: CheckpointException (torch.distributed.checkpoint) is a BaseException.
 LOAD_ERRORS = (Exception, CheckpointException)
 T = TypeVar("T")
@@ -395,7 +401,22 @@ def _full_state(ctx: DistributedLoad, *, strip: bool = False) -> None:
     set_model_state_dict(ctx.model, state, options=options)
 
 
-def _dcp_reshard(ctx: DistributedLoad, planner: DefaultLoadPlanner | None = None) -> None:
+@performs("full_state_dict", "ddp_module_state_dict")
+def _into_full_state(ctx: DistributedLoad) -> None:
+    _full_state(ctx)
+
+
+@performs("ddp_strip_prefix")
+def _ddp_strip_prefix(ctx: DistributedLoad) -> None:
+    _full_state(ctx, strip=True)
+
+
+@performs("dcp_reshard", "dcp_extra_key", "dcp_missing_key")
+def _dcp_reshard(ctx: DistributedLoad) -> None:
+    _reshard(ctx)
+
+
+def _reshard(ctx: DistributedLoad, planner: DefaultLoadPlanner | None = None) -> None:
     state = model_and_optimizer(ctx.model, ctx.optimizer)
     # dcp.load fills the sharded tensors of both dicts in place
     dcp_load(state, checkpoint_id=str(ctx.path), planner=planner)
@@ -420,14 +441,16 @@ def _drop_last_bias(model: nn.Module) -> None:
     last.register_parameter("bias", None)
 
 
+@performs("dcp_partial_load")
 def _dcp_partial_load(ctx: DistributedLoad) -> None:
-    _dcp_reshard(ctx, DefaultLoadPlanner(allow_partial_load=True))
+    _reshard(ctx, DefaultLoadPlanner(allow_partial_load=True))
     added = ctx.model.get_buffer(ADDED_BUFFER)
     if not torch.equal(added.cpu(), torch.full((4,), ADDED_VALUE)):
         raise RuntimeError(f"allow_partial_load changed {ADDED_BUFFER!r}, which no rank saved")
     ctx.unsaved = {ADDED_BUFFER}
 
 
+@performs("dcp_rank_state")
 def _dcp_rank_state(ctx: DistributedLoad) -> None:
     own = rank_state(fresh=True)
     state = model_and_optimizer(ctx.model, ctx.optimizer) | own
@@ -441,6 +464,7 @@ def _dcp_rank_state(ctx: DistributedLoad) -> None:
     ctx.extra = gathered({key: tensor_record(state[key], "cpu") for key in own})
 
 
+@performs("torch_save_to_dcp")
 def _torch_save_to_dcp(ctx: DistributedLoad) -> None:
     converted = Path(ctx.spec.report_path).with_name("converted-dcp")
 
@@ -456,6 +480,7 @@ def _torch_save_to_dcp(ctx: DistributedLoad) -> None:
     set_model_state_dict(ctx.model, state)
 
 
+@performs("dcp_resume")
 def _dcp_resume(ctx: DistributedLoad) -> None:
     model = ctx.model
     summed_gradients(model)  # see invariant_steps
@@ -472,20 +497,6 @@ def _dcp_resume(ctx: DistributedLoad) -> None:
     ctx.optimizer = regime[0]
 
 
-# How each recipe of a distributed layout loads, into a fresh model and optimizer of that layout
-# at the loader's world size (harness.worker.recipes.PERFORM holds the recipes of one process).
-PERFORM: dict[str, Callable[[DistributedLoad], None]] = {
-    "dcp_reshard": _dcp_reshard,
-    "dcp_extra_key": _dcp_reshard,
-    "dcp_missing_key": _dcp_reshard,
-    "dcp_partial_load": _dcp_partial_load,
-    "dcp_rank_state": _dcp_rank_state,
-    "dcp_resume": _dcp_resume,
-    "torch_save_to_dcp": _torch_save_to_dcp,
-    "full_state_dict": _full_state,
-    "ddp_module_state_dict": _full_state,
-    "ddp_strip_prefix": functools.partial(_full_state, strip=True),
-}
 # Recipes whose loading model changed since the save: applied before it is wrapped or sharded.
 ALTER: dict[str, Alteration] = {
     "dcp_extra_key": _add_buffer,

@@ -19,6 +19,7 @@ from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from harness.axes import Layout
 from harness.jobspec import LOAD_SEED, LoadSpec
+from harness.recipes import registrar
 from harness.worker.fingerprint import fingerprint
 from harness.worker.models import build, unwrap, wrap
 from harness.worker.training import resume
@@ -76,12 +77,19 @@ class LoadContext:
         return torch.load(self.path, map_location=self.map_location)
 
 
+# How each recipe of one process is performed, filed where it is written.
+PERFORM: dict[str, Callable[[LoadContext], nn.Module]] = {}
+performs = registrar(PERFORM, "harness.worker.recipes")
+
+
+@performs("as_saved", "unfixed_prefix", "ddp_unfixed_prefix")
 def _as_saved(ctx: LoadContext) -> nn.Module:
     model = ctx.fresh()
     model.load_state_dict(ctx.weights())
     return model
 
 
+@performs("dcp_no_dist")
 def _dcp_no_dist(ctx: LoadContext) -> nn.Module:
     """A sharded checkpoint into a plain model in this one process: no process group. DCP
     reads .metadata with pickle: the directory's checksum was verified before this call."""
@@ -94,12 +102,14 @@ def _dcp_no_dist(ctx: LoadContext) -> nn.Module:
     return model
 
 
+@performs("sharded_state_dict")
 def _sharded_state_dict(ctx: LoadContext) -> nn.Module:
     import torch.distributed.tensor  # noqa: F401  (what the first error asks for)
 
     return _as_saved(ctx)
 
 
+@performs("dcp_to_torch_save")
 def _dcp_to_torch_save(ctx: LoadContext) -> nn.Module:
     """DCP's own converter to one torch.save file (it reads .metadata with pickle: the
     directory's checksum was verified before this call), then a weights_only load."""
@@ -112,6 +122,7 @@ def _dcp_to_torch_save(ctx: LoadContext) -> nn.Module:
     return model
 
 
+@performs("as_saved_whole")
 def _as_saved_whole(ctx: LoadContext) -> nn.Module:
     return ctx.whole()
 
@@ -122,22 +133,26 @@ def _into_unwrapped(ctx: LoadContext, state_dict: Any) -> nn.Module:
     return model
 
 
+@performs("module_state_dict", "full_state_dict", "ddp_module_state_dict")
 def _module_state_dict(ctx: LoadContext) -> nn.Module:
     return _into_unwrapped(ctx, ctx.weights())
 
 
+@performs("wrap_loader")
 def _wrap_loader(ctx: LoadContext) -> nn.Module:
     wrapped = nn.DataParallel(ctx.fresh(Layout.SINGLE))
     wrapped.load_state_dict(ctx.weights())
     return wrapped.module
 
 
+@performs("strip_prefix", "strip_prefix_unwrapped", "ddp_strip_prefix")
 def _strip_prefix(ctx: LoadContext) -> nn.Module:
     state_dict = ctx.weights()
     consume_prefix_in_state_dict_if_present(state_dict, "module.")
     return _into_unwrapped(ctx, state_dict)
 
 
+@performs("whole_module")
 def _whole_module(ctx: LoadContext) -> nn.Module:
     inner = ctx.whole().module
     if not isinstance(inner, nn.Module):
@@ -145,18 +160,21 @@ def _whole_module(ctx: LoadContext) -> nn.Module:
     return inner
 
 
+@performs("save_method")
 def _save_method(ctx: LoadContext) -> nn.Module:
     model = ctx.fresh()
     model.load_state_dict(ctx.default_load())
     return model
 
 
+@performs("assign_dict")
 def _assign_dict(ctx: LoadContext) -> nn.Module:
     model = ctx.fresh()
     model.state_dict = ctx.weights()  # type: ignore[method-assign]  # the bug under test
     return model
 
 
+@performs("assign_method")
 def _assign_method(ctx: LoadContext) -> nn.Module:
     loaded = ctx.whole()
     model = ctx.fresh()
@@ -164,10 +182,12 @@ def _assign_method(ctx: LoadContext) -> nn.Module:
     return model
 
 
+@performs("slice_prefix")
 def _slice_prefix(ctx: LoadContext) -> nn.Module:
     return _into_unwrapped(ctx, {key[7:]: value for key, value in ctx.weights().items()})
 
 
+@performs("replace_prefix")
 def _replace_prefix(ctx: LoadContext) -> nn.Module:
     state_dict = ctx.weights()
     return _into_unwrapped(
@@ -175,6 +195,7 @@ def _replace_prefix(ctx: LoadContext) -> nn.Module:
     )
 
 
+@performs("whole_default_load")
 def _whole_default_load(ctx: LoadContext) -> nn.Module:
     model = ctx.default_load()
     if not isinstance(model, nn.Module):
@@ -182,43 +203,17 @@ def _whole_default_load(ctx: LoadContext) -> nn.Module:
     return model
 
 
+@performs("resume", "resume_namespace_args")
 def _resume(ctx: LoadContext) -> nn.Module:
     model = ctx.fresh()
     resume(model, ctx.weights(), ctx.spec.training, ctx.spec.model)
     return model
 
 
+@performs("resume_safe_globals")
 def _resume_safe_globals(ctx: LoadContext) -> nn.Module:
     model = ctx.fresh()
     with torch.serialization.safe_globals([argparse.Namespace]):
         state = ctx.weights()
     resume(model, state, ctx.spec.training, ctx.spec.model)
     return model
-
-
-PERFORM: dict[str, Callable[[LoadContext], nn.Module]] = {
-    "resume": _resume,
-    "resume_safe_globals": _resume_safe_globals,
-    "resume_namespace_args": _resume,
-    "as_saved": _as_saved,
-    "as_saved_whole": _as_saved_whole,
-    "module_state_dict": _module_state_dict,
-    "wrap_loader": _wrap_loader,
-    "strip_prefix": _strip_prefix,
-    "whole_module": _whole_module,
-    "unfixed_prefix": _as_saved,
-    "strip_prefix_unwrapped": _strip_prefix,
-    "save_method": _save_method,
-    "assign_dict": _assign_dict,
-    "assign_method": _assign_method,
-    "slice_prefix": _slice_prefix,
-    "replace_prefix": _replace_prefix,
-    "whole_default_load": _whole_default_load,
-    "dcp_no_dist": _dcp_no_dist,
-    "dcp_to_torch_save": _dcp_to_torch_save,
-    "full_state_dict": _module_state_dict,
-    "sharded_state_dict": _sharded_state_dict,
-    "ddp_module_state_dict": _module_state_dict,
-    "ddp_strip_prefix": _strip_prefix,
-    "ddp_unfixed_prefix": _as_saved,
-}

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from harness.axes import Format, Layout
-from harness.recipes import RECIPES, RecipeKind, recipe
+from harness.recipes import RECIPES, RecipeKind, recipe, registrar
 
 S, D = Layout.SINGLE, Layout.DP
 W, H = Format.WEIGHTS, Format.WHOLE
@@ -69,3 +71,38 @@ def test_unknown_recipe_lists_the_catalogue() -> None:
         ValueError, match=r"x\.toml: unknown recipe 'strip'; the catalogue has as_saved"
     ):
         recipe("strip", "x.toml")
+
+
+def test_the_catalogue_the_performers_and_the_oracle_name_the_same_recipes() -> None:
+    from harness.oracle import _RULES
+    from harness.worker.distributed import PERFORM as DISTRIBUTED
+    from harness.worker.recipes import PERFORM
+
+    assert set(_RULES) == set(RECIPES)
+    assert set(PERFORM) | set(DISTRIBUTED) == set(RECIPES)
+    # a recipe is performed in one process where it loads into a layout of one process, and by
+    # the distributed worker where it loads into a distributed layout (some do both)
+    for name, spec in RECIPES.items():
+        distributed = any(layout.distributed for layout in spec.load_layouts)
+        single = any(not layout.distributed for layout in spec.load_layouts)
+        assert (name in DISTRIBUTED) == distributed, name
+        assert (name in PERFORM) == single, name
+
+
+def test_a_registrar_refuses_an_unknown_or_repeated_recipe() -> None:
+    registry: dict[str, Callable[[], None]] = {}
+    files = registrar(registry, "here")
+
+    @files("as_saved")
+    def first() -> None: ...
+
+    assert registry == {"as_saved": first}
+    with pytest.raises(ValueError, match=r"here: .*second: recipe 'as_saved' is registered twice"):
+
+        @files("as_saved")
+        def second() -> None: ...
+
+    with pytest.raises(ValueError, match=r"third: unknown recipe 'nope'; the catalogue has"):
+
+        @files("nope")
+        def third() -> None: ...

@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from harness.jobspec import LoadSpec, SaveSpec, spec_from_json
-from harness.recipes import RECIPES
 from harness.worker.entry import main
 from harness.worker.main import configure_torch, run_load, run_save
 from harness.worker.models import build
@@ -50,19 +49,6 @@ def load(saved: dict[str, Any], layout: str, recipe: str, model: str = "trap") -
         report_path="unused",
     )
     return run_load(spec)
-
-
-def test_every_recipe_has_an_implementation() -> None:
-    from harness.worker.distributed import PERFORM as DISTRIBUTED
-
-    assert set(PERFORM) | set(DISTRIBUTED) == set(RECIPES)
-    # a recipe is performed in one process where it loads into a layout of one process, and by
-    # the distributed worker where it loads into a distributed layout (some do both)
-    for name, recipe in RECIPES.items():
-        distributed = any(layout.distributed for layout in recipe.load_layouts)
-        single = any(not layout.distributed for layout in recipe.load_layouts)
-        assert (name in DISTRIBUTED) == distributed, name
-        assert (name in PERFORM) == single, name
 
 
 def test_strip_prefix_round_trip_is_bitwise(tmp_path: Path) -> None:
