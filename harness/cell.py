@@ -12,7 +12,7 @@ from typing import Any
 from harness.axes import Format, Layout, SaveVariant
 from harness.devices import DEFAULT_DEVICE, cuda_index, resolve_device
 from harness.recipes import RECIPES, Recipe
-from harness.zoo import MODELS, ModelSpec
+from harness.zoo import ModelSpec, model_spec
 
 # A visibility is an ordered tuple of physical GPU indices given to a process through
 # CUDA_VISIBLE_DEVICES; logical cuda:0 is the first listed. The empty tuple is the CPU fallback.
@@ -107,7 +107,7 @@ class Cell:
 
     @property
     def model_spec(self) -> ModelSpec:
-        return MODELS[self.model]
+        return model_spec(self.model, self.id)
 
     @property
     def save_key(self) -> SaveKey:

@@ -64,6 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
             "-k", "--select", default=None, help="keep only cells whose id contains this text"
         )
         sub.add_argument(
+            "--model",
+            action="append",
+            default=[],
+            dest="models",
+            metavar="NAME",
+            help="run the scenarios with this model instead of the ones they name (repeatable): "
+            "a zoo name, or your own as package.module:factory, imported from the current "
+            "directory and PYTHONPATH",
+        )
+        sub.add_argument(
             "--visibility",
             default="minimal",
             help="GPU subsets: minimal, pairs, all[:K] or sample:N (default: minimal)",
@@ -164,6 +174,7 @@ def run_options(args: argparse.Namespace) -> RunOptions:
     return RunOptions(
         scenarios=args.scenarios,
         select=args.select,
+        models=tuple(args.models),
         visibility=args.visibility,
         shard=args.shard,
         timeout_s=getattr(args, "timeout", DEFAULT_TIMEOUT_S),

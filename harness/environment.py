@@ -13,7 +13,7 @@ import platform
 import socket
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -36,13 +36,16 @@ def torch_environment(
     timeout_s: float = 120.0,
     launcher: Launcher | None = None,
     workdir: Path | None = None,
+    models: Sequence[str] = (),
 ) -> dict[str, Any]:
     """torch's version, CUDA build and what CUDA sees, read in a worker that sees every GPU of the
     run (``inventory``; none without one), so ``cuda_available`` and ``device_count`` describe
     the GPUs the cells use, not an empty visibility. With a ``launcher`` (and a ``workdir`` for
     the job's files) the worker is one of the run's own (a child of the zygote costs no torch
-    import); without one, a fresh interpreter."""
+    import); without one, a fresh interpreter. ``models``: measure each one's traits (or say
+    why it cannot be built): ``models`` in the answer."""
     argv = list(worker_argv(python, "--environment"))
+    measure = ["--models", *models] if models else []
     gpus = inventory.indices if inventory is not None else ()
     devices = DeviceMap(inventory.uuids) if inventory is not None else None
     if launcher is not None and workdir is not None:
@@ -50,7 +53,7 @@ def torch_environment(
         run = launcher.launch(
             Job(
                 name="the torch side of the environment",
-                argv=(*argv, str(report)),
+                argv=(*argv, str(report), *measure),
                 env=worker_env(gpus, devices=devices),
                 timeout_s=timeout_s,
                 log_path=report.with_suffix(".log"),
@@ -66,7 +69,7 @@ def torch_environment(
         return run.report
     try:
         done = subprocess.run(
-            argv,
+            [*argv, *measure],
             env=worker_env(gpus, devices=devices),
             capture_output=True,
             text=True,
@@ -106,6 +109,8 @@ def describe(
         "torchvision": torch_side.get("torchvision"),
         "cuda_build": torch_side.get("cuda_build"),
         "cuda_available": torch_side.get("cuda_available"),
+        # each model's traits as a worker measured them (what the oracle was given)
+        "models": torch_side.get("models"),
         "gpus": inventory.to_json()["gpus"],
         "driver_version": inventory.driver_version,
         "cuda_driver_version": inventory.cuda_version,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +26,12 @@ from harness.scenarios import ScenarioError, default_scenarios_dir, load_scenari
 from harness.session import CellRunner, build_runner, leased_launcher
 from harness.shards import Shard, parse_shard, select, shard_record
 from harness.visibility import Policy, parse_policy, subsets
+from harness.zoo import ModelError, ModelTraits, model_spec
 
 # How each front door spells its options, for errors ("--shard 5/4", "--ckpt-shard 5/4").
 CLI_NAMES = {
     "scenarios": "--scenarios",
+    "models": "--model",
     "visibility": "--visibility",
     "shard": "--shard",
     "timeout_s": "--timeout",
@@ -38,6 +40,7 @@ CLI_NAMES = {
 }
 PLUGIN_NAMES = {
     "scenarios": "--ckpt-scenarios",
+    "models": "--ckpt-model",
     "visibility": "--ckpt-visibility",
     "shard": "--ckpt-shard",
     "timeout_s": "--ckpt-timeout",
@@ -54,6 +57,9 @@ class OptionError(ValueError):
 class RunOptions:
     scenarios: Path | None = None  # a TOML file or folder; None: the shipped scenarios
     select: str | None = None  # keep cells whose id contains this text
+    # run the scenarios with these models instead of the ones they name (zoo names or a user's
+    # package.module:factory)
+    models: tuple[str, ...] = ()
     visibility: str = "minimal"
     shard: str | None = None  # K/N, slurm, indexed:N
     timeout_s: float = DEFAULT_TIMEOUT_S
@@ -111,6 +117,10 @@ def plan_matrix(
         scenarios = load_scenarios(path)
     except ScenarioError as exc:
         raise ScenarioError(f"{options.names['scenarios']}: {exc}") from None
+    if options.models:
+        for name in options.models:
+            model_spec(name, f"{options.names['models']} {name}")
+        scenarios = [replace(scenario, models=options.models) for scenario in scenarios]
     matrix = expand(scenarios, subsets=chosen, select=options.select)
     if not matrix.cells:
         matching = f" match -k {options.select!r}" if options.select else ""
@@ -147,10 +157,18 @@ def run_environment(
     planned: Planned, options: RunOptions, launcher: Launcher, workdir: Path
 ) -> dict[str, Any]:
     """The results file's environment line: torch's side (read by one of the run's own workers,
-    which sees the run's GPUs), the machine, and the run's choices (visibility, launcher, GPU
-    slots, shard)."""
+    which sees the run's GPUs) with each model's traits measured there, the machine, and the
+    run's choices (visibility, launcher, GPU slots, shard). A model that cannot be imported or
+    built is a ``ModelError`` here, before any cell runs."""
+    models = sorted({cell.model for cell in planned.cells})
+    torch_side = torch_environment(
+        planned.inventory, launcher=launcher, workdir=workdir, models=models
+    )
+    failures = [found["error"] for found in torch_side["models"].values() if "error" in found]
+    if failures:
+        raise ModelError("; ".join(failures))
     return describe(
-        torch_environment(planned.inventory, launcher=launcher, workdir=workdir),
+        torch_side,
         planned.inventory,
         visibility_policy=options.visibility,
         gpu_slots=options.gpu_slots,
@@ -174,4 +192,8 @@ def open_runner(
         torch_version=parse_torch_version(environment["torch"]),
         launcher=launcher,
         torchvision=environment.get("torchvision") is not None,
+        traits={
+            name: ModelTraits.from_json(found["traits"])
+            for name, found in (environment.get("models") or {}).items()
+        },
     )

@@ -16,6 +16,7 @@ from harness.cell import Cell, layout_label
 from harness.devices import DEFAULT_DEVICE, resolve_device, restore_error, restore_target
 from harness.outcomes import ErrorClass
 from harness.recipes import registrar
+from harness.zoo import ModelTraits
 
 TorchVersion = tuple[int, int]
 
@@ -64,7 +65,7 @@ class Expectation:
 Prediction = tuple[ErrorClass | None, str]
 
 
-_RULES: dict[str, Callable[[Cell, TorchVersion], Prediction]] = {}
+_RULES: dict[str, Callable[[Cell, TorchVersion, ModelTraits], Prediction]] = {}
 # The oracle's rule for a recipe is filed where it is written, under the recipe names it judges.
 rule = registrar(_RULES, "the oracle")
 
@@ -72,20 +73,20 @@ rule = registrar(_RULES, "the oracle")
 @rule(
     "as_saved", "as_saved_whole", "module_state_dict", "wrap_loader", "strip_prefix", "whole_module"
 )
-def _clean(_: Cell, __: TorchVersion) -> Prediction:
+def _clean(_: Cell, __: TorchVersion, _traits: ModelTraits) -> Prediction:
     return None, "a correct recipe loads every tensor"
 
 
 @rule("unfixed_prefix")
-def _unfixed_prefix(cell: Cell, _: TorchVersion) -> Prediction:
+def _unfixed_prefix(cell: Cell, _: TorchVersion, _traits: ModelTraits) -> Prediction:
     if cell.save_layout is Layout.DP:
         return ErrorClass.KEY_MISMATCH, "keys carry 'module.'; the plain model expects none"
     return ErrorClass.KEY_MISMATCH, "keys lack 'module.'; the DataParallel model expects it"
 
 
 @rule("strip_prefix_unwrapped")
-def _strip_prefix_unwrapped(cell: Cell, _: TorchVersion) -> Prediction:
-    if cell.model_spec.top_level_module_attr:
+def _strip_prefix_unwrapped(cell: Cell, _: TorchVersion, traits: ModelTraits) -> Prediction:
+    if traits.top_level_module_attr:
         return (
             ErrorClass.KEY_MISMATCH,
             "the model's own top-level 'module' attribute is stripped from its keys",
@@ -94,14 +95,14 @@ def _strip_prefix_unwrapped(cell: Cell, _: TorchVersion) -> Prediction:
 
 
 @rule("save_method")
-def _save_method(_: Cell, version: TorchVersion) -> Prediction:
+def _save_method(_: Cell, version: TorchVersion, _traits: ModelTraits) -> Prediction:
     if version >= WEIGHTS_ONLY_DEFAULT_SINCE:
         return ErrorClass.UNSAFE_GLOBAL, "the file pickles a bound method; weights_only refuses it"
     return ErrorClass.NOT_A_STATE_DICT, "torch.load returns the bound method, not a dict"
 
 
 @rule("assign_dict", "assign_method")
-def _assignment(_: Cell, __: TorchVersion) -> Prediction:
+def _assignment(_: Cell, __: TorchVersion, _traits: ModelTraits) -> Prediction:
     return (
         ErrorClass.WEIGHTS_DIFFER,
         "assigning to model.state_dict loads nothing; the parameters keep their fresh values",
@@ -109,31 +110,30 @@ def _assignment(_: Cell, __: TorchVersion) -> Prediction:
 
 
 @rule("slice_prefix")
-def _slice_prefix(cell: Cell, _: TorchVersion) -> Prediction:
+def _slice_prefix(cell: Cell, _: TorchVersion, _traits: ModelTraits) -> Prediction:
     if cell.save_layout is Layout.DP:
         return None, "every key carries 'module.', so k[7:] strips exactly it (fragile)"
     return ErrorClass.KEY_MISMATCH, "k[7:] cuts 7 characters off keys that carry no prefix"
 
 
 @rule("replace_prefix")
-def _replace_prefix(cell: Cell, _: TorchVersion) -> Prediction:
-    spec = cell.model_spec
-    if spec.nested_module_dot:
+def _replace_prefix(cell: Cell, _: TorchVersion, traits: ModelTraits) -> Prediction:
+    if traits.nested_module_dot:
         return ErrorClass.KEY_MISMATCH, "replace() also rewrites names like 'submodule.' inside"
-    if spec.top_level_module_attr:
+    if traits.top_level_module_attr:
         return ErrorClass.KEY_MISMATCH, "replace() also removes the model's own 'module.' name"
     return None, "no key contains 'module.' below the wrapper, so replace() is exact (fragile)"
 
 
 @rule("whole_default_load")
-def _whole_default_load(_: Cell, version: TorchVersion) -> Prediction:
+def _whole_default_load(_: Cell, version: TorchVersion, _traits: ModelTraits) -> Prediction:
     if version >= WEIGHTS_ONLY_DEFAULT_SINCE:
         return ErrorClass.UNSAFE_GLOBAL, "torch>=2.6 loads with weights_only=True by default"
     return None, "torch<2.6 unpickles whole models by default"
 
 
 @rule("resume_namespace_args")
-def _resume_namespace_args(_: Cell, version: TorchVersion) -> Prediction:
+def _resume_namespace_args(_: Cell, version: TorchVersion, _traits: ModelTraits) -> Prediction:
     if version >= WEIGHTS_ONLY_DEFAULT_SINCE:
         return (
             ErrorClass.UNSAFE_GLOBAL,
@@ -144,12 +144,12 @@ def _resume_namespace_args(_: Cell, version: TorchVersion) -> Prediction:
 
 
 @rule("resume", "resume_safe_globals")
-def _resume(_: Cell, __: TorchVersion) -> Prediction:
+def _resume(_: Cell, __: TorchVersion, _traits: ModelTraits) -> Prediction:
     return None, "resumed training is bitwise equal to training without a stop"
 
 
 @rule("dcp_reshard")
-def _dcp_reshard(cell: Cell, _: TorchVersion) -> Prediction:
+def _dcp_reshard(cell: Cell, _: TorchVersion, _traits: ModelTraits) -> Prediction:
     return None, (
         f"DCP reshards the model and optimizer state saved at {cell.save_world} ranks "
         f"to {cell.load_world}"
@@ -157,12 +157,12 @@ def _dcp_reshard(cell: Cell, _: TorchVersion) -> Prediction:
 
 
 @rule("dcp_no_dist", "dcp_to_torch_save")
-def _into_one_process(cell: Cell, _: TorchVersion) -> Prediction:
+def _into_one_process(cell: Cell, _: TorchVersion, _traits: ModelTraits) -> Prediction:
     return None, f"the state of FSDP2 at {cell.save_world} ranks loads into one plain model"
 
 
 @rule("full_state_dict", "ddp_module_state_dict", "ddp_strip_prefix")
-def _full_state(cell: Cell, _: TorchVersion) -> Prediction:
+def _full_state(cell: Cell, _: TorchVersion, _traits: ModelTraits) -> Prediction:
     saved = layout_label(cell.save_layout, cell.save_world)
     return (
         None,
@@ -171,12 +171,12 @@ def _full_state(cell: Cell, _: TorchVersion) -> Prediction:
 
 
 @rule("torch_save_to_dcp")
-def _torch_save_to_dcp(cell: Cell, _: TorchVersion) -> Prediction:
+def _torch_save_to_dcp(cell: Cell, _: TorchVersion, _traits: ModelTraits) -> Prediction:
     return None, f"one process's torch.save file, as DCP, loads at {cell.load_world} ranks"
 
 
 @rule("dcp_resume")
-def _dcp_resume(cell: Cell, _: TorchVersion) -> Prediction:
+def _dcp_resume(cell: Cell, _: TorchVersion, _traits: ModelTraits) -> Prediction:
     return None, (
         f"training resumed at {cell.load_world} ranks is bitwise equal to the run at "
         f"{cell.save_world} that never stopped"
@@ -184,12 +184,12 @@ def _dcp_resume(cell: Cell, _: TorchVersion) -> Prediction:
 
 
 @rule("dcp_partial_load")
-def _dcp_partial_load(_: Cell, __: TorchVersion) -> Prediction:
+def _dcp_partial_load(_: Cell, __: TorchVersion, _traits: ModelTraits) -> Prediction:
     return None, "allow_partial_load loads every saved key and leaves the new buffer as built"
 
 
 @rule("dcp_extra_key")
-def _dcp_extra_key(_: Cell, __: TorchVersion) -> Prediction:
+def _dcp_extra_key(_: Cell, __: TorchVersion, _traits: ModelTraits) -> Prediction:
     return ErrorClass.KEY_MISMATCH, (
         "dcp.load raises CheckpointException for a key the model has and the checkpoint lacks; "
         "the fix is DefaultLoadPlanner(allow_partial_load=True)"
@@ -197,7 +197,7 @@ def _dcp_extra_key(_: Cell, __: TorchVersion) -> Prediction:
 
 
 @rule("dcp_missing_key")
-def _dcp_missing_key(_: Cell, __: TorchVersion) -> Prediction:
+def _dcp_missing_key(_: Cell, __: TorchVersion, _traits: ModelTraits) -> Prediction:
     return ErrorClass.TENSOR_SET_DIFFERS, (
         "dcp.load reads only the keys the model asks for: a saved key the model lost is dropped "
         "without a word"
@@ -205,7 +205,7 @@ def _dcp_missing_key(_: Cell, __: TorchVersion) -> Prediction:
 
 
 @rule("dcp_rank_state")
-def _dcp_rank_state(cell: Cell, _: TorchVersion) -> Prediction:
+def _dcp_rank_state(cell: Cell, _: TorchVersion, _traits: ModelTraits) -> Prediction:
     saved, loading = cell.save_world, cell.load_world
     if saved > loading:
         return ErrorClass.TENSOR_SET_DIFFERS, (
@@ -220,31 +220,38 @@ def _dcp_rank_state(cell: Cell, _: TorchVersion) -> Prediction:
 
 
 @rule("ddp_unfixed_prefix")
-def _ddp_unfixed_prefix(_: Cell, __: TorchVersion) -> Prediction:
+def _ddp_unfixed_prefix(_: Cell, __: TorchVersion, _traits: ModelTraits) -> Prediction:
     return ErrorClass.KEY_MISMATCH, "DDP's keys carry 'module.'; the plain model expects none"
 
 
 @rule("sharded_state_dict")
-def _sharded_state_dict(_: Cell, __: TorchVersion) -> Prediction:
+def _sharded_state_dict(_: Cell, __: TorchVersion, _traits: ModelTraits) -> Prediction:
     return ErrorClass.SHARDED_TENSOR, (
         "an FSDP2 model's own state_dict() holds DTensor shards, which a plain model cannot copy "
         "(at any world size); gather it with get_model_state_dict(full_state_dict=True)"
     )
 
 
-def expect(cell: Cell, *, torch_version: TorchVersion) -> Expectation:
+def expect(
+    cell: Cell, *, torch_version: TorchVersion, traits: ModelTraits | None = None
+) -> Expectation:
     """What PyTorch should do, in the order it does it: ``weights_only`` refuses a global before
     any storage is read; every storage is then restored through ``map_location`` (which may raise
-    for CUDA); then the recipe does what it does."""
+    for CUDA); then the recipe does what it does. ``traits``: the model's, as measured in a worker
+    (default: the zoo's declared ones; a user's model has none until measured)."""
     try:
         rule = _RULES[cell.recipe]
     except KeyError:
         raise ValueError(f"the oracle has no rule for recipe {cell.recipe!r} ({cell.id})") from None
+    if traits is None:
+        traits = cell.model_spec.declared
+    if traits is None:
+        raise ValueError(f"{cell.id}: the traits of {cell.model} are measured in a worker first")
     visible = len(cell.load_visibility)
     target = restore_target(cell.save_device, cell.map_location)
     recipe = cell.recipe_spec
     device = target if recipe.keeps_loaded_model else resolve_device(DEFAULT_DEVICE, visible)
-    error, reason = rule(cell, torch_version)
+    error, reason = rule(cell, torch_version, traits)
     if error is ErrorClass.UNSAFE_GLOBAL:
         return Expectation(error=error, reason=reason, tensor_device=device)
     restore, restore_reason = restore_error(target, visible)

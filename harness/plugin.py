@@ -34,6 +34,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="scenario TOML file or folder for the ckpt_cell tests (default: the shipped set)",
     )
     group.addoption(
+        "--ckpt-model",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="run the scenarios with this model instead of the ones they name (repeatable): a "
+        "zoo name, or package.module:factory",
+    )
+    group.addoption(
         "--ckpt-visibility",
         default="minimal",
         help="GPU subsets: minimal, pairs, all[:K] or sample:N (default: minimal)",
@@ -75,6 +83,7 @@ def _options(config: pytest.Config) -> RunOptions:
 
     return RunOptions(
         scenarios=config.getoption("ckpt_scenarios"),
+        models=tuple(config.getoption("ckpt_model")),
         visibility=config.getoption("ckpt_visibility"),
         shard=config.getoption("ckpt_shard"),
         timeout_s=DEFAULT_TIMEOUT_S

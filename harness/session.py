@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.artifacts import ArtifactStore
@@ -23,6 +23,7 @@ from harness.outcomes import Outcome
 from harness.plan import DeviceMap, JobFactory, worker_env
 from harness.results import CellResult, ResultsWriter
 from harness.verdict import judge
+from harness.zoo import ModelTraits
 
 Progress = Callable[[CellResult, int, int], None]
 
@@ -34,17 +35,20 @@ class CellRunner:
     store: ArtifactStore
     torch_version: TorchVersion
     torchvision: bool = True  # whether the workers' interpreter has torchvision
+    # each model's traits as measured in a worker (default: the zoo's declared ones)
+    traits: Mapping[str, ModelTraits] = field(default_factory=dict)
 
     def run_cell(self, cell: Cell) -> CellResult:
         started = time.monotonic()
-        expectation = expect(cell, torch_version=self.torch_version)
-        if cell.model_spec.needs_torchvision and not self.torchvision:
+        traits = self.traits.get(cell.model)
+        expectation = expect(cell, torch_version=self.torch_version, traits=traits)
+        skipped = skip_reason(cell, traits, torchvision=self.torchvision)
+        if skipped is not None:
             return CellResult(
                 cell=cell,
                 outcome=Outcome.SKIP,
                 expected=expectation,
-                reason=f"{cell.model} needs torchvision, which the workers' interpreter lacks "
-                "(pip install torchvision beside torch, or leave the model out with -k)",
+                reason=skipped,
                 observed=None,
                 error=None,
                 duration_s=0.0,
@@ -94,6 +98,21 @@ class CellRunner:
         )
 
 
+def skip_reason(cell: Cell, traits: ModelTraits | None, *, torchvision: bool) -> str | None:
+    """Why this run cannot perform the cell, or None."""
+    if cell.model_spec.needs_torchvision and not torchvision:
+        return (
+            f"{cell.model} needs torchvision, which the workers' interpreter lacks "
+            "(pip install torchvision beside torch, or leave the model out with -k)"
+        )
+    if traits is not None and not traits.example_input and cell.training:
+        return (
+            f"{cell.model} gives no example_input, and a training-state cell trains the model "
+            "(give package.module:example_input(device) -> Tensor)"
+        )
+    return None
+
+
 def build_runner(
     *,
     workdir: Path,
@@ -105,6 +124,7 @@ def build_runner(
     torchvision: bool = True,
     preload_torchvision: bool = True,
     preload_distributed: bool = False,
+    traits: Mapping[str, ModelTraits] | None = None,
 ) -> CellRunner:
     """The runner both front doors use: workers forked from a zygote that has imported torch
     (``zygote``, the default) or fresh interpreters (``spawn``), GPU leases in the work folder
@@ -128,6 +148,7 @@ def build_runner(
         store=ArtifactStore(factory, launcher),
         torch_version=torch_version,
         torchvision=torchvision,
+        traits=dict(traits or {}),
     )
 
 

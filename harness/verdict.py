@@ -197,7 +197,7 @@ def judge(
         if observed_class is None and output_equal is False:
             observed_class, detail = ErrorClass.OUTPUT_DIFFERS, "forward output differs"
         elif output_equal is None:
-            detail += "; forward output not compared (other device type or torch version)"
+            detail += f"; forward output not compared ({not_compared(save_report, report)})"
         observed.update(
             tensors=len(loaded),
             devices=sorted({t["device"] for t in loaded.values()}),
@@ -236,11 +236,20 @@ def outputs_agree(save_report: dict[str, Any], load_report: dict[str, Any]) -> b
     """Whether the forward outputs are bitwise equal; None where they are not comparable: run on
     different device types, or under different torch versions (kernels may change between
     releases; the tensors themselves must still be bitwise equal)."""
+    if save_report.get("output_digest") is None or load_report.get("output_digest") is None:
+        return None
     saved_on = str(save_report.get("output_device", "cpu")).split(":")[0]
     loaded_on = str(load_report.get("output_device", "cpu")).split(":")[0]
     if saved_on != loaded_on or save_report.get("torch") != load_report.get("torch"):
         return None
     return bool(load_report["output_digest"] == save_report["output_digest"])
+
+
+def not_compared(save_report: dict[str, Any], load_report: dict[str, Any]) -> str:
+    """Why :func:`outputs_agree` compared nothing."""
+    if save_report.get("output_digest") is None or load_report.get("output_digest") is None:
+        return "the model gives no example_input"
+    return "other device type or torch version"
 
 
 def _one_line(message: str, limit: int = 300) -> str:

@@ -7,24 +7,47 @@ every model and checks these traits against its real state_dict keys.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelTraits:
+    """What the oracle reasons with about a model, measured from its real state_dict in a worker
+    once per run (the zoo's models declare theirs too, and a test holds the two equal)."""
+
+    # Some key of the unwrapped model starts with "module." (a top-level attribute named module).
+    top_level_module_attr: bool
+    # Some key contains "module." somewhere other than at its start (e.g. "encoder.submodule.w").
+    nested_module_dot: bool
+    # The model gives an input for its forward pass (a user's model may not).
+    example_input: bool = True
+
+    def to_json(self) -> dict[str, bool]:
+        return {
+            "top_level_module_attr": self.top_level_module_attr,
+            "nested_module_dot": self.nested_module_dot,
+            "example_input": self.example_input,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ModelTraits:
+        return cls(
+            top_level_module_attr=bool(data["top_level_module_attr"]),
+            nested_module_dot=bool(data["nested_module_dot"]),
+            example_input=bool(data["example_input"]),
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
 class ModelSpec:
     name: str
     summary: str
-    # Some key of the unwrapped model starts with "module." (a top-level attribute named module).
-    top_level_module_attr: bool
-    # Some key contains "module." somewhere other than at its start (e.g. "encoder.submodule.w").
-    nested_module_dot: bool
+    declared: ModelTraits | None  # the zoo's own; None for a user's model (measured only)
     needs_torchvision: bool = False
     in_default_run: bool = True
-
-    @property
-    def any_key_contains_module_dot(self) -> bool:
-        return self.top_level_module_attr or self.nested_module_dot
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -33,27 +56,23 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec(
             name="trap",
             summary="tiny net: BatchNorm buffers, a layer named 'submodule', a float64 buffer",
-            top_level_module_attr=False,
-            nested_module_dot=True,
+            declared=ModelTraits(top_level_module_attr=False, nested_module_dot=True),
         ),
         ModelSpec(
             name="trap_module",
             summary="the trap net with its own top-level attribute literally named 'module'",
-            top_level_module_attr=True,
-            nested_module_dot=True,
+            declared=ModelTraits(top_level_module_attr=True, nested_module_dot=True),
         ),
         ModelSpec(
             name="resnet18",
             summary="torchvision resnet18(weights=None), seeded",
-            top_level_module_attr=False,
-            nested_module_dot=False,
+            declared=ModelTraits(top_level_module_attr=False, nested_module_dot=False),
             needs_torchvision=True,
         ),
         ModelSpec(
             name="resnet152",
             summary="torchvision resnet152(weights=None), seeded (241 MB; not in the default run)",
-            top_level_module_attr=False,
-            nested_module_dot=False,
+            declared=ModelTraits(top_level_module_attr=False, nested_module_dot=False),
             needs_torchvision=True,
             in_default_run=False,
         ),
@@ -71,9 +90,27 @@ def key_traits(keys: Iterable[str]) -> tuple[bool, bool]:
     )
 
 
+# ``package.module:factory``: a user's model, built by calling ``factory()`` in a worker.
+IMPORT_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
+
+
+def is_import_path(name: str) -> bool:
+    return IMPORT_PATH.match(name) is not None
+
+
+class ModelError(ValueError):
+    """A model that cannot be named, imported or built: the message says which and why."""
+
+
 def model_spec(name: str, where: str) -> ModelSpec:
+    """The zoo's model, or a user's model named by its import path (``package.module:factory``)."""
+    if is_import_path(name):
+        return ModelSpec(name=name, summary=f"the user's model {name}", declared=None)
     try:
         return MODELS[name]
     except KeyError:
         known = ", ".join(sorted(MODELS))
-        raise ValueError(f"{where}: unknown model {name!r}; the zoo has {known}") from None
+        raise ModelError(
+            f"{where}: unknown model {name!r}; the zoo has {known}, or name your own as "
+            "package.module:factory (a function that takes no arguments and returns an nn.Module)"
+        ) from None

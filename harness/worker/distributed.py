@@ -63,7 +63,7 @@ from harness.worker.main import (
     save_atomic,
     verify_checksum,
 )
-from harness.worker.models import build, example_input
+from harness.worker.models import build, example_input, has_example_input, noised, perturb
 from harness.worker.probe import isolation_probe
 from harness.worker.training import DATA_SEED, TOTAL_STEPS, Regime, make_regime, train_steps
 
@@ -105,6 +105,8 @@ def sharded(name: str, seed: int, alter: Alteration | None = None) -> nn.Module:
     model = build(name, seed=seed)
     if alter is not None:
         alter(model)
+    if seed == SAVE_SEED and not has_example_input(name):
+        perturb(model)  # what training does for the others
     model.to(device())
     mesh = init_device_mesh(device().type, (dist.get_world_size(),))
     fully_shard(model, mesh=mesh)
@@ -116,6 +118,8 @@ def replicated(name: str, seed: int, alter: Alteration | None = None) -> nn.Modu
     model = build(name, seed=seed)
     if alter is not None:
         alter(model)
+    if seed == SAVE_SEED and not has_example_input(name):
+        perturb(model)  # what training does for the others
     here = device()
     ids = [here] if here.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model.to(here), device_ids=ids)
@@ -130,13 +134,16 @@ def distributed_model(
 
 
 def train(model: nn.Module, optimizer: torch.optim.Optimizer, name: str) -> None:
-    """A few AdamW steps on the same batches on every rank (FSDP2 averages the gradients)."""
+    """A few AdamW steps on the same batches on every rank (FSDP2 averages the gradients); a
+    user's model that gives no example input is perturbed before it is sharded instead."""
+    if not has_example_input(name):
+        return
     model.train()
     generator = torch.Generator().manual_seed(99)
     batch = example_input(name)
     for _ in range(TRAIN_STEPS):
         optimizer.zero_grad()
-        noisy = (batch + 0.1 * torch.randn(batch.shape, generator=generator)).to(device())
+        noisy = noised(batch, generator).to(device())
         model(noisy).pow(2).mean().backward()
         optimizer.step()
     model.eval()
@@ -211,9 +218,12 @@ def full_tensors(
     }
 
 
-def output_digest(model: nn.Module, name: str) -> str:
-    """An eval-mode forward pass on every rank (FSDP2 gathers the parameters for it)."""
+def output_digest(model: nn.Module, name: str) -> str | None:
+    """An eval-mode forward pass on every rank (FSDP2 gathers the parameters for it); none for a
+    user's model that gives no example input."""
     model.eval()
+    if not has_example_input(name):
+        return None
     with torch.no_grad():
         return tensor_digest(model(example_input(name, device())))
 

@@ -11,7 +11,7 @@ import torch
 import xxhash
 from torch import nn
 
-from harness.worker.models import example_input, model_device, unwrap
+from harness.worker.models import example_input, has_example_input, model_device, unwrap
 
 
 def raw_bytes(flat: torch.Tensor) -> ctypes.Array[ctypes.c_char]:
@@ -41,17 +41,24 @@ def tensor_record(tensor: torch.Tensor, device: str | None = None) -> dict[str, 
 
 
 def fingerprint(model: nn.Module) -> dict[str, dict[str, Any]]:
-    """Every parameter and buffer by its name in the unwrapped model."""
+    """Every parameter and buffer by its name in the unwrapped model, each name of a tied
+    (shared) tensor included, as state_dict() and get_model_state_dict() list them."""
     inner = unwrap(model)
-    tensors = [*inner.named_parameters(), *inner.named_buffers()]
+    tensors = [
+        *inner.named_parameters(remove_duplicate=False),
+        *inner.named_buffers(remove_duplicate=False),
+    ]
     return {name: tensor_record(tensor) for name, tensor in tensors}
 
 
-def output_digest(model: nn.Module, name: str) -> tuple[str, str]:
+def output_digest(model: nn.Module, name: str) -> tuple[str | None, str]:
     """The digest of an eval-mode forward pass on the model's fixed input, and the device it
-    ran on (outputs of different device types are not expected to agree bitwise)."""
+    ran on (outputs of different device types are not expected to agree bitwise); no digest for
+    a user's model that gives no example input."""
     model.eval()
     device = model_device(model)
+    if not has_example_input(name):
+        return None, str(device)
     with torch.no_grad():
         output = model(example_input(name, device))
     return tensor_digest(output), str(device)

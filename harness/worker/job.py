@@ -1,5 +1,6 @@
 """One worker job: read a spec file, save or load, write the report; or report the torch side of
-the environment (``--environment [REPORT.json]``: as JSON on stdout, or into the report). What a
+the environment (``--environment [REPORT.json] [--models NAME...]``: as JSON on stdout, or
+into the report, with each named model's measured traits). What a
 spawned worker (``python -m harness.worker ARGS``) and a child of the zygote both run."""
 
 from __future__ import annotations
@@ -13,17 +14,33 @@ from harness.axes import Layout
 from harness.jobspec import SaveSpec, rank_path, spec_from_json, write_json_atomic
 
 
+def _environment(args: list[str]) -> int:
+    """``--environment [REPORT] [--models NAME...]``: the torch side of the environment, and each
+    named model's measured traits (or why it cannot be built), as JSON on stdout or into REPORT."""
+    from harness.worker.probe import environment, measure_model
+
+    report, models = None, []
+    if args and not args[0].startswith("--"):
+        report, args = Path(args[0]), args[1:]
+    if args:
+        if args[0] != "--models":
+            return 2
+        models = args[1:]
+    found = environment()
+    if models:
+        found["models"] = {name: measure_model(name) for name in models}
+    if report is None:
+        print(json.dumps(found))
+    else:
+        write_json_atomic(report, found)
+    return 0
+
+
 def run_job(args: list[str]) -> int:
     """Exit 0 when a report was written, 1 when the job itself broke (its report then says
     why), 2 for unusable arguments."""
-    if args[:1] == ["--environment"] and len(args) <= 2:
-        from harness.worker.probe import environment
-
-        if len(args) == 1:
-            print(json.dumps(environment()))
-        else:
-            write_json_atomic(Path(args[1]), environment())
-        return 0
+    if args[:1] == ["--environment"]:
+        return _environment(args[1:])
     if len(args) != 1 or args[0].startswith("--"):
         return 2
     spec_path = Path(args[0])

@@ -1,11 +1,19 @@
-"""Builds the zoo's models (see :mod:`harness.zoo` for their traits), trains them, wraps them."""
+"""Builds the zoo's models (see :mod:`harness.zoo` for their traits) and a user's (an import
+path), trains them, wraps them."""
 
 from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from harness.axes import Layout
+from harness.zoo import ModelError, is_import_path
 
 
 class Encoder(nn.Module):
@@ -56,9 +64,38 @@ def _resnet(depth: int) -> nn.Module:
     return model
 
 
+def imported(name: str) -> tuple[Any, Any]:
+    """A user's model ``package.module:factory``: its module and its factory, imported as
+    ``python -m`` finds modules (the current directory, then PYTHONPATH)."""
+    module_name, _, attribute = name.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise ModelError(
+            f"model {name}: cannot import {module_name!r}: {type(exc).__name__}: {exc} "
+            f"(the worker looks in {Path.cwd()} and PYTHONPATH="
+            f"{os.environ.get('PYTHONPATH', '')!r})"
+        ) from exc
+    factory = getattr(module, attribute, None)
+    if not callable(factory):
+        raise ModelError(f"model {name}: {module_name} has no function {attribute!r}")
+    return module, factory
+
+
 def build(name: str, *, seed: int) -> nn.Module:
     """A fresh model, its random initialisation fixed by ``seed``."""
     torch.manual_seed(seed)
+    if is_import_path(name):
+        _, factory = imported(name)
+        try:
+            model = factory()
+        except Exception as exc:
+            raise ModelError(f"model {name}: {name}() raised {type(exc).__name__}: {exc}") from exc
+        if not isinstance(model, nn.Module):
+            raise ModelError(
+                f"model {name}: {name}() returned {type(model).__name__}, not an nn.Module"
+            )
+        return model
     if name == "trap":
         return TrapNet()
     if name == "trap_module":
@@ -70,8 +107,32 @@ def build(name: str, *, seed: int) -> nn.Module:
     raise ValueError(f"the worker cannot build model {name!r}")
 
 
+def user_example_input(name: str) -> Callable[[torch.device], Any] | None:
+    """A user's model's ``example_input(device)``: ``package.module:example_input``, or an
+    attribute of the factory; None where it gives none."""
+    module, factory = imported(name)
+    found = getattr(module, "example_input", None) or getattr(factory, "example_input", None)
+    return found if callable(found) else None
+
+
+def has_example_input(name: str) -> bool:
+    return not is_import_path(name) or user_example_input(name) is not None
+
+
 def example_input(name: str, device: torch.device | str = "cpu") -> torch.Tensor:
-    """The model's fixed input, drawn on the CPU (same numbers everywhere), then moved."""
+    """The model's fixed input, drawn on the CPU (same numbers everywhere), then moved; a user's
+    model's own ``example_input(device)`` (seeded the same way before it is called)."""
+    if is_import_path(name):
+        make = user_example_input(name)
+        if make is None:
+            raise ModelError(f"model {name}: no example_input (see has_example_input)")
+        torch.manual_seed(1234)
+        batch = make(torch.device(device))
+        if not isinstance(batch, torch.Tensor):
+            raise ModelError(
+                f"model {name}: example_input returned {type(batch).__name__}, not a tensor"
+            )
+        return batch.to(device)
     generator = torch.Generator().manual_seed(1234)
     if name.startswith("resnet"):
         batch = torch.randn(2, 3, 32, 32, generator=generator)
@@ -98,16 +159,40 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
+def noised(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A training batch: the fixed input plus seeded noise (an integer input, such as token ids,
+    is used as it is; the generator still advances, so the data order is the same)."""
+    noise = 0.1 * torch.randn(batch.shape, generator=generator)
+    return batch + noise.to(batch.dtype) if batch.is_floating_point() else batch
+
+
+def perturb(model: nn.Module) -> None:
+    """Move every parameter and buffer off its initial value (seeded): what training does for a
+    model that gives no example input, so that a load that does nothing is still caught."""
+    generator = torch.Generator().manual_seed(4321)
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            if tensor.is_floating_point() or tensor.is_complex():
+                noise = torch.randn(tensor.shape, generator=generator, dtype=torch.float64)
+                tensor.add_((0.01 * noise).to(tensor.device, tensor.dtype))
+            else:
+                tensor.add_(1)
+
+
 def train(model: nn.Module, name: str, *, steps: int, lr: float = 0.1) -> None:
     """A few plain SGD steps in train mode, so weights and BatchNorm statistics leave their
-    defaults. The update is written out rather than taken from torch.optim, whose first
-    ``zero_grad``/``step`` imports torch._dynamo (measured: +1.0 s per save worker)."""
+    defaults (a model with no example input is perturbed instead). The update is written out
+    rather than taken from torch.optim, whose first ``zero_grad``/``step`` imports torch._dynamo
+    (measured: +1.0 s per save worker)."""
+    if not has_example_input(name):
+        perturb(model)
+        return
     model.train()
     generator = torch.Generator().manual_seed(99)
     device = model_device(model)
     batch = example_input(name)
     for _ in range(steps):
-        noisy = (batch + 0.1 * torch.randn(batch.shape, generator=generator)).to(device)
+        noisy = noised(batch, generator).to(device)
         model.zero_grad(set_to_none=True)
         model(noisy).pow(2).mean().backward()
         with torch.no_grad():

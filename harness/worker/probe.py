@@ -33,3 +33,24 @@ def environment() -> dict[str, Any]:
         "cuda_available": torch.cuda.is_available(),
         "device_count": torch.cuda.device_count(),
     }
+
+
+def measure_model(name: str) -> dict[str, Any]:
+    """A model's traits for the oracle, measured from its real state_dict (the saver's seed), or
+    the error that building it raised: what the run learns before any cell runs."""
+    from harness.worker.models import build, example_input, has_example_input
+    from harness.zoo import ModelTraits, key_traits
+
+    try:
+        model = build(name, seed=0)
+        state = model.state_dict()
+        top_level, nested = key_traits(state)
+        given = has_example_input(name)
+        if given:
+            example_input(name)  # it must produce a tensor
+    except Exception as exc:
+        return {"error": str(exc) if str(exc).startswith("model ") else f"model {name}: {exc}"}
+    traits = ModelTraits(
+        top_level_module_attr=top_level, nested_module_dot=nested, example_input=given
+    )
+    return {"traits": traits.to_json(), "tensors": len(state)}

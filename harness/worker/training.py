@@ -16,7 +16,7 @@ from torch import nn
 
 from harness.classify import OptimizerStateDeviceError
 from harness.jobspec import RESUME_AT, RESUME_MORE
-from harness.worker.models import example_input, model_device, unwrap
+from harness.worker.models import example_input, model_device, noised, unwrap
 
 TOTAL_STEPS = RESUME_AT + RESUME_MORE
 DATA_SEED = 99
@@ -67,7 +67,7 @@ def train_steps(
     device = model_device(model)
     batch = example_input(name)
     for _ in range(steps):
-        noisy = (batch + 0.1 * torch.randn(batch.shape, generator=data)).to(device)
+        noisy = noised(batch, data).to(device)
         optimizer.zero_grad(set_to_none=True)
         (model(noisy).pow(2).mean() * loss_weight).backward()
         optimizer.step()

@@ -264,3 +264,12 @@ def test_a_broken_launcher_stops_the_run_with_exit_3_and_an_end_line(
     ends = read_results(out).ends
     assert len(ends) == 1
     assert "died 2 times" in ends[0]["stopped"]
+
+
+def test_model_replaces_the_models_the_scenarios_name(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["list", "--model", "my_pkg.models:build", "-k", "recipe=as_saved-"]) == 0
+    ids = capsys.readouterr().out.splitlines()
+    assert ids
+    assert all(i.startswith("model=my_pkg.models:build-") for i in ids)
+    assert main(["list", "--model", "vgg"]) == 2
+    assert "--model vgg: unknown model 'vgg'; the zoo has" in capsys.readouterr().err

@@ -11,6 +11,7 @@ from harness.oracle import Expectation, expect, parse_torch_version
 from harness.outcomes import ErrorClass
 from harness.recipes import RecipeKind
 from harness.scenarios import default_scenarios_dir, load_scenarios
+from harness.zoo import ModelTraits
 
 S, D = Layout.SINGLE, Layout.DP
 W, H, T = Format.WEIGHTS, Format.WHOLE, Format.TRAIN_STATE
@@ -320,3 +321,19 @@ def test_resume_across_world_sizes_passes() -> None:
     expectation = expect(c, torch_version=NEW)
     assert expectation.passes
     assert "resumed at 2 ranks" in expectation.reason
+
+
+def test_a_users_model_needs_measured_traits() -> None:
+    mine = Cell(
+        model="my_pkg.models:build",
+        save_layout=S,
+        load_layout=S,
+        format=W,
+        recipe="replace_prefix",
+    )
+    with pytest.raises(ValueError, match=r"the traits of my_pkg\.models:build are measured"):
+        expect(mine, torch_version=NEW)
+    nested = ModelTraits(top_level_module_attr=False, nested_module_dot=True)
+    assert expect(mine, torch_version=NEW, traits=nested).error is KEY
+    plain = ModelTraits(top_level_module_attr=False, nested_module_dot=False)
+    assert expect(mine, torch_version=NEW, traits=plain).passes

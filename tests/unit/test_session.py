@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -8,10 +9,11 @@ from harness.artifacts import ArtifactStore
 from harness.axes import Format, Layout
 from harness.cell import Cell
 from harness.launchers.protocol import Job, JobRun
-from harness.outcomes import Outcome
+from harness.outcomes import ErrorClass, Outcome
 from harness.plan import JobFactory
 from harness.results import ResultsWriter, read_results
 from harness.session import CellRunner, interleave_by_artifact, run_cells
+from harness.zoo import ModelTraits
 from tests.unit.fake_launcher import RecordingLauncher, crash
 
 
@@ -114,3 +116,26 @@ def test_a_model_whose_package_is_missing_is_skipped_with_its_reason(tmp_path: P
     assert "resnet18 needs torchvision" in skipped.reason
     assert no_vision.run_cell(SINGLE).outcome is Outcome.PASS  # the trap model needs none
     assert all("resnet18" not in name for name in launcher.names())
+
+
+def test_a_users_model_is_judged_by_its_measured_traits(tmp_path: Path) -> None:
+    launcher = RecordingLauncher()
+    measured = runner(tmp_path, launcher)
+    name = "my_pkg.models:build"
+    mine = ModelTraits(top_level_module_attr=True, nested_module_dot=False, example_input=False)
+    measured.traits = {name: mine}
+    stripped = replace(cell(Layout.SINGLE, Layout.SINGLE, "strip_prefix_unwrapped"), model=name)
+    # its own top-level 'module' is eaten by consume_prefix_in_state_dict_if_present
+    assert measured.run_cell(stripped).expected.error is ErrorClass.KEY_MISMATCH
+    resume = Cell(
+        model=name,
+        save_layout=Layout.SINGLE,
+        load_layout=Layout.SINGLE,
+        format=Format.TRAIN_STATE,
+        recipe="resume",
+        training="sgd_steplr",
+    )
+    skipped = measured.run_cell(resume)
+    assert skipped.outcome is Outcome.SKIP
+    assert f"{name} gives no example_input" in skipped.reason
+    assert all("train_state" not in job for job in launcher.names())

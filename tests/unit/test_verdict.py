@@ -297,3 +297,13 @@ def test_a_rank_that_saw_the_wrong_world_fails_the_cell(
     assert judgement.outcome is Outcome.FAIL
     assert "isolation_mismatch" in judgement.reason
     assert words in judgement.reason
+
+
+def test_a_model_without_an_example_input_compares_tensors_but_no_output() -> None:
+    judged = verdict(CLEAN, run(loaded(output_digest=None)), save=SAVE | {"output_digest": None})
+    assert judged.outcome is Outcome.PASS
+    assert judged.observed is not None
+    assert judged.observed["output_equal"] is None
+    assert "forward output not compared (the model gives no example_input)" in judged.reason
+    differs = verdict(CLEAN, run(loaded(output_digest=None, tensors=tensors(a="1", b="9"))))
+    assert differs.outcome is Outcome.FAIL

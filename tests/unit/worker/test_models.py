@@ -2,21 +2,77 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from harness.axes import Layout
-from harness.worker.models import build, train, unwrap, wrap
-from harness.zoo import MODELS, key_traits
+from harness.worker.fingerprint import output_digest
+from harness.worker.models import build, example_input, train, unwrap, wrap
+from harness.worker.probe import measure_model
+from harness.zoo import MODELS, ModelTraits
 
 CHEAP = ["trap", "trap_module", "resnet18"]
 
 
+USER_MODELS = Path(__file__).parents[2] / "data" / "user_model"
+
+
 @pytest.mark.parametrize("name", CHEAP)
-def test_declared_traits_match_the_real_keys(name: str) -> None:
-    spec = MODELS[name]
-    traits = key_traits(build(name, seed=0).state_dict())
-    assert traits == (spec.top_level_module_attr, spec.nested_module_dot)
+def test_the_zoos_declared_traits_are_what_a_worker_measures(name: str) -> None:
+    measured = measure_model(name)
+    assert ModelTraits.from_json(measured["traits"]) == MODELS[name].declared
+    assert measured["tensors"] == len(build(name, seed=0).state_dict())
+
+
+@pytest.fixture
+def user_models(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(USER_MODELS))
+
+
+@pytest.mark.usefixtures("user_models")
+def test_a_users_model_is_measured_from_its_real_keys() -> None:
+    measured = measure_model("ckpt_user_model:build")
+    assert measured["traits"] == {
+        "top_level_module_attr": True,  # its own attribute named 'module'
+        "nested_module_dot": False,
+        "example_input": True,
+    }
+    model = build("ckpt_user_model:build", seed=0)
+    assert (
+        model.state_dict()["out.weight"].data_ptr() == model.state_dict()["embed.weight"].data_ptr()
+    )
+    assert example_input("ckpt_user_model:build").dtype == torch.int64
+
+
+@pytest.mark.usefixtures("user_models")
+@pytest.mark.parametrize(
+    ("name", "words"),
+    [
+        ("ckpt_user_model:broken", "raised RuntimeError: the factory's own bug"),
+        ("ckpt_user_model:not_a_model", "returned str, not an nn.Module"),
+        ("ckpt_user_model:nowhere", "ckpt_user_model has no function 'nowhere'"),
+        ("no_such_package.models:build", "cannot import 'no_such_package.models': ModuleNotFound"),
+    ],
+)
+def test_a_model_that_cannot_be_built_says_which_and_why(name: str, words: str) -> None:
+    error = measure_model(name)["error"]
+    assert error.startswith(f"model {name}: ")
+    assert words in error
+
+
+@pytest.mark.usefixtures("user_models")
+def test_a_model_without_an_example_input_is_perturbed_not_trained() -> None:
+    name = "ckpt_user_plain:build"
+    assert measure_model(name)["traits"]["example_input"] is False
+    fresh, moved = build(name, seed=0), build(name, seed=0)
+    train(moved, name, steps=2)
+    for (key, before), after in zip(
+        fresh.state_dict().items(), moved.state_dict().values(), strict=True
+    ):
+        assert not torch.equal(before, after), key
+    assert output_digest(moved, name) == (None, "cpu")
 
 
 def test_trap_models_carry_their_traps() -> None:

@@ -1,0 +1,72 @@
+"""A user's own model, named by its import path and found through PYTHONPATH, runs the shipped
+scenarios from the command line: its traits are measured in a worker, recorded in the results,
+and every cell ends as the oracle predicts from them (no FAIL, XPASS or ERROR)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from harness.results import read_results
+
+USER_MODELS = Path(__file__).parents[1] / "data" / "user_model"
+
+
+def run(tmp_path: Path, *options: str) -> tuple[subprocess.CompletedProcess[str], Path]:
+    out = tmp_path / "results.jsonl"
+    env = {**os.environ, "PYTHONPATH": str(USER_MODELS)}
+    done = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "run", "--out", str(out), *options],
+        cwd=tmp_path,  # a directory of the user's, not this checkout
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    return done, out
+
+
+@pytest.mark.slow
+def test_a_users_model_runs_the_shipped_scenarios(tmp_path: Path) -> None:
+    done, out = run(tmp_path, "--model", "ckpt_user_model:build", "--jobs", "2")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    file = read_results(out)
+    results = file.results
+    assert file.environment["models"]["ckpt_user_model:build"]["traits"] == {
+        "top_level_module_attr": True,
+        "nested_module_dot": False,
+        "example_input": True,
+    }
+    outcomes = Counter(str(r.outcome) for r in results)
+    assert set(outcomes) == {"PASS", "XFAIL"}, outcomes
+    assert len(results) > 200
+    assert all(r.cell.model == "ckpt_user_model:build" for r in results)
+
+
+@pytest.mark.slow
+def test_a_model_without_an_example_input_still_compares_its_tensors(tmp_path: Path) -> None:
+    done, out = run(tmp_path, "--model", "ckpt_user_plain:build", "-k", "save=single[cpu]-")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = read_results(out).results
+    by_outcome = Counter(str(r.outcome) for r in results)
+    assert by_outcome["PASS"] > 0
+    assert by_outcome["SKIP"] > 0  # the training-state cells: they train the model
+    assert set(by_outcome) <= {"PASS", "XFAIL", "SKIP"}, by_outcome
+    passed = [r for r in results if str(r.outcome) == "PASS"]
+    assert all(
+        "forward output not compared (the model gives no example_input)" in r.reason for r in passed
+    )
+
+
+def test_a_model_that_cannot_be_built_stops_the_run_before_any_cell(tmp_path: Path) -> None:
+    done, out = run(tmp_path, "--model", "ckpt_user_model:broken", "-k", "recipe=as_saved-")
+    assert done.returncode == 2
+    assert "model ckpt_user_model:broken: " in done.stderr
+    assert "RuntimeError: the factory's own bug" in done.stderr
+    assert not out.exists()
