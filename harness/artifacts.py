@@ -56,7 +56,8 @@ class ArtifactStore:
                     failure=run.failure(),
                     duration_s=run.duration_s,
                 )
-            saved = run.report is not None and run.report.get("status") == "saved"
+            # a save that raised (torch.save refusing the object) is an observation, kept
+            saved = run.report is not None and run.report.get("status") in ("saved", "raised")
             artifact = SavedArtifact(
                 key=key.id,
                 path=str(self.factory.artifact_path(key)),

@@ -53,6 +53,12 @@ _RULES: tuple[tuple[type[BaseException] | str, re.Pattern[str], ErrorClass], ...
         ErrorClass.KEY_MISMATCH,
     ),
     (TypeError, re.compile(r"Expected state_dict to be dict-like"), ErrorClass.NOT_A_STATE_DICT),
+    # torch.save of a whole model with a parametrized layer (torch/nn/utils/parametrize.py)
+    (
+        RuntimeError,
+        re.compile(r"Serialization of parametrized modules is only supported through state_dict"),
+        ErrorClass.NOT_PICKLABLE,
+    ),
     (
         RuntimeError,
         re.compile(r"got mixed torch\.Tensor and DTensor"),

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from harness.axes import Format, Layout
+from harness.axes import Format, Layout, SaveVariant
 from harness.cell import Cell, layout_label
 from harness.devices import DEFAULT_DEVICE, resolve_device, restore_error, restore_target
 from harness.outcomes import ErrorClass
@@ -19,6 +19,9 @@ from harness.recipes import registrar
 from harness.zoo import ModelTraits
 
 TorchVersion = tuple[int, int]
+
+# What the saver hands torch.save that pickles the module object itself.
+PICKLES_THE_MODULE = frozenset({SaveVariant.WHOLE, SaveVariant.BOUND_METHOD})
 
 # torch.load's weights_only default flipped from False to True in PyTorch 2.6.
 WEIGHTS_ONLY_DEFAULT_SINCE: TorchVersion = (2, 6)
@@ -251,6 +254,13 @@ def expect(
     target = restore_target(cell.save_device, cell.map_location)
     recipe = cell.recipe_spec
     device = target if recipe.keeps_loaded_model else resolve_device(DEFAULT_DEVICE, visible)
+    if traits.parametrized and cell.recipe_spec.save_variant in PICKLES_THE_MODULE:
+        return Expectation(
+            error=ErrorClass.NOT_PICKLABLE,
+            reason="torch.save pickles the module itself, and a parametrized module refuses to be "
+            "pickled: only its state_dict() serializes",
+            tensor_device=device,
+        )
     error, reason = rule(cell, torch_version, traits)
     if error is ErrorClass.UNSAFE_GLOBAL:
         return Expectation(error=error, reason=reason, tensor_device=device)

@@ -29,6 +29,8 @@ def exit_code(outcomes: list[Outcome]) -> int:
 class ErrorClass(StrEnum):
     """Named ways a load can go wrong; raised by PyTorch or found by the harness's checks."""
 
+    # Raised by PyTorch during the save.
+    NOT_PICKLABLE = "not_picklable"
     # Raised by PyTorch during the load.
     KEY_MISMATCH = "key_mismatch"
     UNSAFE_GLOBAL = "unsafe_global"
@@ -56,6 +58,7 @@ class ErrorClass(StrEnum):
 
 
 _DESCRIPTIONS = {
+    ErrorClass.NOT_PICKLABLE: "torch.save could not pickle the object (a parametrized module)",
     ErrorClass.KEY_MISMATCH: "state_dict keys do not match the model (missing/unexpected keys)",
     ErrorClass.UNSAFE_GLOBAL: "torch.load(weights_only=True) refused a pickled global",
     ErrorClass.NOT_A_STATE_DICT: "load_state_dict was given something that is not a mapping",

@@ -70,7 +70,7 @@ class CellRunner:
 
     def _run(self, cell: Cell, expectation: Expectation, started: float) -> CellResult:
         artifact = self.store.get(cell.save_key)
-        if artifact.ok and artifact.report is not None:
+        if artifact.ok and artifact.report is not None and artifact.report["status"] == "saved":
             load = self.launcher.launch(
                 self.factory.load_job(
                     cell, artifact_path=artifact.path, sha256=artifact.report["sha256"]

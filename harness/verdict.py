@@ -103,6 +103,44 @@ def compare_tensors(
     return None, f"{len(saved)} tensors bitwise equal on {device}"
 
 
+def compared(cell: Cell, tensors: dict[str, Any]) -> dict[str, Any]:
+    """The entries a cell compares: optimizer state where its recipe restores it, and a
+    non-persistent buffer only where the recipe ends with the unpickled model itself (the
+    state_dict leaves such buffers out)."""
+    recipe = cell.recipe_spec
+    return {
+        name: tensor
+        for name, tensor in tensors.items()
+        if (recipe.restores_optimizer or not name.startswith(OPTIMIZER_PREFIX))
+        and (recipe.keeps_loaded_model or tensor.get("persistent", True))
+    }
+
+
+def judge_raised_save(expectation: Expectation, save_report: dict[str, Any]) -> Judgement:
+    """The save itself raised (e.g. torch.save refusing to pickle a parametrized module): an
+    observation, judged like a load that raised; no load runs."""
+    observed_class = ErrorClass(save_report["error_class"])
+    detail = f"the save raised {save_report['exception_type']}: {_one_line(save_report['message'])}"
+    observed: dict[str, Any] = {
+        "status": "save_raised",
+        "probe": save_report.get("probe"),
+        "saved_with_torch": save_report.get("torch"),
+        "error_class": str(observed_class),
+        "exception_type": save_report["exception_type"],
+        "message": save_report["message"],
+        "detail": detail,
+    }
+    expected_class = expectation.error
+    if expected_class is observed_class:
+        return Judgement(outcome=Outcome.XFAIL, reason=expectation.reason, observed=observed)
+    wanted = "a clean load" if expected_class is None else f"{expected_class}"
+    return Judgement(
+        outcome=Outcome.FAIL,
+        reason=f"expected {wanted}; observed {observed_class}: {detail}",
+        observed=observed,
+    )
+
+
 def _crash(phase: str, failure: str, run: JobRun | None) -> Judgement:
     error: dict[str, Any] = {"phase": phase, "failure": failure}
     if run is not None:
@@ -127,7 +165,9 @@ def judge(
     orchestrator_pid: int,
     devices: DeviceMap | None = None,
 ) -> Judgement:
-    """``load`` is None when no load ran because the save failed."""
+    """``load`` is None when no load ran because the save failed, or raised."""
+    if save_report is not None and save_report.get("status") == "raised":
+        return judge_raised_save(expectation, save_report)
     if save_report is None or load is None:
         return _crash("save", save_failure or f"{cell.save_key.id}: save failed", None)
     report = load.report
@@ -157,11 +197,7 @@ def judge(
         isolation.append("save, load and orchestrator did not run in three distinct processes")
 
     before = report.get("before")
-    saved_tensors = {
-        name: tensor
-        for name, tensor in save_report["tensors"].items()
-        if cell.recipe_spec.restores_optimizer or not name.startswith(OPTIMIZER_PREFIX)
-    }
+    saved_tensors = compared(cell, save_report["tensors"])
     if before is not None:
         same = sorted(
             n
@@ -189,7 +225,7 @@ def judge(
             message=report["message"],
         )
     else:
-        loaded = report["tensors"]
+        loaded = compared(cell, report["tensors"])
         observed_class, detail = compare_tensors(
             saved_tensors, loaded, device=expectation.tensor_device
         )

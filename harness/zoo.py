@@ -24,12 +24,18 @@ class ModelTraits:
     nested_module_dot: bool
     # The model gives an input for its forward pass (a user's model may not).
     example_input: bool = True
+    # Two names of the state_dict share one storage (tied weights).
+    tied: bool = False
+    # Some layer is parametrized (torch.nn.utils.parametrize): such a module refuses pickling.
+    parametrized: bool = False
 
     def to_json(self) -> dict[str, bool]:
         return {
             "top_level_module_attr": self.top_level_module_attr,
             "nested_module_dot": self.nested_module_dot,
             "example_input": self.example_input,
+            "tied": self.tied,
+            "parametrized": self.parametrized,
         }
 
     @classmethod
@@ -38,6 +44,8 @@ class ModelTraits:
             top_level_module_attr=bool(data["top_level_module_attr"]),
             nested_module_dot=bool(data["nested_module_dot"]),
             example_input=bool(data["example_input"]),
+            tied=bool(data.get("tied", False)),
+            parametrized=bool(data.get("parametrized", False)),
         )
 
 
@@ -62,6 +70,24 @@ MODELS: dict[str, ModelSpec] = {
             name="trap_module",
             summary="the trap net with its own top-level attribute literally named 'module'",
             declared=ModelTraits(top_level_module_attr=True, nested_module_dot=True),
+        ),
+        ModelSpec(
+            name="tied",
+            summary="an embedding tied to the output projection: one storage, two names",
+            declared=ModelTraits(top_level_module_attr=False, nested_module_dot=False, tied=True),
+        ),
+        ModelSpec(
+            name="mixed_dtypes",
+            summary="bfloat16 and float16 parameters, int64 and complex64 buffers, and a "
+            "non-persistent buffer",
+            declared=ModelTraits(top_level_module_attr=False, nested_module_dot=False),
+        ),
+        ModelSpec(
+            name="weight_norm",
+            summary="a weight_norm parametrized layer (keys parametrizations.weight.original0/1)",
+            declared=ModelTraits(
+                top_level_module_attr=False, nested_module_dot=False, parametrized=True
+            ),
         ),
         ModelSpec(
             name="resnet18",

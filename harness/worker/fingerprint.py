@@ -42,13 +42,18 @@ def tensor_record(tensor: torch.Tensor, device: str | None = None) -> dict[str, 
 
 def fingerprint(model: nn.Module) -> dict[str, dict[str, Any]]:
     """Every parameter and buffer by its name in the unwrapped model, each name of a tied
-    (shared) tensor included, as state_dict() and get_model_state_dict() list them."""
+    (shared) tensor included, as state_dict() and get_model_state_dict() list them; a buffer that
+    state_dict() leaves out (non-persistent) is marked ``persistent: False``."""
     inner = unwrap(model)
     tensors = [
         *inner.named_parameters(remove_duplicate=False),
         *inner.named_buffers(remove_duplicate=False),
     ]
-    return {name: tensor_record(tensor) for name, tensor in tensors}
+    kept = set(nn.Module.state_dict(inner))  # the class's: a recipe may have replaced it
+    records = {name: tensor_record(tensor) for name, tensor in tensors}
+    for name in records.keys() - kept:  # a non-persistent buffer: in a whole pickle only
+        records[name]["persistent"] = False
+    return records
 
 
 def output_digest(model: nn.Module, name: str) -> tuple[str | None, str]:

@@ -126,7 +126,14 @@ def run_save(spec: SaveSpec) -> dict[str, Any]:
     else:
         obj = model
     path = Path(spec.artifact_path)
-    write_checkpoint(obj, path, spec)
+    try:
+        write_checkpoint(obj, path, spec)
+    except Exception as exc:  # torch.save refused the object: what the cell observes
+        return raised(exc) | {
+            "probe": isolation_probe(),
+            "torch": torch.__version__,
+            "work_s": time.perf_counter() - started,
+        }
     return saved_report(spec, model, path, started)
 
 

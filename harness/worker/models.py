@@ -56,6 +56,61 @@ class ModuleAttrNet(nn.Module):
         return out
 
 
+class TiedNet(nn.Module):
+    """An embedding shared with the output projection: one storage, two names in the
+    state_dict (``embed.weight``, ``out.weight``). Its input is token ids."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(16, 8)
+        self.hidden = nn.Linear(8, 8)
+        self.out = nn.Linear(8, 16, bias=False)
+        self.out.weight = self.embed.weight
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.out(torch.tanh(self.hidden(self.embed(tokens).mean(dim=1))))
+        return out
+
+
+class MixedNet(nn.Module):
+    """bfloat16 and float16 parameters, an int64 and a complex64 buffer, and a non-persistent
+    buffer (absent from the state_dict, present in a whole-model pickle)."""
+
+    steps: torch.Tensor
+    phase: torch.Tensor
+    cache: torch.Tensor
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bf16 = nn.Linear(8, 8).to(torch.bfloat16)
+        self.fp16 = nn.Linear(8, 4).to(torch.float16)
+        self.register_buffer("steps", torch.randint(0, 1000, (4,)))
+        self.register_buffer("phase", torch.randn(4, dtype=torch.complex64))
+        # derived from the configuration, as such caches are (rotary tables): a state_dict load
+        # need not carry it
+        self.register_buffer("cache", torch.linspace(0.5, 1.5, 4), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = self.bf16(x.to(torch.bfloat16)).float()
+        out: torch.Tensor = self.fp16(hidden.to(torch.float16)).float()
+        return out * self.cache + self.phase.real + self.steps.float() / 1000
+
+
+class NormNet(nn.Module):
+    """A layer under ``torch.nn.utils.parametrizations.weight_norm``: its weight is stored as
+    ``parametrizations.weight.original0`` (g) and ``original1`` (v); such a module refuses to be
+    pickled whole."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.utils.parametrizations.weight_norm(nn.Linear(8, 8))
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.head(torch.relu(self.layer(x)))
+        return out
+
+
 def _resnet(depth: int) -> nn.Module:
     import torchvision  # only workers whose model needs it pay for the import
 
@@ -100,6 +155,12 @@ def build(name: str, *, seed: int) -> nn.Module:
         return TrapNet()
     if name == "trap_module":
         return ModuleAttrNet()
+    if name == "tied":
+        return TiedNet()
+    if name == "mixed_dtypes":
+        return MixedNet()
+    if name == "weight_norm":
+        return NormNet()
     if name == "resnet18":
         return _resnet(18)
     if name == "resnet152":
@@ -134,6 +195,8 @@ def example_input(name: str, device: torch.device | str = "cpu") -> torch.Tensor
             )
         return batch.to(device)
     generator = torch.Generator().manual_seed(1234)
+    if name == "tied":
+        return torch.randint(0, 16, (4, 5), generator=generator).to(device)
     if name.startswith("resnet"):
         batch = torch.randn(2, 3, 32, 32, generator=generator)
     else:

@@ -45,12 +45,19 @@ def measure_model(name: str) -> dict[str, Any]:
         model = build(name, seed=0)
         state = model.state_dict()
         top_level, nested = key_traits(state)
+        storages = {t.untyped_storage().data_ptr() for t in state.values() if t.numel()}
+        tied = len(storages) < sum(1 for t in state.values() if t.numel())
+        parametrized = any(".parametrizations." in f".{key}" for key in state)
         given = has_example_input(name)
         if given:
             example_input(name)  # it must produce a tensor
     except Exception as exc:
         return {"error": str(exc) if str(exc).startswith("model ") else f"model {name}: {exc}"}
     traits = ModelTraits(
-        top_level_module_attr=top_level, nested_module_dot=nested, example_input=given
+        top_level_module_attr=top_level,
+        nested_module_dot=nested,
+        example_input=given,
+        tied=tied,
+        parametrized=parametrized,
     )
     return {"traits": traits.to_json(), "tensors": len(state)}

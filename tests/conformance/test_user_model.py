@@ -42,6 +42,8 @@ def test_a_users_model_runs_the_shipped_scenarios(tmp_path: Path) -> None:
         "top_level_module_attr": True,
         "nested_module_dot": False,
         "example_input": True,
+        "tied": True,
+        "parametrized": False,
     }
     outcomes = Counter(str(r.outcome) for r in results)
     assert set(outcomes) == {"PASS", "XFAIL"}, outcomes

@@ -14,12 +14,12 @@ def default() -> Matrix:
 
 def test_default_matrix_shape() -> None:
     scenarios = load_scenarios(default_scenarios_dir())
-    assert len(expand(scenarios).cells) == 324
+    assert len(expand(scenarios).cells) == 414
     # without GPUs, the distributed-on-gpus scenario runs its ranks with gloo on the CPU: 12 cells
     # the other scenarios lack (ddp and fsdp2 at 1 and 2 ranks); the rest is counted below
     matrix = expand([s for s in scenarios if s.name != "distributed-on-gpus"])
     ids = [cell.id for cell in matrix.cells]
-    assert len(ids) == len(set(ids)) == 312
+    assert len(ids) == len(set(ids)) == 402
     # the DCP square: fsdp2 saved at N ranks, loaded by fsdp2 at M, N and M in 1..4; and fsdp2
     # at 1..3 ranks into one plain model by 3 recipes
     distributed = [
@@ -92,10 +92,11 @@ def test_default_matrix_shape() -> None:
         and c not in distributed
         and c.recipe != "full_state_dict"  # the every-layout-pair scenario's one-process cells
     ]
-    assert Counter(c.model for c in prefix) == {"trap": 30, "trap_module": 30, "resnet18": 30}
+    models = ("trap", "trap_module", "resnet18", "tied", "mixed_dtypes", "weight_norm")
+    assert Counter(c.model for c in prefix) == dict.fromkeys(models, 30)
     kinds = Counter(c.recipe_spec.kind for c in prefix)
-    assert kinds[RecipeKind.CORRECT] == 30
-    assert kinds[RecipeKind.KNOWN_BAD] == 60
+    assert kinds[RecipeKind.CORRECT] == 10 * len(models)
+    assert kinds[RecipeKind.KNOWN_BAD] == 20 * len(models)
     # device mapping: 2 formats x 3 saved devices x 8 map_locations, less the 2 cells that are
     # the prefix scenario's own (saved on cpu, no map_location)
     full_state = [c for c in matrix.cells if c.recipe == "full_state_dict" and c not in distributed]
@@ -159,7 +160,7 @@ def test_without_gpus_cuda_devices_are_simulated_tags() -> None:
     tagged = [c for c in matrix.cells if c.save_device != "cpu"]
     assert tagged
     assert all(c.save_key.simulated_tag == c.save_device for c in tagged)
-    assert len(matrix.cells) == 324
+    assert len(matrix.cells) == 414
 
 
 def test_resume_across_a_multi_gpu_dataparallel_split_is_left_out() -> None:

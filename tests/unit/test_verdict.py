@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -307,3 +308,49 @@ def test_a_model_without_an_example_input_compares_tensors_but_no_output() -> No
     assert "forward output not compared (the model gives no example_input)" in judged.reason
     differs = verdict(CLEAN, run(loaded(output_digest=None, tensors=tensors(a="1", b="9"))))
     assert differs.outcome is Outcome.FAIL
+
+
+def test_a_save_that_raised_is_judged_as_the_observation() -> None:
+    refused = {
+        "status": "raised",
+        "error_class": "not_picklable",
+        "exception_type": "builtins.RuntimeError",
+        "message": "Serialization of parametrized modules is only supported through state_dict()",
+        "probe": probe(10),
+    }
+    unpicklable = Expectation(error=ErrorClass.NOT_PICKLABLE, reason="r", tensor_device="cpu")
+    judged = verdict(unpicklable, None, save=refused)
+    assert judged.outcome is Outcome.XFAIL
+    assert judged.observed is not None
+    assert judged.observed["status"] == "save_raised"
+    wrong = verdict(CLEAN, None, save=refused)
+    assert wrong.outcome is Outcome.FAIL
+    assert "expected a clean load; observed not_picklable: the save raised" in wrong.reason
+
+
+def test_a_non_persistent_buffer_is_compared_only_in_a_whole_model() -> None:
+    saved = SAVE | {
+        "tensors": tensors(a="1", b="2") | {"c": tensors(c="3")["c"] | {"persistent": False}}
+    }
+    fresh = tensors(c="9")["c"] | {"persistent": False}
+    # a state_dict load: the buffer is not in the checkpoint, whatever its value
+    plain = judge(
+        CELL,
+        CLEAN,
+        save_report=saved,
+        save_failure=None,
+        load=run(loaded(tensors=tensors(a="1", b="2") | {"c": fresh})),
+        orchestrator_pid=ORCHESTRATOR,
+    )
+    assert plain.outcome is Outcome.PASS
+    whole = replace(CELL, format=Format.WHOLE, recipe="whole_module")
+    unpickled = judge(
+        whole,
+        CLEAN,
+        save_report=saved,
+        save_failure=None,
+        load=run(loaded(tensors=tensors(a="1", b="2") | {"c": fresh}, before=None)),
+        orchestrator_pid=ORCHESTRATOR,
+    )
+    assert unpickled.outcome is Outcome.FAIL
+    assert "1 of 3 tensors differ: ['c']" in unpickled.reason

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.zoo import MODELS, model_spec
+from harness.zoo import MODELS, is_import_path, model_spec
 
 
 def test_default_run_excludes_resnet152() -> None:
@@ -12,6 +12,25 @@ def test_default_run_excludes_resnet152() -> None:
 
 def test_unknown_model_names_place_and_zoo() -> None:
     with pytest.raises(
-        ValueError, match=r"s\.toml\.models: unknown model 'vgg'; the zoo has resnet152"
+        ValueError, match=r"s\.toml\.models: unknown model 'vgg'; the zoo has mixed_dtypes, "
     ):
         model_spec("vgg", "s.toml.models")
+
+
+@pytest.mark.parametrize(
+    ("name", "imported"),
+    [
+        ("my_pkg.models:build", True),
+        ("models:build", True),
+        ("trap", False),
+        ("my-pkg:build", False),
+        ("pkg.:build", False),
+        ("pkg:build:x", False),
+    ],
+)
+def test_an_import_path_names_a_users_model(name: str, imported: bool) -> None:
+    assert is_import_path(name) is imported
+    if imported:
+        spec = model_spec(name, "here")
+        assert spec.declared is None  # measured in a worker, never declared
+        assert not spec.needs_torchvision

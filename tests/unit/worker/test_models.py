@@ -13,7 +13,7 @@ from harness.worker.models import build, example_input, train, unwrap, wrap
 from harness.worker.probe import measure_model
 from harness.zoo import MODELS, ModelTraits
 
-CHEAP = ["trap", "trap_module", "resnet18"]
+CHEAP = ["trap", "trap_module", "resnet18", "tied", "mixed_dtypes", "weight_norm"]
 
 
 USER_MODELS = Path(__file__).parents[2] / "data" / "user_model"
@@ -38,6 +38,8 @@ def test_a_users_model_is_measured_from_its_real_keys() -> None:
         "top_level_module_attr": True,  # its own attribute named 'module'
         "nested_module_dot": False,
         "example_input": True,
+        "tied": True,
+        "parametrized": False,
     }
     model = build("ckpt_user_model:build", seed=0)
     assert (
@@ -100,3 +102,41 @@ def test_wrap_and_unwrap_by_type_not_attribute_name() -> None:
     assert unwrap(wrapped) is model
     assert unwrap(model) is model  # its own .module attribute is not a wrapper
     assert next(iter(wrapped.state_dict())).startswith("module.module.")
+
+
+def test_the_new_traps_carry_their_traps() -> None:
+    tied = build("tied", seed=0).state_dict()
+    assert tied["out.weight"].data_ptr() == tied["embed.weight"].data_ptr()
+    mixed = build("mixed_dtypes", seed=0)
+    dtypes = {name: t.dtype for name, t in mixed.state_dict().items()}
+    assert dtypes["bf16.weight"] == torch.bfloat16
+    assert dtypes["fp16.weight"] == torch.float16
+    assert dtypes["steps"] == torch.int64
+    assert dtypes["phase"] == torch.complex64
+    assert "cache" not in dtypes  # non-persistent
+    assert dict(mixed.named_buffers())["cache"].dtype == torch.float32
+    norm = build("weight_norm", seed=0).state_dict()
+    assert {
+        "layer.parametrizations.weight.original0",
+        "layer.parametrizations.weight.original1",
+    } <= set(norm)
+
+
+def test_a_non_persistent_buffer_is_marked_in_the_fingerprint() -> None:
+    from harness.worker.fingerprint import fingerprint
+
+    records = fingerprint(build("mixed_dtypes", seed=0))
+    assert records["cache"]["persistent"] is False
+    assert "persistent" not in records["steps"]
+    model = build("mixed_dtypes", seed=0)
+    model.state_dict = dict  # type: ignore[method-assign,assignment]  # as the assign recipes do
+    assert fingerprint(model)["cache"]["persistent"] is False
+
+
+def test_a_parametrized_model_refuses_to_be_pickled_whole(tmp_path: Path) -> None:
+    from harness.classify import classify_exception
+    from harness.outcomes import ErrorClass
+
+    with pytest.raises(RuntimeError) as refused:
+        torch.save(build("weight_norm", seed=0), tmp_path / "whole.pt")
+    assert classify_exception(refused.value) is ErrorClass.NOT_PICKLABLE
