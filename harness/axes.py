@@ -29,6 +29,7 @@ class Format(StrEnum):
     WHOLE = "whole"  # the pickled model object
     TRAIN_STATE = "train_state"  # {'model', 'optimizer', 'lr_scheduler', 'epoch', 'args', 'rng'}
     DCP = "dcp"  # a torch.distributed.checkpoint directory: sharded model and optimizer state
+    SAFETENSORS = "safetensors"  # safetensors.torch: tensors only, loading runs no code
 
 
 class SaveVariant(StrEnum):
@@ -47,6 +48,8 @@ class SaveVariant(StrEnum):
     SHARDED_STATE_DICT = "sharded_state_dict"  # each rank's own model.state_dict() (DTensors)
     DCP_RANK_STATE = "dcp_rank_state"  # DCP, plus each rank's own entry under a rank-indexed key
     DCP_TRAIN_STATE = "dcp_train_state"  # DCP of model, optimizer, scheduler and step
+    SAFETENSORS_FILE = "safetensors_file"  # save_file(model.state_dict()) of the model as held
+    SAFETENSORS_MODEL = "safetensors_model"  # save_model(the unwrapped model): ties deduplicated
 
     @property
     def trains(self) -> bool:
@@ -63,6 +66,8 @@ class SaveVariant(StrEnum):
             return Format.WHOLE
         if self in (SaveVariant.DCP, SaveVariant.DCP_RANK_STATE, SaveVariant.DCP_TRAIN_STATE):
             return Format.DCP
+        if self in (SaveVariant.SAFETENSORS_FILE, SaveVariant.SAFETENSORS_MODEL):
+            return Format.SAFETENSORS
         if self in (SaveVariant.TRAIN_STATE, SaveVariant.TRAIN_STATE_NAMESPACE):
             return Format.TRAIN_STATE
         return Format.WEIGHTS

@@ -53,6 +53,12 @@ _RULES: tuple[tuple[type[BaseException] | str, re.Pattern[str], ErrorClass], ...
         ErrorClass.KEY_MISMATCH,
     ),
     (TypeError, re.compile(r"Expected state_dict to be dict-like"), ErrorClass.NOT_A_STATE_DICT),
+    # safetensors.torch.save_file of tied weights
+    (
+        RuntimeError,
+        re.compile(r"Some tensors share memory, this will lead to duplicate memory on disk"),
+        ErrorClass.SHARED_TENSORS,
+    ),
     # torch.save of a whole model with a parametrized layer (torch/nn/utils/parametrize.py)
     (
         RuntimeError,

@@ -74,7 +74,14 @@ rule = registrar(_RULES, "the oracle")
 
 
 @rule(
-    "as_saved", "as_saved_whole", "module_state_dict", "wrap_loader", "strip_prefix", "whole_module"
+    "as_saved",
+    "as_saved_whole",
+    "module_state_dict",
+    "wrap_loader",
+    "strip_prefix",
+    "whole_module",
+    "safetensors_model",
+    "safetensors_strip_prefix",
 )
 def _clean(_: Cell, __: TorchVersion, _traits: ModelTraits) -> Prediction:
     return None, "a correct recipe loads every tensor"
@@ -222,6 +229,18 @@ def _dcp_rank_state(cell: Cell, _: TorchVersion, _traits: ModelTraits) -> Predic
     return None, "at the same world size every rank finds its own key (fragile)"
 
 
+@rule("safetensors_file")
+def _safetensors_file(_: Cell, __: TorchVersion, _traits: ModelTraits) -> Prediction:
+    return None, "no two tensors share memory, so save_file accepts them (fragile)"
+
+
+@rule("safetensors_unfixed_prefix")
+def _safetensors_unfixed_prefix(
+    cell: Cell, version: TorchVersion, traits: ModelTraits
+) -> Prediction:
+    return _unfixed_prefix(cell, version, traits)
+
+
 @rule("ddp_unfixed_prefix")
 def _ddp_unfixed_prefix(_: Cell, __: TorchVersion, _traits: ModelTraits) -> Prediction:
     return ErrorClass.KEY_MISMATCH, "DDP's keys carry 'module.'; the plain model expects none"
@@ -254,17 +273,15 @@ def expect(
     target = restore_target(cell.save_device, cell.map_location)
     recipe = cell.recipe_spec
     device = target if recipe.keeps_loaded_model else resolve_device(DEFAULT_DEVICE, visible)
-    if traits.parametrized and cell.recipe_spec.save_variant in PICKLES_THE_MODULE:
-        return Expectation(
-            error=ErrorClass.NOT_PICKLABLE,
-            reason="torch.save pickles the module itself, and a parametrized module refuses to be "
-            "pickled: only its state_dict() serializes",
-            tensor_device=device,
-        )
+    refused = save_error(cell, traits)
+    if refused is not None:
+        return Expectation(error=refused[0], reason=refused[1], tensor_device=device)
     error, reason = rule(cell, torch_version, traits)
     if error is ErrorClass.UNSAFE_GLOBAL:
         return Expectation(error=error, reason=reason, tensor_device=device)
-    restore, restore_reason = restore_error(target, visible)
+    # a safetensors file carries no device: load_file puts every tensor where it is told
+    no_restore = cell.format is Format.SAFETENSORS
+    restore, restore_reason = (None, "") if no_restore else restore_error(target, visible)
     if restore is not None:
         saved = f"saved on {cell.save_device}, map_location={cell.map_location}: {restore_reason}"
         return Expectation(error=restore, reason=saved, tensor_device=device)
@@ -272,6 +289,23 @@ def expect(
     if forward is not None:
         return Expectation(error=ErrorClass.DP_DEVICE_MISSING, reason=forward, tensor_device=device)
     return Expectation(error=error, reason=reason, tensor_device=device)
+
+
+def save_error(cell: Cell, traits: ModelTraits) -> Prediction | None:
+    """Where the save itself is refused, before any load: what the model is, against how the
+    saver writes it."""
+    variant = cell.recipe_spec.save_variant
+    if traits.parametrized and variant in PICKLES_THE_MODULE:
+        return ErrorClass.NOT_PICKLABLE, (
+            "torch.save pickles the module itself, and a parametrized module refuses to be "
+            "pickled: only its state_dict() serializes"
+        )
+    if traits.tied and variant is SaveVariant.SAFETENSORS_FILE:
+        return ErrorClass.SHARED_TENSORS, (
+            "save_file refuses tensors that share memory (tied weights); save_model "
+            "deduplicates them"
+        )
+    return None
 
 
 def dp_forward_error(cell: Cell) -> str | None:

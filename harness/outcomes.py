@@ -31,6 +31,7 @@ class ErrorClass(StrEnum):
 
     # Raised by PyTorch during the save.
     NOT_PICKLABLE = "not_picklable"
+    SHARED_TENSORS = "shared_tensors"
     # Raised by PyTorch during the load.
     KEY_MISMATCH = "key_mismatch"
     UNSAFE_GLOBAL = "unsafe_global"
@@ -59,6 +60,7 @@ class ErrorClass(StrEnum):
 
 _DESCRIPTIONS = {
     ErrorClass.NOT_PICKLABLE: "torch.save could not pickle the object (a parametrized module)",
+    ErrorClass.SHARED_TENSORS: "safetensors' save_file refused tensors that share memory (ties)",
     ErrorClass.KEY_MISMATCH: "state_dict keys do not match the model (missing/unexpected keys)",
     ErrorClass.UNSAFE_GLOBAL: "torch.load(weights_only=True) refused a pickled global",
     ErrorClass.NOT_A_STATE_DICT: "load_state_dict was given something that is not a mapping",

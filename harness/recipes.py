@@ -253,7 +253,37 @@ RECIPES: dict[str, Recipe] = {
             " dcp.load, set_state_dict, the scheduler's load_state_dict, and train on: bitwise "
             "equal to the run at N that never stopped",
         ),
+        Recipe(
+            name="safetensors_model",
+            kind=RecipeKind.CORRECT,
+            save_variant=SaveVariant.SAFETENSORS_MODEL,
+            summary="safetensors.torch.save_model(model) of the unwrapped model (ties "
+            "deduplicated); load_model(fresh model, path, device=...) into the unwrapped model",
+        ),
+        Recipe(
+            name="safetensors_strip_prefix",
+            kind=RecipeKind.CORRECT,
+            save_variant=SaveVariant.SAFETENSORS_FILE,
+            save_layouts=_DP,
+            summary="save_file(model.state_dict()) of DataParallel; load_file(path, device=...), "
+            "consume_prefix_in_state_dict_if_present(sd, 'module.'), into the unwrapped model",
+        ),
         # --- known-bad recipes -----------------------------------------------------------------
+        Recipe(
+            name="safetensors_file",
+            kind=RecipeKind.KNOWN_BAD,
+            save_variant=SaveVariant.SAFETENSORS_FILE,
+            pairing=Pairing.SAME,
+            summary="save_file(model.state_dict()); load_file(path, device=...) and "
+            "load_state_dict: save_file refuses tensors that share memory (tied weights)",
+        ),
+        Recipe(
+            name="safetensors_unfixed_prefix",
+            kind=RecipeKind.KNOWN_BAD,
+            save_variant=SaveVariant.SAFETENSORS_FILE,
+            pairing=Pairing.CROSS,
+            summary="save_file(model.state_dict()) loaded across layouts without fixing the prefix",
+        ),
         Recipe(
             name="unfixed_prefix",
             kind=RecipeKind.KNOWN_BAD,

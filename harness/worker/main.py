@@ -75,6 +75,24 @@ def save_atomic(obj: Any, path: Path, *, legacy: bool = False) -> None:
         raise
 
 
+def save_safetensors(obj: Any, path: Path, variant: SaveVariant) -> None:
+    """``save_file`` of a state_dict, or ``save_model`` of a module, to a temporary file beside
+    ``path``, then renamed."""
+    from safetensors.torch import save_file, save_model
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        if variant is SaveVariant.SAFETENSORS_MODEL:
+            save_model(obj, str(tmp))
+        else:
+            save_file(obj, str(tmp))
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 @contextlib.contextmanager
 def tagged_as(location: str) -> Iterator[None]:
     """While active, ``torch.save`` tags CPU storages with ``location`` (e.g. ``cuda:1``), so a
@@ -121,6 +139,10 @@ def run_save(spec: SaveSpec) -> dict[str, Any]:
         obj = model.module.state_dict()
     elif variant is SaveVariant.FULL_STATE_DICT:  # complete and unprefixed, from any wrapper
         obj = unwrap(model).state_dict()
+    elif variant is SaveVariant.SAFETENSORS_FILE:
+        obj = model.state_dict()  # as held: DataParallel's keys carry 'module.'
+    elif variant is SaveVariant.SAFETENSORS_MODEL:
+        obj = unwrap(model)
     elif variant is SaveVariant.BOUND_METHOD:
         obj = model.state_dict  # the mistake under test: the method, not its result
     else:
@@ -138,6 +160,10 @@ def run_save(spec: SaveSpec) -> dict[str, Any]:
 
 
 def write_checkpoint(obj: Any, path: Path, spec: SaveSpec) -> None:
+    variant = SaveVariant(spec.variant)
+    if variant.file_format is Format.SAFETENSORS:
+        save_safetensors(obj, path, variant)
+        return
     legacy = spec.serialization == "legacy"
     if spec.tag_as is None:
         save_atomic(obj, path, legacy=legacy)
@@ -159,7 +185,9 @@ def saved_report(
         "output_digest": output,
         "output_device": output_device,
         "tagged_as": spec.tag_as,
-        "serialization": spec.serialization,
+        "serialization": "safetensors"
+        if SaveVariant(spec.variant).file_format is Format.SAFETENSORS
+        else spec.serialization,
         "probe": isolation_probe(),
         "torch": torch.__version__,
         "work_s": time.perf_counter() - started,

@@ -203,6 +203,38 @@ def _whole_default_load(ctx: LoadContext) -> nn.Module:
     return model
 
 
+def _load_device() -> str:
+    """Where a safetensors load puts the tensors: the loader's model's device."""
+    return "cuda:0" if torch.cuda.device_count() > 0 else "cpu"
+
+
+@performs("safetensors_file", "safetensors_unfixed_prefix")
+def _safetensors_file(ctx: LoadContext) -> nn.Module:
+    from safetensors.torch import load_file
+
+    model = ctx.fresh()
+    model.load_state_dict(load_file(ctx.path, device=_load_device()))
+    return model
+
+
+@performs("safetensors_strip_prefix")
+def _safetensors_strip_prefix(ctx: LoadContext) -> nn.Module:
+    from safetensors.torch import load_file
+
+    state_dict = load_file(ctx.path, device=_load_device())
+    consume_prefix_in_state_dict_if_present(state_dict, "module.")
+    return _into_unwrapped(ctx, state_dict)
+
+
+@performs("safetensors_model")
+def _safetensors_model(ctx: LoadContext) -> nn.Module:
+    from safetensors.torch import load_model
+
+    model = ctx.fresh()
+    load_model(unwrap(model), ctx.path, device=_load_device())
+    return model
+
+
 @performs("resume", "resume_namespace_args")
 def _resume(ctx: LoadContext) -> nn.Module:
     model = ctx.fresh()

@@ -5,7 +5,8 @@ tensors on the expected devices), XFAIL where it predicts a named error and PyTo
 that. A correct recipe fails only where a storage cannot be restored to its device (a CUDA
 checkpoint without a GPU, or a device index the loader cannot see), or where a whole DataParallel
 model's forward needs more GPUs than the loader sees, or where the model cannot be saved that way
-(a parametrized module refuses to be pickled whole). A known-bad recipe PASSes only
+(a parametrized module refuses to be pickled whole, safetensors' save_file refuses tied weights).
+A known-bad recipe PASSes only
 where the oracle predicts that it works by accident (marked fragile).
 """
 
@@ -23,8 +24,9 @@ DEVICE_ERRORS = {
     ErrorClass.DEVICE_INDEX_OUT_OF_RANGE,
     ErrorClass.DP_DEVICE_MISSING,
 }
-# ... or where the model cannot be saved that way at all (a parametrized module pickled whole)
-MODEL_ERRORS = {ErrorClass.NOT_PICKLABLE}
+# ... or where the model cannot be saved that way at all (a parametrized module pickled whole,
+# tied weights through safetensors' save_file)
+MODEL_ERRORS = {ErrorClass.NOT_PICKLABLE, ErrorClass.SHARED_TENSORS}
 
 
 @pytest.mark.slow

@@ -69,3 +69,21 @@ def test_a_checkpoint_exception_for_a_missing_key_is_a_key_mismatch() -> None:
     assert classify_exception(exc) is ErrorClass.KEY_MISMATCH
     other = CheckpointException("CheckpointException", {0: (ValueError("disk full"), no_trace)})
     assert classify_exception(other) is ErrorClass.UNCLASSIFIED
+
+
+@pytest.mark.parametrize(
+    ("message", "error_class"),
+    [
+        (
+            "\n    Some tensors share memory, this will lead to duplicate memory on disk and "
+            "potential differences when loading them again: [{'a', 'b'}].",
+            ErrorClass.SHARED_TENSORS,
+        ),
+        (
+            "Serialization of parametrized modules is only supported through state_dict(). See:",
+            ErrorClass.NOT_PICKLABLE,
+        ),
+    ],
+)
+def test_what_a_save_refuses_is_named(message: str, error_class: ErrorClass) -> None:
+    assert classify_exception(RuntimeError(message)) is error_class

@@ -86,7 +86,8 @@ def test_correct_recipes_fail_only_where_a_storage_cannot_be_restored() -> None:
         expectation = expect(c, torch_version=NEW)
         if c.recipe_spec.kind is RecipeKind.CORRECT and not expectation.passes:
             # or where the model itself cannot be saved that way (a parametrized model whole)
-            allowed = {ErrorClass.CUDA_UNAVAILABLE, RANGE, DP_MISSING, ErrorClass.NOT_PICKLABLE}
+            model_errors = {ErrorClass.NOT_PICKLABLE, ErrorClass.SHARED_TENSORS}
+            allowed = {ErrorClass.CUDA_UNAVAILABLE, RANGE, DP_MISSING, *model_errors}
             assert expectation.error in allowed, c.id
 
 
@@ -356,3 +357,37 @@ def test_a_parametrized_model_is_saved_through_its_state_dict_only(
 ) -> None:
     save = D if recipe == "whole_module" else S
     assert expect(cell("weight_norm", save, S, fmt, recipe), torch_version=NEW).error is error
+
+
+ST = Format.SAFETENSORS
+
+
+@pytest.mark.parametrize(
+    ("model", "save", "load", "recipe", "error"),
+    [
+        ("tied", S, D, "safetensors_model", None),
+        ("tied", S, S, "safetensors_file", ErrorClass.SHARED_TENSORS),
+        ("tied", D, S, "safetensors_strip_prefix", ErrorClass.SHARED_TENSORS),
+        ("trap", S, S, "safetensors_file", None),  # fragile: nothing shares memory
+        ("trap", D, S, "safetensors_strip_prefix", None),
+        ("trap", D, S, "safetensors_unfixed_prefix", KEY),
+        ("tied", S, D, "safetensors_unfixed_prefix", ErrorClass.SHARED_TENSORS),
+    ],
+)
+def test_safetensors_refuses_shared_memory_in_save_file_only(
+    model: str, save: Layout, load: Layout, recipe: str, error: ErrorClass | None
+) -> None:
+    assert expect(cell(model, save, load, ST, recipe), torch_version=NEW).error is error
+
+
+def test_a_safetensors_file_carries_no_device() -> None:
+    on_gpu = Cell(
+        model="trap",
+        save_layout=S,
+        load_layout=S,
+        format=ST,
+        recipe="safetensors_model",
+        save_visibility=(0,),
+        save_device="cuda:0",
+    )
+    assert expect(on_gpu, torch_version=NEW).passes  # a CPU loader: load_file(device="cpu")

@@ -158,3 +158,20 @@ def test_a_checkpoint_exception_is_described_rank_by_rank() -> None:
     assert first == "rank 1: RuntimeError: Missing key in checkpoint state_dict: k1."
     assert second.startswith("rank 2: RuntimeError: Missing key in checkpoint state_dict: k2.")
     assert describe(ValueError("plain")) == "plain"
+
+
+def test_safetensors_save_model_keeps_the_ties(tmp_path: Path) -> None:
+    saved = save(tmp_path, "single", "safetensors_model", model="tied")
+    assert saved["status"] == "saved"
+    assert saved["serialization"] == "safetensors"
+    report = load(saved, "dp", "safetensors_model", model="tied")
+    assert report["status"] == "loaded", report.get("message")
+    assert report["tensors"] == saved["tensors"]
+
+
+def test_safetensors_save_file_refuses_the_ties_at_the_save(tmp_path: Path) -> None:
+    refused = save(tmp_path, "single", "safetensors_file", model="tied")
+    assert refused["status"] == "raised"
+    assert refused["error_class"] == "shared_tensors"
+    assert not (tmp_path / "single-safetensors_file.pt").exists()
+    assert list(tmp_path.glob(".*.tmp")) == []  # no torn file left behind

@@ -153,7 +153,13 @@ def test_harness_normaliser_names_the_unwrapped_model_on_every_tree(
     assert unwrap(wrapped) is model
     assert fingerprint(wrapped) == fingerprint(model)
     names = set(fingerprint(model))
-    assert names == {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
+    # every name of every tensor: a module or tensor reached twice (tied) under each of them
+    every = [
+        *model.named_parameters(remove_duplicate=False),
+        *model.named_buffers(remove_duplicate=False),
+    ]
+    assert names == {name for name, _ in every}
+    assert set(model.state_dict()) <= names
 
 
 def test_a_model_whose_own_attribute_is_module_keeps_it() -> None:
