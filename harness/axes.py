@@ -22,6 +22,20 @@ class Layout(StrEnum):
         return self in (Layout.DDP, Layout.FSDP2)
 
 
+class Wrapper(StrEnum):
+    """What wraps the model inside its layout (``DataParallel(torch.compile(model))``)."""
+
+    NONE = "none"
+    COMPILE = "compile"  # torch.compile: an OptimizedModule, keys prefixed with ``_orig_mod.``
+    CHECKPOINT = "checkpoint"  # checkpoint_wrapper (activation checkpointing)
+
+    @property
+    def prefix(self) -> str:
+        """What the wrapper puts before the model's own keys in ``state_dict()``: checkpoint_wrapper
+        registers state_dict hooks that take ``_checkpoint_wrapped_module.`` out again."""
+        return "_orig_mod." if self is Wrapper.COMPILE else ""
+
+
 class Format(StrEnum):
     """What kind of file the checkpoint is."""
 
@@ -50,6 +64,7 @@ class SaveVariant(StrEnum):
     DCP_TRAIN_STATE = "dcp_train_state"  # DCP of model, optimizer, scheduler and step
     SAFETENSORS_FILE = "safetensors_file"  # save_file(model.state_dict()) of the model as held
     SAFETENSORS_MODEL = "safetensors_model"  # save_model(the unwrapped model): ties deduplicated
+    HELPER_STATE_DICT = "helper_state_dict"  # get_model_state_dict(model) (strips _orig_mod.)
 
     @property
     def trains(self) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from harness.axes import Format, Layout, SaveVariant
+from harness.axes import Format, Layout, SaveVariant, Wrapper
 from harness.devices import DEFAULT_DEVICE, cuda_index, resolve_device
 from harness.recipes import RECIPES, Recipe
 from harness.zoo import ModelSpec, model_spec
@@ -24,10 +24,12 @@ def visibility_label(visibility: Visibility) -> str:
     return "cpu" if not visibility else ",".join(str(index) for index in visibility)
 
 
-def layout_label(layout: Layout, world: int) -> str:
+def layout_label(layout: Layout, world: int, wrapper: Wrapper = Wrapper.NONE) -> str:
     """``fsdp2x2``: a distributed layout names its world size; the others run one process (a
-    combination that gives one of them more is left out, and named ``singlex3``)."""
-    return f"{layout}x{world}" if layout.distributed or world != 1 else str(layout)
+    combination that gives one of them more is left out, and named ``singlex3``). A wrapper
+    inside the layout follows it: ``dp+compile`` is DataParallel(torch.compile(model))."""
+    label = f"{layout}x{world}" if layout.distributed or world != 1 else str(layout)
+    return label if wrapper is Wrapper.NONE else f"{label}+{wrapper}"
 
 
 def device_suffix(device: str, visibility: Visibility) -> str:
@@ -47,13 +49,14 @@ class SaveKey:
     training: str = ""  # the training regime of a train_state artifact
     serialization: str = "zip"  # zip (torch>=1.6 default) or legacy
     world: int = 1  # ranks that save it (distributed layouts)
+    wrapper: Wrapper = Wrapper.NONE  # what wraps the model inside its layout
 
     @property
     def id(self) -> str:
         training = f"-{self.training}" if self.training else ""
         legacy = "" if self.serialization == "zip" else f"-{self.serialization}"
         return (
-            f"{self.model}-{layout_label(self.layout, self.world)}"
+            f"{self.model}-{layout_label(self.layout, self.world, self.wrapper)}"
             f"[{visibility_label(self.visibility)}]"
             f"{device_suffix(self.device, self.visibility)}-{self.variant}{training}{legacy}"
         )
@@ -82,6 +85,8 @@ class Cell:
     serialization: str = "zip"  # zip, or legacy (_use_new_zipfile_serialization=False)
     save_world: int = 1  # ranks of a distributed save layout (1 for the others)
     load_world: int = 1
+    save_wrapper: Wrapper = Wrapper.NONE  # inside the save layout
+    load_wrapper: Wrapper = Wrapper.NONE
 
     @property
     def id(self) -> str:
@@ -90,10 +95,10 @@ class Cell:
         mapping += "" if self.serialization == "zip" else f"-ser={self.serialization}"
         return (
             f"model={self.model}"
-            f"-save={layout_label(self.save_layout, self.save_world)}"
+            f"-save={layout_label(self.save_layout, self.save_world, self.save_wrapper)}"
             f"[{visibility_label(self.save_visibility)}]"
             f"{device_suffix(self.save_device, self.save_visibility)}"
-            f"-load={layout_label(self.load_layout, self.load_world)}"
+            f"-load={layout_label(self.load_layout, self.load_world, self.load_wrapper)}"
             f"[{visibility_label(self.load_visibility)}]"
             f"-fmt={self.format}-recipe={self.recipe}{mapping}"
         )
@@ -120,6 +125,7 @@ class Cell:
             training=self.training,
             serialization=self.serialization,
             world=self.save_world,
+            wrapper=self.save_wrapper,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -137,6 +143,8 @@ class Cell:
             "serialization": self.serialization,
             "save_world": self.save_world,
             "load_world": self.load_world,
+            "save_wrapper": str(self.save_wrapper),
+            "load_wrapper": str(self.load_wrapper),
         }
 
     @classmethod
@@ -155,4 +163,6 @@ class Cell:
             serialization=data.get("serialization", "zip"),
             save_world=data.get("save_world", 1),
             load_world=data.get("load_world", 1),
+            save_wrapper=Wrapper(data.get("save_wrapper", "none")),
+            load_wrapper=Wrapper(data.get("load_wrapper", "none")),
         )

@@ -43,6 +43,7 @@ class SaveSpec:
     tag_as: str | None = None  # save on the CPU but tag storages with this location (simulation)
     training: str = ""  # train_state artifacts: the regime
     serialization: str = "zip"  # zip or legacy
+    wrapper: str = "none"  # what wraps the model inside its layout (harness.axes.Wrapper)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,6 +59,7 @@ class LoadSpec:
     map_location: str = "none"  # a policy name from harness.devices.MAP_LOCATIONS
     saved_tag: str = "cpu"  # the location the saver's storages carry
     training: str = ""  # train_state cells: the regime to resume
+    wrapper: str = "none"  # what wraps the fresh model inside its layout
 
 
 Spec = SaveSpec | LoadSpec

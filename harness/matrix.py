@@ -7,7 +7,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from harness.axes import Layout
+from harness.axes import Layout, Wrapper
 from harness.cell import Cell, Visibility, visibility_label
 from harness.devices import cuda_index, resolve_device
 from harness.recipes import RECIPES
@@ -57,6 +57,8 @@ def expand(
                 serialization=axes["serialization"],
                 save_world=axes["save_world"],
                 load_world=axes["load_world"],
+                save_wrapper=axes["save_wrapper"],
+                load_wrapper=axes["load_wrapper"],
             )
             if select is not None and select not in cell.id:
                 continue
@@ -65,6 +67,7 @@ def expand(
                 load=cell.load_layout,
                 fmt=cell.format,
                 training=cell.training,
+                wrappers=(cell.save_wrapper, cell.load_wrapper),
             )
             reason = (
                 reason
@@ -94,6 +97,8 @@ def _combinations(scenario: Scenario, subsets: Sequence[Visibility]) -> Iterator
         "serialization": scenario.serializations,
         "save_world": scenario.save_world_sizes,
         "load_world": scenario.load_world_sizes,
+        "save_wrapper": scenario.save_wrappers,
+        "load_wrapper": scenario.load_wrappers,
     }
     for values in itertools.product(*axes.values()):
         yield dict(zip(axes, values, strict=True))
@@ -108,6 +113,9 @@ def world_skip_reason(cell: Cell) -> str | None:
     ):
         if not layout.distributed and world != 1:
             return f"{role} layout {layout} runs one process; world sizes apply to ddp and fsdp2"
+        wrapper = cell.save_wrapper if role == "save" else cell.load_wrapper
+        if layout.distributed and wrapper is not Wrapper.NONE:
+            return f"{role} layout {layout}: wrappers are built for one-process layouts so far"
         if layout.distributed and visibility and len(visibility) != world:
             return (
                 f"{role} layout {layout} at {world} ranks runs one rank per GPU (NCCL); the "

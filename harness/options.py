@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from harness.axes import Wrapper
 from harness.cell import Cell, Visibility
 from harness.environment import describe, torch_environment
 from harness.inventory import Inventory, read_inventory, simulated
@@ -147,8 +148,12 @@ def open_launcher(planned: Planned, options: RunOptions, workdir: Path) -> Launc
         workdir,
         gpu_slots=options.gpu_slots,
         preload_torchvision=any(cell.model_spec.needs_torchvision for cell in planned.cells),
+        # the distributed modules and torch._dynamo (fully_shard and torch.compile import it)
         preload_distributed=any(
-            cell.save_layout.distributed or cell.load_layout.distributed for cell in planned.cells
+            cell.save_layout.distributed
+            or cell.load_layout.distributed
+            or Wrapper.COMPILE in (cell.save_wrapper, cell.load_wrapper)
+            for cell in planned.cells
         ),
     )
 

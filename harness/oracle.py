@@ -82,6 +82,9 @@ rule = registrar(_RULES, "the oracle")
     "whole_module",
     "safetensors_model",
     "safetensors_strip_prefix",
+    "strip_orig_mod",
+    "strip_stacked_prefixes",
+    "dcp_model_state_dict",
 )
 def _clean(_: Cell, __: TorchVersion, _traits: ModelTraits) -> Prediction:
     return None, "a correct recipe loads every tensor"
@@ -227,6 +230,21 @@ def _dcp_rank_state(cell: Cell, _: TorchVersion, _traits: ModelTraits) -> Predic
             f"ranks {saved}..{loading - 1} ask for keys no rank saved: CheckpointException"
         )
     return None, "at the same world size every rank finds its own key (fragile)"
+
+
+@rule("wrapper_unfixed_prefix")
+def _wrapper_unfixed_prefix(cell: Cell, _: TorchVersion, _traits: ModelTraits) -> Prediction:
+    saved, loading = cell.save_wrapper.prefix, cell.load_wrapper.prefix
+    if saved != loading:
+        return ErrorClass.KEY_MISMATCH, (
+            f"keys carry {saved!r}; the loading model expects {loading!r}"
+            if saved
+            else f"keys lack {loading!r}; the loading model expects it"
+        )
+    return None, (
+        "checkpoint_wrapper's state_dict hooks keep '_checkpoint_wrapped_module.' out of the keys:"
+        " nothing to fix (fragile)"
+    )
 
 
 @rule("safetensors_file")

@@ -89,6 +89,7 @@ class JobFactory:
             tag_as=key.simulated_tag,
             training=key.training,
             serialization=key.serialization,
+            wrapper=str(key.wrapper),
         )
         ranks = key.world if key.layout.distributed else 0
         return self._job(key.id, spec, folder / "save", key.visibility, ranks)
@@ -106,6 +107,7 @@ class JobFactory:
             map_location=cell.map_location,
             saved_tag=cell.save_device,
             training=cell.training,
+            wrapper=str(cell.load_wrapper),
         )
         ranks = cell.load_world if cell.load_layout.distributed else 0
         return self._job(cell.id, spec, folder / "load", cell.load_visibility, ranks)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TypeVar
 
-from harness.axes import Format, Layout, SaveVariant
+from harness.axes import Format, Layout, SaveVariant, Wrapper
 
 
 class RecipeKind(StrEnum):
@@ -44,13 +44,23 @@ class Recipe:
     keeps_loaded_model: bool = False
     # It restores the optimizer's state too (compared with the saver's, where it reports one).
     restores_optimizer: bool = False
+    # The wrappers (torch.compile, checkpoint_wrapper) it applies to, at save and at load; and
+    # whether it is about a wrapper on one side that the other side lacks.
+    wrappers: frozenset[Wrapper] = frozenset({Wrapper.NONE})
+    crosses_wrappers: bool = False
 
     @property
     def format(self) -> Format:
         return self.save_variant.file_format
 
     def skip_reason(
-        self, *, save: Layout, load: Layout, fmt: Format, training: str = ""
+        self,
+        *,
+        save: Layout,
+        load: Layout,
+        fmt: Format,
+        training: str = "",
+        wrappers: tuple[Wrapper, Wrapper] = (Wrapper.NONE, Wrapper.NONE),
     ) -> str | None:
         """Why this recipe does not apply to the combination, or None when it does."""
         if fmt is not self.format:
@@ -71,11 +81,19 @@ class Recipe:
             )
         if self.pairing is Pairing.CROSS and save is load:
             return f"recipe={self.name} is about crossing layouts; save=load={save}"
+        for role, wrapper in zip(("save", "load"), wrappers, strict=True):
+            if wrapper not in self.wrappers:
+                return (
+                    f"recipe={self.name} applies to {role} wrappers "
+                    f"{_names(self.wrappers)}, got {wrapper}"
+                )
+        if self.crosses_wrappers and wrappers[0] is wrappers[1]:
+            return f"recipe={self.name} is about a wrapper on one side only; both are {wrappers[0]}"
         return None
 
 
-def _names(layouts: frozenset[Layout]) -> str:
-    return "{" + ",".join(sorted(layouts)) + "}"
+def _names(values: frozenset[Layout] | frozenset[Wrapper]) -> str:
+    return "{" + ",".join(sorted(str(value) for value in values)) + "}"
 
 
 # Training regimes for train_state cells: optimizer + learning-rate scheduler.
@@ -92,6 +110,7 @@ _SINGLE = frozenset({Layout.SINGLE})
 _FSDP2 = frozenset({Layout.FSDP2})
 _DDP = frozenset({Layout.DDP})
 _EVERY = frozenset(Layout)
+_ANY_WRAPPER = frozenset(Wrapper)
 
 RECIPES: dict[str, Recipe] = {
     recipe.name: recipe
@@ -215,11 +234,13 @@ RECIPES: dict[str, Recipe] = {
             save_variant=SaveVariant.FULL_STATE_DICT,
             save_layouts=_EVERY,
             load_layouts=_EVERY,
+            wrappers=_ANY_WRAPPER,
             summary="the complete, unprefixed state, from any layout: a plain model's "
             "state_dict(), .module's of DataParallel or DDP (rank 0), FSDP2's "
             "get_model_state_dict(full_state_dict=True, cpu_offload=True) on rank 0; torch.save. "
             "load_state_dict(torch.load(weights_only)) into a plain model or .module; into FSDP2 "
-            "at M ranks, set_model_state_dict(full_state_dict=True, broadcast_from_rank0=True)",
+            "at M ranks, set_model_state_dict(full_state_dict=True, broadcast_from_rank0=True). "
+            "Under torch.compile: model._orig_mod.state_dict(), into ._orig_mod",
         ),
         Recipe(
             name="torch_save_to_dcp",
@@ -268,7 +289,45 @@ RECIPES: dict[str, Recipe] = {
             summary="save_file(model.state_dict()) of DataParallel; load_file(path, device=...), "
             "consume_prefix_in_state_dict_if_present(sd, 'module.'), into the unwrapped model",
         ),
+        Recipe(
+            name="strip_orig_mod",
+            kind=RecipeKind.CORRECT,
+            save_variant=SaveVariant.STATE_DICT,
+            save_layouts=_SINGLE,
+            wrappers=_ANY_WRAPPER,
+            summary="consume_prefix_in_state_dict_if_present(sd, '_orig_mod.') on a compiled "
+            "model's state_dict; load into the unwrapped model",
+        ),
+        Recipe(
+            name="strip_stacked_prefixes",
+            kind=RecipeKind.CORRECT,
+            save_variant=SaveVariant.STATE_DICT,
+            save_layouts=_DP,
+            wrappers=_ANY_WRAPPER,
+            summary="DataParallel(torch.compile(model)) keys read 'module._orig_mod.': consume "
+            "'module.', then '_orig_mod.', as they were stacked; into the unwrapped model",
+        ),
+        Recipe(
+            name="dcp_model_state_dict",
+            kind=RecipeKind.CORRECT,
+            save_variant=SaveVariant.HELPER_STATE_DICT,
+            save_layouts=_SINGLE,
+            load_layouts=_SINGLE,
+            wrappers=_ANY_WRAPPER,
+            summary="torch.distributed.checkpoint.state_dict's get_model_state_dict(model) (which "
+            "takes '_orig_mod.' out) and torch.save; set_model_state_dict(fresh model, sd)",
+        ),
         # --- known-bad recipes -----------------------------------------------------------------
+        Recipe(
+            name="wrapper_unfixed_prefix",
+            kind=RecipeKind.KNOWN_BAD,
+            save_variant=SaveVariant.STATE_DICT,
+            pairing=Pairing.SAME,
+            wrappers=_ANY_WRAPPER,
+            crosses_wrappers=True,
+            summary="a wrapped model's state_dict into a model wrapped otherwise (or not at all), "
+            "as is",
+        ),
         Recipe(
             name="safetensors_file",
             kind=RecipeKind.KNOWN_BAD,

@@ -13,7 +13,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from harness.axes import Format, Layout, parse_enum
+from harness.axes import Format, Layout, Wrapper, parse_enum
 from harness.devices import DEFAULT_DEVICE, check_device, check_map_location
 from harness.recipes import TRAININGS, recipe
 from harness.visibility import MODES
@@ -25,6 +25,8 @@ _OPTIONAL_LISTS = {
     "map_locations": ["none"],
     "trainings": [""],
     "serializations": ["zip"],
+    "save_wrappers": ["none"],
+    "load_wrappers": ["none"],
 }
 SERIALIZATIONS = ("zip", "legacy")
 _WORLD_KEYS = ("save_world_sizes", "load_world_sizes")
@@ -55,6 +57,8 @@ class Scenario:
     serializations: tuple[str, ...] = ("zip",)
     save_world_sizes: tuple[int, ...] = (1,)  # ranks of distributed save layouts
     load_world_sizes: tuple[int, ...] = (1,)
+    save_wrappers: tuple[Wrapper, ...] = (Wrapper.NONE,)  # inside the save layout
+    load_wrappers: tuple[Wrapper, ...] = (Wrapper.NONE,)
 
 
 def default_scenarios_dir() -> Path:
@@ -143,6 +147,10 @@ def _scenario(table: dict[str, Any], where: str) -> Scenario:
         save = tuple(parse_enum(Layout, v, f"{where}.save_layouts") for v in lists["save_layouts"])
         load = tuple(parse_enum(Layout, v, f"{where}.load_layouts") for v in lists["load_layouts"])
         formats = tuple(parse_enum(Format, v, f"{where}.formats") for v in lists["formats"])
+        wrappers = {
+            key: tuple(parse_enum(Wrapper, v, f"{where}.{key}") for v in lists[key])
+            for key in ("save_wrappers", "load_wrappers")
+        }
     except ValueError as exc:
         raise ScenarioError(str(exc)) from None
     worlds = {key: _world_sizes(table, key, where) for key in _WORLD_KEYS}
@@ -165,6 +173,8 @@ def _scenario(table: dict[str, Any], where: str) -> Scenario:
         visibility=visibility,
         save_world_sizes=worlds["save_world_sizes"],
         load_world_sizes=worlds["load_world_sizes"],
+        save_wrappers=wrappers["save_wrappers"],
+        load_wrappers=wrappers["load_wrappers"],
     )
 
 

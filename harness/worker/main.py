@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from harness.axes import Format, Layout, SaveVariant
+from harness.axes import Format, Layout, SaveVariant, Wrapper
 from harness.classify import ChecksumMismatchError, classify_exception
 from harness.jobspec import RESUME_AT, RESUME_MORE, SAVE_SEED, TRAIN_STEPS, LoadSpec, SaveSpec
 from harness.worker.fingerprint import fingerprint, output_digest
@@ -116,7 +116,11 @@ def tagged_as(location: str) -> Iterator[None]:
 def run_save(spec: SaveSpec) -> dict[str, Any]:
     started = time.perf_counter()
     variant = SaveVariant(spec.variant)
-    model = wrap(build(spec.model, seed=SAVE_SEED).to(spec.device), Layout(spec.layout))
+    model = wrap(
+        build(spec.model, seed=SAVE_SEED).to(spec.device),
+        Layout(spec.layout),
+        Wrapper(spec.wrapper),
+    )
     obj: Any
     if variant.file_format is Format.TRAIN_STATE:
         # Save the state after RESUME_AT steps; what a resume must reach is recorded after
@@ -139,6 +143,10 @@ def run_save(spec: SaveSpec) -> dict[str, Any]:
         obj = model.module.state_dict()
     elif variant is SaveVariant.FULL_STATE_DICT:  # complete and unprefixed, from any wrapper
         obj = unwrap(model).state_dict()
+    elif variant is SaveVariant.HELPER_STATE_DICT:
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+        obj = get_model_state_dict(model)  # takes torch.compile's _orig_mod. out
     elif variant is SaveVariant.SAFETENSORS_FILE:
         obj = model.state_dict()  # as held: DataParallel's keys carry 'module.'
     elif variant is SaveVariant.SAFETENSORS_MODEL:

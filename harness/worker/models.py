@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.axes import Layout
+from harness.axes import Layout, Wrapper
 from harness.zoo import ModelError, is_import_path
 
 
@@ -208,17 +209,45 @@ def model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def wrap(model: nn.Module, layout: Layout) -> nn.Module:
+def wrap(model: nn.Module, layout: Layout, wrapper: Wrapper = Wrapper.NONE) -> nn.Module:
+    """``layout(wrapper(model))``: DataParallel(torch.compile(model)) keys read
+    ``module._orig_mod.``. torch.compile uses the eager backend: the forward pass needs no C++
+    toolchain and runs the same kernels as the plain model."""
+    if wrapper is Wrapper.COMPILE:
+        model = torch.compile(model, backend="eager")  # type: ignore[assignment]
+    elif wrapper is Wrapper.CHECKPOINT:
+        from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+            checkpoint_wrapper,
+        )
+
+        model = checkpoint_wrapper(model)
     if layout is Layout.DP:
         return nn.DataParallel(model)
     return model
 
 
+def _wrapped(model: nn.Module) -> nn.Module | None:
+    """The module a wrapper holds, by the wrapper's type (never by attribute name), or None. A
+    wrapper's module is looked up only once it is imported: no wrapper exists before that."""
+    if isinstance(model, nn.DataParallel | nn.parallel.DistributedDataParallel):
+        inner: nn.Module = model.module
+        return inner
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")
+    if eval_frame is not None and isinstance(model, eval_frame.OptimizedModule):
+        compiled: nn.Module = model._orig_mod
+        return compiled
+    wrappers = sys.modules.get("torch.distributed.algorithms._checkpoint.checkpoint_wrapper")
+    if wrappers is not None and isinstance(model, wrappers.ActivationWrapper):
+        checkpointed: nn.Module = model._checkpoint_wrapped_module
+        return checkpointed
+    return None
+
+
 def unwrap(model: nn.Module) -> nn.Module:
-    """The model inside any DataParallel or DistributedDataParallel wrappers (by type, never by
-    attribute name)."""
-    while isinstance(model, nn.DataParallel | nn.parallel.DistributedDataParallel):
-        model = model.module
+    """The model inside any DataParallel, DistributedDataParallel, torch.compile or
+    checkpoint_wrapper wrappers, however stacked."""
+    while (inner := _wrapped(model)) is not None:
+        model = inner
     return model
 
 

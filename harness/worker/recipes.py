@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
-from harness.axes import Layout
+from harness.axes import Layout, Wrapper
 from harness.jobspec import LOAD_SEED, LoadSpec
 from harness.recipes import registrar
 from harness.worker.fingerprint import fingerprint
@@ -52,7 +52,8 @@ class LoadContext:
         """A new model from the loader's seed, on logical cuda:0 where a GPU is visible (else the
         CPU), wrapped for ``layout`` (default: the cell's)."""
         device = "cuda:0" if torch.cuda.device_count() > 0 else "cpu"
-        model = wrap(build(self.spec.model, seed=LOAD_SEED).to(device), layout or self.layout)
+        fresh = build(self.spec.model, seed=LOAD_SEED).to(device)
+        model = wrap(fresh, layout or self.layout, Wrapper(self.spec.wrapper))
         if self.before is None:
             self.before = fingerprint(model)
         return model
@@ -82,7 +83,7 @@ PERFORM: dict[str, Callable[[LoadContext], nn.Module]] = {}
 performs = registrar(PERFORM, "harness.worker.recipes")
 
 
-@performs("as_saved", "unfixed_prefix", "ddp_unfixed_prefix")
+@performs("as_saved", "unfixed_prefix", "ddp_unfixed_prefix", "wrapper_unfixed_prefix")
 def _as_saved(ctx: LoadContext) -> nn.Module:
     model = ctx.fresh()
     model.load_state_dict(ctx.weights())
@@ -232,6 +233,30 @@ def _safetensors_model(ctx: LoadContext) -> nn.Module:
 
     model = ctx.fresh()
     load_model(unwrap(model), ctx.path, device=_load_device())
+    return model
+
+
+@performs("strip_orig_mod")
+def _strip_orig_mod(ctx: LoadContext) -> nn.Module:
+    state_dict = ctx.weights()
+    consume_prefix_in_state_dict_if_present(state_dict, "_orig_mod.")
+    return _into_unwrapped(ctx, state_dict)
+
+
+@performs("strip_stacked_prefixes")
+def _strip_stacked_prefixes(ctx: LoadContext) -> nn.Module:
+    state_dict = ctx.weights()
+    for prefix in ("module.", "_orig_mod."):  # outermost first
+        consume_prefix_in_state_dict_if_present(state_dict, prefix)
+    return _into_unwrapped(ctx, state_dict)
+
+
+@performs("dcp_model_state_dict")
+def _dcp_model_state_dict(ctx: LoadContext) -> nn.Module:
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+    model = ctx.fresh()
+    set_model_state_dict(model, ctx.weights())
     return model
 
 

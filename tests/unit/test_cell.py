@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from harness.axes import Format, Layout, SaveVariant
+from harness.axes import Format, Layout, SaveVariant, Wrapper
 from harness.cell import Cell, SaveKey, visibility_label
 from harness.plan import DeviceMap
 
@@ -67,4 +67,24 @@ def test_a_distributed_layout_names_its_world_size() -> None:
     assert Cell.from_json(fsdp.to_json()) == fsdp
     # results written before world sizes existed read as one process each
     old = {k: v for k, v in make().to_json().items() if not k.endswith("_world")}
+    assert Cell.from_json(old) == make()
+
+
+def test_a_wrapper_follows_its_layout_in_the_id() -> None:
+    wrapped = make(
+        save_layout=Layout.DP,
+        load_layout=Layout.SINGLE,
+        recipe="strip_stacked_prefixes",
+        save_wrapper=Wrapper.COMPILE,
+        load_wrapper=Wrapper.CHECKPOINT,
+    )
+    assert wrapped.id == (
+        "model=trap-save=dp+compile[cpu]-load=single+checkpoint[cpu]-fmt=weights"
+        "-recipe=strip_stacked_prefixes"
+    )
+    assert wrapped.save_key.wrapper is Wrapper.COMPILE
+    assert wrapped.save_key.id == "trap-dp+compile[cpu]-state_dict"
+    assert Cell.from_json(wrapped.to_json()) == wrapped
+    # results written before wrappers existed read as unwrapped
+    old = {k: v for k, v in make().to_json().items() if not k.endswith("_wrapper")}
     assert Cell.from_json(old) == make()

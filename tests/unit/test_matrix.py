@@ -14,12 +14,12 @@ def default() -> Matrix:
 
 def test_default_matrix_shape() -> None:
     scenarios = load_scenarios(default_scenarios_dir())
-    assert len(expand(scenarios).cells) == 464
+    assert len(expand(scenarios).cells) == 506
     # without GPUs, the distributed-on-gpus scenario runs its ranks with gloo on the CPU: 12 cells
     # the other scenarios lack (ddp and fsdp2 at 1 and 2 ranks); the rest is counted below
     matrix = expand([s for s in scenarios if s.name != "distributed-on-gpus"])
     ids = [cell.id for cell in matrix.cells]
-    assert len(ids) == len(set(ids)) == 452
+    assert len(ids) == len(set(ids)) == 494
     # the DCP square: fsdp2 saved at N ranks, loaded by fsdp2 at M, N and M in 1..4; and fsdp2
     # at 1..3 ranks into one plain model by 3 recipes
     distributed = [
@@ -92,6 +92,7 @@ def test_default_matrix_shape() -> None:
         and c not in distributed
         and c.recipe != "full_state_dict"  # the every-layout-pair scenario's one-process cells
         and c.format != "safetensors"
+        and c.save_wrapper == c.load_wrapper == "none"
     ]
     models = ("trap", "trap_module", "resnet18", "tied", "mixed_dtypes", "weight_norm")
     assert Counter(c.model for c in prefix) == dict.fromkeys(models, 30)
@@ -100,7 +101,13 @@ def test_default_matrix_shape() -> None:
     assert kinds[RecipeKind.KNOWN_BAD] == 20 * len(models)
     # device mapping: 2 formats x 3 saved devices x 8 map_locations, less the 2 cells that are
     # the prefix scenario's own (saved on cpu, no map_location)
-    full_state = [c for c in matrix.cells if c.recipe == "full_state_dict" and c not in distributed]
+    full_state = [
+        c
+        for c in matrix.cells
+        if c.recipe == "full_state_dict"
+        and c not in distributed
+        and c.save_wrapper == c.load_wrapper == "none"
+    ]
     assert len(full_state) == 4  # single and dp into single and dp
     # safetensors, 5 models: save_model at 4 layout pairs, save_file at the 2 same and the 2
     # crossed pairs, the prefix stripped from dp into 2
@@ -108,6 +115,12 @@ def test_default_matrix_shape() -> None:
     assert len(safetensors) == 5 * (4 + 2 + 2 + 2)
     counted = len(prefix) + len(training) + len(legacy) + len(distributed) + len(full_state)
     counted += len(safetensors)
+    # wrappers: torch.compile and checkpoint_wrapper, at save (2 x 9 recipes and layout pairs) and
+    # at load (2 x 5), one side wrapped otherwise (2 x 6), and the stack on trap_module (2)
+    wrapped = [c for c in matrix.cells if "none" not in (c.save_wrapper, c.load_wrapper)]
+    one_side = [c for c in matrix.cells if (c.save_wrapper == "none") != (c.load_wrapper == "none")]
+    assert len(wrapped) + len(one_side) == 2 * 9 + 2 * 5 + 2 * 6 + 2
+    counted += len(wrapped) + len(one_side)
     assert len(matrix.cells) - counted == 2 * 3 * 8 - 2
     assert all(cell.save_visibility == () == cell.load_visibility for cell in matrix.cells)
 
@@ -166,7 +179,7 @@ def test_without_gpus_cuda_devices_are_simulated_tags() -> None:
     tagged = [c for c in matrix.cells if c.save_device != "cpu"]
     assert tagged
     assert all(c.save_key.simulated_tag == c.save_device for c in tagged)
-    assert len(matrix.cells) == 464
+    assert len(matrix.cells) == 506
 
 
 def test_resume_across_a_multi_gpu_dataparallel_split_is_left_out() -> None:

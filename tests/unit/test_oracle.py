@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
-from harness.axes import Format, Layout
+from harness.axes import Format, Layout, Wrapper
 from harness.cell import Cell
 from harness.matrix import expand
 from harness.oracle import Expectation, expect, parse_torch_version
@@ -391,3 +393,25 @@ def test_a_safetensors_file_carries_no_device() -> None:
         save_device="cuda:0",
     )
     assert expect(on_gpu, torch_version=NEW).passes  # a CPU loader: load_file(device="cpu")
+
+
+@pytest.mark.parametrize(
+    ("save_wrapper", "load_wrapper", "error"),
+    [
+        (Wrapper.COMPILE, Wrapper.NONE, KEY),
+        (Wrapper.NONE, Wrapper.COMPILE, KEY),
+        (Wrapper.COMPILE, Wrapper.CHECKPOINT, KEY),
+        # checkpoint_wrapper's state_dict hooks take its prefix out: nothing to fix (fragile)
+        (Wrapper.CHECKPOINT, Wrapper.NONE, None),
+        (Wrapper.NONE, Wrapper.CHECKPOINT, None),
+    ],
+)
+def test_only_torch_compiles_prefix_reaches_the_keys(
+    save_wrapper: Wrapper, load_wrapper: Wrapper, error: ErrorClass | None
+) -> None:
+    c = replace(
+        cell("trap", D, D, W, "wrapper_unfixed_prefix"),
+        save_wrapper=save_wrapper,
+        load_wrapper=load_wrapper,
+    )
+    assert expect(c, torch_version=NEW).error is error

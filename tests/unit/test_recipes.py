@@ -4,7 +4,7 @@ from collections.abc import Callable
 
 import pytest
 
-from harness.axes import Format, Layout
+from harness.axes import Format, Layout, Wrapper
 from harness.recipes import RECIPES, RecipeKind, recipe, registrar
 
 S, D = Layout.SINGLE, Layout.DP
@@ -106,3 +106,21 @@ def test_a_registrar_refuses_an_unknown_or_repeated_recipe() -> None:
 
         @files("nope")
         def third() -> None: ...
+
+
+def test_wrappers_apply_where_a_recipe_says_so() -> None:
+    compiled = (Wrapper.COMPILE, Wrapper.NONE)
+    as_saved = RECIPES["as_saved"]
+    reason = as_saved.skip_reason(
+        save=Layout.SINGLE, load=Layout.SINGLE, fmt=Format.WEIGHTS, wrappers=compiled
+    )
+    assert reason == "recipe=as_saved applies to save wrappers {none}, got compile"
+    unfixed = RECIPES["wrapper_unfixed_prefix"]
+    assert (
+        unfixed.skip_reason(save=Layout.DP, load=Layout.DP, fmt=Format.WEIGHTS, wrappers=compiled)
+        is None
+    )
+    same = (Wrapper.CHECKPOINT, Wrapper.CHECKPOINT)
+    assert unfixed.skip_reason(
+        save=Layout.DP, load=Layout.DP, fmt=Format.WEIGHTS, wrappers=same
+    ) == ("recipe=wrapper_unfixed_prefix is about a wrapper on one side only; both are checkpoint")

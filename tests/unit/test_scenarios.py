@@ -49,6 +49,10 @@ def test_reads_a_scenario(tmp_path: Path) -> None:
         (('formats = ["weights"]\n', ""), r"\(mine\): missing key 'formats'"),
         (('"single", "dp"', '"dp", "dp"'), r"\.save_layouts: duplicate entries"),
         (('name = "mine"', 'name = ""'), r"scenario\[0\]\.name: a non-empty string is required"),
+        (
+            ('recipes = ["as_saved"]', 'recipes = ["as_saved"]\nsave_wrappers = ["jit"]'),
+            r"\(mine\)\.save_wrappers: unknown wrapper 'jit'; expected one of 'none', 'compile'",
+        ),
     ],
 )
 def test_bad_input_names_file_scenario_and_key(

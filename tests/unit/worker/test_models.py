@@ -140,3 +140,18 @@ def test_a_parametrized_model_refuses_to_be_pickled_whole(tmp_path: Path) -> Non
     with pytest.raises(RuntimeError) as refused:
         torch.save(build("weight_norm", seed=0), tmp_path / "whole.pt")
     assert classify_exception(refused.value) is ErrorClass.NOT_PICKLABLE
+
+
+def test_wrappers_stack_inside_the_layout_and_unwrap_by_type() -> None:
+    from harness.axes import Wrapper
+    from harness.worker.fingerprint import fingerprint
+
+    plain = build("trap", seed=0)
+    compiled = wrap(build("trap", seed=0), Layout.DP, Wrapper.COMPILE)
+    assert next(iter(compiled.state_dict())).startswith("module._orig_mod.")
+    assert fingerprint(compiled) == fingerprint(plain)  # the model's own names, bitwise
+    checkpointed = wrap(build("trap", seed=0), Layout.SINGLE, Wrapper.CHECKPOINT)
+    assert list(checkpointed.state_dict()) == list(plain.state_dict())  # its hooks strip it
+    assert "_checkpoint_wrapped_module" in dict(checkpointed.named_children())
+    assert unwrap(checkpointed) is dict(checkpointed.named_children())["_checkpoint_wrapped_module"]
+    assert torch.equal(compiled(example_input("trap")), plain(example_input("trap")))
