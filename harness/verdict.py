@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from harness.axes import Wrapper
 from harness.cell import Cell, Visibility
 from harness.jobspec import OPTIMIZER_PREFIX
 from harness.launchers.protocol import JobRun
@@ -17,6 +18,11 @@ from harness.outcomes import ErrorClass, Outcome
 from harness.plan import DeviceMap, normalise_uuid
 
 NAMES_SHOWN = 8
+# What each wrapper was, as called (torch.compile's eager backend needs no C++ toolchain).
+WRAPPER_CALLS = {
+    Wrapper.COMPILE: "torch.compile(model, backend='eager')",
+    Wrapper.CHECKPOINT: "checkpoint_wrapper(model)",
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -182,6 +188,13 @@ def judge(
     }
     if "dp_device_ids" in report:
         observed["dp_device_ids"] = report["dp_device_ids"]
+    wrappers = {
+        role: WRAPPER_CALLS[wrapper]
+        for role, wrapper in (("save", cell.save_wrapper), ("load", cell.load_wrapper))
+        if wrapper is not Wrapper.NONE
+    }
+    if wrappers:  # how the cell wrapped its models: torch.compile's backend, for one
+        observed["wrappers"] = wrappers
     devices = devices or DeviceMap()
     isolation = probe_problems(save_report.get("probe"), cell.save_visibility, devices, role="save")
     isolation += probe_problems(report.get("probe"), cell.load_visibility, devices, role="load")

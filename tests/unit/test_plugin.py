@@ -126,3 +126,18 @@ def test_ckpt_shard_keeps_one_part_and_a_bad_one_is_a_usage_error(
     bad = pytester.runpytest_subprocess("--ckpt-scenarios", "tiny.toml", "--ckpt-shard=5/4")
     assert bad.ret == pytest.ExitCode.USAGE_ERROR
     bad.stderr.fnmatch_lines(["*--ckpt-shard '5/4'*"])
+
+
+def test_ckpt_model_runs_the_scenarios_with_that_model(pytester: pytest.Pytester) -> None:
+    pytester.makefile(".toml", tiny=SCENARIO)
+    pytester.makepyfile(test_cells="def test_cell(ckpt_cell):\n    pass\n")
+    mine = pytester.runpytest_subprocess(
+        "--ckpt-scenarios", "tiny.toml", "--ckpt-model=my_pkg.models:build", "--collect-only", "-q"
+    )
+    assert mine.ret == pytest.ExitCode.OK
+    cells = [line for line in mine.stdout.lines if line.startswith("test_cells.py::")]
+    assert cells
+    assert all("model=my_pkg.models:build-" in line for line in cells)
+    bad = pytester.runpytest_subprocess("--ckpt-scenarios", "tiny.toml", "--ckpt-model=vgg")
+    assert bad.ret == pytest.ExitCode.USAGE_ERROR
+    bad.stderr.fnmatch_lines(["*--ckpt-model vgg: unknown model 'vgg'*"])

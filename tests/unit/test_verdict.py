@@ -354,3 +354,22 @@ def test_a_non_persistent_buffer_is_compared_only_in_a_whole_model() -> None:
     )
     assert unpickled.outcome is Outcome.FAIL
     assert "1 of 3 tensors differ: ['c']" in unpickled.reason
+
+
+def test_a_wrapped_cell_says_how_it_wrapped() -> None:
+    from harness.axes import Wrapper
+
+    compiled = replace(CELL, save_wrapper=Wrapper.COMPILE, recipe="strip_stacked_prefixes")
+    judged = judge(
+        compiled,
+        CLEAN,
+        save_report=SAVE,
+        save_failure=None,
+        load=run(loaded()),
+        orchestrator_pid=ORCHESTRATOR,
+    )
+    assert judged.observed is not None
+    assert judged.observed["wrappers"] == {"save": "torch.compile(model, backend='eager')"}
+    plain = verdict(CLEAN, run(loaded()))
+    assert plain.observed is not None
+    assert "wrappers" not in plain.observed
