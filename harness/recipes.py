@@ -302,10 +302,11 @@ RECIPES: dict[str, Recipe] = {
             name="strip_stacked_prefixes",
             kind=RecipeKind.CORRECT,
             save_variant=SaveVariant.STATE_DICT,
-            save_layouts=_DP,
+            save_layouts=frozenset({Layout.DP, Layout.DDP}),
             wrappers=_ANY_WRAPPER,
-            summary="DataParallel(torch.compile(model)) keys read 'module._orig_mod.': consume "
-            "'module.', then '_orig_mod.', as they were stacked; into the unwrapped model",
+            summary="DataParallel(torch.compile(model)) keys read 'module._orig_mod.' (DDP's, "
+            "saved on rank 0, too): consume 'module.', then '_orig_mod.', as they were stacked; "
+            "into the unwrapped model",
         ),
         Recipe(
             name="dcp_model_state_dict",

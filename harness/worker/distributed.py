@@ -41,7 +41,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
-from harness.axes import Layout, SaveVariant
+from harness.axes import Layout, SaveVariant, Wrapper
 from harness.devices import distributed_backend, rank_device
 from harness.jobspec import (
     LOAD_SEED,
@@ -63,7 +63,15 @@ from harness.worker.main import (
     save_atomic,
     verify_checksum,
 )
-from harness.worker.models import build, example_input, has_example_input, noised, perturb
+from harness.worker.models import (
+    build,
+    example_input,
+    has_example_input,
+    noised,
+    perturb,
+    unwrap,
+    wrap,
+)
 from harness.worker.probe import isolation_probe
 from harness.worker.training import DATA_SEED, TOTAL_STEPS, Regime, make_regime, train_steps
 
@@ -113,8 +121,11 @@ def sharded(name: str, seed: int, alter: Alteration | None = None) -> nn.Module:
     return model
 
 
-def replicated(name: str, seed: int, alter: Alteration | None = None) -> nn.Module:
-    """The model from ``seed`` in DistributedDataParallel (a replica per rank)."""
+def replicated(
+    name: str, seed: int, alter: Alteration | None = None, wrapper: Wrapper = Wrapper.NONE
+) -> nn.Module:
+    """The model from ``seed`` in DistributedDataParallel (a replica per rank), ``wrapper``
+    inside it (``DDP(torch.compile(model))``: keys read ``module._orig_mod.``)."""
     model = build(name, seed=seed)
     if alter is not None:
         alter(model)
@@ -122,14 +133,23 @@ def replicated(name: str, seed: int, alter: Alteration | None = None) -> nn.Modu
         perturb(model)  # what training does for the others
     here = device()
     ids = [here] if here.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model.to(here), device_ids=ids)
+    inner = wrap(model.to(here), Layout.SINGLE, wrapper)
+    return nn.parallel.DistributedDataParallel(inner, device_ids=ids)
 
 
 def distributed_model(
-    layout: str, name: str, seed: int, alter: Alteration | None = None
+    layout: str,
+    name: str,
+    seed: int,
+    alter: Alteration | None = None,
+    wrapper: str = "none",
 ) -> tuple[nn.Module, torch.optim.Optimizer]:
-    """The model in ``layout`` at the job's world size, and its AdamW."""
-    model = (replicated if Layout(layout) is Layout.DDP else sharded)(name, seed, alter)
+    """The model in ``layout`` at the job's world size, and its AdamW. Wrappers are built for
+    DDP (harness.matrix leaves fsdp2 with a wrapper out)."""
+    if Layout(layout) is Layout.DDP:
+        model = replicated(name, seed, alter, Wrapper(wrapper))
+    else:
+        model = sharded(name, seed, alter)
     return model, torch.optim.AdamW(model.parameters(), lr=LR)
 
 
@@ -278,7 +298,9 @@ def run_save(spec: SaveSpec) -> dict[str, Any]:
             invariant_steps(model, regime, data, spec.model, RESUME_MORE)
             optimizer = regime[0]
         else:
-            model, optimizer = distributed_model(spec.layout, spec.model, SAVE_SEED)
+            model, optimizer = distributed_model(
+                spec.layout, spec.model, SAVE_SEED, wrapper=spec.wrapper
+            )
             train(model, optimizer, spec.model)
             extra = save_distributed(spec, variant, model, optimizer, final)
         tensors = full_tensors(model, optimizer) | extra
@@ -320,7 +342,11 @@ def save_distributed(
         if variant is not SaveVariant.STATE_DICT and variant not in unwrapped:
             raise ValueError(f"{spec.cell_key}: DDP does not save {variant}")
         if rank() == 0:  # every rank holds the whole model: rank 0 saves, as trainers do
-            inner = model.module if variant in unwrapped else model
+            inner: nn.Module = model
+            if variant is SaveVariant.MODULE_STATE_DICT:
+                inner = model.module  # a wrapper inside stays: its prefix is in the keys
+            elif variant is SaveVariant.FULL_STATE_DICT:
+                inner = unwrap(model)
             save_atomic(inner.state_dict(), final)
     elif variant is SaveVariant.FULL_STATE_DICT:
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -404,7 +430,7 @@ def _full_state(ctx: DistributedLoad, *, strip: bool = False) -> None:
         return state
 
     if isinstance(ctx.model, nn.parallel.DistributedDataParallel):
-        ctx.model.module.load_state_dict(read())
+        unwrap(ctx.model).load_state_dict(read())  # under any wrapper: ._orig_mod
         return
     state = on_rank0(read) or {}
     options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
@@ -526,7 +552,7 @@ def run_load(spec: LoadSpec) -> dict[str, Any]:
     with process_group():
         report["rank_probes"] = rank_probes()
         model, optimizer = distributed_model(
-            spec.layout, spec.model, LOAD_SEED, ALTER.get(spec.recipe)
+            spec.layout, spec.model, LOAD_SEED, ALTER.get(spec.recipe), spec.wrapper
         )
         before = full_tensors(model, None)
         ctx = DistributedLoad(spec=spec, path=path, model=model, optimizer=optimizer)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from harness.axes import Format, Layout
+from harness.axes import Format, Layout, Wrapper
 from harness.matrix import Matrix, expand
 from harness.recipes import RecipeKind
 from harness.scenarios import Scenario, default_scenarios_dir, load_scenarios
@@ -14,12 +14,12 @@ def default() -> Matrix:
 
 def test_default_matrix_shape() -> None:
     scenarios = load_scenarios(default_scenarios_dir())
-    assert len(expand(scenarios).cells) == 506
+    assert len(expand(scenarios).cells) == 514
     # without GPUs, the distributed-on-gpus scenario runs its ranks with gloo on the CPU: 12 cells
     # the other scenarios lack (ddp and fsdp2 at 1 and 2 ranks); the rest is counted below
     matrix = expand([s for s in scenarios if s.name != "distributed-on-gpus"])
     ids = [cell.id for cell in matrix.cells]
-    assert len(ids) == len(set(ids)) == 494
+    assert len(ids) == len(set(ids)) == 502
     # the DCP square: fsdp2 saved at N ranks, loaded by fsdp2 at M, N and M in 1..4; and fsdp2
     # at 1..3 ranks into one plain model by 3 recipes
     distributed = [
@@ -50,7 +50,9 @@ def test_default_matrix_shape() -> None:
     ddp = Counter(
         str(c.load_layout)
         for c in distributed
-        if c.save_layout is Layout.DDP and c.recipe != "full_state_dict"
+        if c.save_layout is Layout.DDP
+        and c.recipe != "full_state_dict"
+        and c.save_wrapper == "none"
     )
     assert ddp == {
         "single": 2 * 2 * 3,
@@ -116,10 +118,16 @@ def test_default_matrix_shape() -> None:
     counted = len(prefix) + len(training) + len(legacy) + len(distributed) + len(full_state)
     counted += len(safetensors)
     # wrappers: torch.compile and checkpoint_wrapper, at save (2 x 9 recipes and layout pairs) and
-    # at load (2 x 5), one side wrapped otherwise (2 x 6), and the stack on trap_module (2)
+    # at load (2 x 5), one side wrapped otherwise (2 x 6), the stack on trap_module (2), and
+    # inside DDP at 2 ranks (2 x 4; counted among the distributed cells)
     wrapped = [c for c in matrix.cells if "none" not in (c.save_wrapper, c.load_wrapper)]
-    one_side = [c for c in matrix.cells if (c.save_wrapper == "none") != (c.load_wrapper == "none")]
+    one_side = [
+        c
+        for c in matrix.cells
+        if (c.save_wrapper == "none") != (c.load_wrapper == "none") and c not in distributed
+    ]
     assert len(wrapped) + len(one_side) == 2 * 9 + 2 * 5 + 2 * 6 + 2
+    assert sum(1 for c in distributed if c.save_wrapper != "none") == 2 * 4
     counted += len(wrapped) + len(one_side)
     assert len(matrix.cells) - counted == 2 * 3 * 8 - 2
     assert all(cell.save_visibility == () == cell.load_visibility for cell in matrix.cells)
@@ -179,7 +187,7 @@ def test_without_gpus_cuda_devices_are_simulated_tags() -> None:
     tagged = [c for c in matrix.cells if c.save_device != "cpu"]
     assert tagged
     assert all(c.save_key.simulated_tag == c.save_device for c in tagged)
-    assert len(matrix.cells) == 506
+    assert len(matrix.cells) == 514
 
 
 def test_resume_across_a_multi_gpu_dataparallel_split_is_left_out() -> None:
@@ -253,3 +261,25 @@ def test_world_sizes_apply_to_distributed_layouts_only() -> None:
     assert omitted.reason == (
         "save layout single runs one process; world sizes apply to ddp and fsdp2"
     )
+
+
+def test_wrappers_stay_out_of_fsdp2_with_the_reason() -> None:
+    wrapped = Scenario(
+        name="w",
+        description="",
+        source="here",
+        models=("trap",),
+        save_layouts=(Layout.DDP, Layout.FSDP2),
+        load_layouts=(Layout.SINGLE,),
+        formats=(Format.WEIGHTS,),
+        recipes=("full_state_dict",),
+        visibility="cpu",
+        save_world_sizes=(2,),
+        save_wrappers=(Wrapper.COMPILE,),
+    )
+    matrix = expand([wrapped])
+    assert [c.id for c in matrix.cells] == [
+        "model=trap-save=ddpx2+compile[cpu]-load=single[cpu]-fmt=weights-recipe=full_state_dict"
+    ]
+    reasons = {o.reason for o in matrix.omitted}
+    assert "save layout fsdp2: wrappers are built for single, dp and ddp so far" in reasons
