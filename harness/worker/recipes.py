@@ -146,11 +146,17 @@ def _wrap_loader(ctx: LoadContext) -> nn.Module:
     return wrapped.module
 
 
+def _stripped(ctx: LoadContext, state_dict: Any, *prefixes: str) -> nn.Module:
+    """``consume_prefix_in_state_dict_if_present`` for each prefix in turn (outermost first, as
+    the wrappers stacked them), then into the unwrapped model."""
+    for prefix in prefixes:
+        consume_prefix_in_state_dict_if_present(state_dict, prefix)
+    return _into_unwrapped(ctx, state_dict)
+
+
 @performs("strip_prefix", "strip_prefix_unwrapped", "ddp_strip_prefix")
 def _strip_prefix(ctx: LoadContext) -> nn.Module:
-    state_dict = ctx.weights()
-    consume_prefix_in_state_dict_if_present(state_dict, "module.")
-    return _into_unwrapped(ctx, state_dict)
+    return _stripped(ctx, ctx.weights(), "module.")
 
 
 @performs("whole_module")
@@ -222,9 +228,7 @@ def _safetensors_file(ctx: LoadContext) -> nn.Module:
 def _safetensors_strip_prefix(ctx: LoadContext) -> nn.Module:
     from safetensors.torch import load_file
 
-    state_dict = load_file(ctx.path, device=_load_device())
-    consume_prefix_in_state_dict_if_present(state_dict, "module.")
-    return _into_unwrapped(ctx, state_dict)
+    return _stripped(ctx, load_file(ctx.path, device=_load_device()), "module.")
 
 
 @performs("safetensors_model")
@@ -238,17 +242,12 @@ def _safetensors_model(ctx: LoadContext) -> nn.Module:
 
 @performs("strip_orig_mod")
 def _strip_orig_mod(ctx: LoadContext) -> nn.Module:
-    state_dict = ctx.weights()
-    consume_prefix_in_state_dict_if_present(state_dict, "_orig_mod.")
-    return _into_unwrapped(ctx, state_dict)
+    return _stripped(ctx, ctx.weights(), "_orig_mod.")
 
 
 @performs("strip_stacked_prefixes")
 def _strip_stacked_prefixes(ctx: LoadContext) -> nn.Module:
-    state_dict = ctx.weights()
-    for prefix in ("module.", "_orig_mod."):  # outermost first
-        consume_prefix_in_state_dict_if_present(state_dict, prefix)
-    return _into_unwrapped(ctx, state_dict)
+    return _stripped(ctx, ctx.weights(), "module.", "_orig_mod.")
 
 
 @performs("dcp_model_state_dict")
