@@ -72,3 +72,12 @@ def test_a_model_that_cannot_be_built_stops_the_run_before_any_cell(tmp_path: Pa
     assert "model ckpt_user_model:broken: " in done.stderr
     assert "RuntimeError: the factory's own bug" in done.stderr
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_the_spawn_launcher_finds_the_users_module_too(tmp_path: Path) -> None:
+    one = "save=single[cpu]-load=single[cpu]-fmt=weights-recipe=as_saved"
+    done, out = run(tmp_path, "--model", "ckpt_user_model:build", "--launcher", "spawn", "-k", one)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (result,) = read_results(out).results
+    assert str(result.outcome) == "PASS", result.describe()
