@@ -79,5 +79,8 @@ def test_the_spawn_launcher_finds_the_users_module_too(tmp_path: Path) -> None:
     one = "save=single[cpu]-load=single[cpu]-fmt=weights-recipe=as_saved"
     done, out = run(tmp_path, "--model", "ckpt_user_model:build", "--launcher", "spawn", "-k", one)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    (result,) = read_results(out).results
-    assert str(result.outcome) == "PASS", result.describe()
+    results = read_results(out).results
+    assert f"model=ckpt_user_model:build-{one}" in {r.id for r in results}
+    assert all(str(r.outcome) in ("PASS", "XFAIL") for r in results), [
+        r.describe() for r in results
+    ]
