@@ -7,7 +7,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from harness.axes import Layout, Wrapper
+from harness.axes import Layout
 from harness.cell import Cell, Visibility, visibility_label
 from harness.devices import cuda_index, resolve_device
 from harness.recipes import RECIPES
@@ -113,9 +113,6 @@ def world_skip_reason(cell: Cell) -> str | None:
     ):
         if not layout.distributed and world != 1:
             return f"{role} layout {layout} runs one process; world sizes apply to ddp and fsdp2"
-        wrapper = cell.save_wrapper if role == "save" else cell.load_wrapper
-        if layout is Layout.FSDP2 and wrapper is not Wrapper.NONE:
-            return f"{role} layout {layout}: wrappers are built for single, dp and ddp so far"
         if layout.distributed and visibility and len(visibility) != world:
             return (
                 f"{role} layout {layout} at {world} ranks runs one rank per GPU (NCCL); the "

@@ -186,6 +186,7 @@ RECIPES: dict[str, Recipe] = {
             save_layouts=_FSDP2,
             load_layouts=_FSDP2,
             restores_optimizer=True,
+            wrappers=_ANY_WRAPPER,
             summary="FSDP2 at N ranks: dcp.save(get_state_dict(model, optimizer)); at M ranks: "
             "dcp.load into get_state_dict of a fresh model and optimizer, then set_state_dict",
         ),

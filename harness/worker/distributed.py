@@ -107,17 +107,24 @@ def process_group() -> Iterator[None]:
 Alteration = Callable[[nn.Module], None]
 
 
-def sharded(name: str, seed: int, alter: Alteration | None = None) -> nn.Module:
+def sharded(
+    name: str, seed: int, alter: Alteration | None = None, wrapper: Wrapper = Wrapper.NONE
+) -> nn.Module:
     """The model from ``seed`` (changed by ``alter`` first, where a recipe's model changed since
-    the save), fully sharded over all ranks."""
+    the save), fully sharded over all ranks. A wrapper goes where trainers put it:
+    checkpoint_wrapper before sharding, torch.compile of the sharded model."""
     model = build(name, seed=seed)
     if alter is not None:
         alter(model)
     if seed == SAVE_SEED and not has_example_input(name):
         perturb(model)  # what training does for the others
     model.to(device())
+    if wrapper is Wrapper.CHECKPOINT:
+        model = wrap(model, Layout.SINGLE, wrapper)
     mesh = init_device_mesh(device().type, (dist.get_world_size(),))
     fully_shard(model, mesh=mesh)
+    if wrapper is Wrapper.COMPILE:
+        model = wrap(model, Layout.SINGLE, wrapper)
     return model
 
 
@@ -144,12 +151,11 @@ def distributed_model(
     alter: Alteration | None = None,
     wrapper: str = "none",
 ) -> tuple[nn.Module, torch.optim.Optimizer]:
-    """The model in ``layout`` at the job's world size, and its AdamW. Wrappers are built for
-    DDP (harness.matrix leaves fsdp2 with a wrapper out)."""
+    """The model in ``layout`` at the job's world size, ``wrapper`` applied, and its AdamW."""
     if Layout(layout) is Layout.DDP:
         model = replicated(name, seed, alter, Wrapper(wrapper))
     else:
-        model = sharded(name, seed, alter)
+        model = sharded(name, seed, alter, Wrapper(wrapper))
     return model, torch.optim.AdamW(model.parameters(), lr=LR)
 
 

@@ -14,12 +14,12 @@ def default() -> Matrix:
 
 def test_default_matrix_shape() -> None:
     scenarios = load_scenarios(default_scenarios_dir())
-    assert len(expand(scenarios).cells) == 514
+    assert len(expand(scenarios).cells) == 526
     # without GPUs, the distributed-on-gpus scenario runs its ranks with gloo on the CPU: 12 cells
     # the other scenarios lack (ddp and fsdp2 at 1 and 2 ranks); the rest is counted below
     matrix = expand([s for s in scenarios if s.name != "distributed-on-gpus"])
     ids = [cell.id for cell in matrix.cells]
-    assert len(ids) == len(set(ids)) == 502
+    assert len(ids) == len(set(ids)) == 514
     # the DCP square: fsdp2 saved at N ranks, loaded by fsdp2 at M, N and M in 1..4; and fsdp2
     # at 1..3 ranks into one plain model by 3 recipes
     distributed = [
@@ -30,7 +30,9 @@ def test_default_matrix_shape() -> None:
     into_one = Counter(
         c.recipe
         for c in distributed
-        if c.save_layout is Layout.FSDP2 and c.load_layout is Layout.SINGLE
+        if c.save_layout is Layout.FSDP2
+        and c.load_layout is Layout.SINGLE
+        and c.save_wrapper == "none"
     )
     assert into_one == {
         "dcp_no_dist": 3,
@@ -62,7 +64,12 @@ def test_default_matrix_shape() -> None:
     }
     # the model changed since the save, per-rank state at 2 and 3 ranks both ways, and resume
     # (2 regimes, saved at 1 and 3 ranks, resumed at 2 and 4); a torch.save file into fsdp2 at 1..3
-    others = Counter(c.recipe for c in distributed if c.recipe.startswith(("dcp_", "torch_save")))
+    others = Counter(
+        c.recipe
+        for c in distributed
+        if c.recipe.startswith(("dcp_", "torch_save"))
+        and c.save_wrapper == c.load_wrapper == "none"
+    )
     assert others == {
         "dcp_reshard": 16,
         "dcp_no_dist": 3,
@@ -119,7 +126,8 @@ def test_default_matrix_shape() -> None:
     counted += len(safetensors)
     # wrappers: torch.compile and checkpoint_wrapper, at save (2 x 9 recipes and layout pairs) and
     # at load (2 x 5), one side wrapped otherwise (2 x 6), the stack on trap_module (2), and
-    # inside DDP at 2 ranks (2 x 4; counted among the distributed cells)
+    # inside DDP at 2 ranks (2 x 4) and fsdp2 (2 x 5 at save, 2 at load; counted among the
+    # distributed cells)
     wrapped = [c for c in matrix.cells if "none" not in (c.save_wrapper, c.load_wrapper)]
     one_side = [
         c
@@ -127,7 +135,8 @@ def test_default_matrix_shape() -> None:
         if (c.save_wrapper == "none") != (c.load_wrapper == "none") and c not in distributed
     ]
     assert len(wrapped) + len(one_side) == 2 * 9 + 2 * 5 + 2 * 6 + 2
-    assert sum(1 for c in distributed if c.save_wrapper != "none") == 2 * 4
+    wrapped_ranks = [c for c in distributed if (c.save_wrapper, c.load_wrapper) != ("none", "none")]
+    assert len(wrapped_ranks) == 2 * 4 + 2 * 5 + 2
     counted += len(wrapped) + len(one_side)
     assert len(matrix.cells) - counted == 2 * 3 * 8 - 2
     assert all(cell.save_visibility == () == cell.load_visibility for cell in matrix.cells)
@@ -187,7 +196,7 @@ def test_without_gpus_cuda_devices_are_simulated_tags() -> None:
     tagged = [c for c in matrix.cells if c.save_device != "cpu"]
     assert tagged
     assert all(c.save_key.simulated_tag == c.save_device for c in tagged)
-    assert len(matrix.cells) == 514
+    assert len(matrix.cells) == 526
 
 
 def test_resume_across_a_multi_gpu_dataparallel_split_is_left_out() -> None:
@@ -263,7 +272,7 @@ def test_world_sizes_apply_to_distributed_layouts_only() -> None:
     )
 
 
-def test_wrappers_stay_out_of_fsdp2_with_the_reason() -> None:
+def test_wrappers_go_inside_every_layout() -> None:
     wrapped = Scenario(
         name="w",
         description="",
@@ -279,7 +288,7 @@ def test_wrappers_stay_out_of_fsdp2_with_the_reason() -> None:
     )
     matrix = expand([wrapped])
     assert [c.id for c in matrix.cells] == [
-        "model=trap-save=ddpx2+compile[cpu]-load=single[cpu]-fmt=weights-recipe=full_state_dict"
+        "model=trap-save=ddpx2+compile[cpu]-load=single[cpu]-fmt=weights-recipe=full_state_dict",
+        "model=trap-save=fsdp2x2+compile[cpu]-load=single[cpu]-fmt=weights-recipe=full_state_dict",
     ]
-    reasons = {o.reason for o in matrix.omitted}
-    assert "save layout fsdp2: wrappers are built for single, dp and ddp so far" in reasons
+    assert matrix.cells[1].save_key.id == "trap-fsdp2x2+compile[cpu]-full_state_dict"
