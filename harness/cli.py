@@ -184,6 +184,11 @@ def run_options(args: argparse.Namespace) -> RunOptions:
     )
 
 
+def _traits(models: dict[str, Any] | None) -> dict[str, Any]:
+    """Each model's measured traits, as an environment line records them."""
+    return {name: found.get("traits") for name, found in (models or {}).items()}
+
+
 def shard_identity(record: dict[str, Any] | None) -> str:
     """Which part of which matrix a results file holds, whatever named the shard."""
     if not record:
@@ -287,6 +292,8 @@ def run_planned(
         for what, then, this in (
             ("torch", before.get("torch"), now_["torch"]),
             ("shard", shard_identity(before.get("shard")), shard_identity(now_["shard"])),
+            # the oracle judged the earlier cells by these
+            ("model traits", _traits(before.get("models")), _traits(now_.get("models"))),
         ):
             if then != this:
                 raise UsageError(

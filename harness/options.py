@@ -167,7 +167,11 @@ def run_environment(
     built is a ``ModelError`` here, before any cell runs."""
     models = sorted({cell.model for cell in planned.cells})
     torch_side = torch_environment(
-        planned.inventory, launcher=launcher, workdir=workdir, models=models
+        planned.inventory,
+        launcher=launcher,
+        workdir=workdir,
+        models=models,
+        timeout_s=options.timeout_s,
     )
     failures = [found["error"] for found in torch_side["models"].values() if "error" in found]
     if failures:

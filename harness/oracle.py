@@ -237,9 +237,11 @@ def _wrapper_unfixed_prefix(cell: Cell, _: TorchVersion, _traits: ModelTraits) -
     saved, loading = cell.save_wrapper.prefix, cell.load_wrapper.prefix
     if saved != loading:
         return ErrorClass.KEY_MISMATCH, (
-            f"keys carry {saved!r}; the loading model expects {loading!r}"
-            if saved
-            else f"keys lack {loading!r}; the loading model expects it"
+            f"keys lack {loading!r}; the loading model expects it"
+            if not saved
+            else f"keys carry {saved!r}; the loading model expects none"
+            if not loading
+            else f"keys carry {saved!r}; the loading model expects {loading!r}"
         )
     return None, (
         "checkpoint_wrapper's state_dict hooks keep '_checkpoint_wrapped_module.' out of the keys:"

@@ -122,11 +122,16 @@ def compared(cell: Cell, tensors: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def judge_raised_save(expectation: Expectation, save_report: dict[str, Any]) -> Judgement:
+def judge_raised_save(
+    expectation: Expectation, save_report: dict[str, Any], isolation: list[str]
+) -> Judgement:
     """The save itself raised (e.g. torch.save refusing to pickle a parametrized module): an
-    observation, judged like a load that raised; no load runs."""
+    observation, judged like a load that raised; no load runs. A saver that did not see exactly
+    its devices is an isolation failure first, as for every cell."""
     observed_class = ErrorClass(save_report["error_class"])
     detail = f"the save raised {save_report['exception_type']}: {_one_line(save_report['message'])}"
+    if isolation:
+        observed_class, detail = ErrorClass.ISOLATION_MISMATCH, "; ".join(isolation)
     observed: dict[str, Any] = {
         "status": "save_raised",
         "probe": save_report.get("probe"),
@@ -173,7 +178,11 @@ def judge(
 ) -> Judgement:
     """``load`` is None when no load ran because the save failed, or raised."""
     if save_report is not None and save_report.get("status") == "raised":
-        return judge_raised_save(expectation, save_report)
+        devices = devices or DeviceMap()
+        isolation = probe_problems(
+            save_report.get("probe"), cell.save_visibility, devices, role="save"
+        )
+        return judge_raised_save(expectation, save_report, isolation)
     if save_report is None or load is None:
         return _crash("save", save_failure or f"{cell.save_key.id}: save failed", None)
     report = load.report
@@ -211,6 +220,14 @@ def judge(
 
     before = report.get("before")
     saved_tensors = compared(cell, save_report["tensors"])
+    if not saved_tensors:
+        return Judgement(
+            outcome=Outcome.ERROR,
+            reason="the saver recorded no tensor this cell compares; it could not tell a correct "
+            "load from any other",
+            observed=observed,
+            error={"phase": "setup", "failure": "nothing to compare"},
+        )
     if before is not None:
         same = sorted(
             n

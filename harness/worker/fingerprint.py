@@ -49,11 +49,19 @@ def fingerprint(model: nn.Module) -> dict[str, dict[str, Any]]:
         *inner.named_parameters(remove_duplicate=False),
         *inner.named_buffers(remove_duplicate=False),
     ]
-    kept = set(nn.Module.state_dict(inner))  # the class's: a recipe may have replaced it
     records = {name: tensor_record(tensor) for name, tensor in tensors}
-    for name in records.keys() - kept:  # a non-persistent buffer: in a whole pickle only
+    for name in non_persistent_buffers(inner):  # in a whole pickle only, never in a state_dict
         records[name]["persistent"] = False
     return records
+
+
+def non_persistent_buffers(model: nn.Module) -> set[str]:
+    """The full names of the buffers registered with ``persistent=False``."""
+    return {
+        f"{prefix}.{name}" if prefix else name
+        for prefix, module in model.named_modules(remove_duplicate=False)
+        for name in module._non_persistent_buffers_set
+    }
 
 
 def output_digest(model: nn.Module, name: str) -> tuple[str | None, str]:

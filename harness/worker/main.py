@@ -16,6 +16,7 @@ import torch
 from harness.axes import Format, Layout, SaveVariant, Wrapper
 from harness.classify import ChecksumMismatchError, classify_exception
 from harness.jobspec import RESUME_AT, RESUME_MORE, SAVE_SEED, TRAIN_STEPS, LoadSpec, SaveSpec
+from harness.outcomes import ErrorClass
 from harness.worker.fingerprint import fingerprint, output_digest
 from harness.worker.models import build, train, unwrap, wrap
 from harness.worker.probe import isolation_probe
@@ -158,7 +159,10 @@ def run_save(spec: SaveSpec) -> dict[str, Any]:
     path = Path(spec.artifact_path)
     try:
         write_checkpoint(obj, path, spec)
-    except Exception as exc:  # torch.save refused the object: what the cell observes
+    except Exception as exc:
+        if classify_exception(exc) is ErrorClass.UNCLASSIFIED:
+            raise  # not a refusal the oracle knows: the save crashed (disk full, a bug)
+        # torch.save or safetensors refused the object: what the cell observes
         return raised(exc) | {
             "probe": isolation_probe(),
             "torch": torch.__version__,

@@ -170,10 +170,10 @@ def build(name: str, *, seed: int) -> nn.Module:
 
 
 def user_example_input(name: str) -> Callable[[torch.device], Any] | None:
-    """A user's model's ``example_input(device)``: ``package.module:example_input``, or an
-    attribute of the factory; None where it gives none."""
+    """A user's model's ``example_input(device)``: an attribute of the factory, else
+    ``package.module:example_input``; None where it gives none."""
     module, factory = imported(name)
-    found = getattr(module, "example_input", None) or getattr(factory, "example_input", None)
+    found = getattr(factory, "example_input", None) or getattr(module, "example_input", None)
     return found if callable(found) else None
 
 
@@ -188,8 +188,9 @@ def example_input(name: str, device: torch.device | str = "cpu") -> torch.Tensor
         make = user_example_input(name)
         if make is None:
             raise ModelError(f"model {name}: no example_input (see has_example_input)")
-        torch.manual_seed(1234)
-        batch = make(torch.device(device))
+        with torch.random.fork_rng(devices=[]):  # the same numbers, the run's RNG untouched
+            torch.manual_seed(1234)
+            batch = make(torch.device(device))
         if not isinstance(batch, torch.Tensor):
             raise ModelError(
                 f"model {name}: example_input returned {type(batch).__name__}, not a tensor"
@@ -267,6 +268,8 @@ def perturb(model: nn.Module) -> None:
             if tensor.is_floating_point() or tensor.is_complex():
                 noise = torch.randn(tensor.shape, generator=generator, dtype=torch.float64)
                 tensor.add_((0.01 * noise).to(tensor.device, tensor.dtype))
+            elif tensor.dtype is torch.bool:  # a mask
+                tensor.logical_not_()
             else:
                 tensor.add_(1)
 

@@ -64,6 +64,7 @@ def test_a_model_without_an_example_input_still_compares_its_tensors(tmp_path: P
     assert all(
         "forward output not compared (the model gives no example_input)" in r.reason for r in passed
     )
+    assert all((r.observed or {}).get("tensors", 0) >= 4 for r in passed)  # the tensors were
 
 
 def test_a_model_that_cannot_be_built_stops_the_run_before_any_cell(tmp_path: Path) -> None:

@@ -373,3 +373,24 @@ def test_a_wrapped_cell_says_how_it_wrapped() -> None:
     plain = verdict(CLEAN, run(loaded()))
     assert plain.observed is not None
     assert "wrappers" not in plain.observed
+
+
+def test_a_cell_that_compares_no_tensor_is_an_error() -> None:
+    nothing = SAVE | {"tensors": {"c": tensors(c="3")["c"] | {"persistent": False}}}
+    judged = verdict(CLEAN, run(loaded(tensors={}, before={})), save=nothing)
+    assert judged.outcome is Outcome.ERROR
+    assert "recorded no tensor this cell compares" in judged.reason
+
+
+def test_a_save_that_raised_in_the_wrong_visibility_is_an_isolation_failure() -> None:
+    refused = {
+        "status": "raised",
+        "error_class": "not_picklable",
+        "exception_type": "builtins.RuntimeError",
+        "message": "Serialization of parametrized modules is only supported through state_dict()",
+        "probe": {"pid": 10, "cuda_visible_devices": "0", "device_count": 1, "uuids": ["u"]},
+    }
+    unpicklable = Expectation(error=ErrorClass.NOT_PICKLABLE, reason="r", tensor_device="cpu")
+    judged = verdict(unpicklable, None, save=refused)
+    assert judged.outcome is Outcome.FAIL
+    assert "isolation_mismatch" in judged.reason

@@ -175,3 +175,14 @@ def test_safetensors_save_file_refuses_the_ties_at_the_save(tmp_path: Path) -> N
     assert refused["error_class"] == "shared_tensors"
     assert not (tmp_path / "single-safetensors_file.pt").exists()
     assert list(tmp_path.glob(".*.tmp")) == []  # no torn file left behind
+
+
+def test_a_save_that_fails_for_no_known_reason_crashes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def disk_full(*_: object, **__: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError, match="No space left on device"):
+        save(tmp_path, "single", "state_dict")

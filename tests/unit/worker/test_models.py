@@ -155,3 +155,66 @@ def test_wrappers_stack_inside_the_layout_and_unwrap_by_type() -> None:
     assert "_checkpoint_wrapped_module" in dict(checkpointed.named_children())
     assert unwrap(checkpointed) is dict(checkpointed.named_children())["_checkpoint_wrapped_module"]
     assert torch.equal(compiled(example_input("trap")), plain(example_input("trap")))
+
+
+class Renamed(torch.nn.Module):
+    """A state_dict hook renames every key: the names differ from named_parameters()."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(2, 2)
+        self.register_buffer("mask", torch.ones(2, dtype=torch.bool))
+        self._register_state_dict_hook(  # type: ignore[no-untyped-call]
+            lambda module, state, prefix, local: {f"v2.{k}": v for k, v in state.items()}
+        )
+
+
+def test_only_a_buffer_registered_non_persistent_is_marked() -> None:
+    from harness.worker.fingerprint import fingerprint
+
+    records = fingerprint(Renamed())
+    assert all("persistent" not in record for record in records.values())
+
+
+def test_perturbing_flips_a_boolean_mask() -> None:
+    from harness.worker.models import perturb
+
+    model = Renamed()
+    perturb(model)
+    assert not bool(model.get_buffer("mask").any())
+
+
+@pytest.mark.usefixtures("user_models")
+def test_a_models_extra_state_and_a_sys_exit_are_measured_not_crashed(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "odd_models.py").write_text(
+        "import sys\n"
+        "from torch import nn\n"
+        "class Extra(nn.Linear):\n"
+        "    def get_extra_state(self):\n"
+        "        return {'version': 2}\n"
+        "    def set_extra_state(self, state):\n"
+        "        pass\n"
+        "def extra():\n"
+        "    return Extra(2, 2)\n"
+        "def exits():\n"
+        "    sys.exit('usage: train.py --lr LR')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    extra = measure_model("odd_models:extra")
+    assert extra.get("tensors") == 3, extra  # weight, bias, _extra_state
+    error = measure_model("odd_models:exits")["error"]
+    assert error.startswith("model odd_models:exits: ")
+    assert "SystemExit: usage: train.py --lr LR" in error
+
+
+def test_a_zoo_model_whose_package_is_missing_keeps_its_declared_traits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from harness.worker import probe
+
+    monkeypatch.setattr(probe, "_installed", lambda package: package != "torchvision")
+    measured = measure_model("resnet18")
+    assert measured["declared"] is True
+    assert ModelTraits.from_json(measured["traits"]) == MODELS["resnet18"].declared
