@@ -76,6 +76,7 @@ from harness.worker.probe import isolation_probe
 from harness.worker.training import DATA_SEED, TOTAL_STEPS, Regime, make_regime, train_steps
 
 LR = 0.01
+T = TypeVar("T")
 
 
 def rank() -> int:
@@ -107,18 +108,25 @@ def process_group() -> Iterator[None]:
 Alteration = Callable[[nn.Module], None]
 
 
+def built(name: str, seed: int, alter: Alteration | None) -> nn.Module:
+    """The model from ``seed`` on this rank's device, changed by ``alter`` first where a recipe's
+    model changed since the save; a saver's model that gives no example input is perturbed here,
+    where the others are trained after wrapping."""
+    model = build(name, seed=seed)
+    if alter is not None:
+        alter(model)
+    if seed == SAVE_SEED and not has_example_input(name):
+        perturb(model)
+    return model.to(device())
+
+
 def sharded(
     name: str, seed: int, alter: Alteration | None = None, wrapper: Wrapper = Wrapper.NONE
 ) -> nn.Module:
     """The model from ``seed`` (changed by ``alter`` first, where a recipe's model changed since
     the save), fully sharded over all ranks. A wrapper goes where trainers put it:
     checkpoint_wrapper before sharding, torch.compile of the sharded model."""
-    model = build(name, seed=seed)
-    if alter is not None:
-        alter(model)
-    if seed == SAVE_SEED and not has_example_input(name):
-        perturb(model)  # what training does for the others
-    model.to(device())
+    model = built(name, seed, alter)
     if wrapper is Wrapper.CHECKPOINT:
         model = wrap(model, Layout.SINGLE, wrapper)
     mesh = init_device_mesh(device().type, (dist.get_world_size(),))
@@ -133,14 +141,10 @@ def replicated(
 ) -> nn.Module:
     """The model from ``seed`` in DistributedDataParallel (a replica per rank), ``wrapper``
     inside it (``DDP(torch.compile(model))``: keys read ``module._orig_mod.``)."""
-    model = build(name, seed=seed)
-    if alter is not None:
-        alter(model)
-    if seed == SAVE_SEED and not has_example_input(name):
-        perturb(model)  # what training does for the others
+    model = built(name, seed, alter)
     here = device()
     ids = [here] if here.type == "cuda" else None
-    inner = wrap(model.to(here), Layout.SINGLE, wrapper)
+    inner = wrap(model, Layout.SINGLE, wrapper)
     return nn.parallel.DistributedDataParallel(inner, device_ids=ids)
 
 
@@ -194,20 +198,24 @@ def summed_gradients(model: nn.Module) -> None:
     model.set_gradient_divide_factor(1.0)
 
 
+def from_every_rank(own: T) -> list[T]:
+    """Each rank's ``own``, in rank order (a collective: every rank calls it)."""
+    everyone: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, own)
+    return everyone
+
+
 def gathered(entries: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Every rank's own report entries, merged (a collective: every rank calls it)."""
-    everyone: list[dict[str, dict[str, Any]]] = [{} for _ in range(dist.get_world_size())]
-    dist.all_gather_object(everyone, entries)
-    return {name: entry for part in everyone for name, entry in part.items()}
+    """Every rank's own report entries, merged."""
+    return {name: entry for part in from_every_rank(entries) for name, entry in part.items()}
 
 
 def rank_probes() -> list[dict[str, Any]]:
-    """Every rank's isolation probe with its rank and world size, in rank order (a collective,
-    taken first thing, before anything that can fail on one rank alone)."""
-    own = isolation_probe() | {"rank": rank(), "world_size": dist.get_world_size()}
-    everyone: list[dict[str, Any]] = [{} for _ in range(dist.get_world_size())]
-    dist.all_gather_object(everyone, own)
-    return everyone
+    """Every rank's isolation probe with its rank and world size, in rank order (taken first
+    thing, before anything that can fail on one rank alone)."""
+    return from_every_rank(
+        isolation_probe() | {"rank": rank(), "world_size": dist.get_world_size()}
+    )
 
 
 # Per-rank state (a data loader's position, as trainers keep it), one key per rank.
@@ -393,16 +401,14 @@ performs = registrar(PERFORM, "harness.worker.distributed")
 
 # What a load may raise: CheckpointException (torch.distributed.checkpoint) is a BaseException.
 LOAD_ERRORS = (Exception, CheckpointException)
-T = TypeVar("T")
 
 
 def agree(failure: BaseException | None) -> None:
     """A collective after a step that may fail on some ranks only: every rank learns whether any
     failed, and each raises (its own exception, or one naming the ranks that failed), so that no
     rank goes on into a collective that a rank which gave up will never join."""
-    texts: list[str | None] = [None] * dist.get_world_size()
     own = None if failure is None else f"{type(failure).__name__}: {describe(failure)}"
-    dist.all_gather_object(texts, own)
+    texts = from_every_rank(own)
     if failure is not None:
         raise failure
     failed = [(index, text) for index, text in enumerate(texts) if text is not None]
