@@ -51,12 +51,16 @@ class LoadContext:
     def fresh(self, layout: Layout | None = None) -> nn.Module:
         """A new model from the loader's seed, on logical cuda:0 where a GPU is visible (else the
         CPU), wrapped for ``layout`` (default: the cell's)."""
-        device = "cuda:0" if torch.cuda.device_count() > 0 else "cpu"
-        fresh = build(self.spec.model, seed=LOAD_SEED).to(device)
+        fresh = build(self.spec.model, seed=LOAD_SEED).to(self.device)
         model = wrap(fresh, layout or self.layout, Wrapper(self.spec.wrapper))
         if self.before is None:
             self.before = fingerprint(model)
         return model
+
+    @property
+    def device(self) -> str:
+        """Where the loader's model lives: logical cuda:0 where a GPU is visible, else the CPU."""
+        return "cuda:0" if torch.cuda.device_count() > 0 else "cpu"
 
     @property
     def map_location(self) -> Any:
@@ -210,17 +214,12 @@ def _whole_default_load(ctx: LoadContext) -> nn.Module:
     return model
 
 
-def _load_device() -> str:
-    """Where a safetensors load puts the tensors: the loader's model's device."""
-    return "cuda:0" if torch.cuda.device_count() > 0 else "cpu"
-
-
 @performs("safetensors_file", "safetensors_unfixed_prefix")
 def _safetensors_file(ctx: LoadContext) -> nn.Module:
     from safetensors.torch import load_file
 
     model = ctx.fresh()
-    model.load_state_dict(load_file(ctx.path, device=_load_device()))
+    model.load_state_dict(load_file(ctx.path, device=ctx.device))
     return model
 
 
@@ -228,7 +227,7 @@ def _safetensors_file(ctx: LoadContext) -> nn.Module:
 def _safetensors_strip_prefix(ctx: LoadContext) -> nn.Module:
     from safetensors.torch import load_file
 
-    return _stripped(ctx, load_file(ctx.path, device=_load_device()), "module.")
+    return _stripped(ctx, load_file(ctx.path, device=ctx.device), "module.")
 
 
 @performs("safetensors_model")
@@ -236,7 +235,7 @@ def _safetensors_model(ctx: LoadContext) -> nn.Module:
     from safetensors.torch import load_model
 
     model = ctx.fresh()
-    load_model(unwrap(model), ctx.path, device=_load_device())
+    load_model(unwrap(model), ctx.path, device=ctx.device)
     return model
 
 
