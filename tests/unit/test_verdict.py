@@ -310,20 +310,23 @@ def test_a_model_without_an_example_input_compares_tensors_but_no_output() -> No
     assert differs.outcome is Outcome.FAIL
 
 
+# A save that torch.save refused (a parametrized module pickled whole).
+REFUSED = {
+    "status": "raised",
+    "error_class": "not_picklable",
+    "exception_type": "builtins.RuntimeError",
+    "message": "Serialization of parametrized modules is only supported through state_dict()",
+    "probe": probe(10),
+}
+UNPICKLABLE = Expectation(error=ErrorClass.NOT_PICKLABLE, reason="r", tensor_device="cpu")
+
+
 def test_a_save_that_raised_is_judged_as_the_observation() -> None:
-    refused = {
-        "status": "raised",
-        "error_class": "not_picklable",
-        "exception_type": "builtins.RuntimeError",
-        "message": "Serialization of parametrized modules is only supported through state_dict()",
-        "probe": probe(10),
-    }
-    unpicklable = Expectation(error=ErrorClass.NOT_PICKLABLE, reason="r", tensor_device="cpu")
-    judged = verdict(unpicklable, None, save=refused)
+    judged = verdict(UNPICKLABLE, None, save=REFUSED)
     assert judged.outcome is Outcome.XFAIL
     assert judged.observed is not None
     assert judged.observed["status"] == "save_raised"
-    wrong = verdict(CLEAN, None, save=refused)
+    wrong = verdict(CLEAN, None, save=REFUSED)
     assert wrong.outcome is Outcome.FAIL
     assert "expected a clean load; observed not_picklable: the save raised" in wrong.reason
 
@@ -383,14 +386,7 @@ def test_a_cell_that_compares_no_tensor_is_an_error() -> None:
 
 
 def test_a_save_that_raised_in_the_wrong_visibility_is_an_isolation_failure() -> None:
-    refused = {
-        "status": "raised",
-        "error_class": "not_picklable",
-        "exception_type": "builtins.RuntimeError",
-        "message": "Serialization of parametrized modules is only supported through state_dict()",
-        "probe": {"pid": 10, "cuda_visible_devices": "0", "device_count": 1, "uuids": ["u"]},
-    }
-    unpicklable = Expectation(error=ErrorClass.NOT_PICKLABLE, reason="r", tensor_device="cpu")
-    judged = verdict(unpicklable, None, save=refused)
+    seen_a_gpu = {"pid": 10, "cuda_visible_devices": "0", "device_count": 1, "uuids": ["u"]}
+    judged = verdict(UNPICKLABLE, None, save=REFUSED | {"probe": seen_a_gpu})
     assert judged.outcome is Outcome.FAIL
     assert "isolation_mismatch" in judged.reason
