@@ -44,6 +44,7 @@ class Format(StrEnum):
     TRAIN_STATE = "train_state"  # {'model', 'optimizer', 'lr_scheduler', 'epoch', 'args', 'rng'}
     DCP = "dcp"  # a torch.distributed.checkpoint directory: sharded model and optimizer state
     SAFETENSORS = "safetensors"  # safetensors.torch: tensors only, loading runs no code
+    GOLDEN = "golden"  # a team's own file, any format (``ckpt-matrix golden``), never planned
 
 
 class SaveVariant(StrEnum):
@@ -65,6 +66,7 @@ class SaveVariant(StrEnum):
     SAFETENSORS_FILE = "safetensors_file"  # save_file(model.state_dict()) of the model as held
     SAFETENSORS_MODEL = "safetensors_model"  # save_model(the unwrapped model): ties deduplicated
     HELPER_STATE_DICT = "helper_state_dict"  # get_model_state_dict(model) (strips _orig_mod.)
+    GOLDEN = "golden"  # nothing: a team wrote the file (``ckpt-matrix golden``)
 
     @property
     def trains(self) -> bool:
@@ -79,6 +81,8 @@ class SaveVariant(StrEnum):
     def file_format(self) -> Format:
         if self is SaveVariant.WHOLE:
             return Format.WHOLE
+        if self is SaveVariant.GOLDEN:
+            return Format.GOLDEN
         if self in (SaveVariant.DCP, SaveVariant.DCP_RANK_STATE, SaveVariant.DCP_TRAIN_STATE):
             return Format.DCP
         if self in (SaveVariant.SAFETENSORS_FILE, SaveVariant.SAFETENSORS_MODEL):

@@ -90,6 +90,8 @@ class Cell:
 
     @property
     def id(self) -> str:
+        if self.format is Format.GOLDEN:  # a team's own file: its path is its identity
+            return f"golden={self.model}"
         mapping = "" if self.map_location == "none" else f"-map={self.map_location}"
         mapping += f"-train={self.training}" if self.training else ""
         mapping += "" if self.serialization == "zip" else f"-ser={self.serialization}"

@@ -16,7 +16,9 @@ from typing import Any
 
 from harness.diff import compare
 from harness.diff import to_markdown as diff_markdown
-from harness.environment import TorchUnavailableError, now
+from harness.environment import TorchUnavailableError, describe, now, torch_environment
+from harness.files.pickles import runs_code
+from harness.golden import GoldenError
 from harness.inventory import InventoryError
 from harness.launchers import DEFAULT_LAUNCHER, LAUNCHERS, Launcher, LauncherBroken
 from harness.options import (
@@ -29,13 +31,13 @@ from harness.options import (
     run_environment,
 )
 from harness.outcomes import exit_code
-from harness.plan import DEFAULT_TIMEOUT_S
+from harness.plan import DEFAULT_TIMEOUT_S, JobFactory
 from harness.progress import reporter_for
 from harness.report import report_html, report_markdown
 from harness.results import ResultsError, ResultsWriter, read_results
 from harness.results import merge as merge_results
 from harness.scenarios import ScenarioError
-from harness.session import run_cells
+from harness.session import leased_launcher, run_cells
 from harness.summary import summary_table
 
 USAGE_ERROR = 2
@@ -164,6 +166,50 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--markdown", type=Path, default=None, help="default: RESULTS.md")
     report.add_argument("--html", type=Path, default=None, help="default: RESULTS.html")
 
+    inspect = commands.add_parser(
+        "inspect",
+        help="look inside checkpoint files without running them: exit 0 intact, 1 needs globals "
+        "a weights_only load refuses, 2 corrupt or unknown",
+    )
+    inspect.add_argument("paths", type=Path, nargs="+", metavar="PATH")
+    inspect.add_argument("--json", action="store_true", help="one JSON object per file")
+
+    golden = commands.add_parser(
+        "golden", help="certify your own checkpoint files: record them, then verify them later"
+    )
+    golden_commands = golden.add_subparsers(dest="golden_command", required=True)
+
+    def golden_options(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="files at a time")
+        sub.add_argument(
+            "--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds per worker process"
+        )
+        sub.add_argument("--launcher", choices=LAUNCHERS, default=DEFAULT_LAUNCHER)
+        sub.add_argument("--workdir", type=Path, default=None, help="keep worker specs and logs")
+        sub.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+
+    record = golden_commands.add_parser(
+        "record", help="load each file in a worker and record every tensor's digest"
+    )
+    record.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="files or folders")
+    record.add_argument("--out", type=Path, default=Path("golden.jsonl"))
+    record.add_argument(
+        "--safe-global",
+        action="append",
+        default=[],
+        dest="safe_globals",
+        metavar="module.Name",
+        help="a global the files need that a weights_only load refuses, and that you trust "
+        "(repeatable); never one that runs code",
+    )
+    golden_options(record)
+    verify = golden_commands.add_parser(
+        "verify", help="load every recorded file again and compare bitwise (ordinary results)"
+    )
+    verify.add_argument("golden", type=Path, help="the file `golden record` wrote")
+    verify.add_argument("--out", type=Path, default=Path("golden-verify.jsonl"))
+    golden_options(verify)
+
     inventory = commands.add_parser("inventory", help="print the GPUs, driver and CUDA versions")
     inventory.add_argument("--json", action="store_true", help="as JSON")
     simulate_option(inventory)
@@ -200,6 +246,108 @@ def cmd_inventory(args: argparse.Namespace) -> int:
     inventory = machine_inventory(RunOptions(simulate_gpus=args.simulate_gpus), os.environ)
     print(json.dumps(inventory.to_json(), indent=1) if args.json else inventory.describe())
     return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """Each file's format, tensors, globals, defects and advice; the exit code is the worst
+    file's. Nothing is unpickled for real and no code of the file's is imported."""
+    from harness.files import inspect_path
+    from harness.inventory import read_inventory
+
+    gpus = len(read_inventory(os.environ).gpus)
+    worst = 0
+    for path in args.paths:
+        found = inspect_path(path, gpus=gpus)
+        worst = max(worst, found.exit_code)
+        print(json.dumps(found.to_json(), sort_keys=True) if args.json else found.describe())
+        for name in found.code_running:
+            print(
+                f"ckpt-matrix inspect: WARNING: {path} names {name}, which runs code or commands "
+                "when unpickled: do not load it",
+                file=sys.stderr,
+            )
+    return worst
+
+
+def cmd_golden(args: argparse.Namespace) -> int:
+    """``golden record PATH...`` or ``golden verify GOLDEN``: one worker job per file, on the
+    run's launcher, each line written as its file ends; the exit code reduces the outcomes."""
+    from harness.golden import GoldenRunner, golden_files, recorded, run_files
+    from harness.plan import DeviceMap
+
+    if args.jobs < 1:
+        raise UsageError(f"--jobs {args.jobs}: must be at least 1")
+    if args.timeout <= 0:
+        raise UsageError(f"--timeout {args.timeout}: must be more than 0 seconds")
+    if args.out.exists() and not args.overwrite:
+        raise UsageError(f"{args.out} exists; pass --overwrite to replace it")
+    if args.golden_command == "record":
+        files = golden_files(args.paths)
+        safe_globals = tuple(args.safe_globals)
+        for name in safe_globals:
+            if "." not in name or runs_code(name):
+                raise UsageError(
+                    f"--safe-global {name}: "
+                    + (
+                        "give module.Name"
+                        if "." not in name
+                        else "that global runs code or commands; it is never allowed"
+                    )
+                )
+        before: list[Any] = []
+    else:
+        golden = read_results(args.golden)
+        before = recorded(golden)
+        safe_globals = tuple((golden.environment.get("golden") or {}).get("safe_globals") or ())
+        files = []
+    inventory = machine_inventory(RunOptions(), os.environ)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ckpt-golden-"))
+    launcher = leased_launcher(args.launcher, workdir, preload_torchvision=False)
+    try:
+        torch_side = torch_environment(
+            inventory, launcher=launcher, workdir=workdir, timeout_s=args.timeout
+        )
+        environment = describe(
+            torch_side, inventory, visibility_policy="all", launcher=args.launcher
+        )
+        environment["golden"] = {
+            "command": args.golden_command,
+            "safe_globals": list(safe_globals),
+            "record": None if args.golden_command == "record" else str(args.golden),
+        }
+        runner = GoldenRunner(
+            factory=JobFactory(
+                workdir=workdir, timeout_s=args.timeout, devices=DeviceMap(inventory.uuids)
+            ),
+            launcher=launcher,
+            visibility=inventory.indices,
+            safe_globals=safe_globals,
+        )
+        work = (
+            [lambda f=f: runner.record(str(f), f) for f in files]
+            if args.golden_command == "record"
+            else [lambda b=b: runner.verify(b, args.golden.parent) for b in before]
+        )
+        print(
+            f"ckpt-matrix golden {args.golden_command}: {len(work)} files, torch "
+            f"{environment['torch']}, {args.jobs} at a time",
+            file=sys.stderr,
+        )
+        reporter = reporter_for(sys.stderr)
+        with ResultsWriter(args.out, environment, resume=False) as writer:
+            reporter.start(len(work))
+            try:
+                results = run_files(work, writer, jobs=args.jobs, progress=reporter.update)
+            finally:
+                reporter.stop()
+            writer.finish(finished_at=now(), cells_run=len(results))
+    finally:
+        launcher.stop_all()
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print(summary_table(results))
+    print(f"\n{len(results)} files in {args.out}")
+    return exit_code([result.outcome for result in results])
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -340,11 +488,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "diff": cmd_diff,
         "report": cmd_report,
         "merge": cmd_merge,
+        "inspect": cmd_inspect,
+        "golden": cmd_golden,
     }[args.command]
     try:
         return handler(args)
     except (
         UsageError,
+        GoldenError,
         ScenarioError,
         ResultsError,
         TorchUnavailableError,

@@ -62,7 +62,22 @@ class LoadSpec:
     wrapper: str = "none"  # what wraps the fresh model inside its layout
 
 
-Spec = SaveSpec | LoadSpec
+@dataclass(frozen=True, kw_only=True)
+class GoldenSpec:
+    """Load a team's own checkpoint with its format's safe loader and report every tensor's
+    digest: to record it, or to compare with a record (``expected_sha256`` set)."""
+
+    role: Literal["golden"] = "golden"
+    label: str  # the path as the user gave it: the cell's name
+    path: str
+    report_path: str
+    safe_globals: tuple[str, ...] = ()  # module.Name globals the user allows a weights_only load
+    expected_sha256: str = ""  # verify: the file must still be the recorded one
+    map_location: str = ""  # verify: the record's policy ("" = decide: none if every saved
+    # location exists here, else cpu)
+
+
+Spec = SaveSpec | LoadSpec | GoldenSpec
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -91,9 +106,11 @@ def spec_from_json(data: dict[str, Any], where: str) -> Spec:
             return SaveSpec(**data)
         if role == "load":
             return LoadSpec(**data)
+        if role == "golden":
+            return GoldenSpec(**{**data, "safe_globals": tuple(data.get("safe_globals", ()))})
     except TypeError as exc:
         raise ValueError(f"{where}: malformed {role} spec: {exc}") from None
-    raise ValueError(f"{where}: unknown role {role!r}; expected 'save' or 'load'")
+    raise ValueError(f"{where}: unknown role {role!r}; expected 'save', 'load' or 'golden'")
 
 
 def rank_path(path: Path, rank: int) -> Path:

@@ -112,6 +112,10 @@ class JobFactory:
         ranks = cell.load_world if cell.load_layout.distributed else 0
         return self._job(cell.id, spec, folder / "load", cell.load_visibility, ranks)
 
+    def spec_job(self, name: str, spec: Spec, stem: Path, visibility: Visibility) -> Job:
+        """One plain worker process for ``spec`` (a golden file's job, say)."""
+        return self._job(name, spec, stem, visibility, 0)
+
     def _job(self, name: str, spec: Spec, stem: Path, visibility: Visibility, ranks: int) -> Job:
         stem.parent.mkdir(parents=True, exist_ok=True)
         spec_path = stem.with_name(stem.name + "-spec.json")

@@ -460,8 +460,21 @@ RECIPES: dict[str, Recipe] = {
             summary="the tutorial's literal torch.load(path) of a whole model "
             "(weights_only defaults to True since torch 2.6)",
         ),
+        # --- a team's own files ----------------------------------------------------------------
+        Recipe(
+            name="golden",
+            kind=RecipeKind.CORRECT,
+            save_variant=SaveVariant.GOLDEN,
+            save_layouts=frozenset(),  # no scenario plans it: `ckpt-matrix golden` makes the cells
+            load_layouts=_SINGLE,
+            summary="a team's own checkpoint (ckpt-matrix golden): loaded by its format's safe "
+            "loader in a worker and compared bitwise with what `golden record` saw",
+        ),
     )
 }
+# The recipe of golden cells: performed by harness.worker.golden, judged by harness.golden
+# against the file's record rather than by an oracle rule.
+GOLDEN = "golden"
 
 
 def recipe(name: str, where: str) -> Recipe:

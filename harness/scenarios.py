@@ -15,7 +15,7 @@ from typing import Any
 
 from harness.axes import Format, Layout, Wrapper, parse_enum
 from harness.devices import DEFAULT_DEVICE, check_device, check_map_location
-from harness.recipes import TRAININGS, recipe
+from harness.recipes import GOLDEN, TRAININGS, recipe
 from harness.visibility import MODES
 from harness.zoo import model_spec
 
@@ -144,6 +144,11 @@ def _scenario(table: dict[str, Any], where: str) -> Scenario:
             model_spec(model, f"{where}.models")
         for name_ in lists["recipes"]:
             recipe(name_, f"{where}.recipes")
+            if name_ == GOLDEN:
+                raise ScenarioError(
+                    f"{where}.recipes: recipe {GOLDEN!r} certifies your own files, not a "
+                    "scenario's; run `ckpt-matrix golden record PATH...` instead"
+                )
         save = tuple(parse_enum(Layout, v, f"{where}.save_layouts") for v in lists["save_layouts"])
         load = tuple(parse_enum(Layout, v, f"{where}.load_layouts") for v in lists["load_layouts"])
         formats = tuple(parse_enum(Format, v, f"{where}.formats") for v in lists["formats"])

@@ -11,7 +11,7 @@ import traceback
 from pathlib import Path
 
 from harness.axes import Layout
-from harness.jobspec import SaveSpec, rank_path, spec_from_json, write_json_atomic
+from harness.jobspec import GoldenSpec, SaveSpec, rank_path, spec_from_json, write_json_atomic
 
 
 def _environment(args: list[str]) -> int:
@@ -50,6 +50,15 @@ def run_job(args: list[str]) -> int:
 
     configure_torch()
     report_path = Path(spec.report_path)
+    if isinstance(spec, GoldenSpec):
+        from harness.worker.golden import run_golden
+
+        try:
+            report = run_golden(spec)
+        except Exception as exc:
+            return _crashed(report_path, exc)
+        write_json_atomic(report_path, report)
+        return 0
     if Layout(spec.layout).distributed:  # one process per rank, each with its own report
         from harness.worker import distributed as jobs
 
@@ -59,16 +68,21 @@ def run_job(args: list[str]) -> int:
     try:
         report = jobs.run_save(spec) if isinstance(spec, SaveSpec) else jobs.run_load(spec)
     except Exception as exc:
-        write_json_atomic(
-            report_path,
-            {
-                "status": "crashed",
-                "exception_type": type(exc).__qualname__,
-                "message": str(exc)[:4000],
-                "traceback": traceback.format_exc()[-4000:],
-            },
-        )
-        traceback.print_exc()
-        return 1
+        return _crashed(report_path, exc)
     write_json_atomic(report_path, report)
     return 0
+
+
+def _crashed(report_path: Path, exc: Exception) -> int:
+    """The job itself broke: its report says how, and the exit code is 1."""
+    write_json_atomic(
+        report_path,
+        {
+            "status": "crashed",
+            "exception_type": type(exc).__qualname__,
+            "message": str(exc)[:4000],
+            "traceback": traceback.format_exc()[-4000:],
+        },
+    )
+    traceback.print_exc()
+    return 1

@@ -1,0 +1,167 @@
+"""What a person should do with a checkpoint: the key prefixes it carries, and the
+``map_location``, prefix fix and ``safe_globals`` list to load it with. Pure functions of what a
+reader found and how many GPUs this machine has."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from harness.files.pickles import runs_code
+from harness.files.protocol import Contents, FileFormat
+
+WRAPPER_PREFIXES = (
+    "module.",
+    "_orig_mod.",
+    "_fsdp_wrapped_module.",
+    "_checkpoint_wrapped_module.",
+)
+_CUDA = re.compile(r"^cuda:(\d+)$")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrefixFinding:
+    group: str  # where the state_dict is: "" for the file itself, "model" for checkpoint["model"]
+    prefix: str
+    keys: int  # how many of the group's keys start with it
+    total: int
+    verdict: str  # strip | ambiguous | not_a_prefix
+    message: str
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "group": self.group,
+            "prefix": self.prefix,
+            "keys": self.keys,
+            "total": self.total,
+            "verdict": self.verdict,
+            "message": self.message,
+        }
+
+
+def _groups(paths: list[str]) -> dict[str, list[str]]:
+    """The file's tensor names as one group, and under each first segment (``model.``) as
+    another: a state_dict at the top, or one inside a training checkpoint."""
+    groups: dict[str, list[str]] = {"": paths}
+    for path in paths:
+        head, dot, rest = path.partition(".")
+        if dot and f"{head}." not in WRAPPER_PREFIXES:
+            groups.setdefault(head, []).append(rest)
+    return groups
+
+
+def prefixes(contents: Contents) -> list[PrefixFinding]:
+    findings = []
+    for group, keys in _groups([tensor.path for tensor in contents.tensors]).items():
+        where = "the file's keys" if not group else f"the keys under {group!r}"
+        for prefix in WRAPPER_PREFIXES:
+            starting = [key for key in keys if key.startswith(prefix)]
+            if not starting:
+                continue
+            total, count = len(keys), len(starting)
+            again = sum(key[len(prefix) :].startswith(prefix) for key in keys)
+            if count < total:
+                findings.append(
+                    PrefixFinding(
+                        group=group,
+                        prefix=prefix,
+                        keys=count,
+                        total=total,
+                        verdict="not_a_prefix",
+                        message=f"only {count} of {total} of {where} start with {prefix!r}: that "
+                        f"is an attribute of the model named {prefix[:-1]!r}, not a wrapper's "
+                        "prefix; do not strip it",
+                    )
+                )
+            elif again:
+                findings.append(
+                    PrefixFinding(
+                        group=group,
+                        prefix=prefix,
+                        keys=count,
+                        total=total,
+                        verdict="ambiguous",
+                        message=f"all {total} of {where} start with {prefix!r}, and {again} start "
+                        f"with it twice: a wrapper around a model whose own attribute is named "
+                        f"{prefix[:-1]!r}, or a model wrapped twice; compare with your model's "
+                        "state_dict() keys before stripping, and strip one level at most",
+                    )
+                )
+            else:
+                findings.append(
+                    PrefixFinding(
+                        group=group,
+                        prefix=prefix,
+                        keys=count,
+                        total=total,
+                        verdict="strip",
+                        message=f"all {total} of {where} start with {prefix!r}: saved from a "
+                        "wrapped model (ambiguous only if your own model's first attribute is "
+                        f"named {prefix[:-1]!r}: compare with its state_dict() keys)",
+                    )
+                )
+            inner = [key for key in keys if f".{prefix}" in key]
+            if inner and prefix == "module.":
+                findings.append(
+                    PrefixFinding(
+                        group=group,
+                        prefix=prefix,
+                        keys=len(inner),
+                        total=total,
+                        verdict="ambiguous",
+                        message=f"{len(inner)} of {where} hold {prefix!r} inside their name "
+                        f"({inner[0]}): key.replace({prefix!r}, '') would break them; strip the "
+                        "leading prefix only",
+                    )
+                )
+    return findings
+
+
+def recommendations(contents: Contents, gpus: int) -> list[str]:
+    """What to load the file with on a machine with ``gpus`` GPUs."""
+    advice: list[str] = []
+    if contents.defects or contents.format is FileFormat.UNKNOWN:
+        return advice
+    code = [name for name in contents.refused if runs_code(name)]
+    if code:
+        advice.append(
+            f"do not load this file: it names {', '.join(code)}, which run(s) code or commands "
+            "when unpickled; ask its author for a weights-only file (state_dict or safetensors)"
+        )
+        return advice
+    if contents.format is FileFormat.TORCHSCRIPT:
+        advice.append("load it with torch.jit.load(path, map_location=...)")
+    missing = sorted(
+        {
+            tensor.location
+            for tensor in contents.tensors
+            if (match := _CUDA.match(tensor.location)) and int(match.group(1)) >= gpus
+        }
+    )
+    if missing:
+        target = "'cpu'" if gpus == 0 else "'cuda:0'"
+        mapping = ", ".join(f"'{location}': {target}" for location in missing)
+        advice.append(
+            f"saved on {', '.join(missing)}, which this machine ({gpus} GPU(s)) lacks: "
+            f"torch.load(path, map_location={target if gpus == 0 else '{' + mapping + '}'})"
+        )
+    for finding in prefixes(contents):
+        if finding.verdict == "strip":
+            target = "state_dict" if not finding.group else f"checkpoint[{finding.group!r}]"
+            advice.append(
+                "torch.nn.modules.utils.consume_prefix_in_state_dict_if_present("
+                f"{target}, {finding.prefix!r}) before load_state_dict"
+            )
+    if contents.refused and contents.format.pickled:
+        names = ", ".join(contents.refused)
+        advice.append(
+            f"weights_only=True refuses {names}; if you trust them: with "
+            f"torch.serialization.safe_globals([{names}]): torch.load(path, weights_only=True) "
+            f"(import each first); never weights_only=False"
+        )
+    elif contents.refused and contents.format is FileFormat.DCP:
+        advice.append(
+            f".metadata names {', '.join(contents.refused)}, which DCP never writes; dcp.load "
+            "unpickles .metadata with pickle.load, so do not load it"
+        )
+    return advice

@@ -1,0 +1,190 @@
+"""torch.distributed.checkpoint directories: ``.metadata`` (a plain pickle of ``Metadata``:
+every entry's dtype and size, and which shard file holds which bytes) and the shard files.
+
+``.metadata`` is read inertly (:mod:`harness.files.pickles`): ``dcp.load`` unpickles it with
+``pickle.load``, so a global it names that DCP never writes is listed as refused."""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+from typing import Any
+
+from harness.files.pickles import Stub, globals_in, name_of, walk
+from harness.files.protocol import Contents, Defect, DefectKind, FileFormat, OtherEntry, TensorEntry
+
+METADATA = ".metadata"
+# What DCP's own .metadata names: its dataclasses, torch.Size, dtypes, a layout and a path.
+_DCP_MODULES = ("torch.distributed.checkpoint.",)
+_DCP_GLOBALS = frozenset(
+    {
+        "torch.Size",
+        "torch.serialization._get_layout",
+        "pathlib.PosixPath",
+        "pathlib.WindowsPath",
+        "pathlib.PurePosixPath",
+        "pathlib.PureWindowsPath",
+        "collections.OrderedDict",
+    }
+)
+ELEMENT_SIZES = {
+    "float64": 8,
+    "float32": 4,
+    "float16": 2,
+    "bfloat16": 2,
+    "int64": 8,
+    "int32": 4,
+    "int16": 2,
+    "int8": 1,
+    "uint8": 1,
+    "bool": 1,
+    "complex64": 8,
+    "complex128": 16,
+    "float8_e4m3fn": 1,
+    "float8_e5m2": 1,
+    "uint16": 2,
+    "uint32": 4,
+    "uint64": 8,
+}
+
+
+def dcp_global(name: str) -> bool:
+    """A global DCP's own metadata names (a torch dtype is ``torch.<dtype>``)."""
+    if name in _DCP_GLOBALS or name.startswith(_DCP_MODULES):
+        return True
+    module, _, attribute = name.rpartition(".")
+    return module == "torch" and attribute in ELEMENT_SIZES
+
+
+def _state(value: Any) -> dict[str, Any]:
+    state = value.state if isinstance(value, Stub) else None
+    if isinstance(state, tuple) and len(state) == 2 and isinstance(state[1], dict):
+        return {**(state[0] or {}), **state[1]}
+    return state if isinstance(state, dict) else {}
+
+
+def _dtype(properties: Any) -> str:
+    state = properties.state if isinstance(properties, Stub) else None
+    values = (
+        state.values() if isinstance(state, dict) else state if isinstance(state, tuple) else ()
+    )
+    for value in values:
+        name = name_of(value)
+        if name is not None and name.startswith("torch.") and name[6:] in ELEMENT_SIZES:
+            return name[6:]
+    return "?"
+
+
+def _shape(size: Any) -> tuple[int, ...] | None:
+    if isinstance(size, Stub) and size.args and isinstance(size.args[0], list | tuple):
+        return tuple(int(n) for n in size.args[0])
+    return tuple(size) if isinstance(size, list | tuple) else None
+
+
+class DcpReader:
+    def read(self, path: Path) -> Contents:
+        contents = Contents(format=FileFormat.DCP)
+        where = str(path / METADATA)
+        if not (path / METADATA).is_file():
+            contents.format = FileFormat.UNKNOWN
+            contents.defects.append(
+                Defect(
+                    kind=DefectKind.UNKNOWN_FORMAT,
+                    where=str(path),
+                    message=f"a directory without {METADATA}: not a torch.distributed.checkpoint",
+                )
+            )
+            return contents
+        data = (path / METADATA).read_bytes()
+        try:
+            root, met = walk(io.BytesIO(data))
+        except Exception as exc:  # a broken pickle raises many types; none runs code
+            contents.globals = globals_in(data)
+            contents.refused = [name for name in contents.globals if not dcp_global(name)]
+            contents.defects.append(
+                Defect(
+                    kind=DefectKind.CORRUPT_METADATA,
+                    where=where,
+                    message=f"{len(data)} bytes that do not unpickle ({type(exc).__name__}: {exc})",
+                )
+            )
+            return contents
+        contents.globals = met
+        contents.refused = [name for name in met if not dcp_global(name)]
+        state = _state(root)
+        if name_of(root) != "torch.distributed.checkpoint.metadata.Metadata" or not isinstance(
+            state.get("state_dict_metadata"), dict
+        ):
+            contents.defects.append(
+                Defect(
+                    kind=DefectKind.CORRUPT_METADATA,
+                    where=where,
+                    message=f"holds {name_of(root) or type(root).__name__}, not DCP's Metadata",
+                )
+            )
+            return contents
+        files = self._files(state.get("storage_data"))
+        for fqn, entry in state["state_dict_metadata"].items():
+            kind = name_of(entry) or type(entry).__name__
+            shards = sorted(files.get(str(fqn), {}))
+            if kind.endswith("TensorStorageMetadata"):
+                fields = _state(entry)
+                dtype, shape = _dtype(fields.get("properties")), _shape(fields.get("size"))
+                element = ELEMENT_SIZES.get(dtype, 0)
+                contents.tensors.append(
+                    TensorEntry(
+                        path=str(fqn),
+                        dtype=dtype,
+                        shape=shape or (),
+                        bytes=math.prod(shape) * element if shape is not None and element else None,
+                        location="sharded",
+                        storage=", ".join(shards),
+                    )
+                )
+            else:
+                contents.others.append(
+                    OtherEntry(path=str(fqn), type="bytes (a pickled object dcp.load unpickles)")
+                )
+        self._check_shards(path, files, contents)
+        return contents
+
+    @staticmethod
+    def _files(storage_data: Any) -> dict[str, dict[str, int]]:
+        """For each entry, the shard files holding it and the end of its last byte in each."""
+        files: dict[str, dict[str, int]] = {}
+        for index, info in (storage_data or {}).items() if isinstance(storage_data, dict) else ():
+            fqn = str(_state(index).get("fqn", "?"))
+            fields = _state(info)
+            relative = str(fields.get("relative_path", "?"))
+            end = int(fields.get("offset", 0) or 0) + int(fields.get("length", 0) or 0)
+            shard = files.setdefault(fqn, {})
+            shard[relative] = max(shard.get(relative, 0), end)
+        return files
+
+    @staticmethod
+    def _check_shards(path: Path, files: dict[str, dict[str, int]], contents: Contents) -> None:
+        needed: dict[str, tuple[int, list[str]]] = {}
+        for fqn, shards in files.items():
+            for relative, end in shards.items():
+                most, users = needed.get(relative, (0, []))
+                needed[relative] = (max(most, end), [*users, fqn])
+        for relative, (end, users) in sorted(needed.items()):
+            shard = path / relative
+            named = ", ".join(users[:4]) + (f" and {len(users) - 4} more" if len(users) > 4 else "")
+            if not shard.is_file():
+                contents.defects.append(
+                    Defect(
+                        kind=DefectKind.MISSING_SHARD,
+                        where=str(shard),
+                        message=f"the shard holding {named} is missing",
+                    )
+                )
+            elif shard.stat().st_size < end:
+                contents.defects.append(
+                    Defect(
+                        kind=DefectKind.SHORT_SHARD,
+                        where=str(shard),
+                        message=f"{shard.stat().st_size} bytes, but {named} reach byte {end}",
+                    )
+                )

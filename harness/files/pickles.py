@@ -1,0 +1,220 @@
+"""Reading a pickle without running it: every global becomes an inert stand-in.
+
+``walk`` unpickles with a ``find_class`` that never imports anything: each global is a fresh
+stand-in class named after it, calling one records the call, and ``BUILD`` records the state. The
+tree that comes back holds only plain Python values and stand-ins, so nothing in an untrusted file
+can run (no import, no call of a real function). ``globals_in`` lists the globals a pickle names
+from its opcodes alone (``pickletools``), for a file too broken to walk.
+"""
+
+from __future__ import annotations
+
+import pickle
+import pickletools
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import IO, Any, ClassVar
+
+# Globals whose call runs code or a command, or reads and writes files: a file that names one is
+# an attack or a mistake, never a checkpoint to load. Matched on the full name, or on the module
+# (``subprocess`` names every subprocess.* function).
+CODE_RUNNING_MODULES = frozenset(
+    {
+        "os",
+        "posix",
+        "nt",
+        "subprocess",
+        "pty",
+        "runpy",
+        "importlib",
+        "shutil",
+        "socket",
+        "sys",
+        "code",
+        "codeop",
+        "ctypes",
+        "marshal",
+        "pickle",
+        "_pickle",
+        "webbrowser",
+        "commands",
+        "multiprocessing",
+        "asyncio",
+        "pdb",
+        "timeit",
+        "platform",
+    }
+)
+CODE_RUNNING_GLOBALS = frozenset(
+    {
+        "builtins.eval",
+        "builtins.exec",
+        "builtins.compile",
+        "builtins.__import__",
+        "builtins.open",
+        "builtins.getattr",
+        "builtins.setattr",
+        "builtins.delattr",
+        "builtins.globals",
+        "builtins.breakpoint",
+        "builtins.input",
+        "__builtin__.eval",
+        "__builtin__.exec",
+        "__builtin__.execfile",
+        "__builtin__.__import__",
+        "__builtin__.open",
+        "__builtin__.getattr",
+        "types.FunctionType",
+        "types.CodeType",
+        "functools.partial",
+        "operator.attrgetter",
+        "operator.methodcaller",
+        "torch.load",
+        "torch.hub.load",
+        "torch.jit.load",
+        "torch.serialization.load",
+    }
+)
+
+
+def runs_code(name: str) -> bool:
+    """Whether calling the global ``module.name`` can run code or a command."""
+    module = name.rsplit(".", 1)[0] if "." in name else name
+    return name in CODE_RUNNING_GLOBALS or module.split(".", 1)[0] in CODE_RUNNING_MODULES
+
+
+class Stub:
+    """A global as the pickle names it, never imported. Instances are its calls (``REDUCE``,
+    ``NEWOBJ``) with their arguments, and the state ``BUILD`` gave them, and the items a pickled
+    ``OrderedDict`` or list subclass was filled with."""
+
+    name: ClassVar[str] = ""
+
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    state: Any
+    items: dict[Any, Any]
+    elements: list[Any]
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Stub:  # REDUCE and NEWOBJ both come here
+        instance = super().__new__(cls)
+        instance.args, instance.kwargs, instance.state = args, kwargs, None
+        instance.items, instance.elements = {}, []
+        return instance
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.items[key] = value
+
+    def append(self, value: Any) -> None:
+        self.elements.append(value)
+
+    def extend(self, values: Any) -> None:
+        self.elements.extend(values)
+
+    def __repr__(self) -> str:
+        return f"<{self.name}>"
+
+
+def stub_class(module: str, name: str) -> type[Stub]:
+    return type(name, (Stub,), {"name": f"{module}.{name}", "__module__": "harness.files.stub"})
+
+
+@dataclass(frozen=True, kw_only=True)
+class PersistentRef:
+    """A ``persistent_id`` the pickle refers to: for torch, a storage (type, key, location)."""
+
+    ident: tuple[Any, ...]
+
+
+class InertUnpickler(pickle.Unpickler):
+    """Unpickles into stand-ins; records every global it met, in order."""
+
+    def __init__(self, file: IO[bytes], persistent: Callable[[Any], Any] | None = None) -> None:
+        super().__init__(file)
+        self.met: list[str] = []
+        self._persistent = persistent
+        self._classes: dict[str, type[Stub]] = {}
+
+    def find_class(self, module: str, name: str) -> type[Stub]:
+        full = f"{module}.{name}"
+        if full not in self._classes:
+            self._classes[full] = stub_class(module, name)
+            self.met.append(full)
+        return self._classes[full]
+
+    def persistent_load(self, pid: Any) -> Any:
+        if self._persistent is not None:
+            return self._persistent(pid)
+        return PersistentRef(ident=tuple(pid) if isinstance(pid, tuple) else (pid,))
+
+
+def walk(file: IO[bytes]) -> tuple[Any, list[str]]:
+    """One pickle from ``file`` as a tree of plain values and stand-ins, and the globals it
+    named. Raises what ``pickle`` raises for a broken pickle (``UnpicklingError``, ``EOFError``,
+    ``ValueError``...)."""
+    unpickler = InertUnpickler(file)
+    return unpickler.load(), unpickler.met
+
+
+def globals_in(data: bytes) -> list[str]:
+    """The globals a pickle names, from its opcodes (``GLOBAL``, ``INST``, and ``STACK_GLOBAL``
+    with the two strings pushed before it, memoized ones included), read up to where the pickle
+    breaks: for a pickle too damaged to walk."""
+    found: list[str] = []
+    pushed: list[str | None] = []  # what each opcode pushed: a string, or None for the rest
+    memo: dict[int, str | None] = {}
+    try:
+        for opcode, arg, _ in pickletools.genops(data):
+            name = opcode.name
+            if name in ("GLOBAL", "INST") and isinstance(arg, str):
+                found.append(arg.replace(" ", "."))
+            elif name == "STACK_GLOBAL" and len(pushed) >= 2:
+                module, attribute = pushed[-2], pushed[-1]
+                if module is not None and attribute is not None:
+                    found.append(f"{module}.{attribute}")
+            if isinstance(arg, str) and ("UNICODE" in name or name.endswith("STRING")):
+                pushed.append(arg)
+            elif name == "MEMOIZE":
+                memo[len(memo)] = pushed[-1] if pushed else None
+            elif name in ("PUT", "BINPUT", "LONG_BINPUT") and isinstance(arg, int):
+                memo[arg] = pushed[-1] if pushed else None
+            elif name in ("GET", "BINGET", "LONG_BINGET") and isinstance(arg, int):
+                pushed.append(memo.get(arg))
+            else:
+                pushed.append(None)
+    except (ValueError, EOFError, pickle.UnpicklingError):
+        pass
+    return list(dict.fromkeys(found))
+
+
+def name_of(value: Any) -> str | None:
+    """The global a stand-in class or instance stands for, else None."""
+    if isinstance(value, type) and issubclass(value, Stub):
+        return value.name
+    if isinstance(value, Stub):
+        return type(value).name
+    return None
+
+
+def children(value: Any) -> Iterator[tuple[str, Any]]:
+    """The named parts of a container or stand-in: dict keys, list indexes, a stand-in's items,
+    elements, and its state's entries."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield str(key), item
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            yield str(index), item
+    elif isinstance(value, Stub):
+        for key, item in value.items.items():
+            yield str(key), item
+        for index, item in enumerate(value.elements):
+            yield str(index), item
+        state = value.state
+        if isinstance(state, tuple) and len(state) == 2 and isinstance(state[1], dict):
+            state = {**(state[0] or {}), **state[1]}  # (dict, slots)
+        if isinstance(state, dict):
+            yield from ((str(key), item) for key, item in state.items())

@@ -1,0 +1,121 @@
+"""What every format's reader finds in a checkpoint file: its tensors, its other entries, the
+globals its pickles name, and its defects; and the ``Reader`` protocol they share."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Protocol
+
+
+class FileFormat(StrEnum):
+    ZIP = "torch_zip"  # torch.save, torch >= 1.6
+    LEGACY = "torch_legacy"  # torch.save, torch <= 1.5 or _use_new_zipfile_serialization=False
+    TORCHSCRIPT = "torchscript"  # torch.jit.save
+    SAFETENSORS = "safetensors"
+    DCP = "dcp"  # a torch.distributed.checkpoint directory: .metadata and shards
+    UNKNOWN = "unknown"
+
+    @property
+    def pickled(self) -> bool:
+        """Loaded through a pickle (``torch.load``): the globals it names matter."""
+        return self in (FileFormat.ZIP, FileFormat.LEGACY)
+
+
+class DefectKind(StrEnum):
+    """Each way a file can be broken, with the fix a person can apply."""
+
+    UNREADABLE = "unreadable"  # the OS refused to read it
+    EMPTY = "empty"
+    UNKNOWN_FORMAT = "unknown_format"  # none of the formats this tool reads
+    TRUNCATED = "truncated"  # cut short: a copy or download that stopped early
+    CRC_MISMATCH = "crc_mismatch"  # a zip record whose bytes changed after the save
+    MISSING_RECORD = "missing_record"  # a storage the pickle names is not in the archive
+    SHORT_RECORD = "short_record"  # a record smaller than the tensors stored in it
+    CORRUPT_PICKLE = "corrupt_pickle"  # the pickle itself cannot be read
+    BAD_HEADER = "bad_header"  # a safetensors header that does not match the file
+    MISSING_SHARD = "missing_shard"  # a DCP shard file named by .metadata is absent
+    SHORT_SHARD = "short_shard"  # a DCP shard smaller than the entries .metadata puts in it
+    CORRUPT_METADATA = "corrupt_metadata"  # DCP's .metadata cannot be read
+
+    @property
+    def fix(self) -> str:
+        return _FIXES[self]
+
+
+_FIXES = {
+    DefectKind.UNREADABLE: "check the path and its permissions",
+    DefectKind.EMPTY: "the file has no bytes: copy or download it again",
+    DefectKind.UNKNOWN_FORMAT: "give a file written by torch.save, torch.jit.save, "
+    "safetensors or a torch.distributed.checkpoint directory",
+    DefectKind.TRUNCATED: "the file was cut short (a copy or download that stopped): copy it "
+    "again from its source",
+    DefectKind.CRC_MISMATCH: "bytes changed after the save (disk, transfer or an edit): torch.load "
+    "would load the changed tensor silently; restore the file from a good copy",
+    DefectKind.MISSING_RECORD: "the archive lost a record: restore the file from a good copy",
+    DefectKind.SHORT_RECORD: "a record is shorter than its tensors: restore the file from a good "
+    "copy",
+    DefectKind.CORRUPT_PICKLE: "the pickle inside is damaged: restore the file from a good copy",
+    DefectKind.BAD_HEADER: "the safetensors header does not describe the file: restore it from "
+    "a good copy or write it again with safetensors",
+    DefectKind.MISSING_SHARD: "copy the whole checkpoint directory, every shard with .metadata",
+    DefectKind.SHORT_SHARD: "a shard was cut short: copy the directory again",
+    DefectKind.CORRUPT_METADATA: "the directory's .metadata is damaged: restore it from a good "
+    "copy (it cannot be rebuilt from the shards)",
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Defect:
+    kind: DefectKind
+    where: str  # the file, or the record or shard inside it
+    message: str
+
+    def describe(self) -> str:
+        return f"{self.where}: {self.kind}: {self.message}; fix: {self.kind.fix}"
+
+    def to_json(self) -> dict[str, str]:
+        return {"kind": str(self.kind), "where": self.where, "message": self.message}
+
+
+@dataclass(frozen=True, kw_only=True)
+class TensorEntry:
+    path: str  # nested, dotted: optimizer.state.0.exp_avg
+    dtype: str
+    shape: tuple[int, ...]
+    bytes: int | None  # None where the dtype's size is unknown
+    location: str  # where it was saved: cpu, cuda:1 (a DCP directory: the shard file)
+    storage: str = ""  # the record or byte range that holds it
+
+
+@dataclass(frozen=True, kw_only=True)
+class OtherEntry:
+    path: str
+    type: str  # int, str, argparse.Namespace, ...
+    value: str = ""  # a short rendering of a plain value
+
+
+@dataclass
+class Contents:
+    """What a reader found; the defects say what is wrong."""
+
+    format: FileFormat
+    tensors: list[TensorEntry] = field(default_factory=list)
+    others: list[OtherEntry] = field(default_factory=list)
+    globals: list[str] = field(default_factory=list)  # every global its pickles name
+    refused: list[str] = field(default_factory=list)  # those a weights_only load refuses
+    defects: list[Defect] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["format"] = str(self.format)
+        data["defects"] = [defect.to_json() for defect in self.defects]
+        return data
+
+
+class Reader(Protocol):
+    """One format's reader. ``read`` never raises for a bad file: what is wrong is a defect."""
+
+    def read(self, path: Path) -> Contents: ...

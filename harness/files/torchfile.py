@@ -1,0 +1,416 @@
+"""``torch.save`` files (the zip archive and the legacy pickle stream) and ``torch.jit.save``
+archives, read without unpickling anything for real (:mod:`harness.files.pickles`)."""
+
+from __future__ import annotations
+
+import io
+import math
+import zipfile
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import IO, Any
+
+from harness.files.pickles import InertUnpickler, PersistentRef, Stub, children, name_of
+from harness.files.protocol import (
+    Contents,
+    Defect,
+    DefectKind,
+    FileFormat,
+    OtherEntry,
+    TensorEntry,
+)
+
+# The storage classes torch pickles: the dtype each holds and its element size in bytes.
+STORAGE_DTYPES: dict[str, tuple[str, int]] = {
+    "DoubleStorage": ("float64", 8),
+    "FloatStorage": ("float32", 4),
+    "HalfStorage": ("float16", 2),
+    "BFloat16Storage": ("bfloat16", 2),
+    "LongStorage": ("int64", 8),
+    "IntStorage": ("int32", 4),
+    "ShortStorage": ("int16", 2),
+    "CharStorage": ("int8", 1),
+    "ByteStorage": ("uint8", 1),
+    "BoolStorage": ("bool", 1),
+    "ComplexDoubleStorage": ("complex128", 16),
+    "ComplexFloatStorage": ("complex64", 8),
+    "QInt8Storage": ("qint8", 1),
+    "QUInt8Storage": ("quint8", 1),
+    "QInt32Storage": ("qint32", 4),
+    "QUInt4x2Storage": ("quint4x2", 1),
+    "QUInt2x4Storage": ("quint2x4", 1),
+    "UntypedStorage": ("uint8", 1),
+}
+LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+# Functions torch pickles a tensor as: the index of the storage argument.
+_REBUILD_TENSOR = {
+    "torch._utils._rebuild_tensor_v2": 0,
+    "torch._utils._rebuild_tensor": 0,
+    "torch._utils._rebuild_qtensor": 0,
+}
+_REBUILD_WRAPPING = {  # their first argument is the tensor
+    "torch._utils._rebuild_parameter",
+    "torch._utils._rebuild_parameter_with_state",
+}
+_MODULE_PARTS = ("_parameters", "_buffers", "_modules")
+_SCRIPT_NOISE = frozenset({"training", "_is_full_backward_hook"})  # every TorchScript module's
+
+
+class Storage:
+    """A storage a pickle names by its persistent id: where its bytes are and where it was."""
+
+    def __init__(self, ident: tuple[Any, ...]) -> None:
+        self.ok = len(ident) >= 5 and ident[0] == "storage"
+        kind = name_of(ident[1]) if self.ok else None
+        self.type = (kind or "?").rsplit(".", 1)[-1]
+        self.key = str(ident[2]) if self.ok else "?"
+        self.location = str(ident[3]) if self.ok else "?"
+        self.numel = ident[4] if self.ok and isinstance(ident[4], int) else 0
+        self.dtype, self.element_size = STORAGE_DTYPES.get(self.type, (f"? ({self.type})", 0))
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * self.element_size
+
+
+def _storage_of(value: Any) -> Storage | None:
+    if isinstance(value, PersistentRef):
+        return Storage(value.ident)
+    return None
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+def entries(root: Any) -> tuple[list[TensorEntry], list[OtherEntry], list[Storage]]:
+    """Every tensor in an inert pickle tree by its dotted path, the other entries by type, and
+    the storages the tensors use. An ``nn.Module`` pickled whole lists its parameters and buffers
+    under their module names (``fc.weight``), not ``_parameters``."""
+    tensors: list[TensorEntry] = []
+    others: list[OtherEntry] = []
+    storages: dict[str, Storage] = {}
+
+    def tensor(path: str, storage: Storage, shape: tuple[int, ...]) -> None:
+        storages.setdefault(storage.key, storage)
+        numel = math.prod(shape)
+        tensors.append(
+            TensorEntry(
+                path=path,
+                dtype=storage.dtype,
+                shape=shape,
+                bytes=numel * storage.element_size if storage.element_size else None,
+                location=storage.location,
+                storage=storage.key,
+            )
+        )
+
+    def visit(path: str, value: Any, depth: int) -> None:
+        if depth > 200:
+            others.append(OtherEntry(path=path, type="(nested too deep to list)"))
+            return
+        storage = _storage_of(value)
+        if storage is not None:
+            tensor(path, storage, (storage.numel,))
+            return
+        name = name_of(value)
+        if isinstance(value, Stub) and name is not None:
+            if _visit_tensor(path, value, name, tensor, others):
+                return
+            state = value.state if isinstance(value.state, dict) else {}
+            if any(part in state for part in _MODULE_PARTS):  # an nn.Module pickled whole
+                others.append(OtherEntry(path=path or "(root)", type=name))
+                for part in _MODULE_PARTS:
+                    for key, item in children(state.get(part)):
+                        visit(_join(path, key), item, depth + 1)
+                return
+            if name != "collections.OrderedDict":
+                others.append(OtherEntry(path=path or "(root)", type=name))
+        if name == "collections.OrderedDict" and isinstance(value, Stub):
+            for key, item in value.items.items():  # its state is state_dict()'s _metadata
+                visit(_join(path, str(key)), item, depth + 1)
+            return
+        if isinstance(value, dict | list | tuple | Stub):
+            for key, item in children(value):
+                if name is not None and name.startswith("__torch__.") and key in _SCRIPT_NOISE:
+                    continue
+                visit(_join(path, key), item, depth + 1)
+            return
+        if isinstance(value, type):
+            others.append(OtherEntry(path=path or "(root)", type=name or "type"))
+            return
+        text = repr(value)
+        others.append(
+            OtherEntry(
+                path=path or "(root)",
+                type=type(value).__name__,
+                value=text if len(text) <= 80 else text[:77] + "...",
+            )
+        )
+
+    visit("", root, 0)
+    return tensors, others, list(storages.values())
+
+
+def _visit_tensor(
+    path: str,
+    value: Stub,
+    name: str,
+    tensor: Callable[[str, Storage, tuple[int, ...]], None],
+    others: list[OtherEntry],
+) -> bool:
+    """Record ``value`` if it is a tensor torch pickled; False when it is not one."""
+    args = value.args
+    if name == "torch._tensor._rebuild_from_type_v2" and len(args) >= 3:
+        inner = name_of(args[0])
+        if inner is not None and isinstance(args[2], tuple):
+            rebuilt = type(args[0])(*args[2]) if isinstance(args[0], Stub) else args[0](*args[2])
+            return _visit_tensor(path, rebuilt, inner, tensor, others)
+    if name in _REBUILD_WRAPPING and args:
+        inner_name = name_of(args[0])
+        if isinstance(args[0], Stub) and inner_name is not None:
+            return _visit_tensor(path, args[0], inner_name, tensor, others)
+    if name in _REBUILD_TENSOR and len(args) >= 3:
+        storage = _storage_of(args[_REBUILD_TENSOR[name]])
+        shape = args[2]
+        if storage is not None and isinstance(shape, tuple | list):
+            tensor(path, storage, tuple(int(size) for size in shape))
+            return True
+    if name.startswith("torch._utils._rebuild_") or name.startswith("torch._tensor._rebuild_"):
+        others.append(OtherEntry(path=path, type=f"tensor not listed ({name})"))
+        return True
+    return False
+
+
+def _walk_pickle(data: IO[bytes]) -> tuple[Any, list[str]]:
+    unpickler = InertUnpickler(data)
+    return unpickler.load(), unpickler.met
+
+
+def refused_by_weights_only(path: Path, met: list[str]) -> list[str]:
+    """The globals a ``weights_only=True`` load of this file refuses: torch's own
+    ``get_unsafe_globals_in_checkpoint`` for a zip archive; for a legacy file, the globals met
+    that torch's weights-only allowlist lacks (the same list that function consults)."""
+    import torch
+
+    if zipfile.is_zipfile(path):
+        return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+    from torch import _weights_only_unpickler as allow
+
+    allowed = set(allow._get_allowed_globals()) | set(allow._get_user_allowed_globals())  # type: ignore[no-untyped-call]
+    return sorted(name for name in met if name not in allowed)
+
+
+class ZipReader:
+    """``torch.save`` >= 1.6 and ``torch.jit.save``: a zip archive of ``data.pkl`` and one
+    record per storage."""
+
+    def read(self, path: Path) -> Contents:
+        contents = Contents(format=FileFormat.ZIP)
+        where = str(path)
+        try:
+            archive = zipfile.ZipFile(path)
+        except zipfile.BadZipFile as exc:
+            size = path.stat().st_size
+            contents.defects.append(
+                Defect(
+                    kind=DefectKind.TRUNCATED,
+                    where=where,
+                    message=f"a zip archive whose central directory is missing or damaged "
+                    f"({exc}; {size} bytes): it ends early",
+                )
+            )
+            return contents
+        with archive:
+            names = archive.namelist()
+            pickle_name = next((n for n in names if n.endswith("/data.pkl")), None)
+            if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
+                contents.format = FileFormat.TORCHSCRIPT
+                contents.notes.append(
+                    "a TorchScript archive (torch.jit.save): load it with "
+                    "torch.jit.load(path, map_location=...); torch.load(weights_only=True) "
+                    "refuses it"
+                )
+            if pickle_name is None:
+                records = [n for n in names if "/data/" in n]
+                kind, message = (
+                    (DefectKind.MISSING_RECORD, "the archive has storage records but no data.pkl")
+                    if records
+                    else (DefectKind.UNKNOWN_FORMAT, "a zip archive, but not one torch wrote")
+                )
+                contents.defects.append(Defect(kind=kind, where=where, message=message))
+                return contents
+            prefix = pickle_name.removesuffix("data.pkl")
+            self._check_crcs(archive, where, contents)
+            try:
+                with archive.open(pickle_name) as handle:
+                    root, met = _walk_pickle(io.BytesIO(handle.read()))
+            except Exception as exc:  # a broken pickle raises many types; none runs code
+                contents.defects.append(
+                    Defect(
+                        kind=DefectKind.CORRUPT_PICKLE,
+                        where=f"{where}:{pickle_name}",
+                        message=f"{type(exc).__name__}: {exc}",
+                    )
+                )
+                return contents
+            contents.globals = met
+            contents.tensors, contents.others, storages = entries(root)
+            for position, defect in enumerate(contents.defects):
+                key = defect.where.rpartition(f"{prefix}data/")[2]
+                if defect.kind is DefectKind.CRC_MISMATCH and key in {s.key for s in storages}:
+                    message = f"{defect.message}: it holds {_users(contents.tensors, key)}"
+                    contents.defects[position] = replace(defect, message=message)
+            sizes = {info.filename: info.file_size for info in archive.infolist()}
+            for storage in storages:
+                record = f"{prefix}data/{storage.key}"
+                users = _users(contents.tensors, storage.key)
+                if record not in sizes:
+                    contents.defects.append(
+                        Defect(
+                            kind=DefectKind.MISSING_RECORD,
+                            where=f"{where}:{record}",
+                            message=f"the record holding {users} is not in the archive",
+                        )
+                    )
+                elif storage.element_size and sizes[record] < storage.nbytes:
+                    contents.defects.append(
+                        Defect(
+                            kind=DefectKind.SHORT_RECORD,
+                            where=f"{where}:{record}",
+                            message=f"{sizes[record]} bytes, but {users} need {storage.nbytes}",
+                        )
+                    )
+        if contents.format is FileFormat.ZIP and not contents.defects:
+            contents.refused = refused_by_weights_only(path, met)
+        return contents
+
+    @staticmethod
+    def _check_crcs(archive: zipfile.ZipFile, where: str, contents: Contents) -> None:
+        """Read every record to its end: ``zipfile`` checks each one's CRC-32 as it goes."""
+        unchecked = 0
+        for info in archive.infolist():
+            if info.CRC == 0 and info.file_size > 0:
+                unchecked += 1  # written with torch.serialization.config.save.compute_crc32 off
+                continue
+            try:
+                with archive.open(info) as handle:
+                    while handle.read(1 << 20):
+                        pass
+            except zipfile.BadZipFile as exc:
+                kind = DefectKind.CRC_MISMATCH if "CRC" in str(exc) else DefectKind.TRUNCATED
+                contents.defects.append(
+                    Defect(kind=kind, where=f"{where}:{info.filename}", message=str(exc))
+                )
+            except (EOFError, OSError, ValueError) as exc:
+                contents.defects.append(
+                    Defect(
+                        kind=DefectKind.TRUNCATED,
+                        where=f"{where}:{info.filename}",
+                        message=f"the record ends early ({type(exc).__name__}: {exc})",
+                    )
+                )
+        if unchecked:
+            contents.notes.append(
+                f"{unchecked} record(s) carry no CRC-32 (saved with "
+                "torch.serialization.config.save.compute_crc32 off): their bytes are not checked"
+            )
+
+
+def _users(tensors: list[TensorEntry], key: str) -> str:
+    names = [tensor.path for tensor in tensors if tensor.storage == key]
+    shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+    return shown or f"storage {key}"
+
+
+class LegacyReader:
+    """``torch.save`` before 1.6 (or ``_use_new_zipfile_serialization=False``): five pickles
+    (magic number, protocol version, system info, the object, the storage keys), then each
+    storage as an 8-byte element count and its bytes."""
+
+    def read(self, path: Path) -> Contents:
+        contents = Contents(format=FileFormat.LEGACY)
+        where = str(path)
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            try:
+                magic, _ = _walk_pickle(handle)
+            except Exception as exc:
+                contents.format = FileFormat.UNKNOWN
+                contents.defects.append(_unknown(where, f"not a pickle torch wrote ({exc})"))
+                return contents
+            if magic != LEGACY_MAGIC:
+                contents.format = FileFormat.UNKNOWN
+                contents.defects.append(
+                    _unknown(where, "a pickle, but not torch.save's (no torch magic number)")
+                )
+                return contents
+            try:
+                _walk_pickle(handle)  # protocol version
+                _walk_pickle(handle)  # system info
+                root, met = _walk_pickle(handle)
+                keys, _ = _walk_pickle(handle)
+            except EOFError:
+                contents.defects.append(_cut(where, handle.tell(), size, "inside its pickles"))
+                return contents
+            except Exception as exc:
+                contents.defects.append(
+                    Defect(
+                        kind=DefectKind.CORRUPT_PICKLE,
+                        where=where,
+                        message=f"{type(exc).__name__}: {exc}",
+                    )
+                )
+                return contents
+            contents.globals = met
+            contents.tensors, contents.others, storages = entries(root)
+            by_key = {storage.key: storage for storage in storages}
+            position = handle.tell()
+            for key in keys if isinstance(keys, list) else []:
+                storage = by_key.get(str(key))
+                handle.seek(position)
+                header = handle.read(8)
+                if len(header) < 8:
+                    contents.defects.append(_cut(where, position, size, f"at storage {key}"))
+                    return contents
+                numel = int.from_bytes(header, "little", signed=True)
+                element = storage.element_size if storage is not None else 0
+                if storage is not None and numel != storage.numel:
+                    contents.defects.append(
+                        Defect(
+                            kind=DefectKind.CORRUPT_PICKLE,
+                            where=f"{where}:storage {key}",
+                            message=f"holds {numel} elements, the pickle says {storage.numel}",
+                        )
+                    )
+                    return contents
+                position += 8 + numel * element
+            if size < position:
+                contents.defects.append(_cut(where, size, position, "in its storages"))
+                return contents
+            if size > position:
+                contents.notes.append(f"{size - position} bytes follow the last storage")
+        contents.refused = refused_by_weights_only(path, met)
+        return contents
+
+
+def _unknown(where: str, message: str) -> Defect:
+    return Defect(kind=DefectKind.UNKNOWN_FORMAT, where=where, message=message)
+
+
+def _cut(where: str, have: int, need: int, at: str) -> Defect:
+    if need <= have:  # the stream ended inside a pickle: how long it should be is unknown
+        return Defect(
+            kind=DefectKind.TRUNCATED, where=where, message=f"cut short {at} at byte {have}"
+        )
+    return Defect(
+        kind=DefectKind.TRUNCATED,
+        where=where,
+        message=f"cut short {at}: {have} bytes of at least {need}",
+    )
+
+
+def pickle_stream_start(head: bytes) -> bool:
+    """A pickle's first bytes: ``PROTO`` (0x80) and a protocol number."""
+    return len(head) >= 2 and head[0] == 0x80 and 0 < head[1] <= 5
