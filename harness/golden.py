@@ -179,8 +179,8 @@ def _not_loaded(report: dict[str, Any], path: str) -> Judged | None:
         names = ", ".join(report.get("refused") or [])
         return (
             Outcome.ERROR,
-            f"names {names}, which run(s) code or commands when unpickled: never loaded; do not "
-            "use this file (`ckpt-matrix inspect` shows it)",
+            f"a {report.get('format')} file that names {names}, which run(s) code or commands "
+            "when unpickled: never loaded; do not use this file (`ckpt-matrix inspect` shows it)",
             summary,
         )
     if status == "needs_globals":

@@ -39,26 +39,49 @@ class PrefixFinding:
         }
 
 
-def _groups(paths: list[str]) -> dict[str, list[str]]:
-    """The file's tensor names as one group, and under each first segment (``model.``) as
-    another: a state_dict at the top, or one inside a training checkpoint."""
+def _groups(contents: Contents) -> dict[str, list[str]]:
+    """The file's tensor names as one group, and those under each top-level mapping
+    (``checkpoint["model"]``) as another: a state_dict at the top, or one inside a training
+    checkpoint."""
+    paths = [tensor.path for tensor in contents.tensors]
     groups: dict[str, list[str]] = {"": paths}
-    for path in paths:
-        head, dot, rest = path.partition(".")
-        if dot and f"{head}." not in WRAPPER_PREFIXES:
-            groups.setdefault(head, []).append(rest)
+    for group in contents.groups:
+        inside = [path.removeprefix(f"{group}.") for path in paths if path.startswith(f"{group}.")]
+        if inside:
+            groups[group] = inside
     return groups
+
+
+def _strip_leading(key: str, prefix: str) -> str:
+    while key.startswith(prefix):
+        key = key[len(prefix) :]
+    return key
 
 
 def prefixes(contents: Contents) -> list[PrefixFinding]:
     findings = []
-    for group, keys in _groups([tensor.path for tensor in contents.tensors]).items():
+    for group, keys in _groups(contents).items():
         where = "the file's keys" if not group else f"the keys under {group!r}"
+        total = len(keys)
         for prefix in WRAPPER_PREFIXES:
+            inner = [key for key in keys if f".{prefix}" in _strip_leading(key, prefix)]
+            if inner and prefix == "module.":
+                findings.append(
+                    PrefixFinding(
+                        group=group,
+                        prefix=prefix,
+                        keys=len(inner),
+                        total=total,
+                        verdict="ambiguous",
+                        message=f"{len(inner)} of {where} hold {prefix!r} inside their name "
+                        f"({inner[0]}): key.replace({prefix!r}, '') would break them; strip the "
+                        "leading prefix only",
+                    )
+                )
             starting = [key for key in keys if key.startswith(prefix)]
             if not starting:
                 continue
-            total, count = len(keys), len(starting)
+            count = len(starting)
             again = sum(key[len(prefix) :].startswith(prefix) for key in keys)
             if count < total:
                 findings.append(
@@ -98,20 +121,6 @@ def prefixes(contents: Contents) -> list[PrefixFinding]:
                         message=f"all {total} of {where} start with {prefix!r}: saved from a "
                         "wrapped model (ambiguous only if your own model's first attribute is "
                         f"named {prefix[:-1]!r}: compare with its state_dict() keys)",
-                    )
-                )
-            inner = [key for key in keys if f".{prefix}" in key]
-            if inner and prefix == "module.":
-                findings.append(
-                    PrefixFinding(
-                        group=group,
-                        prefix=prefix,
-                        keys=len(inner),
-                        total=total,
-                        verdict="ambiguous",
-                        message=f"{len(inner)} of {where} hold {prefix!r} inside their name "
-                        f"({inner[0]}): key.replace({prefix!r}, '') would break them; strip the "
-                        "leading prefix only",
                     )
                 )
     return findings

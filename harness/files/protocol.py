@@ -105,6 +105,7 @@ class Contents:
     others: list[OtherEntry] = field(default_factory=list)
     globals: list[str] = field(default_factory=list)  # every global its pickles name
     refused: list[str] = field(default_factory=list)  # those a weights_only load refuses
+    groups: list[str] = field(default_factory=list)  # top-level keys that hold a mapping
     defects: list[Defect] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 

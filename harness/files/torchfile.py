@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import math
+import struct
 import zipfile
 from collections.abc import Callable
 from dataclasses import replace
@@ -82,6 +83,16 @@ def _storage_of(value: Any) -> Storage | None:
 
 def _join(prefix: str, key: str) -> str:
     return f"{prefix}.{key}" if prefix else key
+
+
+def groups(root: Any) -> list[str]:
+    """The top-level keys of a pickled dict whose values are mappings (``checkpoint["model"]``)."""
+    items = root.items if isinstance(root, Stub) else root if isinstance(root, dict) else {}
+    return [
+        str(key)
+        for key, value in items.items()
+        if isinstance(value, dict) or name_of(value) == "collections.OrderedDict"
+    ]
 
 
 def entries(root: Any) -> tuple[list[TensorEntry], list[OtherEntry], list[Storage]]:
@@ -244,8 +255,7 @@ class ZipReader:
             prefix = pickle_name.removesuffix("data.pkl")
             self._check_crcs(archive, where, contents)
             try:
-                with archive.open(pickle_name) as handle:
-                    root, met = _walk_pickle(io.BytesIO(handle.read()))
+                root, met = _walk_pickle(io.BytesIO(_record(archive, path, pickle_name)))
             except Exception as exc:  # a broken pickle raises many types; none runs code
                 contents.defects.append(
                     Defect(
@@ -257,6 +267,7 @@ class ZipReader:
                 return contents
             contents.globals = met
             contents.tensors, contents.others, storages = entries(root)
+            contents.groups = groups(root)
             for position, defect in enumerate(contents.defects):
                 key = defect.where.rpartition(f"{prefix}data/")[2]
                 if defect.kind is DefectKind.CRC_MISMATCH and key in {s.key for s in storages}:
@@ -313,9 +324,22 @@ class ZipReader:
                 )
         if unchecked:
             contents.notes.append(
-                f"{unchecked} record(s) carry no CRC-32 (saved with "
-                "torch.serialization.config.save.compute_crc32 off): their bytes are not checked"
+                f"{unchecked} record(s) carry no CRC-32 (saved after "
+                "torch.serialization.set_crc32_options(False)): their bytes are not checked"
             )
+
+
+def _record(archive: zipfile.ZipFile, path: Path, name: str) -> bytes:
+    """A record's bytes; one saved without a CRC-32 (stored, as torch writes every record) is
+    read from its place in the file, since ``zipfile`` would call its zero CRC a mismatch."""
+    info = archive.getinfo(name)
+    if info.CRC != 0 or info.file_size == 0 or info.compress_type != zipfile.ZIP_STORED:
+        return archive.read(info)
+    with open(path, "rb") as handle:
+        handle.seek(info.header_offset + 26)
+        name_length, extra_length = struct.unpack("<HH", handle.read(4))
+        handle.seek(info.header_offset + 30 + name_length + extra_length)
+        return handle.read(info.file_size)
 
 
 def _users(tensors: list[TensorEntry], key: str) -> str:
@@ -365,6 +389,7 @@ class LegacyReader:
                 return contents
             contents.globals = met
             contents.tensors, contents.others, storages = entries(root)
+            contents.groups = groups(root)
             by_key = {storage.key: storage for storage in storages}
             position = handle.tell()
             for key in keys if isinstance(keys, list) else []:

@@ -16,7 +16,8 @@ import io
 import pickle
 import re
 import time
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from harness.worker.fingerprint import tensor_record
 from harness.worker.main import artifact_sha256, raised
 from harness.worker.probe import isolation_probe
 
-GOLDEN_PERFORM: dict[str, Any] = {}
+GOLDEN_PERFORM: dict[str, Callable[[GoldenSpec], dict[str, Any]]] = {}
 performs = registrar(GOLDEN_PERFORM, "harness.worker.golden")
 _CUDA = re.compile(r"^cuda:(\d+)$")
 
@@ -154,7 +155,9 @@ def run_golden(spec: GoldenSpec) -> dict[str, Any]:
         return report
     saved = {tensor.path: tensor.location for tensor in contents.tensors}
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    policy = spec.map_location or map_policy(set(saved.values()) - {"sharded"}, count)
+    # a safetensors file records no device, a DCP shard none either: only torch files have one
+    located = {where for where in saved.values() if not where.startswith(("none", "sharded"))}
+    policy = spec.map_location or map_policy(located, count)
     location = None if policy == "none" else policy
     report["map_location"] = policy
     try:
@@ -182,10 +185,15 @@ def _load(
         return records
     if contents.format is FileFormat.DCP:
         wanted = {t.path: (t.dtype, t.shape) for t in contents.tensors}
-        state = _load_dcp(path, wanted)
+        with warnings.catch_warnings():
+            # "torch.distributed is disabled ...": one process reads the directory, as meant
+            warnings.simplefilter("ignore", UserWarning)
+            state = _load_dcp(path, wanted)
         return {name: tensor_record(tensor) for name, tensor in state.items()}
     if contents.format is FileFormat.TORCHSCRIPT:
-        module = torch.jit.load(str(path), map_location=location)  # type: ignore[no-untyped-call]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, still read
+            module = torch.jit.load(str(path), map_location=location)  # type: ignore[no-untyped-call]
         return {name: tensor_record(t) for name, t in module.state_dict().items()}
     allowed = [resolve_global(name) for name in spec.safe_globals]
     with torch.serialization.safe_globals(allowed):

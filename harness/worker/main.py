@@ -210,7 +210,14 @@ def verify_checksum(path: Path, expected: str) -> None:
     """Before anything is unpickled: the artifact is the one its saver recorded."""
     actual = artifact_sha256(path)
     if actual != expected:
-        raise ChecksumMismatchError(f"{path}: sha256 {actual} differs from the saver's {expected}")
+        from harness.files import read_contents
+
+        defects = read_contents(path).defects  # say what changed, where it can be told
+        found = f"; {defects[0].describe()}" if defects else ""
+        raise ChecksumMismatchError(
+            f"{path}: sha256 {actual} differs from the saver's {expected}: the file changed "
+            f"after its save{found}"
+        )
 
 
 def raised(exc: BaseException) -> dict[str, Any]:

@@ -186,3 +186,32 @@ def test_a_save_that_fails_for_no_known_reason_crashes(
     monkeypatch.setattr(torch, "save", disk_full)
     with pytest.raises(OSError, match="No space left on device"):
         save(tmp_path, "single", "state_dict")
+
+
+def test_the_loader_names_what_broke_an_artifact_and_never_runs_a_payload(
+    tmp_path: Path,
+) -> None:
+    """Each bad input put where the matrix's loader expects its artifact: the checksum refuses it
+    before anything is unpickled, and the error says which defect the file now has."""
+    from harness.worker.main import file_sha256
+    from tests.unit.files import checkpoints
+
+    marker = tmp_path / "payload-ran"
+    seen = set()
+    for name, (maker, kind) in checkpoints.bad_inputs(marker).items():
+        saved = save(checkpoints.fresh(tmp_path, f"save-{name}"), "single", "state_dict")
+        bad = maker(checkpoints.fresh(tmp_path, name))
+        report = load(saved | {"path": str(bad)}, "single", "as_saved")
+        assert report["status"] == "raised", name
+        assert report["error_class"] == "checksum_mismatch", name
+        assert "the file changed after its save" in report["message"], name
+        if kind is not None:
+            assert f": {kind}: " in report["message"], (name, report["message"])
+        seen.add(report["message"].split("after its save", 1)[1])
+    assert len(seen) == 11  # ten defects, and the two hostile pickles alike (intact files)
+    # a hostile file whose checksum an attacker also replaced: weights_only=True refuses it
+    hostile = checkpoints.hostile(marker)(checkpoints.fresh(tmp_path, "attacker"))
+    saved = {"path": str(hostile), "sha256": file_sha256(hostile)}
+    report = load(saved, "single", "as_saved")
+    assert report["error_class"] == "unsafe_global"
+    assert not marker.exists()

@@ -1,0 +1,72 @@
+"""Pickles read inertly: globals are stand-ins, nothing a pickle names is imported or called."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import sys
+from collections import OrderedDict
+from pathlib import Path
+
+import pytest
+
+from harness.files.pickles import Stub, children, globals_in, name_of, runs_code, walk
+
+from .checkpoints import Payload
+
+
+@pytest.mark.parametrize("protocol", [0, 2, 4, 5])
+def test_a_payload_is_named_and_never_run(tmp_path: Path, protocol: int) -> None:
+    marker = tmp_path / "ran"
+    data = pickle.dumps({"w": [1, 2.5], "x": Payload(marker)}, protocol=protocol)
+    root, met = walk(io.BytesIO(data))
+    assert not marker.exists()
+    assert met == ["posix.system"]
+    assert isinstance(root["x"], Stub)
+    assert name_of(root["x"]) == "posix.system"
+    assert root["x"].args == (f"touch {marker}",)
+    assert root["w"] == [1, 2.5]
+    assert globals_in(data) == ["posix.system"]
+
+
+def test_a_module_named_by_the_pickle_is_never_imported() -> None:
+    data = pickle.dumps(OrderedDict(a=1), protocol=0).replace(b"collections", b"ckptmatrix_nowhere")
+    root, met = walk(io.BytesIO(data))
+    assert met == ["ckptmatrix_nowhere.OrderedDict"]
+    assert "ckptmatrix_nowhere" not in sys.modules
+    assert dict(children(root)) == {"a": 1}
+
+
+class Point:
+    def __init__(self) -> None:
+        self.x, self.y = 1, [2]
+
+
+def test_state_items_and_elements_are_kept() -> None:
+    root, met = walk(io.BytesIO(pickle.dumps(Point(), protocol=2)))
+    assert met[-1].endswith(".Point")
+    assert dict(children(root)) == {"x": 1, "y": [2]}
+
+
+def test_globals_in_reads_memoized_stack_globals_up_to_a_break() -> None:
+    data = pickle.dumps([OrderedDict(), OrderedDict(), Payload(Path("m"))], protocol=4)
+    assert globals_in(data) == ["collections.OrderedDict", "posix.system"]
+    assert globals_in(data[: len(data) // 2]) == ["collections.OrderedDict"]
+
+
+@pytest.mark.parametrize(
+    ("name", "runs"),
+    [
+        ("posix.system", True),
+        ("subprocess.Popen", True),
+        ("builtins.eval", True),
+        ("builtins.exec", True),
+        ("os.path.join", True),
+        ("argparse.Namespace", False),
+        ("collections.OrderedDict", False),
+        ("torch._utils._rebuild_tensor_v2", False),
+        ("builtins.set", False),
+    ],
+)
+def test_runs_code(name: str, runs: bool) -> None:
+    assert runs_code(name) is runs

@@ -1,0 +1,117 @@
+"""torch.save files (zip and legacy) and TorchScript archives, listed and checked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from harness.files import DefectKind, FileFormat, read_contents
+
+from . import checkpoints
+
+
+def test_a_training_checkpoint_lists_nested_tensors_and_other_entries(tmp_path: Path) -> None:
+    contents = read_contents(checkpoints.train_state_file(tmp_path))
+    assert contents.format is FileFormat.ZIP
+    tensors = {t.path: t for t in contents.tensors}
+    assert tensors["model.0.weight"].shape == (4, 3)
+    assert tensors["model.0.weight"].dtype == "float32"
+    assert tensors["model.0.weight"].bytes == 48
+    assert tensors["model.0.weight"].location == "cpu"
+    assert tensors["model.1.num_batches_tracked"].dtype == "int64"
+    assert tensors["optimizer.state.0.exp_avg"].shape == (4, 3)
+    others = {o.path: o for o in contents.others}
+    assert others["epoch"].type == "int"
+    assert others["epoch"].value == "3"
+    assert others["args"].type == "argparse.Namespace"
+    assert others["optimizer.param_groups.0.lr"].type == "float"
+    assert contents.refused == ["argparse.Namespace"]
+    assert not contents.defects
+
+
+def test_legacy_lists_the_same_tensors_as_zip(tmp_path: Path) -> None:
+    zipped = read_contents(checkpoints.zip_file(tmp_path))
+    legacy = read_contents(checkpoints.legacy_file(tmp_path))
+    assert legacy.format is FileFormat.LEGACY
+    assert not legacy.defects
+    assert [(t.path, t.dtype, t.shape) for t in legacy.tensors] == [
+        (t.path, t.dtype, t.shape) for t in zipped.tensors
+    ]
+    assert legacy.refused == zipped.refused == []
+
+
+def test_a_whole_model_lists_module_names_and_its_classes_as_refused(tmp_path: Path) -> None:
+    path = tmp_path / "whole.pt"
+    torch.save(checkpoints.model(), path)
+    contents = read_contents(path)
+    assert [t.path for t in contents.tensors][:2] == ["0.weight", "0.bias"]
+    assert "torch.nn.modules.container.Sequential" in contents.refused
+    assert contents.others[0].type == "torch.nn.modules.container.Sequential"
+
+
+def test_saved_locations_come_from_the_file(tmp_path: Path) -> None:
+    from harness.worker.main import save_atomic, tagged_as
+
+    path = tmp_path / "cuda1.pt"
+    with tagged_as("cuda:1"):
+        save_atomic({"w": torch.ones(2)}, path)
+    assert [t.location for t in read_contents(path).tensors] == ["cuda:1"]
+
+
+def test_torchscript_is_recognised_and_listed(tmp_path: Path) -> None:
+    contents = read_contents(checkpoints.torchscript_file(tmp_path))
+    assert contents.format is FileFormat.TORCHSCRIPT
+    assert [t.path for t in contents.tensors][:2] == ["0.weight", "0.bias"]
+    assert any("torch.jit.load" in note for note in contents.notes)
+
+
+def test_a_flipped_byte_names_the_record_and_its_tensor(tmp_path: Path) -> None:
+    path = checkpoints.flipped_byte(tmp_path)
+    (defect,) = read_contents(path).defects
+    assert defect.kind is DefectKind.CRC_MISMATCH
+    assert defect.where == f"{path}:weights/data/0"
+    assert "it holds 0.weight" in defect.message
+    # what torch.load does with the same file: loads the changed tensor without a word
+    loaded = torch.load(path, weights_only=True)
+    assert not torch.equal(loaded["0.weight"], checkpoints.state()["0.weight"])
+
+
+def test_records_without_crcs_are_noted_not_failed(tmp_path: Path) -> None:
+    path = tmp_path / "nocrc.pt"
+    before = torch.serialization.get_crc32_options()
+    torch.serialization.set_crc32_options(False)
+    try:
+        torch.save(checkpoints.state(), path)
+    finally:
+        torch.serialization.set_crc32_options(before)
+    contents = read_contents(path)
+    assert not contents.defects
+    assert any("carry no CRC-32" in note for note in contents.notes)
+
+
+@pytest.mark.parametrize(
+    ("maker", "kind", "text"),
+    [
+        (checkpoints.truncated, DefectKind.TRUNCATED, "central directory"),
+        (checkpoints.legacy_cut, DefectKind.TRUNCATED, "cut short"),
+        (checkpoints.missing_record, DefectKind.MISSING_RECORD, "holding 1.weight"),
+    ],
+)
+def test_broken_torch_files(tmp_path: Path, maker: object, kind: DefectKind, text: str) -> None:
+    assert callable(maker)
+    (defect,) = read_contents(maker(tmp_path)).defects
+    assert defect.kind is kind
+    assert text in defect.message
+
+
+def test_a_plain_pickle_is_not_a_torch_file(tmp_path: Path) -> None:
+    import pickle
+
+    path = tmp_path / "plain.pkl"
+    path.write_bytes(pickle.dumps({"a": 1}))
+    contents = read_contents(path)
+    assert contents.format is FileFormat.UNKNOWN
+    assert contents.defects[0].kind is DefectKind.UNKNOWN_FORMAT
+    assert "not torch.save's" in contents.defects[0].message

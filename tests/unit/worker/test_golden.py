@@ -1,0 +1,103 @@
+"""The golden worker job, run in this process: each format loaded by its safe loader, every
+tensor recorded under the name ``inspect`` lists it by, nothing hostile ever run."""
+
+from __future__ import annotations
+
+import io
+import pickle
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from harness.files import read_contents
+from harness.jobspec import GoldenSpec
+from harness.worker.fingerprint import tensor_digest
+from harness.worker.golden import _MetadataUnpickler, map_policy, resolve_global, run_golden
+from tests.unit.files import checkpoints
+
+
+def golden(path: Path, **fields: object) -> dict[str, Any]:
+    spec = GoldenSpec(label=path.name, path=str(path), report_path="unused", **fields)  # type: ignore[arg-type]
+    return run_golden(spec)
+
+
+@pytest.mark.parametrize("fmt", sorted(checkpoints.GOOD))
+def test_every_format_records_the_tensors_inspect_lists(tmp_path: Path, fmt: str) -> None:
+    path = checkpoints.GOOD[fmt](tmp_path)
+    report = golden(path)
+    assert report["status"] == "loaded", report
+    tensors = report["tensors"]
+    assert isinstance(tensors, dict)
+    listed = {t.path for t in read_contents(path).tensors}
+    assert set(tensors) == listed
+    prefix = "model." if fmt == "dcp" else ""
+    weight = checkpoints.state()["0.weight"]
+    assert tensors[f"{prefix}0.weight"]["digest"] == tensor_digest(weight)
+    assert report["map_location"] == "none"
+    assert report["format"] == fmt
+
+
+def test_refused_globals_are_recorded_unless_allowed(tmp_path: Path) -> None:
+    path = checkpoints.train_state_file(tmp_path)
+    refused = golden(path)
+    assert refused["status"] == "needs_globals"
+    assert refused["refused"] == ["argparse.Namespace"]
+    allowed = golden(path, safe_globals=("argparse.Namespace",))
+    assert allowed["status"] == "loaded"
+    assert "optimizer.state.0.exp_avg" in allowed["tensors"]
+
+
+def test_hostile_files_are_never_loaded_even_when_allowed(tmp_path: Path) -> None:
+    marker = tmp_path / "payload-ran"
+    for name, (maker, _) in checkpoints.bad_inputs(marker).items():
+        path = maker(checkpoints.fresh(tmp_path, name))
+        report = golden(path, safe_globals=("posix.system",))
+        assert report["status"] in ("broken", "dangerous"), (name, report)
+    assert not marker.exists()
+
+
+def test_a_changed_file_is_not_loaded(tmp_path: Path) -> None:
+    path = checkpoints.zip_file(tmp_path)
+    report = golden(path, expected_sha256="0" * 64)
+    assert report["status"] == "changed"
+    assert "tensors" not in report
+
+
+def test_saved_cuda_locations_the_worker_lacks_load_on_the_cpu(tmp_path: Path) -> None:
+    from harness.worker.main import save_atomic, tagged_as
+
+    path = tmp_path / "cuda1.pt"
+    with tagged_as("cuda:1"):
+        save_atomic({"w": torch.ones(2)}, path)
+    report = golden(path)
+    assert report["map_location"] == "cpu"
+    assert report["tensors"]["w"]["saved"] == "cuda:1"
+    assert report["tensors"]["w"]["device"] == "cpu"
+
+
+@pytest.mark.parametrize(
+    ("locations", "count", "policy"),
+    [({"cpu"}, 0, "none"), ({"cuda:0"}, 0, "cpu"), ({"cuda:1"}, 2, "none"), ({"mps"}, 1, "cpu")],
+)
+def test_map_policy(locations: set[str], count: int, policy: str) -> None:
+    assert map_policy(locations, count) == policy
+
+
+def test_resolve_global() -> None:
+    import argparse
+
+    assert resolve_global("argparse.Namespace") is argparse.Namespace
+    with pytest.raises(ImportError, match="no importable module"):
+        resolve_global("nowhere_at_all.Thing")
+
+
+def test_the_metadata_unpickler_builds_dcp_classes_only(tmp_path: Path) -> None:
+    path = checkpoints.dcp_dir(tmp_path)
+    metadata = _MetadataUnpickler(io.BytesIO((path / ".metadata").read_bytes())).load()
+    assert "model.0.weight" in metadata.state_dict_metadata
+    marker = tmp_path / "ran"
+    with pytest.raises(pickle.UnpicklingError, match=r"posix\.system is not part of DCP"):
+        _MetadataUnpickler(io.BytesIO(pickle.dumps(checkpoints.Payload(marker)))).load()
+    assert not marker.exists()
