@@ -206,7 +206,16 @@ def _observed(report: dict[str, Any], path: str) -> dict[str, Any]:
         "path": path,
         **{
             key: report.get(key)
-            for key in ("sha256", "bytes", "format", "map_location", "torch", "tensors")
+            for key in (
+                "sha256",
+                "bytes",
+                "format",
+                "map_location",
+                "torch",
+                "work_s",
+                "memory",
+                "tensors",
+            )
         },
     }
 

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import importlib
 import io
+import os
 import pickle
 import re
+import resource
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -160,6 +162,7 @@ def run_golden(spec: GoldenSpec) -> dict[str, Any]:
     policy = spec.map_location or map_policy(located, count)
     location = None if policy == "none" else policy
     report["map_location"] = policy
+    before = resident_mb()
     try:
         records = _load(path, contents, spec, location)
     except Exception as exc:
@@ -167,8 +170,29 @@ def run_golden(spec: GoldenSpec) -> dict[str, Any]:
         return report
     for name, record in records.items():
         record["saved"] = saved.get(name, "?")
-    report.update(status="loaded", tensors=records, work_s=time.perf_counter() - started)
+    report.update(
+        status="loaded",
+        tensors=records,
+        work_s=time.perf_counter() - started,
+        # the worker's resident memory before the load and its peak (a fork of the zygote
+        # starts with the zygote's); the load's own cost is the difference
+        memory={"rss_before_mb": before, "peak_rss_mb": peak_mb()},
+    )
     return report
+
+
+def resident_mb() -> float | None:
+    """This process's resident memory now, in MiB (Linux), else None."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return round(pages * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
+
+
+def peak_mb() -> float:
+    """This process's peak resident memory so far, in MiB (``ru_maxrss`` is KiB on Linux)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def _load(

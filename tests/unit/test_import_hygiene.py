@@ -27,6 +27,13 @@ MODULES = [
     "harness.environment",
     "harness.summary",
     "harness.classify",
+    "harness.golden",
+    "harness.files",
+    "harness.files.advice",
+    "harness.files.dcp_dir",
+    "harness.files.pickles",
+    "harness.files.safetensors_file",
+    "harness.files.torchfile",
 ]
 
 
