@@ -1,5 +1,5 @@
 """The user's entry points: ``nox -s tests``, ``nox -s matrix``, ``nox -s certify``,
-``nox -s cross_version``, ``nox -s lint``.
+``nox -s golden``, ``nox -s cross_version``, ``nox -s lint``.
 
 Each session installs the torch under certification first (default: the pins below; override with
 ``CKPT_MATRIX_TORCH="torch==X torchvision==Y"``), then this project, then its dependency group.
@@ -52,6 +52,8 @@ def certify(session: nox.Session) -> None:
     Writes results-candidate.jsonl and certification.md (Markdown for a CI job summary). The
     session fails when the diff finds a regression (exit 1) or an unusable input (exit 2); cells
     that FAIL in the run are judged by the diff against the baseline, not by the run's own exit.
+    A baseline that holds golden cells (``ckpt-matrix merge`` of a matrix run and a ``golden
+    record``) has those files verified too, and merged into the candidate.
     """
     if not session.posargs:
         session.error("give the baseline results file: nox -s certify -- BASELINE [run options]")
@@ -65,7 +67,63 @@ def certify(session: nox.Session) -> None:
     session.run(
         "ckpt-matrix", "run", "--out", candidate, "--overwrite", *run_options, success_codes=[0, 1]
     )
+    if has_golden_cells(Path(baseline)):
+        matrix, golden_part = "results-matrix.jsonl", "results-golden.jsonl"
+        shutil.move(candidate, matrix)
+        session.run(
+            "ckpt-matrix",
+            "golden",
+            "verify",
+            baseline,
+            "--out",
+            golden_part,
+            "--overwrite",
+            success_codes=[0, 1],
+        )
+        session.run("ckpt-matrix", "merge", candidate, matrix, golden_part, "--overwrite")
     session.run("ckpt-matrix", "diff", baseline, candidate, "--markdown", "certification.md")
+
+
+def has_golden_cells(results: Path) -> bool:
+    """Whether a results file holds cells of a team's own files (recipe ``golden``)."""
+    with open(results, encoding="utf-8") as lines:
+        return any('"recipe": "golden"' in line for line in lines)
+
+
+@nox.session
+def golden(session: nox.Session) -> None:
+    """Your own checkpoints (``nox -s golden -- PATH... [--safe-global module.Name]``): the first
+    time, record them into golden.jsonl; afterwards (a new torch, driver or GPU), verify them
+    against it into golden-verify.jsonl and diff the two. ``CKPT_MATRIX_GOLDEN`` names another
+    recording."""
+    recording = os.environ.get("CKPT_MATRIX_GOLDEN", "golden.jsonl")
+    install(session)
+    if not Path(recording).is_file():
+        if not session.posargs:
+            session.error("give the files or folders to record: nox -s golden -- PATH...")
+        session.run("ckpt-matrix", "golden", "record", *session.posargs, "--out", recording)
+        return
+    verified = "golden-verify.jsonl"
+    # the paths and --safe-global were the recording's: the rest (--jobs N, --timeout S, ...)
+    # apply to the verification
+    options, skip = [], False
+    for arg in session.posargs:
+        if skip or arg == "--safe-global" or Path(arg).exists():
+            skip = arg == "--safe-global"
+            continue
+        options.append(arg)
+    session.run(
+        "ckpt-matrix",
+        "golden",
+        "verify",
+        recording,
+        "--out",
+        verified,
+        "--overwrite",
+        *options,
+        success_codes=[0, 1],
+    )
+    session.run("ckpt-matrix", "diff", recording, verified, "--markdown", "golden-certification.md")
 
 
 @nox.session

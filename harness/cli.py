@@ -1,4 +1,5 @@
-"""The ``ckpt-matrix`` command: ``run``, ``list``, ``inventory``, ``report``, ``diff``."""
+"""The ``ckpt-matrix`` command: ``run``, ``list``, ``inventory``, ``report``, ``diff``, ``merge``,
+``inspect``, ``golden``."""
 
 from __future__ import annotations
 

@@ -23,6 +23,7 @@ from harness.outcomes import Outcome
 from harness.results import read_results
 
 from .files import checkpoints
+from .test_results import ENV, result, write
 
 W = {"digest": "aa", "dtype": "float32", "shape": [2], "device": "cpu", "saved": "cpu"}
 LOADED = {
@@ -167,6 +168,17 @@ def test_record_then_verify_in_workers(tmp_path: Path, capsys: pytest.CaptureFix
     verified = tmp_path / "verified.jsonl"
     assert main(["golden", "verify", str(golden), "--out", str(verified), *args]) == 1
     assert main(["diff", str(golden), str(verified)]) == 0
+    # merged with a matrix run, the recording is a baseline that `golden verify` reads (what
+    # `nox -s certify` does with one), and `report` draws
+    matrix = write(tmp_path / "matrix.jsonl", ENV, result())
+    baseline, candidate = tmp_path / "baseline.jsonl", tmp_path / "candidate.jsonl"
+    assert main(["merge", str(baseline), str(matrix), str(golden)]) == 0
+    part = tmp_path / "part.jsonl"
+    assert main(["golden", "verify", str(baseline), "--out", str(part), *args]) == 1
+    assert main(["merge", str(candidate), str(matrix), str(part)]) == 0
+    assert main(["diff", str(baseline), str(candidate)]) == 0
+    assert main(["report", str(candidate)]) == 0
+    assert "golden=" in candidate.with_suffix(".md").read_text()
     # a file that changes after the recording, and one that breaks
     (files / "torch_zip" / "weights.pt").write_bytes(
         (files / "torch_legacy" / "legacy.pt").read_bytes()
