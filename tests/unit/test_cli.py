@@ -273,3 +273,27 @@ def test_model_replaces_the_models_the_scenarios_name(capsys: pytest.CaptureFixt
     assert all(i.startswith("model=my_pkg.models:build-") for i in ids)
     assert main(["list", "--model", "vgg"]) == 2
     assert "--model vgg: unknown model 'vgg'; the zoo has" in capsys.readouterr().err
+
+
+def test_inspect_exit_codes_json_and_the_loud_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from .files import checkpoints
+
+    good = checkpoints.zip_file(checkpoints.fresh(tmp_path, "good"))
+    needs = checkpoints.train_state_file(checkpoints.fresh(tmp_path, "needs"))
+    marker = tmp_path / "payload-ran"
+    hostile = checkpoints.hostile(marker)(checkpoints.fresh(tmp_path, "hostile"))
+    broken = checkpoints.truncated(checkpoints.fresh(tmp_path, "broken"))
+    assert main(["inspect", str(good)]) == 0
+    assert f"{good}: intact" in capsys.readouterr().out
+    assert main(["inspect", str(needs)]) == 1
+    assert main(["inspect", "--json", str(good), str(hostile)]) == 1
+    captured = capsys.readouterr()
+    first, second = (json.loads(line) for line in captured.out.splitlines()[-2:])
+    assert (first["exit_code"], second["exit_code"]) == (0, 1)
+    assert second["code_running"] == ["posix.system"]
+    assert f"WARNING: {hostile} names posix.system" in captured.err
+    assert main(["inspect", str(good), str(broken)]) == 2
+    assert "truncated" in capsys.readouterr().out
+    assert not marker.exists()
