@@ -5,6 +5,8 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import TypeVar
 
+from harness.errors import ConfigError
+
 E = TypeVar("E", bound=StrEnum)
 
 
@@ -98,6 +100,6 @@ def parse_enum(kind: type[E], value: str, where: str) -> E:
         return kind(value)
     except ValueError:
         accepted = ", ".join(repr(member.value) for member in kind)
-        raise ValueError(
+        raise ConfigError(
             f"{where}: unknown {kind.__name__.lower()} {value!r}; expected one of {accepted}"
         ) from None

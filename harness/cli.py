@@ -10,6 +10,7 @@ import shutil
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -17,10 +18,9 @@ from typing import Any
 
 from harness.diff import compare
 from harness.diff import to_markdown as diff_markdown
-from harness.environment import TorchUnavailableError, describe, now, torch_environment
+from harness.environment import describe, now, torch_environment
+from harness.errors import UserError
 from harness.files.pickles import runs_code
-from harness.golden import GoldenError
-from harness.inventory import InventoryError
 from harness.launchers import DEFAULT_LAUNCHER, LAUNCHERS, Launcher, LauncherBroken
 from harness.options import (
     Planned,
@@ -35,17 +35,17 @@ from harness.outcomes import exit_code
 from harness.plan import DEFAULT_TIMEOUT_S, JobFactory
 from harness.progress import reporter_for
 from harness.report import report_html, report_markdown
-from harness.results import ResultsError, ResultsWriter, read_results
+from harness.results import ResultsWriter, read_results
 from harness.results import merge as merge_results
-from harness.scenarios import ScenarioError
 from harness.session import leased_launcher, run_cells
 from harness.summary import summary_table
 
 USAGE_ERROR = 2
 STOPPED = 3  # the run could not go on (a launcher broke); what finished is recorded
+INTERNAL_ERROR = 70  # a bug in the harness (EX_SOFTWARE): its traceback is printed
 
 
-class UsageError(Exception):
+class UsageError(UserError):
     """Bad input from the command line; the message says what and how to fix it."""
 
 
@@ -270,6 +270,18 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return worst
 
 
+def checked_safe_globals(names: Sequence[str], where: str) -> tuple[str, ...]:
+    """Globals a user allows a golden load: ``module.Name`` each, and never one that runs code."""
+    for name in names:
+        if not isinstance(name, str) or "." not in name:
+            raise UsageError(f"{where} {name!r}: give module.Name (e.g. argparse.Namespace)")
+        if runs_code(name):
+            raise UsageError(
+                f"{where} {name}: that global runs code or commands; it is never allowed"
+            )
+    return tuple(names)
+
+
 def cmd_golden(args: argparse.Namespace) -> int:
     """``golden record PATH...`` or ``golden verify GOLDEN``: one worker job per file, on the
     run's launcher, each line written as its file ends; the exit code reduces the outcomes."""
@@ -283,23 +295,14 @@ def cmd_golden(args: argparse.Namespace) -> int:
     if args.out.exists() and not args.overwrite:
         raise UsageError(f"{args.out} exists; pass --overwrite to replace it")
     if args.golden_command == "record":
+        safe_globals = checked_safe_globals(args.safe_globals, "--safe-global")
         files = golden_files(args.paths)
-        safe_globals = tuple(args.safe_globals)
-        for name in safe_globals:
-            if "." not in name or runs_code(name):
-                raise UsageError(
-                    f"--safe-global {name}: "
-                    + (
-                        "give module.Name"
-                        if "." not in name
-                        else "that global runs code or commands; it is never allowed"
-                    )
-                )
         before: list[Any] = []
     else:
         golden = read_results(args.golden)
         before = recorded(golden)
-        safe_globals = tuple((golden.environment.get("golden") or {}).get("safe_globals") or ())
+        named = (golden.environment.get("golden") or {}).get("safe_globals") or []
+        safe_globals = checked_safe_globals(named, f"{args.golden}:1 golden.safe_globals")
         files = []
     inventory = machine_inventory(RunOptions(), os.environ)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ckpt-golden-"))
@@ -494,15 +497,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }[args.command]
     try:
         return handler(args)
-    except (
-        UsageError,
-        GoldenError,
-        ScenarioError,
-        ResultsError,
-        TorchUnavailableError,
-        InventoryError,
-        ValueError,
-    ) as exc:
+    except UserError as exc:
         print(f"ckpt-matrix {args.command}: error: {exc}", file=sys.stderr)
         return USAGE_ERROR
     except LauncherBroken as exc:
@@ -521,6 +516,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
+    except Exception:
+        # Not the user's mistake: a bug in the harness. Its traceback is the report.
+        traceback.print_exc()
+        print(
+            f"ckpt-matrix {args.command}: internal error (a bug in ckpt-matrix, not in your "
+            "input); please report it with the traceback above",
+            file=sys.stderr,
+        )
+        return INTERNAL_ERROR
 
 
 if __name__ == "__main__":

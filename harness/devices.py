@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 
+from harness.errors import ConfigError
 from harness.outcomes import ErrorClass
 
 DEFAULT_DEVICE = "default"  # logical cuda:0 where the process sees a GPU, else cpu
@@ -36,14 +37,14 @@ def cuda_index(device: str) -> int | None:
 def check_device(value: str, where: str) -> str:
     if value in ("cpu", DEFAULT_DEVICE) or cuda_index(value) is not None:
         return value
-    raise ValueError(f"{where}: unknown device {value!r}; expected 'default', 'cpu' or 'cuda:K'")
+    raise ConfigError(f"{where}: unknown device {value!r}; expected 'default', 'cpu' or 'cuda:K'")
 
 
 def check_map_location(value: str, where: str) -> str:
     if value in MAP_LOCATIONS:
         return value
     known = ", ".join(MAP_LOCATIONS)
-    raise ValueError(f"{where}: unknown map_location {value!r}; expected one of {known}")
+    raise ConfigError(f"{where}: unknown map_location {value!r}; expected one of {known}")
 
 
 def resolve_device(device: str, visible: int) -> str:

@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import harness
+from harness.errors import UserError
 from harness.inventory import Inventory
 from harness.launchers import DEFAULT_LAUNCHER
 from harness.launchers.protocol import Job, Launcher, worker_argv
 from harness.plan import DeviceMap, worker_env
 
 
-class TorchUnavailableError(RuntimeError):
+class TorchUnavailableError(UserError):
     """The worker interpreter cannot report its torch; the message says how to fix it."""
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from harness.axes import Format, Layout
 from harness.cell import Cell, Visibility
+from harness.errors import UserError
 from harness.files.dcp_dir import METADATA
 from harness.jobspec import GoldenSpec
 from harness.launchers.protocol import Job, JobRun, Launcher
@@ -36,7 +37,7 @@ EXPECTED = Expectation(
 )
 
 
-class GoldenError(ValueError):
+class GoldenError(UserError):
     """Bad input to ``golden``: the message names the path or file and the fix."""
 
 

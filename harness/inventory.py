@@ -18,11 +18,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from harness.errors import UserError
+
 QUERY_FIELDS = "index,uuid,name,memory.total,mig.mode.current,driver_version"
 NVIDIA_SMI_QUERY = ["--query-gpu=" + QUERY_FIELDS, "--format=csv,noheader,nounits"]
 
 
-class InventoryError(ValueError):
+class InventoryError(UserError):
     """The inventory's input cannot be understood; the message names it and the fix."""
 
 

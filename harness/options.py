@@ -18,6 +18,7 @@ from typing import Any
 from harness.axes import Wrapper
 from harness.cell import Cell, Visibility
 from harness.environment import describe, torch_environment
+from harness.errors import UserError
 from harness.inventory import Inventory, read_inventory, simulated
 from harness.launchers import DEFAULT_LAUNCHER, LAUNCHERS, Launcher
 from harness.matrix import Matrix, expand
@@ -50,7 +51,7 @@ PLUGIN_NAMES = {
 }
 
 
-class OptionError(ValueError):
+class OptionError(UserError):
     """An option the user gave cannot be used; the message names the option and the fix."""
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from harness.axes import Format, Layout, SaveVariant
 from harness.cell import Cell, layout_label
 from harness.devices import DEFAULT_DEVICE, resolve_device, restore_error, restore_target
+from harness.errors import UserError
 from harness.outcomes import ErrorClass
 from harness.recipes import registrar
 from harness.zoo import ModelTraits
@@ -31,7 +32,10 @@ def parse_torch_version(text: str) -> TorchVersion:
     """``"2.14.1+cu130"`` -> ``(2, 14)``; a clear error for anything else."""
     match = re.match(r"(\d+)\.(\d+)", text)
     if match is None:
-        raise ValueError(f"cannot read a torch version from {text!r}; expected e.g. '2.14.1'")
+        raise UserError(
+            f"cannot read a torch version from {text!r}; expected e.g. '2.14.1' (is the "
+            "interpreter's torch a development build without a version?)"
+        )
     return int(match.group(1)), int(match.group(2))
 
 

@@ -97,12 +97,13 @@ def _options(config: pytest.Config) -> RunOptions:
 
 def _planned(config: pytest.Config) -> Planned:
     """The cells of this run (planned once per pytest process), through the CLI's own path."""
+    from harness.errors import UserError
     from harness.options import plan_matrix
 
     if _PLANNED not in config.stash:
         try:
             config.stash[_PLANNED] = plan_matrix(_options(config))
-        except ValueError as exc:  # scenario, option, shard, inventory and policy errors
+        except UserError as exc:  # scenario, option, shard, inventory and policy errors
             raise pytest.UsageError(f"ckpt-matrix: {exc}") from None
     return config.stash[_PLANNED]
 

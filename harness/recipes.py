@@ -13,6 +13,7 @@ from enum import StrEnum
 from typing import TypeVar
 
 from harness.axes import Format, Layout, SaveVariant, Wrapper
+from harness.errors import ConfigError
 
 
 class RecipeKind(StrEnum):
@@ -482,7 +483,7 @@ def recipe(name: str, where: str) -> Recipe:
         return RECIPES[name]
     except KeyError:
         known = ", ".join(RECIPES)
-        raise ValueError(f"{where}: unknown recipe {name!r}; the catalogue has {known}") from None
+        raise ConfigError(f"{where}: unknown recipe {name!r}; the catalogue has {known}") from None
 
 
 F = TypeVar("F", bound=Callable[..., object])

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from harness.cell import Cell
+from harness.errors import UserError
 from harness.oracle import Expectation
 from harness.outcomes import Outcome
 from harness.recipes import RECIPES, RecipeKind
@@ -22,7 +23,7 @@ from harness.recipes import RECIPES, RecipeKind
 SCHEMA_VERSION = 1
 
 
-class ResultsError(ValueError):
+class ResultsError(UserError):
     """A results file cannot be used; the message names the file and line."""
 
 

@@ -7,6 +7,7 @@ installed wheel or in a source checkout.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass
 from importlib import resources
@@ -15,10 +16,12 @@ from typing import Any
 
 from harness.axes import Format, Layout, Wrapper, parse_enum
 from harness.devices import DEFAULT_DEVICE, check_device, check_map_location
+from harness.errors import UserError
 from harness.recipes import GOLDEN, TRAININGS, recipe
 from harness.visibility import MODES
 from harness.zoo import model_spec
 
+_HEADER = re.compile(r"^\s*\[\[\s*scenario\s*\]\]")
 _LIST_KEYS = ("models", "save_layouts", "load_layouts", "formats", "recipes")
 _OPTIONAL_LISTS = {
     "save_devices": [DEFAULT_DEVICE],
@@ -36,7 +39,7 @@ _ALLOWED_KEYS = frozenset(
 )
 
 
-class ScenarioError(ValueError):
+class ScenarioError(UserError):
     """A scenario file could not be read; the message names the file and the key."""
 
 
@@ -88,21 +91,46 @@ def scenario_files(path: Path) -> list[Path]:
 
 
 def load_scenarios(path: Path) -> list[Scenario]:
-    return [scenario for file in scenario_files(path) for scenario in load_file(file)]
+    """Every scenario of a file or folder; two of one name (in any of the files) are refused."""
+    scenarios = [scenario for file in scenario_files(path) for scenario in load_file(file)]
+    seen: dict[str, Scenario] = {}
+    for scenario in scenarios:
+        if scenario.name in seen:
+            raise ScenarioError(
+                f"{scenario.source}: the scenario name {scenario.name!r} is taken already, by "
+                f"{seen[scenario.name].source}; give each scenario its own name"
+            )
+        seen[scenario.name] = scenario
+    return scenarios
 
 
 def load_file(path: Path) -> list[Scenario]:
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ScenarioError(f"{path}: cannot read the scenario file: {exc}") from None
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ScenarioError(f"{path}: not valid TOML: {exc}") from None
+        # tomllib's message ends "(at line L, column C)"
+        raise ScenarioError(f"{path}: not valid TOML: {exc}; fix the file there") from None
     extra = set(data) - {"scenario"}
     if extra:
         raise ScenarioError(f"{path}: unknown top-level key(s) {sorted(extra)}; use [[scenario]]")
     tables = data.get("scenario")
     if not isinstance(tables, list) or not tables:
         raise ScenarioError(f"{path}: no [[scenario]] tables")
-    return [_scenario(table, f"{path}:scenario[{index}]") for index, table in enumerate(tables)]
+    # each table's header line, so an error points into the file
+    headers = [n for n, line in enumerate(text.splitlines(), 1) if _HEADER.match(line)]
+    return [
+        _scenario(
+            table,
+            f"{path}:{headers[index]}:scenario[{index}]"
+            if index < len(headers)
+            else f"{path}:scenario[{index}]",
+        )
+        for index, table in enumerate(tables)
+    ]
 
 
 def _scenario(table: dict[str, Any], where: str) -> Scenario:
@@ -130,14 +158,14 @@ def _scenario(table: dict[str, Any], where: str) -> Scenario:
             check_map_location(mapping, f"{where}.map_locations")
         for serialization in lists["serializations"]:
             if serialization not in SERIALIZATIONS:
-                raise ValueError(
+                raise ScenarioError(
                     f"{where}.serializations: unknown serialization {serialization!r}; "
                     "expected 'zip' or 'legacy'"
                 )
         for training in lists["trainings"]:
             if training and training not in TRAININGS:
                 known = ", ".join(TRAININGS)
-                raise ValueError(
+                raise ScenarioError(
                     f"{where}.trainings: unknown training {training!r}; expected {known}"
                 )
         for model in lists["models"]:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.cell import Cell
+from harness.errors import UserError
 
 SLURM_SOURCE = "SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT"
 INDEXED_SOURCE = "JOB_COMPLETION_INDEX"
@@ -39,7 +40,7 @@ TRAIN_STATE = 1.5  # the saver trains with an optimizer and scheduler, the loade
 GPU_VISIBLE = 1.75  # a worker that sees a GPU initialises CUDA (measured 1.78x on an H200)
 
 
-class ShardError(ValueError):
+class ShardError(UserError):
     """A bad shard setting: the message names where it came from, what is wrong and the fix."""
 
 

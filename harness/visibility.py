@@ -13,6 +13,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from harness.cell import CPU, Visibility
+from harness.errors import ConfigError
 
 DEFAULT_ALL_SIZE = 3
 MODES = ("cpu", "same", "cross")
@@ -36,7 +37,7 @@ def parse_policy(text: str, where: str = "--visibility") -> Policy:
             return Policy(name=name, size=DEFAULT_ALL_SIZE)
         if arg.isdigit() and int(arg) > 0:
             return Policy(name=name, size=int(arg))
-    raise ValueError(
+    raise ConfigError(
         f"{where} {text!r}: expected minimal, pairs, all, all:K or sample:N "
         "(K, N positive integers)"
     )
@@ -80,7 +81,7 @@ def pairs_for_mode(mode: str, chosen: Sequence[Visibility]) -> list[tuple[Visibi
       ``cross_loads``), rather than the full product, which grows as the square of the subsets.
     """
     if mode not in MODES:
-        raise ValueError(f"unknown visibility mode {mode!r}; expected one of {', '.join(MODES)}")
+        raise ConfigError(f"unknown visibility mode {mode!r}; expected one of {', '.join(MODES)}")
     if mode == "cpu" or not chosen:
         return [(CPU, CPU)]
     if mode == "same":

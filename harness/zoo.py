@@ -12,6 +12,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from harness.errors import UserError
+
 
 @dataclass(frozen=True, kw_only=True)
 class ModelTraits:
@@ -124,7 +126,7 @@ def is_import_path(name: str) -> bool:
     return IMPORT_PATH.match(name) is not None
 
 
-class ModelError(ValueError):
+class ModelError(UserError):
     """A model that cannot be named, imported or built: the message says which and why."""
 
 

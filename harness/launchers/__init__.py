@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from harness.errors import ConfigError
 from harness.launchers.protocol import Job, JobRun, Launcher, LauncherBroken
 
 __all__ = [
@@ -49,4 +50,4 @@ def make_launcher(
             preload_torchvision=preload_torchvision,
             preload_distributed=preload_distributed,
         )
-    raise ValueError(f"unknown launcher {name!r}; expected one of {', '.join(LAUNCHERS)}")
+    raise ConfigError(f"unknown launcher {name!r}; expected one of {', '.join(LAUNCHERS)}")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from harness.errors import ConfigError
 from harness.launchers.protocol import Job, JobRun, Launcher
 
 POLL_S = 0.05  # how often a job waiting for one of several slots looks again
@@ -30,7 +31,7 @@ class GpuLeases:
 
     def __post_init__(self) -> None:
         if self.slots < 1:
-            raise ValueError(f"GPU slots {self.slots}: must be at least 1 (jobs per GPU at once)")
+            raise ConfigError(f"GPU slots {self.slots}: must be at least 1 (jobs per GPU at once)")
 
     def lock_path(self, gpu: int, slot: int) -> Path:
         return self.folder / (f"gpu{gpu}.lock" if slot == 0 else f"gpu{gpu}-slot{slot}.lock")

@@ -28,13 +28,13 @@ def test_reads_a_scenario(tmp_path: Path) -> None:
     (scenario,) = load_file(write(tmp_path, GOOD))
     assert scenario.name == "mine"
     assert scenario.save_layouts == (Layout.SINGLE, Layout.DP)
-    assert scenario.source.endswith("s.toml:scenario[0] (mine)")
+    assert scenario.source.endswith("s.toml:2:scenario[0] (mine)")
 
 
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (('"trap"', '"vgg"'), r"s\.toml:scenario\[0\] \(mine\)\.models: unknown model 'vgg'"),
+        (('"trap"', '"vgg"'), r"s\.toml:2:scenario\[0\] \(mine\)\.models: unknown model 'vgg'"),
         (('"as_saved"', '"strip"'), r"\(mine\)\.recipes: unknown recipe 'strip'"),
         (
             ('load_layouts = ["single"]', 'load_layouts = ["tp"]'),
