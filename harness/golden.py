@@ -99,6 +99,9 @@ class GoldenRunner:
             report_path=str(folder / "report.json"),
             safe_globals=self.safe_globals,
             expected_sha256=(record or {}).get("sha256", ""),
+            # verify loads as the recording did where it can (the worker falls back to cpu
+            # where a saved device is missing), so devices compare under the same policy
+            map_location=(record or {}).get("map_location", ""),
         )
         return self.factory.spec_job(cell.id, spec, folder / "golden", self.visibility)
 
@@ -265,8 +268,8 @@ def judge_verify(label: str, record: dict[str, Any], run: JobRun) -> Judged:
     stopped = _not_loaded(report, label)
     if stopped is not None:
         outcome, reason, summary = stopped
-        if outcome is Outcome.ERROR and report.get("status") == "raised":
-            # it loaded when recorded: a load that raises now is a regression
+        if report.get("status") in ("raised", "needs_globals", "dangerous"):
+            # it loaded when recorded: a load that raises or is refused now is a regression
             return Outcome.FAIL, f"{reason} (it loaded under torch {record.get('torch')})", summary
         return stopped
     problems = tensor_problems(

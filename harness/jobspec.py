@@ -73,8 +73,8 @@ class GoldenSpec:
     report_path: str
     safe_globals: tuple[str, ...] = ()  # module.Name globals the user allows a weights_only load
     expected_sha256: str = ""  # verify: the file must still be the recorded one
-    map_location: str = ""  # verify: the record's policy ("" = decide: none if every saved
-    # location exists here, else cpu)
+    map_location: str = ""  # verify: the record's policy; cpu stays cpu, anything else is
+    # decided by the worker (none where every saved device exists, else cpu)
 
 
 Spec = SaveSpec | LoadSpec | GoldenSpec

@@ -82,6 +82,22 @@ def read_contents(path: Path) -> Contents:
             format=FileFormat.UNKNOWN,
             defects=[Defect(kind=DefectKind.UNREADABLE, where=str(path), message=str(exc))],
         )
+    except Exception as exc:  # a hostile file the reader could not finish: a defect, never a crash
+        kind = {
+            SafetensorsReader: DefectKind.BAD_HEADER,
+            DcpReader: DefectKind.CORRUPT_METADATA,
+        }.get(type(reader), DefectKind.CORRUPT_PICKLE)
+        return Contents(
+            format=FileFormat.UNKNOWN,
+            defects=[
+                Defect(
+                    kind=kind,
+                    where=str(path),
+                    message=f"the file could not be read to its end ({type(exc).__name__}: "
+                    f"{str(exc)[:200]})",
+                )
+            ],
+        )
 
 
 @dataclass
@@ -94,7 +110,8 @@ class Inspection:
 
     @property
     def code_running(self) -> list[str]:
-        return [name for name in self.contents.refused if runs_code(name)]
+        """Every global the file names that runs code, whatever its format claims."""
+        return [name for name in self.contents.globals if runs_code(name)]
 
     @property
     def exit_code(self) -> int:
@@ -103,7 +120,7 @@ class Inspection:
         unreadable or unknown."""
         if self.contents.defects or self.contents.format is FileFormat.UNKNOWN:
             return BROKEN
-        return NEEDS_GLOBALS if self.contents.refused else INTACT
+        return NEEDS_GLOBALS if self.contents.refused or self.code_running else INTACT
 
     def to_json(self) -> dict[str, Any]:
         return {

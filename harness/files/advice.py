@@ -131,7 +131,7 @@ def recommendations(contents: Contents, gpus: int) -> list[str]:
     advice: list[str] = []
     if contents.defects or contents.format is FileFormat.UNKNOWN:
         return advice
-    code = [name for name in contents.refused if runs_code(name)]
+    code = [name for name in contents.globals if runs_code(name)]
     if code:
         advice.append(
             f"do not load this file: it names {', '.join(code)}, which run(s) code or commands "

@@ -11,21 +11,35 @@ import math
 from pathlib import Path
 from typing import Any
 
-from harness.files.pickles import Stub, globals_in, name_of, walk
+from harness.files.pickles import Stub, globals_in, name_of, walker
 from harness.files.protocol import Contents, Defect, DefectKind, FileFormat, OtherEntry, TensorEntry
 
 METADATA = ".metadata"
-# What DCP's own .metadata names: its dataclasses, torch.Size, dtypes, a layout and a path.
-_DCP_MODULES = ("torch.distributed.checkpoint.",)
+# What DCP's own .metadata names, as (module, name) pairs: its dataclasses, torch.Size, dtypes,
+# a layout and a path. Matched exactly: a name with a dot would reach through attributes.
 _DCP_GLOBALS = frozenset(
     {
-        "torch.Size",
-        "torch.serialization._get_layout",
-        "pathlib.PosixPath",
-        "pathlib.WindowsPath",
-        "pathlib.PurePosixPath",
-        "pathlib.PureWindowsPath",
-        "collections.OrderedDict",
+        *(
+            ("torch.distributed.checkpoint.metadata", name)
+            for name in (
+                "Metadata",
+                "TensorStorageMetadata",
+                "TensorProperties",
+                "ChunkStorageMetadata",
+                "BytesStorageMetadata",
+                "MetadataIndex",
+                "StorageMeta",
+                "_MEM_FORMAT_ENCODING",
+            )
+        ),
+        ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+        ("torch", "Size"),
+        ("torch.serialization", "_get_layout"),
+        ("pathlib", "PosixPath"),
+        ("pathlib", "WindowsPath"),
+        ("pathlib", "PurePosixPath"),
+        ("pathlib", "PureWindowsPath"),
+        ("collections", "OrderedDict"),
     }
 )
 ELEMENT_SIZES = {
@@ -49,12 +63,11 @@ ELEMENT_SIZES = {
 }
 
 
-def dcp_global(name: str) -> bool:
+def dcp_global(module: str, name: str) -> bool:
     """A global DCP's own metadata names (a torch dtype is ``torch.<dtype>``)."""
-    if name in _DCP_GLOBALS or name.startswith(_DCP_MODULES):
+    if (module, name) in _DCP_GLOBALS:
         return True
-    module, _, attribute = name.rpartition(".")
-    return module == "torch" and attribute in ELEMENT_SIZES
+    return module == "torch" and name in ELEMENT_SIZES
 
 
 def _state(value: Any) -> dict[str, Any]:
@@ -98,10 +111,13 @@ class DcpReader:
             return contents
         data = (path / METADATA).read_bytes()
         try:
-            root, met = walk(io.BytesIO(data))
+            unpickler = walker(io.BytesIO(data))
+            root = unpickler.load()
         except Exception as exc:  # a broken pickle raises many types; none runs code
             contents.globals = globals_in(data)
-            contents.refused = [name for name in contents.globals if not dcp_global(name)]
+            contents.refused = [
+                name for name in contents.globals if not dcp_global(*name.rsplit(".", 1))
+            ]
             contents.defects.append(
                 Defect(
                     kind=DefectKind.CORRUPT_METADATA,
@@ -110,8 +126,8 @@ class DcpReader:
                 )
             )
             return contents
-        contents.globals = met
-        contents.refused = [name for name in met if not dcp_global(name)]
+        contents.globals = unpickler.met
+        contents.refused = [f"{m}.{n}" for m, n in unpickler.pairs if not dcp_global(m, n)]
         state = _state(root)
         if name_of(root) != "torch.distributed.checkpoint.metadata.Metadata" or not isinstance(
             state.get("state_dict_metadata"), dict
@@ -171,6 +187,15 @@ class DcpReader:
                 needed[relative] = (max(most, end), [*users, fqn])
         for relative, (end, users) in sorted(needed.items()):
             shard = path / relative
+            if Path(relative).is_absolute() or ".." in Path(relative).parts:
+                contents.defects.append(
+                    Defect(
+                        kind=DefectKind.CORRUPT_METADATA,
+                        where=str(path / METADATA),
+                        message=f"names the shard {relative!r}, outside the checkpoint directory",
+                    )
+                )
+                continue
             named = ", ".join(users[:4]) + (f" and {len(users) - 4} more" if len(users) > 4 else "")
             if not shard.is_file():
                 contents.defects.append(

@@ -77,10 +77,39 @@ CODE_RUNNING_GLOBALS = frozenset(
 )
 
 
+# Modules that a global's attribute path must never pass through: ``torch.serialization.os.system``
+# is ``os.system`` reached from a harmless-looking module.
+_REACHED = frozenset(
+    {
+        "os",
+        "posix",
+        "nt",
+        "subprocess",
+        "pty",
+        "runpy",
+        "importlib",
+        "shutil",
+        "socket",
+        "sys",
+        "ctypes",
+        "marshal",
+        "pickle",
+        "_pickle",
+        "builtins",
+        "__builtin__",
+    }
+)
+
+
 def runs_code(name: str) -> bool:
-    """Whether calling the global ``module.name`` can run code or a command."""
-    module = name.rsplit(".", 1)[0] if "." in name else name
-    return name in CODE_RUNNING_GLOBALS or module.split(".", 1)[0] in CODE_RUNNING_MODULES
+    """Whether calling the global ``module.name`` can run code or a command, directly or
+    through another module's attributes."""
+    parts = name.split(".")
+    if name in CODE_RUNNING_GLOBALS or parts[0] in CODE_RUNNING_MODULES:
+        return True
+    if any(part in _REACHED for part in parts[1:]):
+        return True
+    return any(".".join(parts[i : i + 2]) in CODE_RUNNING_GLOBALS for i in range(1, len(parts)))
 
 
 class Stub:
@@ -135,6 +164,7 @@ class InertUnpickler(pickle.Unpickler):
     def __init__(self, file: IO[bytes], persistent: Callable[[Any], Any] | None = None) -> None:
         super().__init__(file)
         self.met: list[str] = []
+        self.pairs: list[tuple[str, str]] = []  # (module, name) as the pickle split them
         self._persistent = persistent
         self._classes: dict[str, type[Stub]] = {}
 
@@ -143,6 +173,7 @@ class InertUnpickler(pickle.Unpickler):
         if full not in self._classes:
             self._classes[full] = stub_class(module, name)
             self.met.append(full)
+            self.pairs.append((module, name))
         return self._classes[full]
 
     def persistent_load(self, pid: Any) -> Any:
@@ -151,12 +182,83 @@ class InertUnpickler(pickle.Unpickler):
         return PersistentRef(ident=tuple(pid) if isinstance(pid, tuple) else (pid,))
 
 
+MAX_NESTING = 500  # no checkpoint nests this deep; a pickle that does is refused unread
+
+
+class TooDeep(ValueError):
+    """A pickle nests its values deeper than :data:`MAX_NESTING`: refused before unpickling,
+    since a deep enough tuple crashes the interpreter's own unpickler (a C stack overflow)."""
+
+
 def walk(file: IO[bytes]) -> tuple[Any, list[str]]:
     """One pickle from ``file`` as a tree of plain values and stand-ins, and the globals it
     named. Raises what ``pickle`` raises for a broken pickle (``UnpicklingError``, ``EOFError``,
-    ``ValueError``...)."""
-    unpickler = InertUnpickler(file)
+    ``ValueError``...), and :class:`TooDeep`."""
+    unpickler = walker(file)
     return unpickler.load(), unpickler.met
+
+
+def walker(file: IO[bytes]) -> InertUnpickler:
+    """An inert unpickler for the next pickle in ``file``, once its nesting was checked."""
+    start = file.tell()
+    depth = nesting(file)
+    if depth > MAX_NESTING:
+        raise TooDeep(f"values nested {depth} deep (more than {MAX_NESTING}): not a checkpoint")
+    file.seek(start)
+    return InertUnpickler(file)
+
+
+_MUTATORS = frozenset({"APPEND", "APPENDS", "SETITEM", "SETITEMS", "BUILD", "ADDITEMS"})
+_MARK = -1
+
+
+def nesting(file: IO[bytes]) -> int:
+    """How deep the next pickle in ``file`` nests its values, from its opcodes alone (a small
+    stack machine over ``pickletools``' stack effects); stops at its end or where it breaks."""
+    stack: list[int] = []
+    memo: dict[Any, int] = {}
+    deepest = 0
+    try:
+        for opcode, arg, _ in pickletools.genops(file):
+            name = opcode.name
+            if name == "MARK":
+                stack.append(_MARK)
+                continue
+            before = opcode.stack_before
+            if pickletools.markobject in before:  # pops to the last mark, then what is under
+                under = before.index(pickletools.markobject)  # APPENDS: the list
+                sliced: list[int] = []
+                if _MARK in stack:
+                    mark = len(stack) - 1 - stack[::-1].index(_MARK)
+                    sliced = stack[mark + 1 :]
+                    del stack[mark:]
+                below = [stack.pop() for _ in range(min(under, len(stack)))][::-1]
+                popped = below + sliced
+            else:
+                count = min(len(before), len(stack))
+                popped = stack[len(stack) - count :] if count else []
+                del stack[len(stack) - count :]
+            items = [d for d in popped if d != _MARK]
+            if name in _MUTATORS and opcode.stack_after:
+                container = items[0] if items else 0
+                depth = max([container, *[d + 1 for d in items[1:]]])
+            elif name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
+                depth = items[-1] if items else 0
+                memo[arg if name != "MEMOIZE" else len(memo)] = depth
+            elif name in ("GET", "BINGET", "LONG_BINGET"):
+                depth = memo.get(arg, 0)
+            elif name == "DUP":
+                depth = items[-1] if items else 0
+                stack.append(depth)
+            else:
+                depth = 1 + max(items) if items else 0
+            deepest = max(deepest, depth)
+            stack.extend(depth for _ in opcode.stack_after)
+            if depth > MAX_NESTING:
+                return depth
+    except (ValueError, EOFError, pickle.UnpicklingError):
+        pass
+    return deepest
 
 
 def globals_in(data: bytes) -> list[str]:

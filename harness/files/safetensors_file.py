@@ -63,21 +63,34 @@ class SafetensorsReader:
             header = json.loads(raw)
             if not isinstance(header, dict):
                 raise ValueError("the header is not a JSON object")
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             contents.defects.append(
                 Defect(kind=DefectKind.BAD_HEADER, where=where, message=f"not JSON: {exc}")
             )
             return contents
         metadata = header.pop("__metadata__", None)
+        if metadata is not None and not (
+            isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())
+        ):
+            contents.defects.append(
+                Defect(
+                    kind=DefectKind.BAD_HEADER,
+                    where=where,
+                    message="__metadata__ is not a mapping of strings to strings",
+                )
+            )
+            return contents
         for key, value in (metadata or {}).items():
-            contents.others.append(OtherEntry(path=f"__metadata__.{key}", type="str", value=value))
+            contents.others.append(
+                OtherEntry(path=f"__metadata__.{key}", type="str", value=value[:80])
+            )
         data = size - 8 - length
         ranges: list[tuple[int, int, str]] = []
         for name, entry in header.items():
             problem = _entry_problem(name, entry, contents)
             offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
-            if isinstance(offsets, list) and len(offsets) == 2:
-                ranges.append((int(offsets[0]), int(offsets[1]), name))
+            if offsets is not None and _offsets_ok(offsets):
+                ranges.append((offsets[0], offsets[1], name))
             if problem is not None:
                 contents.defects.append(
                     Defect(kind=DefectKind.BAD_HEADER, where=f"{where}:{name}", message=problem)
@@ -93,11 +106,11 @@ def _entry_problem(name: str, entry: Any, contents: Contents) -> str | None:
     if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= set(entry):
         return "an entry without dtype, shape and data_offsets"
     dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-    if not (isinstance(shape, list) and all(isinstance(n, int) and n >= 0 for n in shape)):
+    if not isinstance(dtype, str):
+        return f"dtype {dtype!r} is not a name"
+    if not (isinstance(shape, list) and all(type(n) is int and n >= 0 for n in shape)):
         return f"shape {shape!r} is not a list of sizes"
-    if not (
-        isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(n, int) for n in offsets)
-    ):
+    if not _offsets_ok(offsets):
         return f"data_offsets {offsets!r} is not [begin, end]"
     torch_dtype, element = DTYPES.get(dtype, (f"? ({dtype})", 0))
     begin, end = offsets
@@ -118,6 +131,14 @@ def _entry_problem(name: str, entry: Any, contents: Contents) -> str | None:
         )
     )
     return None
+
+
+def _offsets_ok(offsets: Any) -> bool:
+    return (
+        isinstance(offsets, list)
+        and len(offsets) == 2
+        and all(type(n) is int and n >= 0 for n in offsets)
+    )
 
 
 def _check_ranges(

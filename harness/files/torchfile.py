@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import math
+import reprlib
 import struct
 import zipfile
 from collections.abc import Callable
@@ -12,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
 
-from harness.files.pickles import InertUnpickler, PersistentRef, Stub, children, name_of
+from harness.files.pickles import PersistentRef, Stub, children, name_of, walker
 from harness.files.protocol import (
     Contents,
     Defect,
@@ -44,6 +45,8 @@ STORAGE_DTYPES: dict[str, tuple[str, int]] = {
     "UntypedStorage": ("uint8", 1),
 }
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+NODE_LIMIT = 1_000_000  # containers listed at most
+PICKLE_LIMIT = 1 << 28  # 256 MiB: a data.pkl holds no tensor bytes; millions of entries fit
 # Functions torch pickles a tensor as: the index of the storage argument.
 _REBUILD_TENSOR = {
     "torch._utils._rebuild_tensor_v2": 0,
@@ -117,10 +120,19 @@ def entries(root: Any) -> tuple[list[TensorEntry], list[OtherEntry], list[Storag
             )
         )
 
+    seen: dict[int, str] = {}  # containers already listed (a pickle may share one many times)
+
     def visit(path: str, value: Any, depth: int) -> None:
         if depth > 200:
             others.append(OtherEntry(path=path, type="(nested too deep to list)"))
             return
+        if isinstance(value, dict | list | Stub):
+            if id(value) in seen:
+                others.append(OtherEntry(path=path, type=f"(the same object as {seen[id(value)]})"))
+                return
+            seen[id(value)] = path or "(root)"
+            if len(seen) > NODE_LIMIT:
+                raise ValueError(f"more than {NODE_LIMIT} containers: not listed further")
         storage = _storage_of(value)
         if storage is not None:
             tensor(path, storage, (storage.numel,))
@@ -151,17 +163,26 @@ def entries(root: Any) -> tuple[list[TensorEntry], list[OtherEntry], list[Storag
         if isinstance(value, type):
             others.append(OtherEntry(path=path or "(root)", type=name or "type"))
             return
-        text = repr(value)
         others.append(
-            OtherEntry(
-                path=path or "(root)",
-                type=type(value).__name__,
-                value=text if len(text) <= 80 else text[:77] + "...",
-            )
+            OtherEntry(path=path or "(root)", type=type(value).__name__, value=short(value))
         )
 
     visit("", root, 0)
     return tensors, others, list(storages.values())
+
+
+def short(value: Any) -> str:
+    """A plain value for a listing, at most 80 characters (``reprlib`` bounds huge numbers and
+    deep containers)."""
+    try:
+        return _REPR.repr(value)
+    except (ValueError, RecursionError):
+        return f"({type(value).__name__} not shown)"
+
+
+_REPR = reprlib.Repr()  # Python 3.11's takes no arguments
+_REPR.maxstring = _REPR.maxother = _REPR.maxlong = 80
+_REPR.maxlevel = 3
 
 
 def _visit_tensor(
@@ -170,23 +191,30 @@ def _visit_tensor(
     name: str,
     tensor: Callable[[str, Storage, tuple[int, ...]], None],
     others: list[OtherEntry],
+    depth: int = 0,
 ) -> bool:
     """Record ``value`` if it is a tensor torch pickled; False when it is not one."""
+    if depth > 20:
+        return False
     args = value.args
     if name == "torch._tensor._rebuild_from_type_v2" and len(args) >= 3:
         inner = name_of(args[0])
         if inner is not None and isinstance(args[2], tuple):
             rebuilt = type(args[0])(*args[2]) if isinstance(args[0], Stub) else args[0](*args[2])
-            return _visit_tensor(path, rebuilt, inner, tensor, others)
+            return _visit_tensor(path, rebuilt, inner, tensor, others, depth + 1)
     if name in _REBUILD_WRAPPING and args:
         inner_name = name_of(args[0])
         if isinstance(args[0], Stub) and inner_name is not None:
-            return _visit_tensor(path, args[0], inner_name, tensor, others)
+            return _visit_tensor(path, args[0], inner_name, tensor, others, depth + 1)
     if name in _REBUILD_TENSOR and len(args) >= 3:
         storage = _storage_of(args[_REBUILD_TENSOR[name]])
         shape = args[2]
-        if storage is not None and isinstance(shape, tuple | list):
-            tensor(path, storage, tuple(int(size) for size in shape))
+        if (
+            storage is not None
+            and isinstance(shape, tuple | list)
+            and all(type(size) is int for size in shape)
+        ):
+            tensor(path, storage, tuple(shape))
             return True
     if name.startswith("torch._utils._rebuild_") or name.startswith("torch._tensor._rebuild_"):
         others.append(OtherEntry(path=path, type=f"tensor not listed ({name})"))
@@ -195,22 +223,29 @@ def _visit_tensor(
 
 
 def _walk_pickle(data: IO[bytes]) -> tuple[Any, list[str]]:
-    unpickler = InertUnpickler(data)
+    unpickler = walker(data)
     return unpickler.load(), unpickler.met
 
 
-def refused_by_weights_only(path: Path, met: list[str]) -> list[str]:
+def refused_by_weights_only(path: Path, met: list[str], *, zipped: bool) -> list[str]:
     """The globals a ``weights_only=True`` load of this file refuses: torch's own
-    ``get_unsafe_globals_in_checkpoint`` for a zip archive; for a legacy file, the globals met
-    that torch's weights-only allowlist lacks (the same list that function consults)."""
+    ``get_unsafe_globals_in_checkpoint`` for a zip archive; otherwise (a legacy file, or a zip
+    that function cannot read) the globals met that torch's weights-only allowlist lacks (the
+    list that function consults)."""
     import torch
 
-    if zipfile.is_zipfile(path):
-        return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+    if zipped:
+        try:
+            return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+        except Exception:  # its own static reading failed; the inert walk's list still holds
+            pass
+    return sorted(name for name in met if name not in weights_only_allowed())
+
+
+def weights_only_allowed() -> set[str]:
     from torch import _weights_only_unpickler as allow
 
-    allowed = set(allow._get_allowed_globals()) | set(allow._get_user_allowed_globals())  # type: ignore[no-untyped-call]
-    return sorted(name for name in met if name not in allowed)
+    return set(allow._get_allowed_globals()) | set(allow._get_user_allowed_globals())  # type: ignore[no-untyped-call]
 
 
 class ZipReader:
@@ -236,7 +271,11 @@ class ZipReader:
         with archive:
             names = archive.namelist()
             pickle_name = next((n for n in names if n.endswith("/data.pkl")), None)
-            if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
+            prefix = "" if pickle_name is None else pickle_name.removesuffix("data.pkl")
+            script = f"{prefix}constants.pkl" in names and any(
+                n.startswith(f"{prefix}code/") for n in names
+            )
+            if pickle_name is not None and script:
                 contents.format = FileFormat.TORCHSCRIPT
                 contents.notes.append(
                     "a TorchScript archive (torch.jit.save): load it with "
@@ -252,8 +291,17 @@ class ZipReader:
                 )
                 contents.defects.append(Defect(kind=kind, where=where, message=message))
                 return contents
-            prefix = pickle_name.removesuffix("data.pkl")
             self._check_crcs(archive, where, contents)
+            if archive.getinfo(pickle_name).file_size > PICKLE_LIMIT:
+                contents.defects.append(
+                    Defect(
+                        kind=DefectKind.CORRUPT_PICKLE,
+                        where=f"{where}:{pickle_name}",
+                        message=f"{archive.getinfo(pickle_name).file_size} bytes of pickle (more "
+                        f"than {PICKLE_LIMIT}): not read",
+                    )
+                )
+                return contents
             try:
                 root, met = _walk_pickle(io.BytesIO(_record(archive, path, pickle_name)))
             except Exception as exc:  # a broken pickle raises many types; none runs code
@@ -294,7 +342,14 @@ class ZipReader:
                         )
                     )
         if contents.format is FileFormat.ZIP and not contents.defects:
-            contents.refused = refused_by_weights_only(path, met)
+            contents.refused = refused_by_weights_only(path, met, zipped=True)
+        elif contents.format is FileFormat.TORCHSCRIPT:
+            # torch.jit.load builds TorchScript's own classes (__torch__.*); anything else a
+            # TorchScript pickle names is foreign to it
+            allowed = weights_only_allowed()
+            contents.refused = sorted(
+                name for name in met if not name.startswith("__torch__.") and name not in allowed
+            )
         return contents
 
     @staticmethod
@@ -416,7 +471,7 @@ class LegacyReader:
                 return contents
             if size > position:
                 contents.notes.append(f"{size - position} bytes follow the last storage")
-        contents.refused = refused_by_weights_only(path, met)
+        contents.refused = refused_by_weights_only(path, met, zipped=False)
         return contents
 
 

@@ -94,7 +94,7 @@ class _MetadataUnpickler(pickle.Unpickler):
     """Builds DCP's ``Metadata`` and refuses every global DCP's own metadata never names."""
 
     def find_class(self, module: str, name: str) -> Any:
-        if not dcp_global(f"{module}.{name}"):
+        if not dcp_global(module, name):  # exact pairs: never a dotted name
             raise pickle.UnpicklingError(f"{module}.{name} is not part of DCP's metadata")
         return super().find_class(module, name)
 
@@ -147,7 +147,7 @@ def run_golden(spec: GoldenSpec) -> dict[str, Any]:
     if spec.expected_sha256 and report["sha256"] != spec.expected_sha256:
         report.update(status="changed")
         return report
-    code = [name for name in contents.refused if runs_code(name)]
+    code = [name for name in contents.globals if runs_code(name)]
     if code:
         report.update(status="dangerous", refused=code)
         return report
@@ -159,13 +159,16 @@ def run_golden(spec: GoldenSpec) -> dict[str, Any]:
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     # a safetensors file records no device, a DCP shard none either: only torch files have one
     located = {where for where in saved.values() if not where.startswith(("none", "sharded"))}
-    policy = spec.map_location or map_policy(located, count)
+    # a recording's cpu stays cpu; otherwise load where saved, if every saved device is here
+    policy = "cpu" if spec.map_location == "cpu" else map_policy(located, count)
     location = None if policy == "none" else policy
     report["map_location"] = policy
     before = resident_mb()
     try:
         records = _load(path, contents, spec, location)
-    except Exception as exc:
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # DCP's CheckpointException is a BaseException
         report.update(raised(exc))
         return report
     for name, record in records.items():
@@ -227,4 +230,17 @@ def _load(
             map_location=location,
             mmap=contents.format is FileFormat.ZIP,
         )
-    return {name: tensor_record(tensor) for name, tensor in tensors_of(loaded)}
+    return unique_records(tensors_of(loaded))
+
+
+def unique_records(named: Iterator[tuple[str, torch.Tensor]]) -> dict[str, dict[str, Any]]:
+    """Each tensor's record by its dotted path; a path that two tensors share (``{"a.b": t,
+    "a": {"b": u}}``) keeps both, the later as ``a.b#2``."""
+    records: dict[str, dict[str, Any]] = {}
+    for name, tensor in named:
+        key, count = name, 1
+        while key in records:
+            count += 1
+            key = f"{name}#{count}"
+        records[key] = tensor_record(tensor)
+    return records

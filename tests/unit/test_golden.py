@@ -113,6 +113,11 @@ def test_verify_judgements() -> None:
     outcome, reason, _ = judge_verify("f.pt", LOADED, run(raised))
     assert outcome is Outcome.FAIL  # it loaded when recorded
     assert "it loaded under torch 2.14.1" in reason
+    # a newer torch that refuses a global the recording's allowed is a regression, not a skip
+    refused = {"status": "needs_globals", "sha256": "s1", "refused": ["argparse.Namespace"]}
+    outcome, reason, _ = judge_verify("f.pt", LOADED, run(refused))
+    assert outcome is Outcome.FAIL
+    assert "refuses argparse.Namespace" in reason
 
 
 def test_tensor_problems_compare_devices_only_under_the_same_policy() -> None:

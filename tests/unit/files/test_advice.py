@@ -18,6 +18,7 @@ def found(
     return Contents(
         format=fmt,
         groups=list(groups),
+        globals=list(refused),
         tensors=[
             TensorEntry(path=p, dtype="float32", shape=(1,), bytes=4, location=location)
             for p in paths

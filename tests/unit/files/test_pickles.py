@@ -70,3 +70,22 @@ def test_globals_in_reads_memoized_stack_globals_up_to_a_break() -> None:
 )
 def test_runs_code(name: str, runs: bool) -> None:
     assert runs_code(name) is runs
+
+
+def test_a_pickle_nested_too_deep_is_refused_before_unpickling() -> None:
+    from harness.files.pickles import MAX_NESTING, TooDeep, nesting
+
+    # a tuple two million deep used as a dict key: hashing it overflows the C stack
+    bomb = b"}N" + b"\x85" * 2_000_000 + b"K\x01s."
+    with pytest.raises(TooDeep, match="nested"):
+        walk(io.BytesIO(bomb))
+    shallow = pickle.dumps({"a": [list(range(3000))], "b": OrderedDict(c=(1, 2))}, protocol=4)
+    assert nesting(io.BytesIO(shallow)) < 10 < MAX_NESTING
+
+
+def test_attribute_paths_through_a_harmless_module_are_code() -> None:
+    assert runs_code("torch.serialization.os.system")
+    assert runs_code("torch.distributed.checkpoint.filesystem.os.system")
+    assert runs_code("collections.builtins.eval")
+    assert not runs_code("mypkg.models.Net")
+    assert not runs_code("mypkg.Outer.Inner")

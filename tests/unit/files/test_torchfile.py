@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import pytest
@@ -107,11 +108,61 @@ def test_broken_torch_files(tmp_path: Path, maker: object, kind: DefectKind, tex
 
 
 def test_a_plain_pickle_is_not_a_torch_file(tmp_path: Path) -> None:
-    import pickle
-
     path = tmp_path / "plain.pkl"
     path.write_bytes(pickle.dumps({"a": 1}))
     contents = read_contents(path)
     assert contents.format is FileFormat.UNKNOWN
     assert contents.defects[0].kind is DefectKind.UNKNOWN_FORMAT
     assert "not torch.save's" in contents.defects[0].message
+
+
+def _zip_with(path: Path, pickled: bytes, *extra: str) -> Path:
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", pickled)
+        archive.writestr("archive/version", "3\n")
+        for name in extra:
+            archive.writestr(name, b"")
+    return path
+
+
+def test_hostile_zips_are_named_dangerous_whatever_they_claim(tmp_path: Path) -> None:
+    from harness.files import inspect_path
+
+    marker = tmp_path / "ran"
+    # os.system reached through torch.serialization's attributes (protocol 0 GLOBAL)
+    dotted = b"\x80\x02ctorch.serialization\nos.system\nX\x04\x00\x00\x00true\x85R."
+    # an empty code/ entry must not make a torch.save zip pass for TorchScript
+    plain = pickle.dumps(checkpoints.Payload(marker), protocol=2)
+    for path, name in (
+        (_zip_with(tmp_path / "dotted.pt", dotted), "torch.serialization.os.system"),
+        (_zip_with(tmp_path / "disguised.pt", plain, "archive/code/"), "posix.system"),
+    ):
+        found = inspect_path(path)
+        assert found.contents.format is FileFormat.ZIP, path
+        assert found.code_running == [name], path
+        assert found.exit_code == 1, path
+        assert found.advice[0].startswith("do not load this file"), path
+    assert not marker.exists()
+
+
+def test_hostile_structures_end_as_defects_not_crashes(tmp_path: Path) -> None:
+    import time
+
+    # a DAG of lists: 60 levels of two references to the next (2**60 paths to walk)
+    chain: list[object] = []
+    for _ in range(60):
+        chain = [chain, chain]
+    started = time.monotonic()
+    contents = read_contents(_zip_with(tmp_path / "dag.pt", pickle.dumps(chain, protocol=2)))
+    assert time.monotonic() - started < 10
+    assert any("the same object as" in other.type for other in contents.others)
+    huge = _zip_with(tmp_path / "bigint.pt", pickle.dumps({"n": 10**5000}, protocol=2))
+    (number,) = read_contents(huge).others
+    assert number.type == "int"
+    assert len(number.value) <= 80
+    deep = b"\x80\x02)" + b"\x85" * 1000 + b"."  # () wrapped in a 1-tuple 1000 times
+    refused = read_contents(_zip_with(tmp_path / "deep.pt", deep))
+    assert refused.defects[0].kind is DefectKind.CORRUPT_PICKLE
+    assert "nested" in refused.defects[0].message

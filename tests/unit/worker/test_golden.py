@@ -101,3 +101,10 @@ def test_the_metadata_unpickler_builds_dcp_classes_only(tmp_path: Path) -> None:
     with pytest.raises(pickle.UnpicklingError, match=r"posix\.system is not part of DCP"):
         _MetadataUnpickler(io.BytesIO(pickle.dumps(checkpoints.Payload(marker)))).load()
     assert not marker.exists()
+
+
+def test_two_tensors_on_one_path_are_both_recorded(tmp_path: Path) -> None:
+    path = tmp_path / "clash.pt"
+    torch.save({"a.b": torch.ones(1), "a": {"b": torch.zeros(1)}}, path)
+    report = golden(path)
+    assert sorted(report["tensors"]) == ["a.b", "a.b#2"]
