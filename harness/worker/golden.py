@@ -5,8 +5,9 @@ Nothing is unpickled with ``weights_only=False``: torch files load with ``weight
 (inside ``safe_globals`` for the globals the user named), safetensors with ``safe_open``, a DCP
 directory with ``dcp.load`` of its tensors only (``.metadata`` through a restricted unpickler
 that builds DCP's own classes and nothing else; the pickled non-tensor entries are never read),
-a TorchScript archive with ``torch.jit.load``. A file that names a global which runs code is
-never loaded, whatever the user allows.
+a TorchScript archive with ``torch.jit.load``: the one loader here that runs what the file
+carries (TorchScript, not Python; its pickles may name only TorchScript's own classes). A file
+that names a global which runs code is never loaded, whatever the user allows.
 """
 
 from __future__ import annotations
