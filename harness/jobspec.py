@@ -12,7 +12,17 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from types import UnionType
+from typing import (
+    Any,
+    Literal,
+    TypedDict,
+    Union,
+    get_args,
+    get_origin,
+    get_type_hints,
+    is_typeddict,
+)
 
 Role = Literal["save", "load"]
 
@@ -117,6 +127,130 @@ def rank_path(path: Path, rank: int) -> Path:
     """Where rank ``rank`` of a distributed job writes its own copy of a file (a report, a log,
     a checkpoint): rank 0 at ``path``, the others beside it (``load-report.rank1.json``)."""
     return path if rank == 0 else path.with_name(f"{path.stem}.rank{rank}{path.suffix}")
+
+
+# --- what a worker reports ------------------------------------------------------------------
+# The reports are typed: each (role, status) names a TypedDict, and ``report_problem`` checks a
+# report read from disk against it, so the verdict never meets a missing field as a KeyError.
+
+
+class Probe(TypedDict):
+    """What the worker saw of its devices."""
+
+    pid: int
+    cuda_visible_devices: str | None
+    device_count: int
+    uuids: list[str]
+
+
+class TensorRecord(TypedDict):
+    digest: str
+    dtype: str
+    shape: list[int]
+    device: str
+
+
+class SavedReport(TypedDict):
+    status: Literal["saved"]
+    sha256: str
+    bytes: int
+    tensors: dict[str, TensorRecord]
+    output_digest: str | None
+    output_device: str | None
+    tagged_as: str | None
+    serialization: str
+    probe: Probe
+    torch: str
+
+
+class RaisedReport(TypedDict):
+    """A save or load that raised: an observation, classified."""
+
+    status: Literal["raised"]
+    error_class: str
+    exception_type: str
+    message: str
+    probe: Probe
+    torch: str
+
+
+class LoadedReport(TypedDict):
+    status: Literal["loaded"]
+    tensors: dict[str, TensorRecord]
+    output_digest: str | None
+    output_device: str | None
+    probe: Probe
+    torch: str
+
+
+class CrashedReport(TypedDict):
+    """The job itself broke (an exception the job did not expect)."""
+
+    status: Literal["crashed"]
+    exception_type: str
+    message: str
+
+
+REPORTS: dict[str, dict[str, type]] = {
+    "save": {"saved": SavedReport, "raised": RaisedReport, "crashed": CrashedReport},
+    "load": {"loaded": LoadedReport, "raised": RaisedReport, "crashed": CrashedReport},
+}
+
+
+def report_problem(report: dict[str, Any], role: str) -> str | None:
+    """What is wrong with a worker's report for ``role`` (save, load), or None: an unknown
+    status, a missing field, or a field of the wrong type (probe and tensor records included)."""
+    kinds = REPORTS.get(role)
+    if kinds is None:
+        return None
+    status = report.get("status")
+    if status not in kinds:
+        return f"its status is {status!r}; a {role} report's is one of {', '.join(kinds)}"
+    problem = _fields_problem(report, kinds[status], f"the {status} report")
+    if problem is None and "probe" in report:
+        problem = _fields_problem(report["probe"], Probe, "its probe")
+    for name, record in (report.get("tensors") or {}).items() if problem is None else ():
+        problem = _fields_problem(record, TensorRecord, f"its tensor {name!r}")
+        if problem is not None:
+            break
+    return problem
+
+
+def _fields_problem(data: Any, kind: type, what: str) -> str | None:
+    if not isinstance(data, dict):
+        return f"{what} is {type(data).__name__}, not an object"
+    hints = get_type_hints(kind)
+    for field_name in sorted(kind.__required_keys__):  # type: ignore[attr-defined]
+        if field_name not in data:
+            return f"{what} lacks the field {field_name!r}"
+        if not _is(data[field_name], hints[field_name]):
+            return (
+                f"{what}'s field {field_name!r} is {type(data[field_name]).__name__}, "
+                f"expected {hints[field_name]}"
+            )
+    return None
+
+
+def _is(value: Any, hint: Any) -> bool:
+    """A shallow check of a JSON value against a field's annotation."""
+    origin = get_origin(hint)
+    if origin is Literal:
+        return value in get_args(hint)
+    if origin in (UnionType, Union):
+        return any(_is(value, arm) for arm in get_args(hint))
+    if hint is type(None):
+        return value is None
+    if origin is not None:
+        hint = origin
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return (
+        isinstance(value, hint)
+        if isinstance(hint, type) and not is_typeddict(hint)
+        else (isinstance(value, dict))
+    )
 
 
 def read_report(path: Path) -> dict[str, Any] | None:

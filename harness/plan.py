@@ -129,4 +129,5 @@ class JobFactory:
             report_path=Path(spec.report_path),
             gpus=visibility,
             ranks=ranks,
+            role=spec.role,
         )

@@ -8,6 +8,7 @@ more jobs, and the run must stop (its results so far are kept; ``--resume`` cont
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from harness.jobspec import rank_path, read_report
+from harness.jobspec import rank_path, read_report, report_problem
 
 STDERR_TAIL_BYTES = 3000
 
@@ -69,6 +70,7 @@ class Job:
     report_path: Path
     gpus: tuple[int, ...] = ()  # the GPUs the job may see (for leases)
     ranks: int = 0  # 0: one plain process; N >= 1: a distributed job of N rank processes
+    role: str = ""  # save or load: the report is checked against that role's types
 
     def rank_log(self, rank: int) -> Path:
         """Rank 0 logs to ``log_path``, the other ranks beside it (``load.rank1.log``)."""
@@ -85,6 +87,7 @@ class JobRun:
     report: dict[str, Any] | None  # rank 0's, for a distributed job
     lost: str | None = None  # the launcher lost the job (its zygote died): why
     failed_ranks: str | None = None  # a distributed job: which ranks failed, and how
+    report_problem: str | None = None  # the report exists but cannot be used: why
 
     @property
     def signal_name(self) -> str | None:
@@ -100,6 +103,7 @@ class JobRun:
             and not self.timed_out
             and self.returncode == 0
             and self.report is not None
+            and self.report_problem is None
         )
 
     def failure(self) -> str:
@@ -114,14 +118,18 @@ class JobRun:
             what = f"was killed by {self.signal_name}"
         elif self.returncode != 0:
             what = f"exited with code {self.returncode}"
+        elif self.report_problem is not None:
+            what = f"exited 0 but its report is unusable: {self.report_problem}"
         elif self.report is None:
-            what = "exited 0 but wrote no usable report"
+            what = "exited 0 but wrote no report"
         else:
             return f"{self.name}: finished"
         crashed = self.report is not None and self.report.get("status") == "crashed"
         if crashed and self.report is not None:
             what += f" ({self.report.get('exception_type')}: {self.report.get('message')})"
-        elif self.report is None and not self.timed_out:
+        elif self.report_problem is not None and self.returncode != 0:
+            what += f"; its report is unusable: {self.report_problem}"
+        elif self.report is None and not self.timed_out and self.returncode != 0:
             what += "; the child died before writing a usable report"
         return f"{self.name}: worker {what}"
 
@@ -208,16 +216,36 @@ def finished_run(
     tails = [tail(job.log_path)]
     if failed_ranks is not None:
         tails += [f"--- rank {r} ---\n{tail(job.rank_log(r), 1000)}" for r in range(1, job.ranks)]
+    report, problem = (None, None) if lost is not None else checked_report(job)
     return JobRun(
         name=job.name,
         returncode=returncode,
         timed_out=timed_out,
         duration_s=time.monotonic() - started,
         stderr_tail="\n".join(t for t in tails if t.strip()),
-        report=None if lost is not None else read_report(job.report_path),
+        report=report,
         lost=lost,
         failed_ranks=failed_ranks,
+        report_problem=problem,
     )
+
+
+def checked_report(job: Job) -> tuple[dict[str, Any] | None, str | None]:
+    """The job's report and what is wrong with it: none written (None, None); not JSON, torn
+    or not an object (None, why); or read, and checked against its role's types (report, why)."""
+    try:
+        text = job.report_path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None, None
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, f"{job.report_path} cannot be read ({exc})"
+    try:
+        report = json.loads(text)
+    except ValueError as exc:
+        return None, f"{job.report_path} is not valid JSON ({exc}; {len(text)} bytes: torn?)"
+    if not isinstance(report, dict):
+        return None, f"{job.report_path} holds {type(report).__name__}, not a JSON object"
+    return report, report_problem(report, job.role)
 
 
 def stopping_run(job: Job) -> JobRun:

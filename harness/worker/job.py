@@ -11,7 +11,15 @@ import traceback
 from pathlib import Path
 
 from harness.axes import Layout
-from harness.jobspec import GoldenSpec, SaveSpec, rank_path, spec_from_json, write_json_atomic
+from harness.jobspec import (
+    GoldenSpec,
+    SaveSpec,
+    Spec,
+    rank_path,
+    spec_from_json,
+    write_json_atomic,
+)
+from harness.worker import faults
 
 
 def _environment(args: list[str]) -> int:
@@ -50,6 +58,30 @@ def run_job(args: list[str]) -> int:
 
     configure_torch()
     report_path = Path(spec.report_path)
+    name = (
+        spec.label
+        if isinstance(spec, GoldenSpec)
+        else (spec.cell_key if isinstance(spec, SaveSpec) else spec.cell_id)
+    )
+    if os.environ.get(faults.VARIABLE):  # the harness's own tests inject faults this way
+        try:
+            faults.before(name, spec.role)
+        except Exception as exc:  # memory exhausted, say: the job broke, as it would in its work
+            return _crashed(rank_report(spec, report_path), exc)
+    code = _perform(spec, report_path)
+    if os.environ.get(faults.VARIABLE):
+        faults.after(name, spec.role, rank_report(spec, report_path))
+    return code
+
+
+def rank_report(spec: Spec, report_path: Path) -> Path:
+    """Where this process writes its report: a distributed job's rank beside rank 0's."""
+    if isinstance(spec, GoldenSpec) or not Layout(spec.layout).distributed:
+        return report_path
+    return rank_path(report_path, int(os.environ.get("RANK", "0")))
+
+
+def _perform(spec: Spec, report_path: Path) -> int:
     if isinstance(spec, GoldenSpec):
         from harness.worker.golden import run_golden
 
@@ -59,10 +91,9 @@ def run_job(args: list[str]) -> int:
             return _crashed(report_path, exc)
         write_json_atomic(report_path, report)
         return 0
+    report_path = rank_report(spec, report_path)
     if Layout(spec.layout).distributed:  # one process per rank, each with its own report
         from harness.worker import distributed as jobs
-
-        report_path = rank_path(report_path, int(os.environ.get("RANK", "0")))
     else:
         from harness.worker import main as jobs  # type: ignore[no-redef]
     try:

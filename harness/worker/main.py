@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import time
@@ -71,8 +72,17 @@ def save_atomic(obj: Any, path: Path, *, legacy: bool = False) -> None:
     try:
         torch.save(obj, tmp, _use_new_zipfile_serialization=not legacy)
         tmp.replace(path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if "iostream error" in str(exc) or (
+            isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+        ):
+            # torch's writer says only "basic_ios::clear: iostream error"
+            raise OSError(
+                exc.errno if isinstance(exc, OSError) else errno.EIO,
+                f"writing {path} failed ({exc}): the disk is full or the file too large; the "
+                "partial file was removed",
+            ) from exc
         raise
 
 

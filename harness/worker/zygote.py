@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import signal
 import sys
 import traceback
 from collections.abc import Callable
@@ -43,6 +44,7 @@ from harness.launchers.messages import (
     encode,
     parse_request,
 )
+from harness.worker import faults
 
 POLL_S = 0.02  # how often the loop looks for ended children while no request arrives
 REFUSED_EXIT = 3  # the zygote's exit code after it refused to fork
@@ -244,6 +246,13 @@ def _start(
     run: Run,
 ) -> None:
     job_id = request["id"]
+    if os.environ.get(faults.VARIABLE):  # the harness's own tests: a zygote that fails
+        fault = faults.zygote_fault(request["args"])
+        if fault == "zygote_dies":
+            os.kill(os.getpid(), signal.SIGKILL)
+        elif fault == "zygote_garbage":
+            answers.write(b"\x00 this is not a message\n")
+            answers.flush()
     try:
         log_fd = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     except OSError as exc:
