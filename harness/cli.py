@@ -4,14 +4,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -43,6 +46,36 @@ from harness.summary import summary_table
 USAGE_ERROR = 2
 STOPPED = 3  # the run could not go on (a launcher broke); what finished is recorded
 INTERNAL_ERROR = 70  # a bug in the harness (EX_SOFTWARE): its traceback is printed
+
+
+class Interrupted(BaseException):
+    """The run was told to stop (SIGINT or SIGTERM): running workers are stopped, the results
+    file ends with a line saying so, and ``--resume`` finishes the run."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """While active, SIGINT and SIGTERM raise :class:`Interrupted` in the main thread, once: a
+    second signal is ignored while the first one's cleanup stops the workers."""
+
+    def interrupt(signum: int, _frame: object) -> None:
+        for name in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(name, signal.SIG_IGN)
+        raise Interrupted(signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {name: signal.signal(name, interrupt) for name in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for name, handler in previous.items():
+            signal.signal(name, handler)
 
 
 class UsageError(UserError):
@@ -419,14 +452,56 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(
             f"{args.out} exists; pass --resume to continue it or --overwrite to replace it"
         )
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ckpt-matrix-"))
+    workdir = fresh_workdir(args.workdir)
     launcher = open_launcher(planned, options, workdir)
     try:
-        return run_planned(args, options, planned, launcher, workdir)
+        with stop_on_signals():
+            return run_planned(args, options, planned, launcher, workdir)
     finally:
         launcher.stop_all()
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+WORKDIR_PREFIX = "ckpt-matrix-"
+OWNER = "owner.pid"  # in a temporary work folder: the run that made it
+MARKER = ".ckpt-matrix-workdir"  # in a given work folder: a run used it
+LEFT_BEHIND = ("artifacts", "cells", "leases", "zygotes", "environment")
+
+
+def fresh_workdir(given: Path | None) -> Path:
+    """The run's work folder. A temporary one records its owner, and the ones that killed runs
+    left behind (their owner gone) are removed first. A given folder keeps this run's files; what
+    an earlier run left there (artifacts, reports, leases) is removed, so nothing of it is read
+    as this run's."""
+    for stale in Path(tempfile.gettempdir()).glob(f"{WORKDIR_PREFIX}*"):
+        owner = stale / OWNER
+        with contextlib.suppress(OSError, ValueError):
+            if owner.is_file() and not _alive(int(owner.read_text())):
+                shutil.rmtree(stale, ignore_errors=True)
+    if given is None:
+        made = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX))
+        (made / OWNER).write_text(str(os.getpid()))
+        return made
+    marker = given / MARKER
+    if marker.is_file():  # an earlier run's work folder: only what runs put there is removed
+        for name in LEFT_BEHIND:
+            if (given / name).exists():
+                print(f"ckpt-matrix: removing {given / name} (an earlier run's)", file=sys.stderr)
+                shutil.rmtree(given / name, ignore_errors=True)
+    given.mkdir(parents=True, exist_ok=True)
+    marker.write_text(str(os.getpid()))
+    return given
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def run_planned(
@@ -471,6 +546,15 @@ def run_planned(
         except LauncherBroken as exc:
             writer.finish(finished_at=now(), cells_run=writer.appended, stopped=str(exc))
             raise
+        except Interrupted as exc:
+            reporter.stop()
+            writer.finish(
+                finished_at=now(),
+                cells_run=writer.appended,
+                stopped=f"interrupted by {exc}",
+                interrupted=str(exc),
+            )
+            raise
         finally:
             reporter.stop()
         writer.finish(finished_at=now(), cells_run=len(cells))
@@ -508,6 +592,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return STOPPED
+    except Interrupted as exc:
+        print(
+            f"ckpt-matrix {args.command}: interrupted by {exc}; the workers were stopped and "
+            "what finished is recorded: `ckpt-matrix run --resume` with the same --out "
+            "finishes the run",
+            file=sys.stderr,
+        )
+        return 128 + exc.signum
     except KeyboardInterrupt:
         print(f"ckpt-matrix {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -42,6 +42,9 @@ def normalise_uuid(uuid: str) -> str:
     return uuid.removeprefix("GPU-").removeprefix("MIG-").lower()
 
 
+ORCHESTRATOR = "CKPT_MATRIX_ORCHESTRATOR"  # the pid of the process that started the worker
+
+
 def worker_env(
     visibility: Visibility,
     base: Mapping[str, str] | None = None,
@@ -56,6 +59,8 @@ def worker_env(
         env["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"  # required by deterministic cuBLAS
     env.update(_THREADS)
     env["PYTHONHASHSEED"] = "0"
+    # a worker (and the zygote) whose orchestrator was killed stops itself (harness.worker.job)
+    env[ORCHESTRATOR] = str(os.getpid())
     return env
 
 

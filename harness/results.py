@@ -286,8 +286,15 @@ class ResultsWriter:
             # Held open across appends (closed in close()), so no context manager here.
             self._handle: TextIO = open(path, "a", encoding="utf-8")  # noqa: SIM115
         else:
-            self._handle = open(path, "w", encoding="utf-8")  # noqa: SIM115 (as above)
-            self._write({"kind": "environment", "schema_version": SCHEMA_VERSION, **environment})
+            # the environment line appears whole or not at all: written beside, then renamed
+            first = {"kind": "environment", "schema_version": SCHEMA_VERSION, **environment}
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            with open(tmp, "w", encoding="utf-8") as handle:
+                handle.write(json.dumps(first, sort_keys=True) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            tmp.replace(path)
+            self._handle = open(path, "a", encoding="utf-8")  # noqa: SIM115 (as above)
 
     def _repair_torn_tail(self) -> None:
         """Drop a torn last line (left by a kill mid-write) before appending after it."""

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
+import time
 import traceback
 from pathlib import Path
 
@@ -44,6 +47,32 @@ def _environment(args: list[str]) -> int:
     return 0
 
 
+def orchestrator_gone() -> bool:
+    """Whether the orchestrator that started this worker (``CKPT_MATRIX_ORCHESTRATOR``) has
+    died: a SIGKILL leaves nobody to stop the worker, so it stops itself."""
+    pid = os.environ.get("CKPT_MATRIX_ORCHESTRATOR", "")
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def watch_orchestrator(interval_s: float = 1.0) -> None:
+    """A daemon thread that ends this worker's process group once its orchestrator is gone."""
+
+    def watch() -> None:
+        while not orchestrator_gone():
+            time.sleep(interval_s)
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="orchestrator-watch", daemon=True).start()
+
+
 def run_job(args: list[str]) -> int:
     """Exit 0 when a report was written, 1 when the job itself broke (its report then says
     why), 2 for unusable arguments."""
@@ -53,6 +82,9 @@ def run_job(args: list[str]) -> int:
         return 2
     spec_path = Path(args[0])
     spec = spec_from_json(json.loads(spec_path.read_text(encoding="utf-8")), str(spec_path))
+    leads = os.getpgrp() == os.getpid() or "RANK" in os.environ  # never a test's own process
+    if os.environ.get("CKPT_MATRIX_ORCHESTRATOR") and leads:
+        watch_orchestrator()
 
     from harness.worker.main import configure_torch
 

@@ -45,6 +45,7 @@ from harness.launchers.messages import (
     parse_request,
 )
 from harness.worker import faults
+from harness.worker.job import orchestrator_gone
 
 POLL_S = 0.02  # how often the loop looks for ended children while no request arrives
 REFUSED_EXIT = 3  # the zygote's exit code after it refused to fork
@@ -194,6 +195,11 @@ def serve(
         else:
             select.select([], [], [], POLL_S)
         _reap(children, answers)
+        if children and orchestrator_gone():  # killed: nobody will stop the children
+            for pid in list(children):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL)  # each child leads its own session
+            return REFUSED_EXIT
     return 0 if refused is None else REFUSED_EXIT
 
 
