@@ -159,6 +159,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="keep checkpoints, specs and worker logs here (default: a temporary folder)",
     )
+    run.add_argument(
+        "--rerun-errors",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run a cell that ends ERROR again, in fresh processes with a fresh save, up to N "
+        "more times; one that then passes is reported flaky, with every attempt recorded",
+    )
     existing = run.add_mutually_exclusive_group()
     existing.add_argument(
         "--resume", action="store_true", help="continue an interrupted --out file"
@@ -183,6 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("baseline", type=Path)
     diff.add_argument("candidate", type=Path)
     diff.add_argument("--markdown", type=Path, default=None, help="also write the diff here")
+    diff.add_argument(
+        "--fail-on-flaky",
+        action="store_true",
+        help="a cell the candidate had to rerun (it ended ERROR, then otherwise) is a failure",
+    )
     diff.add_argument(
         "--allow-missing",
         action="store_true",
@@ -413,11 +426,11 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_diff(args: argparse.Namespace) -> int:
     result = compare(read_results(args.baseline), read_results(args.candidate))
-    text = diff_markdown(result, allow_missing=args.allow_missing)
+    text = diff_markdown(result, allow_missing=args.allow_missing, fail_on_flaky=args.fail_on_flaky)
     print(text, end="")
     if args.markdown is not None:
         args.markdown.write_text(text, encoding="utf-8")
-    return result.exit_code(allow_missing=args.allow_missing)
+    return result.exit_code(allow_missing=args.allow_missing, fail_on_flaky=args.fail_on_flaky)
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
@@ -448,6 +461,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     planned = plan_matrix(options)
     if args.jobs < 1:
         raise UsageError(f"--jobs {args.jobs}: must be at least 1")
+    if args.rerun_errors < 0:
+        raise UsageError(f"--rerun-errors {args.rerun_errors}: must be 0 or more")
     if args.out.exists() and not (args.resume or args.overwrite):
         raise UsageError(
             f"{args.out} exists; pass --resume to continue it or --overwrite to replace it"
@@ -542,7 +557,14 @@ def run_planned(
     with ResultsWriter(args.out, environment, resume=resume) as writer:
         reporter.start(len(cells))
         try:
-            run_cells(cells, runner, writer, jobs=args.jobs, progress=reporter.update)
+            run_cells(
+                cells,
+                runner,
+                writer,
+                jobs=args.jobs,
+                progress=reporter.update,
+                rerun_errors=args.rerun_errors,
+            )
         except LauncherBroken as exc:
             writer.finish(finished_at=now(), cells_run=writer.appended, stopped=str(exc))
             raise

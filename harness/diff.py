@@ -48,17 +48,21 @@ class Diff:
     only_in_baseline: list[str] = field(default_factory=list)
     only_in_candidate: list[str] = field(default_factory=list)
     compared: int = 0
+    flaky: list[str] = field(default_factory=list)  # the candidate's cells that needed reruns
 
     def of_kind(self, kind: str) -> list[Change]:
         return [change for change in self.changes if change.kind == kind]
 
-    def certified(self, *, allow_missing: bool = False) -> bool:
-        """No regression, and no lost coverage (cells missing, or skipped now) unless allowed."""
+    def certified(self, *, allow_missing: bool = False, fail_on_flaky: bool = False) -> bool:
+        """No regression, and no lost coverage (cells missing, or skipped now) unless allowed;
+        with ``fail_on_flaky``, no cell that passed only on a rerun."""
         missing = (self.only_in_baseline or self.of_kind("skipped")) and not allow_missing
-        return not self.of_kind("regression") and not missing
+        flaky = bool(self.flaky) and fail_on_flaky
+        return not self.of_kind("regression") and not missing and not flaky
 
-    def exit_code(self, *, allow_missing: bool = False) -> int:
-        return CERTIFIED if self.certified(allow_missing=allow_missing) else REGRESSION
+    def exit_code(self, *, allow_missing: bool = False, fail_on_flaky: bool = False) -> int:
+        certified = self.certified(allow_missing=allow_missing, fail_on_flaky=fail_on_flaky)
+        return CERTIFIED if certified else REGRESSION
 
 
 def _observed(result: CellResult, key: str) -> Any:
@@ -79,6 +83,7 @@ def compare(baseline: ResultsFile, candidate: ResultsFile) -> Diff:
     new = {result.id: result for result in candidate.results}
     diff.only_in_baseline = sorted(old.keys() - new.keys())
     diff.only_in_candidate = sorted(new.keys() - old.keys())
+    diff.flaky = sorted(cell_id for cell_id, result in new.items() if result.flaky)
     for cell_id in sorted(old.keys() & new.keys()):
         diff.compared += 1
         diff.changes += _cell_changes(old[cell_id], new[cell_id])
@@ -126,8 +131,9 @@ def _gpu_names(environment: dict[str, Any]) -> str:
     return ", ".join(f"{gpu.get('index')}:{gpu.get('name')}" for gpu in gpus)
 
 
-def to_markdown(diff: Diff, *, allow_missing: bool = False) -> str:
-    verdict = "CERTIFIED" if diff.certified(allow_missing=allow_missing) else "NOT CERTIFIED"
+def to_markdown(diff: Diff, *, allow_missing: bool = False, fail_on_flaky: bool = False) -> str:
+    certified = diff.certified(allow_missing=allow_missing, fail_on_flaky=fail_on_flaky)
+    verdict = "CERTIFIED" if certified else "NOT CERTIFIED"
     lines = [
         f"## ckpt-matrix certification: {verdict}",
         "",
@@ -167,6 +173,14 @@ def to_markdown(diff: Diff, *, allow_missing: bool = False) -> str:
             lines += [f"### {title} ({len(names)})", ""]
             lines += [f"- `{name}`" for name in names]
             lines.append("")
+    if diff.flaky:
+        failing = " (these fail the certification: --fail-on-flaky)" if fail_on_flaky else ""
+        lines += [
+            f"### Flaky in the candidate: passed only on a rerun ({len(diff.flaky)}){failing}",
+            "",
+        ]
+        lines += [f"- `{name}`" for name in diff.flaky]
+        lines.append("")
     if not diff.changes and not diff.only_in_baseline and not diff.only_in_candidate:
         lines.append("No cell changed.")
     return "\n".join(lines).rstrip() + "\n"

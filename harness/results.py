@@ -36,10 +36,27 @@ class CellResult:
     observed: dict[str, Any] | None
     error: dict[str, Any] | None
     duration_s: float
+    # the earlier attempts of a cell rerun after an ERROR (--rerun-errors): outcome, reason,
+    # error and duration of each, oldest first
+    attempts: tuple[dict[str, Any], ...] = ()
 
     @property
     def id(self) -> str:
         return self.cell.id
+
+    @property
+    def flaky(self) -> bool:
+        """An ERROR that did not happen again: the cell ended otherwise on a rerun."""
+        return bool(self.attempts) and self.outcome is not Outcome.ERROR
+
+    def attempt(self) -> dict[str, Any]:
+        """This result as one attempt of a rerun cell."""
+        return {
+            "outcome": str(self.outcome),
+            "reason": self.reason,
+            "error": self.error,
+            "duration_s": round(self.duration_s, 3),
+        }
 
     @property
     def recipe_kind(self) -> RecipeKind:
@@ -53,6 +70,8 @@ class CellResult:
     def describe(self) -> str:
         lines = [f"{self.id}: {self.outcome}", f"  expected: {self.expected.to_json()}"]
         lines.append(f"  reason:   {self.reason}")
+        for number, earlier in enumerate(self.attempts, 1):
+            lines.append(f"  attempt {number}: {earlier['outcome']}: {earlier['reason']}")
         if self.observed is not None:
             lines.append(f"  observed: {json.dumps(self.observed, sort_keys=True)[:2000]}")
         if self.error is not None:
@@ -72,6 +91,7 @@ class CellResult:
             "observed": self.observed,
             "error": self.error,
             "duration_s": round(self.duration_s, 3),
+            **({"attempts": list(self.attempts), "flaky": self.flaky} if self.attempts else {}),
         }
 
     @classmethod
@@ -87,6 +107,7 @@ class CellResult:
             observed=data["observed"],
             error=data["error"],
             duration_s=float(data["duration_s"]),
+            attempts=tuple(data.get("attempts") or ()),
         )
 
 

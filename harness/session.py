@@ -11,8 +11,9 @@ import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from harness.artifacts import ArtifactStore
 from harness.cell import Cell
@@ -37,6 +38,22 @@ class CellRunner:
     torchvision: bool = True  # whether the workers' interpreter has torchvision
     # each model's traits as measured in a worker (default: the zoo's declared ones)
     traits: Mapping[str, ModelTraits] = field(default_factory=dict)
+
+    def for_attempt(self, attempt: int) -> CellRunner:
+        """This runner for a rerun: fresh processes, and a fresh save too (the save may be what
+        failed), in a folder of the attempt's own."""
+        factory = replace(self.factory, workdir=self.factory.workdir / f"rerun-{attempt}")
+        return replace(self, factory=factory, store=ArtifactStore(factory, self.launcher))
+
+    def run_with_reruns(self, cell: Cell, reruns: int) -> CellResult:
+        """Run the cell; while it ends ERROR, run it again, up to ``reruns`` more times. The
+        result is the last attempt's, with every earlier one recorded."""
+        result = self.run_cell(cell)
+        attempts: list[dict[str, Any]] = []
+        while result.outcome is Outcome.ERROR and len(attempts) < reruns:
+            attempts.append(result.attempt())
+            result = self.for_attempt(len(attempts)).run_cell(cell)
+        return replace(result, attempts=tuple(attempts)) if attempts else result
 
     def run_cell(self, cell: Cell) -> CellResult:
         started = time.monotonic()
@@ -191,13 +208,15 @@ def run_cells(
     *,
     jobs: int,
     progress: Progress | None = None,
+    rerun_errors: int = 0,
 ) -> list[CellResult]:
-    """Run cells ``jobs`` at a time; each result is recorded as soon as its cell ends."""
+    """Run cells ``jobs`` at a time; each result is recorded as soon as its cell ends (after its
+    reruns, where it ended ERROR and ``rerun_errors`` allows more attempts)."""
     results: dict[str, CellResult] = {}
     order = interleave_by_artifact(cells)
     pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="cell")
     try:
-        futures = {pool.submit(runner.run_cell, cell): cell for cell in order}
+        futures = {pool.submit(runner.run_with_reruns, cell, rerun_errors): cell for cell in order}
         for future in as_completed(futures):
             result = future.result()
             writer.append(result)

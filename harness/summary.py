@@ -39,6 +39,18 @@ def summary_table(results: Sequence[CellResult]) -> str:
     if fragile_cells:
         lines += ["", "Fragile: known-bad recipes that worked here by accident:"]
         lines += [f"  {r.id}\n        {r.expected.reason}" for r in fragile_cells]
+    flaky = [r for r in results if r.flaky]
+    if flaky:
+        lines += ["", "Flaky: ERROR at first, then otherwise on a rerun (not a clean result):"]
+        lines += [
+            f"  {r.outcome} after {len(r.attempts)} ERROR attempt(s): {r.id}\n"
+            f"        first: {r.attempts[0]['reason']}"
+            for r in flaky
+        ]
+    rerun = [r for r in results if r.attempts and not r.flaky]
+    if rerun:
+        lines += ["", "Consistent errors: ERROR on every attempt:"]
+        lines += [f"  {len(r.attempts) + 1} attempts: {r.id}" for r in rerun]
     skipped = Counter(r.reason for r in results if r.outcome is Outcome.SKIP)
     if skipped:
         lines += ["", "Skipped:"]

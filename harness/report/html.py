@@ -26,6 +26,7 @@ th { background: #f3f3f3; font-weight: 600; }
 .PASS { background: #b7e4b0; } .XFAIL { background: #cfd8f7; } .FAIL { background: #f4a6a6; }
 .XPASS { background: #f7c98b; } .ERROR { background: #d9a6f4; } .SKIP { background: #e6e6e6; }
 .chip.fragile { outline: 2px dashed #a66; }
+.chip.flaky { outline: 2px dotted #c80; }
 .chip.selected { box-shadow: 0 0 0 2px #222; }
 #filters label { margin-right: 1em; }
 #details { position: sticky; bottom: 0; background: #fffbe8; border: 1px solid #e0d080;
@@ -93,6 +94,7 @@ def report_html(results: ResultsFile) -> str:
                 chips = []
                 for result in grid.cells.get((row, column), []):
                     fragile = " fragile" if result.fragile else ""
+                    fragile += " flaky" if result.flaky else ""
                     title = f"{result.outcome}: {result.reason}"
                     chips.append(
                         f'<button class="chip {result.outcome}{fragile}" data-id="{e(result.id)}" '

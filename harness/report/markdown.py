@@ -60,6 +60,15 @@ def report_markdown(results: ResultsFile) -> str:
                 entries.append(", ".join(f"{here[o]} {o}" for o in OUTCOME_ORDER if here[o]) or "")
             lines.append(f"| {row} | " + " | ".join(entries) + " |")
         lines.append("")
+    flaky = [r for r in results.results if r.flaky]
+    if flaky:
+        lines += [f"## Flaky cells ({len(flaky)}): passed only on a rerun", ""]
+        lines += [
+            f"- **{r.outcome}** after {len(r.attempts)} ERROR attempt(s) `{r.id}`: first "
+            f"{' '.join(str(r.attempts[0]['reason']).split())}"
+            for r in flaky
+        ]
+        lines.append("")
     failing = [r for r in results.results if r.outcome.fails_run]
     if failing:
         lines += [f"## Failing cells ({len(failing)})", ""]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import signal
 import time
@@ -34,11 +35,20 @@ class Fault:
     match: str
     role: str = "any"
     rank: int | None = None
+    attempt: int | None = None  # 0: the first run of the cell; k: its k-th rerun
 
-    def applies(self, name: str, role: str) -> bool:
+    def applies(self, name: str, role: str, where: str = "") -> bool:
         if self.match not in name or self.role not in ("any", role):
             return False
+        if self.attempt is not None and self.attempt != attempt_of(where):
+            return False
         return self.rank is None or self.rank == int(os.environ.get("RANK", "0"))
+
+
+def attempt_of(where: str) -> int:
+    """Which attempt a job's files belong to: reruns work in ``rerun-K`` folders."""
+    found = re.search(r"[/\\]rerun-(\d+)[/\\]", where)
+    return int(found.group(1)) if found else 0
 
 
 def planned(environ: dict[str, str] | os._Environ[str] | None = None) -> list[Fault]:
@@ -54,16 +64,16 @@ def planned(environ: dict[str, str] | os._Environ[str] | None = None) -> list[Fa
     return faults
 
 
-def find(name: str, role: str, kinds: frozenset[str]) -> Fault | None:
+def find(name: str, role: str, kinds: frozenset[str], where: str) -> Fault | None:
     return next(
-        (f for f in planned() if f.kind in kinds and f.applies(name, role)),
+        (f for f in planned() if f.kind in kinds and f.applies(name, role, where)),
         None,
     )
 
 
-def before(name: str, role: str) -> None:
-    """Strike before the job's work, where a fault asks for it."""
-    fault = find(name, role, BEFORE)
+def before(name: str, role: str, where: str = "") -> None:
+    """Strike before the job's work, where a fault asks for it (``where``: its report path)."""
+    fault = find(name, role, BEFORE, where)
     if fault is None:
         return
     if fault.kind == "segv":
@@ -96,7 +106,7 @@ def exhaust_memory() -> None:
 
 def after(name: str, role: str, report_path: Path) -> None:
     """Strike once the report is written, where a fault asks for it."""
-    fault = find(name, role, AFTER)
+    fault = find(name, role, AFTER, str(report_path))
     if fault is None:
         return
     if fault.kind == "no_report":
@@ -126,5 +136,5 @@ def zygote_fault(args: list[str] | tuple[str, ...]) -> str | None:
         return None
     name = str(spec.get("cell_id") or spec.get("cell_key") or "")
     role = str(spec.get("role", ""))
-    hit = next((f for f in faults if f.applies(name, role)), None)
+    hit = next((f for f in faults if f.applies(name, role, str(args[0]))), None)
     return None if hit is None else hit.kind

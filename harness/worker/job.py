@@ -97,7 +97,7 @@ def run_job(args: list[str]) -> int:
     )
     if os.environ.get(faults.VARIABLE):  # the harness's own tests inject faults this way
         try:
-            faults.before(name, spec.role)
+            faults.before(name, spec.role, str(report_path))
         except Exception as exc:  # memory exhausted, say: the job broke, as it would in its work
             return _crashed(rank_report(spec, report_path), exc)
     code = _perform(spec, report_path)

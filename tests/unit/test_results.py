@@ -306,3 +306,22 @@ def test_merge_refuses_a_shard_whose_run_stopped_early(tmp_path: Path) -> None:
     with pytest.raises(ResultsError, match=r"a\.jsonl holds 1 of the 2 cells of shard 1/2") as e:
         merge(files)
     assert "--resume" in str(e.value)
+
+
+def test_attempts_round_trip_and_make_a_cell_flaky(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    first = result(outcome=Outcome.ERROR)
+    flaky = replace(result(), attempts=(first.attempt(),))
+    consistent = replace(first, attempts=(first.attempt(), first.attempt()))
+    assert flaky.flaky
+    assert not consistent.flaky
+    assert not result().flaky
+    path = write(
+        tmp_path / "r.jsonl", ENV, flaky, replace(consistent, cell=result("as_saved").cell)
+    )
+    back = read_results(path).results
+    assert back[0].attempts == flaky.attempts
+    assert back[0].flaky
+    assert back[0].to_json()["flaky"] is True
+    assert "attempts" not in result().to_json()  # a cell run once reads as before

@@ -154,3 +154,41 @@ def test_rank_faults_and_a_zygote_that_answers_garbage(
     assert hit.outcome.value == "ERROR"
     assert "the launcher lost the job" in hit.reason
     assert plain[cell("single", "single", "slice_prefix")].outcome.value == "XFAIL"
+
+
+@pytest.mark.slow
+def test_rerun_errors_tells_flaky_from_consistent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    flaky = cell("single", "single", "as_saved")
+    consistent = cell("dp", "dp", "as_saved")
+    faults: list[dict[str, object]] = [
+        {"kind": "segv", "match": flaky, "role": "load", "attempt": 0},  # the first run only
+        {"kind": "abort", "match": consistent, "role": "load"},  # every run
+        # a save that fails the first time: the rerun saves afresh
+        {"kind": "exit", "match": "trap-single[cpu]-state_dict", "role": "save", "attempt": 0},
+    ]
+    results = run(tmp_path, monkeypatch, PLAIN, faults, "--jobs", "2", "--rerun-errors", "2")
+    once = results[flaky]
+    assert once.outcome.value == "PASS"
+    assert once.flaky
+    (first,) = once.attempts
+    assert first["outcome"] == "ERROR"
+    assert "SIGSEGV" in first["reason"] or "exited with code 3" in first["reason"]
+    always = results[consistent]
+    assert always.outcome.value == "ERROR"
+    assert not always.flaky
+    assert len(always.attempts) == 2  # three runs in all, each recorded
+    assert all("SIGABRT" in attempt["reason"] for attempt in always.attempts)
+    # every cell that shared the failed first save passed on a fresh one
+    saved_single = [r for name, r in results.items() if name.startswith("save=single[cpu]")]
+    assert {r.outcome.value for r in saved_single} <= {"PASS", "XFAIL"}
+    assert all(r.flaky for r in saved_single)
+    out = capsys.readouterr().out
+    assert "Flaky: ERROR at first, then otherwise on a rerun" in out
+    assert "Consistent errors: ERROR on every attempt" in out
+    # diff shows them apart, and can be told to fail on them
+    candidate = tmp_path / "results.jsonl"
+    assert main(["diff", str(candidate), str(candidate)]) == 0
+    assert "Flaky in the candidate" in capsys.readouterr().out
+    assert main(["diff", str(candidate), str(candidate), "--fail-on-flaky"]) == 1
