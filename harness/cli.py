@@ -7,10 +7,8 @@ import argparse
 import contextlib
 import json
 import os
-import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
 import traceback
@@ -42,6 +40,7 @@ from harness.results import ResultsWriter, read_results
 from harness.results import merge as merge_results
 from harness.session import leased_launcher, run_cells
 from harness.summary import summary_table
+from harness.workdirs import work_folder
 
 USAGE_ERROR = 2
 STOPPED = 3  # the run could not go on (a launcher broke); what finished is recorded
@@ -277,15 +276,23 @@ def run_options(args: argparse.Namespace) -> RunOptions:
     )
 
 
-def _traits(models: dict[str, Any] | None) -> dict[str, Any]:
-    """Each model's measured traits, as an environment line records them."""
-    return {name: found.get("traits") for name, found in (models or {}).items()}
+def _traits(models: Any) -> dict[str, Any]:
+    """Each model's measured traits, as an environment line records them (anything else in a
+    hand-edited file reads as itself, and so differs)."""
+    if not isinstance(models, dict):
+        return {"(recorded)": models}
+    return {
+        name: found.get("traits") if isinstance(found, dict) else found
+        for name, found in models.items()
+    }
 
 
 def shard_identity(record: dict[str, Any] | None) -> str:
     """Which part of which matrix a results file holds, whatever named the shard."""
     if not record:
         return "none (the whole matrix)"
+    if not isinstance(record, dict):
+        return repr(record)
     return f"{record.get('index')}/{record.get('count')} of matrix {record.get('matrix')}"
 
 
@@ -331,8 +338,7 @@ def checked_safe_globals(names: Sequence[str], where: str) -> tuple[str, ...]:
 def cmd_golden(args: argparse.Namespace) -> int:
     """``golden record PATH...`` or ``golden verify GOLDEN``: one worker job per file, on the
     run's launcher, each line written as its file ends; the exit code reduces the outcomes."""
-    from harness.golden import GoldenRunner, golden_files, recorded, run_files
-    from harness.plan import DeviceMap
+    from harness.golden import golden_files, recorded
 
     if args.jobs < 1:
         raise UsageError(f"--jobs {args.jobs}: must be at least 1")
@@ -347,11 +353,31 @@ def cmd_golden(args: argparse.Namespace) -> int:
     else:
         golden = read_results(args.golden)
         before = recorded(golden)
-        named = (golden.environment.get("golden") or {}).get("safe_globals") or []
+        recorded_with = golden.environment.get("golden") or {}
+        if not isinstance(recorded_with, dict):
+            raise UsageError(f"{args.golden}:1: 'golden' is not what `golden record` writes")
+        named = recorded_with.get("safe_globals") or []
+        if not isinstance(named, list):
+            raise UsageError(f"{args.golden}:1: golden.safe_globals is not a list")
         safe_globals = checked_safe_globals(named, f"{args.golden}:1 golden.safe_globals")
         files = []
     inventory = machine_inventory(RunOptions(), os.environ)
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ckpt-golden-"))
+    with stop_on_signals(), work_folder(args.workdir, prefix="ckpt-matrix-golden-") as workdir:
+        return golden_files_run(args, inventory, workdir, files, before, safe_globals)
+
+
+def golden_files_run(
+    args: argparse.Namespace,
+    inventory: Any,
+    workdir: Path,
+    files: list[Path],
+    before: list[Any],
+    safe_globals: tuple[str, ...],
+) -> int:
+    """``golden``'s run: the environment, then one job per file, written as each ends."""
+    from harness.golden import GoldenRunner, run_files
+    from harness.plan import DeviceMap
+
     launcher = leased_launcher(args.launcher, workdir, preload_torchvision=False)
     try:
         torch_side = torch_environment(
@@ -388,13 +414,20 @@ def cmd_golden(args: argparse.Namespace) -> int:
             reporter.start(len(work))
             try:
                 results = run_files(work, writer, jobs=args.jobs, progress=reporter.update)
+            except Interrupted as exc:
+                reporter.stop()
+                writer.finish(
+                    finished_at=now(),
+                    cells_run=writer.appended,
+                    stopped=f"interrupted by {exc}",
+                    interrupted=str(exc),
+                )
+                raise
             finally:
                 reporter.stop()
             writer.finish(finished_at=now(), cells_run=len(results))
     finally:
         launcher.stop_all()
-        if args.workdir is None:
-            shutil.rmtree(workdir, ignore_errors=True)
     print(summary_table(results))
     print(f"\n{len(results)} files in {args.out}")
     return exit_code([result.outcome for result in results])
@@ -467,56 +500,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(
             f"{args.out} exists; pass --resume to continue it or --overwrite to replace it"
         )
-    workdir = fresh_workdir(args.workdir)
-    launcher = open_launcher(planned, options, workdir)
-    try:
-        with stop_on_signals():
+    # the signals are caught over the cleanup too: a second Ctrl-C cannot cut it short
+    with stop_on_signals(), work_folder(args.workdir) as workdir:
+        launcher = open_launcher(planned, options, workdir)
+        try:
             return run_planned(args, options, planned, launcher, workdir)
-    finally:
-        launcher.stop_all()
-        if args.workdir is None:
-            shutil.rmtree(workdir, ignore_errors=True)
-
-
-WORKDIR_PREFIX = "ckpt-matrix-"
-OWNER = "owner.pid"  # in a temporary work folder: the run that made it
-MARKER = ".ckpt-matrix-workdir"  # in a given work folder: a run used it
-LEFT_BEHIND = ("artifacts", "cells", "leases", "zygotes", "environment")
-
-
-def fresh_workdir(given: Path | None) -> Path:
-    """The run's work folder. A temporary one records its owner, and the ones that killed runs
-    left behind (their owner gone) are removed first. A given folder keeps this run's files; what
-    an earlier run left there (artifacts, reports, leases) is removed, so nothing of it is read
-    as this run's."""
-    for stale in Path(tempfile.gettempdir()).glob(f"{WORKDIR_PREFIX}*"):
-        owner = stale / OWNER
-        with contextlib.suppress(OSError, ValueError):
-            if owner.is_file() and not _alive(int(owner.read_text())):
-                shutil.rmtree(stale, ignore_errors=True)
-    if given is None:
-        made = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX))
-        (made / OWNER).write_text(str(os.getpid()))
-        return made
-    marker = given / MARKER
-    if marker.is_file():  # an earlier run's work folder: only what runs put there is removed
-        for name in LEFT_BEHIND:
-            if (given / name).exists():
-                print(f"ckpt-matrix: removing {given / name} (an earlier run's)", file=sys.stderr)
-                shutil.rmtree(given / name, ignore_errors=True)
-    given.mkdir(parents=True, exist_ok=True)
-    marker.write_text(str(os.getpid()))
-    return given
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        finally:
+            launcher.stop_all()
 
 
 def run_planned(
@@ -605,6 +595,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except UserError as exc:
         print(f"ckpt-matrix {args.command}: error: {exc}", file=sys.stderr)
+        return USAGE_ERROR
+    except OSError as exc:
+        # a path the user gave cannot be read or written (a folder, no permission, a full disk)
+        where = f" {exc.filename}" if exc.filename else ""
+        print(
+            f"ckpt-matrix {args.command}: error:{where}: {exc.strerror or exc}; check the path "
+            "and its permissions",
+            file=sys.stderr,
+        )
         return USAGE_ERROR
     except LauncherBroken as exc:
         print(

@@ -125,6 +125,17 @@ class GoldenRunner:
             return self._result(
                 label, Outcome.ERROR, f"no record to compare with ({said})", None, None, started
             )
+        tensors = before.observed.get("tensors")
+        if not (isinstance(tensors, dict) and all(isinstance(t, dict) for t in tensors.values())):
+            return self._result(
+                label,
+                Outcome.ERROR,
+                "the recording's record of this file is malformed (its tensors are not "
+                "records): record the file again",
+                None,
+                None,
+                started,
+            )
         run = self.launcher.launch(self.job(label, path, before.observed))
         outcome, reason, observed = judge_verify(label, before.observed, run)
         return self._result(label, outcome, reason, observed, run, started)

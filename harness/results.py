@@ -96,6 +96,14 @@ class CellResult:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CellResult:
+        for key, kinds in (("reason", str), ("observed", dict | None), ("error", dict | None)):
+            if not isinstance(data.get(key), kinds):
+                raise ValueError(f"its {key!r} is {type(data.get(key)).__name__}")
+        attempts = data.get("attempts") or []
+        if not isinstance(attempts, list) or not all(
+            isinstance(a, dict) and isinstance(a.get("outcome"), str) for a in attempts
+        ):
+            raise ValueError("its 'attempts' is not a list of attempts")
         cell = Cell.from_json(data["cell"])
         if cell.id != data["id"]:
             raise ValueError(f"id {data['id']!r} does not match its cell ({cell.id!r})")
@@ -125,6 +133,10 @@ def read_results(path: Path) -> ResultsFile:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ResultsError(f"{path}: cannot read results: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ResultsError(
+            f"{path}: not a results file (byte {exc.start} is not UTF-8 text)"
+        ) from None
     lines = text.split("\n")
     torn = lines[-1] != ""  # the last line was cut before its newline: a crash mid-write
     if torn:
@@ -151,7 +163,7 @@ def read_results(path: Path) -> ResultsFile:
             continue
         try:
             results.results.append(CellResult.from_json(data))
-        except (KeyError, ValueError, TypeError) as exc:
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
             raise ResultsError(f"{path}:{number}: not a cell result: {exc!r}") from None
     return results
 

@@ -104,6 +104,9 @@ def parse_shard(value: str, where: str, environ: Mapping[str, str]) -> Shard:
     return Shard(index=index, count=count, source=where)
 
 
+MAX_SHARDS = 10_000  # runners of one matrix; a larger count is a typo (and a slow partition)
+
+
 def _count(text: str, source: str) -> int:
     if _NUMBER.fullmatch(text.strip()) is None:
         raise ShardError(
@@ -113,6 +116,10 @@ def _count(text: str, source: str) -> int:
     count = int(text)
     if count < 1:
         raise ShardError(f"{source}: the shard count is {count}; give at least 1 (e.g. 4)")
+    if count > MAX_SHARDS:
+        raise ShardError(
+            f"{source}: {count} shards is more than {MAX_SHARDS}; give one shard per runner"
+        )
     return count
 
 

@@ -59,7 +59,11 @@ def orchestrator_gone() -> bool:
         return True
     except PermissionError:
         return False
-    return False
+    try:  # a killed orchestrator not yet reaped is a zombie: gone all the same
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state == "Z"
 
 
 def watch_orchestrator(interval_s: float = 1.0) -> None:

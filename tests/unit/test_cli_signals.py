@@ -148,32 +148,3 @@ def test_sigkill_at_random_points_then_resume_gives_the_whole_matrix(
         assert sorted(final) == sorted(listed), seed  # the same cell set, each once
         assert final[: len(before)] == before, seed
     assert [point for _, point, _ in tried] == [0, 4, 10], tried
-
-
-def test_a_killed_runs_folders_are_removed_and_nothing_else(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import tempfile
-
-    from harness import cli
-
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    stale, live, other = (tmp_path / f"ckpt-matrix-{n}" for n in ("stale", "live", "other"))
-    for folder, owner in ((stale, dead.pid), (live, os.getpid())):
-        folder.mkdir()
-        (folder / cli.OWNER).write_text(str(owner))
-    other.mkdir()  # no owner file: not one this harness made
-    made = cli.fresh_workdir(None)
-    assert not stale.exists()
-    assert live.exists()
-    assert other.exists()
-    assert (made / cli.OWNER).read_text() == str(os.getpid())
-    # a given folder: an earlier run's files go, a folder no run used keeps what it holds
-    given = tmp_path / "work"
-    (given / "artifacts").mkdir(parents=True)
-    cli.fresh_workdir(given)
-    assert (given / "artifacts").exists()  # not a run's folder before: left alone
-    cli.fresh_workdir(given)
-    assert not (given / "artifacts").exists()

@@ -136,6 +136,36 @@ CASES = [
     ("not a results file", ["diff", "@notresults", "@notresults"], {}, ["r.jsonl:1: not JSON"]),
     ("an empty results file", ["report", "@empty"], {}, ["r.jsonl: empty results file"]),
     (
+        "a results file that is not UTF-8",
+        ["report", "@binary"],
+        {},
+        ["r.jsonl: not a results file (byte", "is not UTF-8 text"],
+    ),
+    (
+        "a cell line whose fields are malformed",
+        ["diff", "@badcell", "@badcell"],
+        {},
+        ["r.jsonl:2: not a cell result", "'observed' is str"],
+    ),
+    (
+        "a report written where no folder is",
+        ["report", "@goodresults", "--markdown", "{tmp}/nowhere/x.md"],
+        {},
+        ["nowhere/x.md: No such file or directory", "check the path"],
+    ),
+    (
+        "an absurd shard count",
+        ["list", "--shard", "1/99999999999999999999"],
+        {},
+        ["shards is more than 10000", "one shard per runner"],
+    ),
+    (
+        "a work folder that is a file",
+        ["run", "--workdir", "@goodresults", "-k", "model=trap-", "--out", "{tmp}/o.jsonl"],
+        {},
+        ["--workdir", "cannot use it", "give a folder you can write"],
+    ),
+    (
         "golden: no such file",
         ["golden", "record", "{tmp}/none.pt", "--out", "{tmp}/g.jsonl"],
         {},
@@ -173,11 +203,49 @@ def _materialise(tmp_path: Path, args: list[str]) -> list[str]:
             out.append(results_file(tmp_path, {"kind": "environment", "schema_version": 99}))
         elif arg == "@notresults":
             out.append(results_file(tmp_path, "model=trap-save=dp[cpu]"))
+        elif arg == "@binary":
+            path = tmp_path / "r.jsonl"
+            path.write_bytes(b'{"kind": "environment", "schema_version": 1}\n\xff\xfe\n')
+            out.append(str(path))
+        elif arg == "@badcell":
+            cell = json.loads(json.dumps(_CELL))
+            cell["observed"] = "loaded"
+            out.append(_results(tmp_path, cell))
+        elif arg == "@goodresults":
+            out.append(_results(tmp_path, _CELL))
         elif arg == "@empty":
             out.append(_empty(tmp_path))
         else:
             out.append(arg.replace("{tmp}", str(tmp_path)))
     return out
+
+
+_CELL: dict[str, object] = {
+    "kind": "cell",
+    "id": "model=trap-save=dp[cpu]-load=single[cpu]-fmt=weights-recipe=strip_prefix",
+    "cell": {
+        "model": "trap",
+        "save_layout": "dp",
+        "load_layout": "single",
+        "format": "weights",
+        "recipe": "strip_prefix",
+        "save_visibility": [],
+        "load_visibility": [],
+    },
+    "outcome": "PASS",
+    "expected": {"error_class": None, "reason": "r", "tensor_device": "cpu"},
+    "reason": "equal",
+    "observed": {"status": "loaded"},
+    "error": None,
+    "duration_s": 1.0,
+}
+
+
+def _results(tmp_path: Path, cell: dict[str, object]) -> str:
+    path = tmp_path / "r.jsonl"
+    environment = {"kind": "environment", "schema_version": 1}
+    path.write_text(json.dumps(environment) + "\n" + json.dumps(cell) + "\n")
+    return str(path)
 
 
 def _empty(tmp_path: Path) -> str:
