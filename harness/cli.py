@@ -77,6 +77,16 @@ def stop_on_signals() -> Iterator[None]:
             signal.signal(name, handler)
 
 
+def end_interrupted(writer: ResultsWriter, exc: Interrupted) -> None:
+    """The results file's last line for a run a signal stopped: ``--resume`` finishes it."""
+    writer.finish(
+        finished_at=now(),
+        cells_run=writer.appended,
+        stopped=f"interrupted by {exc}",
+        interrupted=str(exc),
+    )
+
+
 class UsageError(UserError):
     """Bad input from the command line; the message says what and how to fix it."""
 
@@ -415,13 +425,7 @@ def golden_files_run(
             try:
                 results = run_files(work, writer, jobs=args.jobs, progress=reporter.update)
             except Interrupted as exc:
-                reporter.stop()
-                writer.finish(
-                    finished_at=now(),
-                    cells_run=writer.appended,
-                    stopped=f"interrupted by {exc}",
-                    interrupted=str(exc),
-                )
+                end_interrupted(writer, exc)
                 raise
             finally:
                 reporter.stop()
@@ -559,13 +563,7 @@ def run_planned(
             writer.finish(finished_at=now(), cells_run=writer.appended, stopped=str(exc))
             raise
         except Interrupted as exc:
-            reporter.stop()
-            writer.finish(
-                finished_at=now(),
-                cells_run=writer.appended,
-                stopped=f"interrupted by {exc}",
-                interrupted=str(exc),
-            )
+            end_interrupted(writer, exc)
             raise
         finally:
             reporter.stop()

@@ -18,7 +18,7 @@ from typing import IO, Any, ClassVar
 # Globals whose call runs code or a command, or reads and writes files: a file that names one is
 # an attack or a mistake, never a checkpoint to load. Matched on the full name, or on the module
 # (``subprocess`` names every subprocess.* function).
-CODE_RUNNING_MODULES = frozenset(
+_SHELL = frozenset(  # modules whose functions run commands or code, or open files and sockets
     {
         "os",
         "posix",
@@ -30,21 +30,23 @@ CODE_RUNNING_MODULES = frozenset(
         "shutil",
         "socket",
         "sys",
-        "code",
-        "codeop",
         "ctypes",
         "marshal",
         "pickle",
         "_pickle",
-        "webbrowser",
-        "commands",
-        "multiprocessing",
-        "asyncio",
-        "pdb",
-        "timeit",
-        "platform",
     }
 )
+CODE_RUNNING_MODULES = _SHELL | {
+    "code",
+    "codeop",
+    "webbrowser",
+    "commands",
+    "multiprocessing",
+    "asyncio",
+    "pdb",
+    "timeit",
+    "platform",
+}
 CODE_RUNNING_GLOBALS = frozenset(
     {
         "builtins.eval",
@@ -79,26 +81,7 @@ CODE_RUNNING_GLOBALS = frozenset(
 
 # Modules that a global's attribute path must never pass through: ``torch.serialization.os.system``
 # is ``os.system`` reached from a harmless-looking module.
-_REACHED = frozenset(
-    {
-        "os",
-        "posix",
-        "nt",
-        "subprocess",
-        "pty",
-        "runpy",
-        "importlib",
-        "shutil",
-        "socket",
-        "sys",
-        "ctypes",
-        "marshal",
-        "pickle",
-        "_pickle",
-        "builtins",
-        "__builtin__",
-    }
-)
+_REACHED = _SHELL | {"builtins", "__builtin__"}
 
 
 def runs_code(name: str) -> bool:

@@ -18,16 +18,9 @@ import pytest
 
 from harness.results import read_results
 
-SCENARIO = """
-[[scenario]]
-name = "signals"
-models = ["trap"]
-save_layouts = ["single", "dp"]
-load_layouts = ["single", "dp"]
-formats = ["weights"]
-recipes = ["as_saved", "strip_prefix", "slice_prefix", "wrap_loader", "unfixed_prefix",
-           "module_state_dict"]
-"""
+from .worker.test_faults import PLAIN
+
+SCENARIO = PLAIN  # 13 cells of one model, two layouts, six recipes
 HANG = "save=dp[cpu]-load=dp[cpu]-fmt=weights-recipe=as_saved"
 
 
