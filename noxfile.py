@@ -94,8 +94,8 @@ def has_golden_cells(results: Path) -> bool:
 def golden(session: nox.Session) -> None:
     """Your own checkpoints (``nox -s golden -- PATH... [--safe-global module.Name]``): the first
     time, record them into golden.jsonl; afterwards (a new torch, driver or GPU), verify them
-    against it into golden-verify.jsonl and diff the two. ``CKPT_MATRIX_GOLDEN`` names another
-    recording."""
+    against it into golden-verify.jsonl beside it and diff the two (golden-certification.md).
+    ``CKPT_MATRIX_GOLDEN`` names another recording."""
     recording = os.environ.get("CKPT_MATRIX_GOLDEN", "golden.jsonl")
     install(session)
     if not Path(recording).is_file():
@@ -103,7 +103,7 @@ def golden(session: nox.Session) -> None:
             session.error("give the files or folders to record: nox -s golden -- PATH...")
         session.run("ckpt-matrix", "golden", "record", *session.posargs, "--out", recording)
         return
-    verified = "golden-verify.jsonl"
+    verified = str(Path(recording).with_name("golden-verify.jsonl"))
     # the paths and --safe-global were the recording's: the rest (--jobs N, --timeout S, ...)
     # apply to the verification
     options, skip = [], False
@@ -123,7 +123,8 @@ def golden(session: nox.Session) -> None:
         *options,
         success_codes=[0, 1],
     )
-    session.run("ckpt-matrix", "diff", recording, verified, "--markdown", "golden-certification.md")
+    report = str(Path(recording).with_name("golden-certification.md"))
+    session.run("ckpt-matrix", "diff", recording, verified, "--markdown", report)
 
 
 @nox.session
