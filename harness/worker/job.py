@@ -86,7 +86,9 @@ def run_job(args: list[str]) -> int:
         return 2
     spec_path = Path(args[0])
     spec = spec_from_json(json.loads(spec_path.read_text(encoding="utf-8")), str(spec_path))
-    leads = os.getpgrp() == os.getpid() or "RANK" in os.environ  # never a test's own process
+    # only a launcher's worker: CKPT_MATRIX_ORCHESTRATOR is set in job environments alone, and
+    # such a worker leads its own process group (a torchrun rank is in torchrun's)
+    leads = os.getpgrp() == os.getpid() or "RANK" in os.environ
     if os.environ.get("CKPT_MATRIX_ORCHESTRATOR") and leads:
         watch_orchestrator()
 
