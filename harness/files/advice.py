@@ -61,69 +61,66 @@ def _strip_leading(key: str, prefix: str) -> str:
 def prefixes(contents: Contents) -> list[PrefixFinding]:
     findings = []
     for group, keys in _groups(contents).items():
-        where = "the file's keys" if not group else f"the keys under {group!r}"
-        total = len(keys)
         for prefix in WRAPPER_PREFIXES:
-            inner = [key for key in keys if f".{prefix}" in _strip_leading(key, prefix)]
-            if inner and prefix == "module.":
-                findings.append(
-                    PrefixFinding(
-                        group=group,
-                        prefix=prefix,
-                        keys=len(inner),
-                        total=total,
-                        verdict="ambiguous",
-                        message=f"{len(inner)} of {where} hold {prefix!r} inside their name "
-                        f"({inner[0]}): key.replace({prefix!r}, '') would break them; strip the "
-                        "leading prefix only",
-                    )
-                )
-            starting = [key for key in keys if key.startswith(prefix)]
-            if not starting:
-                continue
-            count = len(starting)
-            again = sum(key[len(prefix) :].startswith(prefix) for key in keys)
-            if count < total:
-                findings.append(
-                    PrefixFinding(
-                        group=group,
-                        prefix=prefix,
-                        keys=count,
-                        total=total,
-                        verdict="not_a_prefix",
-                        message=f"only {count} of {total} of {where} start with {prefix!r}: that "
-                        f"is an attribute of the model named {prefix[:-1]!r}, not a wrapper's "
-                        "prefix; do not strip it",
-                    )
-                )
-            elif again:
-                findings.append(
-                    PrefixFinding(
-                        group=group,
-                        prefix=prefix,
-                        keys=count,
-                        total=total,
-                        verdict="ambiguous",
-                        message=f"all {total} of {where} start with {prefix!r}, and {again} start "
-                        f"with it twice: a wrapper around a model whose own attribute is named "
-                        f"{prefix[:-1]!r}, or a model wrapped twice; compare with your model's "
-                        "state_dict() keys before stripping, and strip one level at most",
-                    )
-                )
-            else:
-                findings.append(
-                    PrefixFinding(
-                        group=group,
-                        prefix=prefix,
-                        keys=count,
-                        total=total,
-                        verdict="strip",
-                        message=f"all {total} of {where} start with {prefix!r}: saved from a "
-                        "wrapped model (ambiguous only if your own model's first attribute is "
-                        f"named {prefix[:-1]!r}: compare with its state_dict() keys)",
-                    )
-                )
+            findings += _findings(group, keys, prefix)
     return findings
+
+
+def _findings(group: str, keys: list[str], prefix: str) -> list[PrefixFinding]:
+    """What one group's keys say of one prefix: a wrapper's (strip it), ambiguous, or the
+    model's own attribute (do not strip it)."""
+    where = "the file's keys" if not group else f"the keys under {group!r}"
+    total = len(keys)
+    name = prefix[:-1]
+    found: list[tuple[int, str, str]] = []  # (keys, verdict, message)
+    inner = [key for key in keys if f".{prefix}" in _strip_leading(key, prefix)]
+    if inner and prefix == "module.":
+        found.append(
+            (
+                len(inner),
+                "ambiguous",
+                f"{len(inner)} of {where} hold {prefix!r} inside their name ({inner[0]}): "
+                f"key.replace({prefix!r}, '') would break them; strip the leading prefix only",
+            )
+        )
+    count = sum(key.startswith(prefix) for key in keys)
+    again = sum(key[len(prefix) :].startswith(prefix) for key in keys)
+    if 0 < count < total:
+        found.append(
+            (
+                count,
+                "not_a_prefix",
+                f"only {count} of {total} of {where} start with {prefix!r}: that is an "
+                f"attribute of the model named {name!r}, not a wrapper's prefix; do not strip it",
+            )
+        )
+    elif count and again:
+        found.append(
+            (
+                count,
+                "ambiguous",
+                f"all {total} of {where} start with {prefix!r}, and {again} start with it twice: "
+                f"a wrapper around a model whose own attribute is named {name!r}, or a model "
+                "wrapped twice; compare with your model's state_dict() keys before stripping, "
+                "and strip one level at most",
+            )
+        )
+    elif count:
+        found.append(
+            (
+                count,
+                "strip",
+                f"all {total} of {where} start with {prefix!r}: saved from a wrapped model "
+                f"(ambiguous only if your own model's first attribute is named {name!r}: "
+                "compare with its state_dict() keys)",
+            )
+        )
+    return [
+        PrefixFinding(
+            group=group, prefix=prefix, keys=keys_, total=total, verdict=verdict, message=message
+        )
+        for keys_, verdict, message in found
+    ]
 
 
 def recommendations(contents: Contents, gpus: int) -> list[str]:

@@ -9,6 +9,7 @@ from its opcodes alone (``pickletools``), for a file too broken to walk.
 
 from __future__ import annotations
 
+import copyreg
 import pickle
 import pickletools
 from collections.abc import Callable, Iterator
@@ -159,6 +160,12 @@ class InertUnpickler(pickle.Unpickler):
             self.pairs.append((module, name))
         return self._classes[full]
 
+    def load(self) -> Any:
+        try:
+            return super().load()
+        finally:
+            forget_stubs()
+
     def persistent_load(self, pid: Any) -> Any:
         if self._persistent is not None:
             return self._persistent(pid)
@@ -179,6 +186,14 @@ def walk(file: IO[bytes]) -> tuple[Any, list[str]]:
     ``ValueError``...), and :class:`TooDeep`."""
     unpickler = walker(file)
     return unpickler.load(), unpickler.met
+
+
+def forget_stubs() -> None:
+    """``EXT`` opcodes cache what ``find_class`` returned in copyreg's process-wide cache; a
+    stand-in left there would answer a later, real unpickling in this process."""
+    for code, value in list(copyreg._extension_cache.items()):  # type: ignore[attr-defined]
+        if isinstance(value, type) and issubclass(value, Stub):
+            del copyreg._extension_cache[code]  # type: ignore[attr-defined]
 
 
 def walker(file: IO[bytes]) -> InertUnpickler:

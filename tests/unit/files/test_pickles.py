@@ -89,3 +89,18 @@ def test_attribute_paths_through_a_harmless_module_are_code() -> None:
     assert runs_code("collections.builtins.eval")
     assert not runs_code("mypkg.models.Net")
     assert not runs_code("mypkg.Outer.Inner")
+
+
+def test_no_stand_in_is_left_in_copyregs_extension_cache() -> None:
+    import copyreg
+
+    copyreg.add_extension("collections", "OrderedDict", 0x7FFFFF01)
+    try:
+        data = pickle.dumps(OrderedDict(a=1), protocol=2)
+        assert b"\x82" in data or b"\x83" in data or b"\x84" in data  # an EXT opcode
+        root, met = walk(io.BytesIO(data))
+        assert met == ["collections.OrderedDict"]
+        assert isinstance(root, Stub)
+        assert pickle.loads(data) == OrderedDict(a=1)  # the real class, not a stand-in
+    finally:
+        copyreg.remove_extension("collections", "OrderedDict", 0x7FFFFF01)
