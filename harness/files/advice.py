@@ -4,9 +4,9 @@ reader found and how many GPUs this machine has."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
+from harness.devices import cuda_index
 from harness.files.pickles import runs_code
 from harness.files.protocol import Contents, FileFormat
 
@@ -16,7 +16,6 @@ WRAPPER_PREFIXES = (
     "_fsdp_wrapped_module.",
     "_checkpoint_wrapped_module.",
 )
-_CUDA = re.compile(r"^cuda:(\d+)$")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -141,7 +140,7 @@ def recommendations(contents: Contents, gpus: int) -> list[str]:
         {
             tensor.location
             for tensor in contents.tensors
-            if (match := _CUDA.match(tensor.location)) and int(match.group(1)) >= gpus
+            if (index := cuda_index(tensor.location)) is not None and index >= gpus
         }
     )
     if missing:

@@ -11,8 +11,16 @@ import math
 from pathlib import Path
 from typing import Any
 
-from harness.files.pickles import Stub, globals_in, name_of, walker
-from harness.files.protocol import Contents, Defect, DefectKind, FileFormat, OtherEntry, TensorEntry
+from harness.files.pickles import Stub, globals_in, name_of, state_of, walker
+from harness.files.protocol import (
+    ELEMENT_SIZES,
+    Contents,
+    Defect,
+    DefectKind,
+    FileFormat,
+    OtherEntry,
+    TensorEntry,
+)
 
 METADATA = ".metadata"
 # What DCP's own .metadata names, as (module, name) pairs: its dataclasses, torch.Size, dtypes,
@@ -42,25 +50,6 @@ _DCP_GLOBALS = frozenset(
         ("collections", "OrderedDict"),
     }
 )
-ELEMENT_SIZES = {
-    "float64": 8,
-    "float32": 4,
-    "float16": 2,
-    "bfloat16": 2,
-    "int64": 8,
-    "int32": 4,
-    "int16": 2,
-    "int8": 1,
-    "uint8": 1,
-    "bool": 1,
-    "complex64": 8,
-    "complex128": 16,
-    "float8_e4m3fn": 1,
-    "float8_e5m2": 1,
-    "uint16": 2,
-    "uint32": 4,
-    "uint64": 8,
-}
 
 
 def dcp_global(module: str, name: str) -> bool:
@@ -68,13 +57,6 @@ def dcp_global(module: str, name: str) -> bool:
     if (module, name) in _DCP_GLOBALS:
         return True
     return module == "torch" and name in ELEMENT_SIZES
-
-
-def _state(value: Any) -> dict[str, Any]:
-    state = value.state if isinstance(value, Stub) else None
-    if isinstance(state, tuple) and len(state) == 2 and isinstance(state[1], dict):
-        return {**(state[0] or {}), **state[1]}
-    return state if isinstance(state, dict) else {}
 
 
 def _dtype(properties: Any) -> str:
@@ -128,7 +110,7 @@ class DcpReader:
             return contents
         contents.globals = unpickler.met
         contents.refused = [f"{m}.{n}" for m, n in unpickler.pairs if not dcp_global(m, n)]
-        state = _state(root)
+        state = state_of(root)
         if name_of(root) != "torch.distributed.checkpoint.metadata.Metadata" or not isinstance(
             state.get("state_dict_metadata"), dict
         ):
@@ -145,7 +127,7 @@ class DcpReader:
             kind = name_of(entry) or type(entry).__name__
             shards = sorted(files.get(str(fqn), {}))
             if kind.endswith("TensorStorageMetadata"):
-                fields = _state(entry)
+                fields = state_of(entry)
                 dtype, shape = _dtype(fields.get("properties")), _shape(fields.get("size"))
                 element = ELEMENT_SIZES.get(dtype, 0)
                 contents.tensors.append(
@@ -170,8 +152,8 @@ class DcpReader:
         """For each entry, the shard files holding it and the end of its last byte in each."""
         files: dict[str, dict[str, int]] = {}
         for index, info in (storage_data or {}).items() if isinstance(storage_data, dict) else ():
-            fqn = str(_state(index).get("fqn", "?"))
-            fields = _state(info)
+            fqn = str(state_of(index).get("fqn", "?"))
+            fields = state_of(info)
             relative = str(fields.get("relative_path", "?"))
             end = int(fields.get("offset", 0) or 0) + int(fields.get("length", 0) or 0)
             shard = files.setdefault(fqn, {})

@@ -313,8 +313,13 @@ def children(value: Any) -> Iterator[tuple[str, Any]]:
             yield str(key), item
         for index, item in enumerate(value.elements):
             yield str(index), item
-        state = value.state
-        if isinstance(state, tuple) and len(state) == 2 and isinstance(state[1], dict):
-            state = {**(state[0] or {}), **state[1]}  # (dict, slots)
-        if isinstance(state, dict):
-            yield from ((str(key), item) for key, item in state.items())
+        yield from ((str(key), item) for key, item in state_of(value).items())
+
+
+def state_of(value: Any) -> dict[str, Any]:
+    """The state ``BUILD`` gave a stand-in, as one mapping (a ``(dict, slots)`` pair merged);
+    empty for anything else."""
+    state = value.state if isinstance(value, Stub) else None
+    if isinstance(state, tuple) and len(state) == 2 and isinstance(state[1], dict):
+        return {**(state[0] or {}), **state[1]}
+    return state if isinstance(state, dict) else {}

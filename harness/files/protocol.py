@@ -8,6 +8,32 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
+# Bytes per element of each dtype the readers name (torch's names, without ``torch.``).
+ELEMENT_SIZES: dict[str, int] = {
+    "float64": 8,
+    "float32": 4,
+    "float16": 2,
+    "bfloat16": 2,
+    "int64": 8,
+    "int32": 4,
+    "int16": 2,
+    "int8": 1,
+    "uint64": 8,
+    "uint32": 4,
+    "uint16": 2,
+    "uint8": 1,
+    "bool": 1,
+    "complex128": 16,
+    "complex64": 8,
+    "float8_e4m3fn": 1,
+    "float8_e5m2": 1,
+    "qint8": 1,
+    "quint8": 1,
+    "qint32": 4,
+    "quint4x2": 1,
+    "quint2x4": 1,
+}
+
 
 class FileFormat(StrEnum):
     ZIP = "torch_zip"  # torch.save, torch >= 1.6

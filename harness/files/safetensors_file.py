@@ -9,26 +9,34 @@ import math
 from pathlib import Path
 from typing import Any
 
-from harness.files.protocol import Contents, Defect, DefectKind, FileFormat, OtherEntry, TensorEntry
+from harness.files.protocol import (
+    ELEMENT_SIZES,
+    Contents,
+    Defect,
+    DefectKind,
+    FileFormat,
+    OtherEntry,
+    TensorEntry,
+)
 
-# safetensors' dtype names: the torch dtype and the element size in bytes.
-DTYPES: dict[str, tuple[str, int]] = {
-    "F64": ("float64", 8),
-    "F32": ("float32", 4),
-    "F16": ("float16", 2),
-    "BF16": ("bfloat16", 2),
-    "I64": ("int64", 8),
-    "I32": ("int32", 4),
-    "I16": ("int16", 2),
-    "I8": ("int8", 1),
-    "U64": ("uint64", 8),
-    "U32": ("uint32", 4),
-    "U16": ("uint16", 2),
-    "U8": ("uint8", 1),
-    "BOOL": ("bool", 1),
-    "F8_E4M3": ("float8_e4m3fn", 1),
-    "F8_E5M2": ("float8_e5m2", 1),
-    "C64": ("complex64", 8),
+# safetensors' dtype names, and torch's for each.
+DTYPES: dict[str, str] = {
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U64": "uint64",
+    "U32": "uint32",
+    "U16": "uint16",
+    "U8": "uint8",
+    "BOOL": "bool",
+    "F8_E4M3": "float8_e4m3fn",
+    "F8_E5M2": "float8_e5m2",
+    "C64": "complex64",
 }
 HEADER_LIMIT = 100_000_000  # the library's own bound on the header's length
 
@@ -112,7 +120,8 @@ def _entry_problem(name: str, entry: Any, contents: Contents) -> str | None:
         return f"shape {shape!r} is not a list of sizes"
     if not _offsets_ok(offsets):
         return f"data_offsets {offsets!r} is not [begin, end]"
-    torch_dtype, element = DTYPES.get(dtype, (f"? ({dtype})", 0))
+    torch_dtype = DTYPES.get(dtype, f"? ({dtype})")
+    element = ELEMENT_SIZES.get(torch_dtype, 0)
     begin, end = offsets
     need = math.prod(shape) * element
     if element and end - begin != need:

@@ -15,6 +15,7 @@ from typing import IO, Any
 
 from harness.files.pickles import PersistentRef, Stub, children, name_of, walker
 from harness.files.protocol import (
+    ELEMENT_SIZES,
     Contents,
     Defect,
     DefectKind,
@@ -23,26 +24,26 @@ from harness.files.protocol import (
     TensorEntry,
 )
 
-# The storage classes torch pickles: the dtype each holds and its element size in bytes.
-STORAGE_DTYPES: dict[str, tuple[str, int]] = {
-    "DoubleStorage": ("float64", 8),
-    "FloatStorage": ("float32", 4),
-    "HalfStorage": ("float16", 2),
-    "BFloat16Storage": ("bfloat16", 2),
-    "LongStorage": ("int64", 8),
-    "IntStorage": ("int32", 4),
-    "ShortStorage": ("int16", 2),
-    "CharStorage": ("int8", 1),
-    "ByteStorage": ("uint8", 1),
-    "BoolStorage": ("bool", 1),
-    "ComplexDoubleStorage": ("complex128", 16),
-    "ComplexFloatStorage": ("complex64", 8),
-    "QInt8Storage": ("qint8", 1),
-    "QUInt8Storage": ("quint8", 1),
-    "QInt32Storage": ("qint32", 4),
-    "QUInt4x2Storage": ("quint4x2", 1),
-    "QUInt2x4Storage": ("quint2x4", 1),
-    "UntypedStorage": ("uint8", 1),
+# The storage classes torch pickles, and the dtype each holds.
+STORAGE_DTYPES: dict[str, str] = {
+    "DoubleStorage": "float64",
+    "FloatStorage": "float32",
+    "HalfStorage": "float16",
+    "BFloat16Storage": "bfloat16",
+    "LongStorage": "int64",
+    "IntStorage": "int32",
+    "ShortStorage": "int16",
+    "CharStorage": "int8",
+    "ByteStorage": "uint8",
+    "BoolStorage": "bool",
+    "ComplexDoubleStorage": "complex128",
+    "ComplexFloatStorage": "complex64",
+    "QInt8Storage": "qint8",
+    "QUInt8Storage": "quint8",
+    "QInt32Storage": "qint32",
+    "QUInt4x2Storage": "quint4x2",
+    "QUInt2x4Storage": "quint2x4",
+    "UntypedStorage": "uint8",
 }
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 NODE_LIMIT = 1_000_000  # containers listed at most
@@ -71,7 +72,8 @@ class Storage:
         self.key = str(ident[2]) if self.ok else "?"
         self.location = str(ident[3]) if self.ok else "?"
         self.numel = ident[4] if self.ok and isinstance(ident[4], int) else 0
-        self.dtype, self.element_size = STORAGE_DTYPES.get(self.type, (f"? ({self.type})", 0))
+        self.dtype = STORAGE_DTYPES.get(self.type, f"? ({self.type})")
+        self.element_size = ELEMENT_SIZES.get(self.dtype, 0)
 
     @property
     def nbytes(self) -> int:

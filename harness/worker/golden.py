@@ -16,7 +16,6 @@ import importlib
 import io
 import os
 import pickle
-import re
 import resource
 import time
 import warnings
@@ -27,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from harness.devices import cuda_index
 from harness.files import FileFormat, read_contents
 from harness.files.dcp_dir import METADATA, dcp_global
 from harness.files.pickles import runs_code
@@ -38,7 +38,6 @@ from harness.worker.probe import isolation_probe
 
 GOLDEN_PERFORM: dict[str, Callable[[GoldenSpec], dict[str, Any]]] = {}
 performs = registrar(GOLDEN_PERFORM, "harness.worker.golden")
-_CUDA = re.compile(r"^cuda:(\d+)$")
 
 
 def resolve_global(name: str) -> Any:
@@ -59,10 +58,8 @@ def resolve_global(name: str) -> Any:
 def map_policy(locations: set[str], device_count: int) -> str:
     """``none`` (load where saved) when every saved location exists here, else ``cpu``."""
     for location in locations:
-        match = _CUDA.match(location)
-        if location.startswith("cuda") and (match is None or int(match.group(1)) >= device_count):
-            return "cpu"
-        if not location.startswith(("cpu", "cuda")):
+        index = cuda_index(location)
+        if location != "cpu" and (index is None or index >= device_count):
             return "cpu"
     return "none"
 
