@@ -45,6 +45,7 @@ from harness.workdirs import work_folder
 USAGE_ERROR = 2
 STOPPED = 3  # the run could not go on (a launcher broke); what finished is recorded
 INTERNAL_ERROR = 70  # a bug in the harness (EX_SOFTWARE): its traceback is printed
+BROKEN_PIPE = 128 + signal.SIGPIPE  # 141: the reader of stdout went away, as for `seq | head`
 
 
 class Interrupted(BaseException):
@@ -590,7 +591,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "golden": cmd_golden,
     }[args.command]
     try:
-        return handler(args)
+        code = handler(args)
+        sys.stdout.flush()  # here, not at exit: a reader gone by now is caught below
+        return code
+    except BrokenPipeError:
+        # The reader went away (`ckpt-matrix list | head`): stop quietly, as a Unix tool killed
+        # by SIGPIPE does, with its status 128 + SIGPIPE. Whatever is still buffered goes to
+        # /dev/null, so that the interpreter's last flush at exit has nothing to complain about.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return BROKEN_PIPE
     except UserError as exc:
         print(f"ckpt-matrix {args.command}: error: {exc}", file=sys.stderr)
         return USAGE_ERROR
@@ -622,11 +632,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"ckpt-matrix {args.command}: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        # The reader went away (`ckpt-matrix list | head`): stop quietly, as Unix tools do.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return 0
     except Exception:
         # Not the user's mistake: a bug in the harness. Its traceback is the report.
         traceback.print_exc()

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -297,3 +300,29 @@ def test_inspect_exit_codes_json_and_the_loud_warning(
     assert main(["inspect", str(good), str(broken)]) == 2
     assert "truncated" in capsys.readouterr().out
     assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "reads_a_line"),
+    [
+        # 195 kB, three times a pipe's buffer: the writer is still writing when the reader leaves
+        pytest.param(["list", "--explain"], True, id="reader-leaves-after-one-line"),
+        pytest.param(["list"], False, id="reader-gone-before-the-first-write"),
+    ],
+)
+def test_list_into_a_pipe_closed_early_stops_quietly(args: list[str], reads_a_line: bool) -> None:
+    """`ckpt-matrix list | head`: no error, no traceback, and the status of a process that
+    SIGPIPE ended (128 + 13), as `seq 1000000 | head` gives."""
+    read_end, write_end = os.pipe()
+    if not reads_a_line:
+        os.close(read_end)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "harness.cli", *args], stdout=write_end, stderr=subprocess.PIPE
+    )
+    os.close(write_end)
+    if reads_a_line:
+        with os.fdopen(read_end, "rb") as reader:
+            assert reader.readline().startswith(b"model=")
+    _, stderr = process.communicate(timeout=120)
+    assert stderr.decode() == ""
+    assert process.returncode == 141
