@@ -200,6 +200,20 @@ def _dcp_resume(cell: Cell, _: TorchVersion, _traits: ModelTraits) -> Prediction
     )
 
 
+@rule("resume_without_rng", "dcp_resume_without_rng")
+def _resume_without_rng(cell: Cell, _: TorchVersion, traits: ModelTraits) -> Prediction:
+    if traits.stochastic:
+        return ErrorClass.WEIGHTS_DIFFER, (
+            f"{cell.model}'s training draws random numbers (dropout): resumed without the "
+            "generators' states it draws other ones, and its weights leave the run that never "
+            "stopped"
+        )
+    return None, (
+        f"{cell.model}'s training draws no random numbers, so the generators' states are not "
+        "missed (fragile)"
+    )
+
+
 @rule("dcp_partial_load")
 def _dcp_partial_load(_: Cell, __: TorchVersion, _traits: ModelTraits) -> Prediction:
     return None, "allow_partial_load loads every saved key and leaves the new buffer as built"

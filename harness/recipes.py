@@ -272,9 +272,10 @@ RECIPES: dict[str, Recipe] = {
             save_layouts=_FSDP2,
             load_layouts=_FSDP2,
             restores_optimizer=True,
-            summary="FSDP2 at N ranks: dcp.save of model, optimizer, scheduler and step; at M ranks"
-            " dcp.load, set_state_dict, the scheduler's load_state_dict, and train on: bitwise "
-            "equal to the run at N that never stopped",
+            summary="FSDP2 at N ranks: dcp.save of model, optimizer, scheduler, step, the data "
+            "order and every rank's random-number generators; at M ranks dcp.load, "
+            "set_state_dict, the scheduler's load_state_dict, rank r restores saved rank r mod N's"
+            " generators, and train on: bitwise equal to the run at N that never stopped",
         ),
         Recipe(
             name="safetensors_model",
@@ -431,8 +432,8 @@ RECIPES: dict[str, Recipe] = {
             save_layouts=_FSDP2,
             load_layouts=_FSDP2,
             restores_optimizer=True,
-            summary="the loading model lost a parameter since the save (its last Linear's bias): "
-            "dcp.load reads only the keys the model asks for and says nothing",
+            summary="the loading model lost a parameter since the save (the last untied one it "
+            "registers): dcp.load reads only the keys the model asks for and says nothing",
         ),
         Recipe(
             name="dcp_rank_state",
@@ -443,6 +444,25 @@ RECIPES: dict[str, Recipe] = {
             restores_optimizer=True,
             summary="each rank saves its own data-loader state under a rank-indexed key beside "
             "the sharded model; at another world size ranks ask for the keys of their own rank",
+        ),
+        Recipe(
+            name="dcp_resume_without_rng",
+            kind=RecipeKind.KNOWN_BAD,
+            save_variant=SaveVariant.DCP_TRAIN_STATE,
+            save_layouts=_FSDP2,
+            load_layouts=_FSDP2,
+            restores_optimizer=True,
+            summary="dcp_resume that restores model, optimizer, scheduler, step and data order but"
+            " not the random-number generators: a model whose training draws random numbers "
+            "(dropout) goes on with other ones",
+        ),
+        Recipe(
+            name="resume_without_rng",
+            kind=RecipeKind.KNOWN_BAD,
+            save_variant=SaveVariant.TRAIN_STATE,
+            summary="resume that restores model, optimizer, scheduler and data order but not "
+            "torch's random-number generators: a model whose training draws random numbers "
+            "(dropout) goes on with other ones",
         ),
         Recipe(
             name="resume_namespace_args",

@@ -228,20 +228,26 @@ def judge(
             observed=observed,
             error={"phase": "setup", "failure": "nothing to compare"},
         )
+    indistinct: list[str] = []
     if before is not None:
-        same = sorted(
+        # entries a model's construction fixes (a constant buffer) equal the saved ones before
+        # any load: compared all the same, but only the others tell a load from none
+        indistinct = sorted(
             n
             for n in saved_tensors
             if before.get(n, {}).get("digest") == saved_tensors[n]["digest"]
         )
-        if same:
+        if len(indistinct) == len(saved_tensors):
             return Judgement(
                 outcome=Outcome.ERROR,
-                reason="the loader's fresh model already equals the saved one in "
-                f"{same[:NAMES_SHOWN]}; this cell could not tell a no-op load from a real one",
+                reason="the loader's fresh model already equals the saved one in every compared "
+                f"entry ({indistinct[:NAMES_SHOWN]}); this cell could not tell a no-op load "
+                "from a real one",
                 observed=observed,
                 error={"phase": "setup", "failure": "insensitive cell"},
             )
+        if indistinct:
+            observed["indistinct"] = indistinct
 
     observed_class: ErrorClass | None
     if isolation:
@@ -271,6 +277,11 @@ def judge(
         )
         if observed_class is not None:
             observed["error_class"] = str(observed_class)
+    if indistinct:
+        detail += (
+            f"; {len(indistinct)} of {len(saved_tensors)} entries equal the fresh model's before "
+            f"the load and cannot tell it from none: {indistinct[:NAMES_SHOWN]}"
+        )
     observed["detail"] = detail
 
     expected_class = expectation.error

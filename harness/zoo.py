@@ -30,14 +30,23 @@ class ModelTraits:
     tied: bool = False
     # Some layer is parametrized (torch.nn.utils.parametrize): such a module refuses pickling.
     parametrized: bool = False
+    # Its forward in train mode draws random numbers (dropout): a resumed training reaches the
+    # uninterrupted run's weights only if the checkpoint carries the generators' states.
+    stochastic: bool = False
+    # The entries its construction fixes: equal across builds from different seeds and unchanged
+    # by the saver's training (a constant buffer such as ``position_ids``). They are compared as
+    # every entry is, but cannot tell a load from none.
+    constants: tuple[str, ...] = ()
 
-    def to_json(self) -> dict[str, bool]:
+    def to_json(self) -> dict[str, Any]:
         return {
             "top_level_module_attr": self.top_level_module_attr,
             "nested_module_dot": self.nested_module_dot,
             "example_input": self.example_input,
             "tied": self.tied,
             "parametrized": self.parametrized,
+            "stochastic": self.stochastic,
+            "constants": list(self.constants),
         }
 
     @classmethod
@@ -48,6 +57,8 @@ class ModelTraits:
             example_input=bool(data["example_input"]),
             tied=bool(data.get("tied", False)),
             parametrized=bool(data.get("parametrized", False)),
+            stochastic=bool(data.get("stochastic", False)),
+            constants=tuple(str(entry) for entry in data.get("constants", ())),
         )
 
 
@@ -74,6 +85,13 @@ MODELS: dict[str, ModelSpec] = {
             declared=ModelTraits(top_level_module_attr=True, nested_module_dot=True),
         ),
         ModelSpec(
+            name="dropout",
+            summary="the trap net with dropout: its training draws random numbers",
+            declared=ModelTraits(
+                top_level_module_attr=False, nested_module_dot=True, stochastic=True
+            ),
+        ),
+        ModelSpec(
             name="tied",
             summary="an embedding tied to the output projection: one storage, two names",
             declared=ModelTraits(top_level_module_attr=False, nested_module_dot=False, tied=True),
@@ -82,7 +100,10 @@ MODELS: dict[str, ModelSpec] = {
             name="mixed_dtypes",
             summary="bfloat16 and float16 parameters, int64 and complex64 buffers, and a "
             "non-persistent buffer",
-            declared=ModelTraits(top_level_module_attr=False, nested_module_dot=False),
+            # its non-persistent buffer is derived from the configuration, as such caches are
+            declared=ModelTraits(
+                top_level_module_attr=False, nested_module_dot=False, constants=("cache",)
+            ),
         ),
         ModelSpec(
             name="weight_norm",

@@ -17,6 +17,7 @@ import contextlib
 import os
 import shutil
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,9 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+from torch.distributed.checkpoint.filesystem import FileSystemReader
 from torch.distributed.checkpoint.format_utils import torch_save_to_dcp
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -55,7 +58,7 @@ from harness.jobspec import (
     rank_path,
 )
 from harness.recipes import RECIPES, registrar
-from harness.worker.fingerprint import nested_tensors, tensor_digest, tensor_record
+from harness.worker.fingerprint import forward_digest, nested_tensors, tensor_record
 from harness.worker.main import (
     artifact_sha256,
     describe,
@@ -64,10 +67,13 @@ from harness.worker.main import (
     verify_checksum,
 )
 from harness.worker.models import (
+    backward,
     build,
+    call,
     example_input,
     has_example_input,
     noised,
+    on_device,
     perturb,
     unwrap,
     wrap,
@@ -76,6 +82,8 @@ from harness.worker.probe import isolation_probe
 from harness.worker.training import DATA_SEED, TOTAL_STEPS, Regime, make_regime, train_steps
 
 LR = 0.01
+# Where a training state keeps every rank's generator states (``rng.ranks.rank0.cpu``, ...).
+RNG_KEY = "rng.ranks"
 T = TypeVar("T")
 
 
@@ -173,8 +181,8 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, name: str) -> None
     batch = example_input(name)
     for _ in range(TRAIN_STEPS):
         optimizer.zero_grad()
-        noisy = noised(batch, generator).to(device())
-        model(noisy).pow(2).mean().backward()
+        noisy = on_device(noised(batch, generator), device())
+        backward(model, noisy, name)
         optimizer.step()
     model.eval()
 
@@ -259,7 +267,7 @@ def output_digest(model: nn.Module, name: str) -> str | None:
     if not has_example_input(name):
         return None
     with torch.no_grad():
-        return tensor_digest(model(example_input(name, device())))
+        return forward_digest(call(model, example_input(name, device())), name)[0]
 
 
 def save_dcp(state: dict[str, Any], final: Path) -> None:
@@ -285,13 +293,63 @@ def model_and_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer) -> d
 def train_state(
     model: nn.Module, regime: Regime, data: torch.Generator, step: int
 ) -> dict[str, Any]:
-    """What a trainer saves to resume: model, optimizer, scheduler, step and the data order."""
+    """What a trainer saves to resume: model, optimizer, scheduler, step and the data order
+    (the random-number generators' states are added by the saver: :func:`every_ranks_rng`)."""
     return {
         **model_and_optimizer(model, regime[0]),
         "lr_scheduler": regime[1].state_dict(),
         "step": step,
         "rng": {"data": data.get_state()},
     }
+
+
+def own_rng() -> dict[str, torch.Tensor]:
+    """This rank's random-number generators: the CPU's, and its GPU's where it has one (dropout
+    draws from the generator of the device it runs on)."""
+    states = {"cpu": torch.get_rng_state()}
+    if device().type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(device())
+    return states
+
+
+def every_ranks_rng() -> dict[str, dict[str, torch.Tensor]]:
+    """Every rank's generator states, gathered to every rank (``rank0.cpu``, ``rank1.cuda``,
+    ...): the same entries on every rank, so DCP writes each once, and a loader at any world
+    size can read any rank's."""
+    return {f"rank{index}": states for index, states in enumerate(from_every_rank(own_rng()))}
+
+
+def saved_rng(path: Path) -> dict[str, dict[str, torch.Tensor]]:
+    """Templates for the generator states a checkpoint holds, from its metadata (the loader
+    does not know the saver's world size). The directory's checksum was verified before this
+    reads its pickled ``.metadata``."""
+    metadata = FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    prefix = f"{RNG_KEY}."
+    found: dict[str, dict[str, torch.Tensor]] = {}
+    for key, entry in metadata.items():
+        if key.startswith(prefix) and isinstance(entry, TensorStorageMetadata):
+            owner, _, kind = key.removeprefix(prefix).partition(".")
+            found.setdefault(owner, {})[kind] = torch.empty(
+                tuple(entry.size), dtype=entry.properties.dtype
+            )
+    return found
+
+
+def restore_rng(states: dict[str, dict[str, torch.Tensor]]) -> str:
+    """Give this rank the generator states it resumes with: saved rank ``r mod N`` for rank
+    ``r`` of M. Rank 0 always continues rank 0's stream (in the world-size-invariant training
+    only rank 0's loss counts, so its stream decides the result); a rank that existed at the
+    save continues its own; a rank beyond the saved world size takes a saved rank's stream (two
+    ranks then draw the same numbers, as after any restart that reuses one seed per rank).
+    Returns the saved rank it took."""
+    if not states:
+        raise RuntimeError(f"the checkpoint holds no generator states under {RNG_KEY!r}")
+    source = f"rank{rank() % len(states)}"
+    own = states[source]
+    torch.set_rng_state(own["cpu"])
+    if "cuda" in own and device().type == "cuda":
+        torch.cuda.set_rng_state(own["cuda"], device())
+    return source
 
 
 def run_save(spec: SaveSpec) -> dict[str, Any]:
@@ -307,7 +365,9 @@ def run_save(spec: SaveSpec) -> dict[str, Any]:
             regime = make_regime(spec.training, model)
             data = torch.Generator().manual_seed(DATA_SEED)
             invariant_steps(model, regime, data, spec.model, RESUME_AT)
-            save_dcp(train_state(model, regime, data, RESUME_AT), final)
+            state = train_state(model, regime, data, RESUME_AT)
+            state["rng"]["ranks"] = every_ranks_rng()
+            save_dcp(state, final)
             # what a resume must reach: this same run, never stopped
             invariant_steps(model, regime, data, spec.model, RESUME_MORE)
             optimizer = regime[0]
@@ -484,9 +544,21 @@ def _add_buffer(model: nn.Module) -> None:
     model.register_buffer(ADDED_BUFFER, torch.full((4,), ADDED_VALUE))
 
 
-def _drop_last_bias(model: nn.Module) -> None:
-    last = [m for m in model.modules() if isinstance(m, nn.Linear) and m.bias is not None][-1]
-    last.register_parameter("bias", None)
+def _drop_a_parameter(model: nn.Module) -> None:
+    """The loading model lost a parameter since the save: the last one it registers under one
+    name only (a tied weight would live on under its other name) becomes a non-persistent
+    buffer holding the same tensor, so the model still runs but neither saves nor loads it.
+    Any model has such a parameter; no layer type is assumed."""
+    named = list(model.named_parameters(remove_duplicate=False))
+    names = Counter(id(parameter) for _, parameter in named)
+    untied = [(name, parameter) for name, parameter in named if names[id(parameter)] == 1]
+    if not untied:
+        raise RuntimeError("every parameter of the model is tied: no parameter to drop")
+    name, parameter = untied[-1]
+    owner_name, _, attribute = name.rpartition(".")
+    owner = model.get_submodule(owner_name)
+    delattr(owner, attribute)
+    owner.register_buffer(attribute, parameter.detach().clone(), persistent=False)
 
 
 @performs("dcp_partial_load")
@@ -528,19 +600,27 @@ def _torch_save_to_dcp(ctx: DistributedLoad) -> None:
     set_model_state_dict(ctx.model, state)
 
 
-@performs("dcp_resume")
+@performs("dcp_resume", "dcp_resume_without_rng")
 def _dcp_resume(ctx: DistributedLoad) -> None:
+    """The training state into a fresh FSDP2 model at M ranks, then the remaining steps. The
+    correct recipe restores the random-number generators too (:func:`restore_rng`); the
+    known-bad one leaves them as the fresh process has them."""
     model = ctx.model
     summed_gradients(model)  # see invariant_steps
     regime = make_regime(ctx.spec.training, model)
     data = torch.Generator()
     state = train_state(model, regime, data, 0)
+    with_rng = ctx.spec.recipe == "dcp_resume"
+    if with_rng:
+        state["rng"]["ranks"] = saved_rng(ctx.path)
     dcp_load(state, checkpoint_id=str(ctx.path))  # tensors in place, the rest into the dict
     set_state_dict(
         model, regime[0], model_state_dict=state["model"], optim_state_dict=state["optimizer"]
     )
     regime[1].load_state_dict(state["lr_scheduler"])
     data.set_state(state["rng"]["data"])
+    if with_rng:
+        restore_rng(state["rng"]["ranks"])
     invariant_steps(model, regime, data, ctx.spec.model, TOTAL_STEPS - int(state["step"]))
     ctx.optimizer = regime[0]
 
@@ -549,7 +629,7 @@ def _dcp_resume(ctx: DistributedLoad) -> None:
 ALTER: dict[str, Alteration] = {
     "dcp_extra_key": _add_buffer,
     "dcp_partial_load": _add_buffer,
-    "dcp_missing_key": _drop_last_bias,
+    "dcp_missing_key": _drop_a_parameter,
 }
 
 

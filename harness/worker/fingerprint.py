@@ -11,7 +11,15 @@ import torch
 import xxhash
 from torch import nn
 
-from harness.worker.models import example_input, has_example_input, model_device, unwrap
+from harness.worker.models import (
+    call,
+    example_input,
+    has_example_input,
+    leaves,
+    model_device,
+    unwrap,
+)
+from harness.zoo import ModelError
 
 
 def raw_bytes(flat: torch.Tensor) -> ctypes.Array[ctypes.c_char]:
@@ -73,8 +81,25 @@ def output_digest(model: nn.Module, name: str) -> tuple[str | None, str]:
     if not has_example_input(name):
         return None, str(device)
     with torch.no_grad():
-        output = model(example_input(name, device))
-    return tensor_digest(output), str(device)
+        output = call(model, example_input(name, device))
+    return forward_digest(output, name)
+
+
+def forward_digest(output: Any, name: str) -> tuple[str, str]:
+    """One digest over every tensor of a forward output, whatever its shape (a tensor, a tuple,
+    a dict, a dataclass, a ``ModelOutput``): each leaf's path and bitwise digest, in order; and
+    the devices the leaves are on."""
+    digest = xxhash.xxh3_128()
+    devices: set[str] = set()
+    for path, tensor in leaves(output):
+        digest.update(f"{path}|{tensor_digest(tensor)}\n".encode())
+        devices.add(str(tensor.device))
+    if not devices:
+        raise ModelError(
+            f"model {name}: its forward returned no tensor ({type(output).__name__}); the "
+            "loaded model's output cannot be compared"
+        )
+    return digest.hexdigest(), ",".join(sorted(devices))
 
 
 def nested_tensors(value: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:

@@ -3,10 +3,11 @@ path), trains them, wraps them."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,21 @@ class TrapNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.head(self.encoder(x))
+        return out
+
+
+class DropoutNet(nn.Module):
+    """The trap net with dropout: its forward in train mode draws random numbers, so a resumed
+    training reaches the uninterrupted run only with the generators' states restored."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = Encoder()
+        self.dropout = nn.Dropout(0.25)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.head(self.dropout(self.encoder(x)))
         return out
 
 
@@ -156,6 +172,8 @@ def build(name: str, *, seed: int) -> nn.Module:
         return TrapNet()
     if name == "trap_module":
         return ModuleAttrNet()
+    if name == "dropout":
+        return DropoutNet()
     if name == "tied":
         return TiedNet()
     if name == "mixed_dtypes":
@@ -181,9 +199,14 @@ def has_example_input(name: str) -> bool:
     return not is_import_path(name) or user_example_input(name) is not None
 
 
-def example_input(name: str, device: torch.device | str = "cpu") -> torch.Tensor:
+# A model's input: a tensor, a tuple of positional arguments or a dict of keyword arguments.
+Batch = torch.Tensor | tuple[Any, ...] | dict[str, Any]
+
+
+def example_input(name: str, device: torch.device | str = "cpu") -> Batch:
     """The model's fixed input, drawn on the CPU (same numbers everywhere), then moved; a user's
-    model's own ``example_input(device)`` (seeded the same way before it is called)."""
+    model's own ``example_input(device)`` (seeded the same way before it is called): a tensor, a
+    tuple (positional arguments) or a dict (keyword arguments)."""
     if is_import_path(name):
         make = user_example_input(name)
         if make is None:
@@ -191,11 +214,8 @@ def example_input(name: str, device: torch.device | str = "cpu") -> torch.Tensor
         with torch.random.fork_rng(devices=[]):  # the same numbers, the run's RNG untouched
             torch.manual_seed(1234)
             batch = make(torch.device(device))
-        if not isinstance(batch, torch.Tensor):
-            raise ModelError(
-                f"model {name}: example_input returned {type(batch).__name__}, not a tensor"
-            )
-        return batch.to(device)
+        moved: Batch = map_tensors(checked_batch(batch, name), lambda tensor: tensor.to(device))
+        return moved
     generator = torch.Generator().manual_seed(1234)
     if name == "tied":
         return torch.randint(0, 16, (4, 5), generator=generator).to(device)
@@ -204,6 +224,100 @@ def example_input(name: str, device: torch.device | str = "cpu") -> torch.Tensor
     else:
         batch = torch.randn(4, 8, generator=generator)
     return batch.to(device)
+
+
+def checked_batch(batch: object, name: str) -> Batch:
+    """``batch`` if it is a tensor, a tuple or list (positional arguments) or a dict with string
+    keys (keyword arguments) holding at least one tensor; else the ModelError that says so."""
+    if isinstance(batch, list):
+        batch = tuple(batch)
+    if isinstance(batch, dict) and not all(isinstance(key, str) for key in batch):
+        raise ModelError(
+            f"model {name}: example_input returned a dict whose keys are not all strings; "
+            "return a dict of keyword arguments, a tuple of positional ones or a tensor"
+        )
+    if not isinstance(batch, torch.Tensor | tuple | dict):
+        raise ModelError(
+            f"model {name}: example_input returned {type(batch).__name__}; return a tensor, a "
+            "tuple (positional arguments) or a dict (keyword arguments)"
+        )
+    if not any(True for _ in leaves(batch)):
+        raise ModelError(f"model {name}: example_input returned no tensor ({type(batch).__name__})")
+    return batch
+
+
+def call(model: nn.Module, batch: Batch) -> Any:
+    """The model's forward on ``batch``: a dict as keyword arguments, a tuple as positional
+    ones, a tensor as the one argument."""
+    if isinstance(batch, dict):
+        return model(**batch)
+    if isinstance(batch, tuple):
+        return model(*batch)
+    return model(batch)
+
+
+def map_tensors(value: Any, change: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """``value`` with every tensor in its tuples, lists and dicts replaced by ``change(tensor)``."""
+    if isinstance(value, torch.Tensor):
+        return change(value)
+    if isinstance(value, dict):
+        return {key: map_tensors(item, change) for key, item in value.items()}
+    if isinstance(value, tuple | list):
+        return type(value)(map_tensors(item, change) for item in value)
+    return value
+
+
+def leaves(value: Any, path: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor in a forward output or an input, by its path (``logits``,
+    ``past_key_values.layers.0.keys``): tensors, tuples, lists, dicts (a transformers
+    ``ModelOutput`` is one, holding its fields that are not None), dataclasses and other plain
+    objects' attributes (a key-value cache); each object once, modules never."""
+    yield from _leaves(value, path, set())
+
+
+def _leaves(value: Any, path: str, seen: set[int]) -> Iterator[tuple[str, torch.Tensor]]:
+    if isinstance(value, torch.Tensor):
+        yield path, value
+        return
+    if id(value) in seen or isinstance(value, nn.Module | str | bytes | int | float | bool):
+        return
+    seen.add(id(value))
+    items: list[tuple[str, Any]]
+    if isinstance(value, Mapping):
+        items = [(str(key), item) for key, item in value.items()]
+    elif isinstance(value, tuple | list):
+        items = [(str(index), item) for index, item in enumerate(value)]
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        items = [(field.name, getattr(value, field.name)) for field in dataclasses.fields(value)]
+    elif hasattr(value, "__dict__") and not isinstance(value, type):
+        items = list(vars(value).items())
+    else:
+        return
+    for key, item in items:
+        yield from _leaves(item, f"{path}.{key}" if path else key, seen)
+
+
+def training_loss(output: Any, name: str) -> torch.Tensor:
+    """The saver's training loss from a forward output of any shape: the mean square of every
+    floating-point (or complex) tensor in it that carries a gradient, summed."""
+    terms = [
+        (torch.view_as_real(tensor) if tensor.is_complex() else tensor).pow(2).mean()
+        for _, tensor in leaves(output)
+        if (tensor.is_floating_point() or tensor.is_complex()) and tensor.requires_grad
+    ]
+    if not terms:
+        raise ModelError(
+            f"model {name}: its forward returned no floating-point tensor that depends on its "
+            f"parameters ({type(output).__name__}), so it cannot be trained"
+        )
+    return torch.stack([term.float() for term in terms]).sum()
+
+
+def backward(model: nn.Module, batch: Batch, name: str, *, weight: float = 1.0) -> None:
+    """One training forward on ``batch`` and the backward of its loss (scaled by ``weight``:
+    a distributed run counts one rank's, see harness.worker.distributed)."""
+    loss = training_loss(call(model, batch), name) * weight
+    loss.backward()  # type: ignore[no-untyped-call]
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -252,11 +366,24 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
-def noised(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """A training batch: the fixed input plus seeded noise (an integer input, such as token ids,
-    is used as it is; the generator still advances, so the data order is the same)."""
-    noise = 0.1 * torch.randn(batch.shape, generator=generator)
-    return batch + noise.to(batch.dtype) if batch.is_floating_point() else batch
+def noised(batch: Batch, generator: torch.Generator) -> Batch:
+    """A training batch: the fixed input with seeded noise added to every floating-point tensor
+    in it (an integer tensor, such as token ids, is used as it is; the generator still advances,
+    so the data order is the same)."""
+
+    def noisy(tensor: torch.Tensor) -> torch.Tensor:
+        noise = 0.1 * torch.randn(tensor.shape, generator=generator)
+        if tensor.is_floating_point():
+            return tensor + noise.to(tensor.device, tensor.dtype)
+        return tensor
+
+    changed: Batch = map_tensors(batch, noisy)
+    return changed
+
+
+def on_device(batch: Batch, device: torch.device) -> Batch:
+    moved: Batch = map_tensors(batch, lambda tensor: tensor.to(device))
+    return moved
 
 
 def perturb(model: nn.Module) -> None:
@@ -287,9 +414,9 @@ def train(model: nn.Module, name: str, *, steps: int, lr: float = 0.1) -> None:
     device = model_device(model)
     batch = example_input(name)
     for _ in range(steps):
-        noisy = noised(batch, generator).to(device)
+        noisy = on_device(noised(batch, generator), device)
         model.zero_grad(set_to_none=True)
-        model(noisy).pow(2).mean().backward()
+        backward(model, noisy, name)
         with torch.no_grad():
             for parameter in model.parameters():
                 if parameter.grad is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import traceback
 from importlib import metadata
 from typing import Any
 
@@ -37,9 +38,14 @@ def environment() -> dict[str, Any]:
 
 def measure_model(name: str) -> dict[str, Any]:
     """A model's traits for the oracle, measured from its real state_dict (the saver's seed), or
-    the error that building it raised: what the run learns before any cell runs. A zoo model
-    whose package is missing keeps its declared traits (its cells are skipped, with the reason)."""
-    from harness.worker.models import build, example_input, has_example_input, perturb
+    the error that building it raised: what the run learns before any cell runs. A model that
+    gives an example input is run once, as every cell will run it (a training step, then an
+    eval-mode forward), so one that cannot run stops the run here, with its traceback, instead
+    of failing every cell. A zoo model whose package is missing keeps its declared traits (its
+    cells are skipped, with the reason)."""
+    from harness.jobspec import TRAIN_STEPS
+    from harness.worker.fingerprint import fingerprint, output_digest
+    from harness.worker.models import build, has_example_input, perturb, train
     from harness.zoo import ModelError, ModelTraits, key_traits, model_spec
 
     spec = model_spec(name, "the run's models")
@@ -54,24 +60,63 @@ def measure_model(name: str) -> dict[str, Any]:
         tied = len(storages) < sum(1 for t in tensors if t.numel())
         parametrized = any(".parametrizations." in f".{key}" for key in keys)
         given = has_example_input(name)
+        built = fingerprint(model)
+        other = fingerprint(build(name, seed=1))
+        stochastic = False
         if given:
-            example_input(name)  # it must produce a tensor
+            stochastic = draws_random_numbers(model, name)
+            train(model, name, steps=TRAIN_STEPS)  # the saver's training
         else:
-            perturb(build(name, seed=0))  # what the saver will do instead of training
+            perturb(model)  # what the saver will do instead of training
+        after = fingerprint(model)
+        constants = sorted(
+            entry
+            for entry, record in built.items()
+            if record["digest"] == other.get(entry, {}).get("digest") == after[entry]["digest"]
+        )
+        if given:
+            output_digest(model, name)
     except KeyboardInterrupt:
         raise
     except BaseException as exc:  # the user's module may sys.exit() at import (argparse)
-        if isinstance(exc, ModelError):
-            return {"error": str(exc)}
-        return {"error": f"model {name}: {type(exc).__name__}: {exc}"}
+        what = str(exc) if isinstance(exc, ModelError) else f"{type(exc).__name__}: {exc}"
+        if not what.startswith(f"model {name}"):
+            what = f"model {name}: {what}"
+        return {"error": f"{what}\n{traceback.format_exc().rstrip()}"}
     traits = ModelTraits(
         top_level_module_attr=top_level,
         nested_module_dot=nested,
         example_input=given,
         tied=tied,
         parametrized=parametrized,
+        stochastic=stochastic,
+        constants=tuple(constants),
     )
     return {"traits": traits.to_json(), "tensors": len(keys)}
+
+
+def draws_random_numbers(model: torch.nn.Module, name: str) -> bool:
+    """Whether the model's training forward and backward draw from torch's random-number
+    generators (dropout does): the default generator's state, and each visible GPU's, before and
+    after one training step on the example input. The run's generators are left as they were."""
+    from harness.worker.models import backward, example_input, model_device, on_device
+
+    device = model_device(model)
+    gpus = list(range(torch.cuda.device_count())) if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=gpus):
+        before = rng_states(gpus)
+        model.train()
+        backward(model, on_device(example_input(name), device), name)
+        drew = not all(
+            torch.equal(old, new) for old, new in zip(before, rng_states(gpus), strict=True)
+        )
+    model.zero_grad(set_to_none=True)
+    model.eval()
+    return drew
+
+
+def rng_states(gpus: list[int]) -> list[torch.Tensor]:
+    return [torch.get_rng_state(), *(torch.cuda.get_rng_state(gpu) for gpu in gpus)]
 
 
 def _installed(package: str) -> bool:

@@ -265,6 +265,13 @@ def _resume(ctx: LoadContext) -> nn.Module:
     return model
 
 
+@performs("resume_without_rng")
+def _resume_without_rng(ctx: LoadContext) -> nn.Module:
+    model = ctx.fresh()
+    resume(model, ctx.weights(), ctx.spec.training, ctx.spec.model, rng=False)
+    return model
+
+
 @performs("resume_safe_globals")
 def _resume_safe_globals(ctx: LoadContext) -> nn.Module:
     model = ctx.fresh()

@@ -16,7 +16,14 @@ from torch import nn
 
 from harness.classify import OptimizerStateDeviceError
 from harness.jobspec import RESUME_AT, RESUME_MORE
-from harness.worker.models import example_input, model_device, noised, unwrap
+from harness.worker.models import (
+    backward,
+    example_input,
+    model_device,
+    noised,
+    on_device,
+    unwrap,
+)
 
 TOTAL_STEPS = RESUME_AT + RESUME_MORE
 DATA_SEED = 99
@@ -67,9 +74,9 @@ def train_steps(
     device = model_device(model)
     batch = example_input(name)
     for _ in range(steps):
-        noisy = noised(batch, data).to(device)
+        noisy = on_device(noised(batch, data), device)
         optimizer.zero_grad(set_to_none=True)
-        (model(noisy).pow(2).mean() * loss_weight).backward()
+        backward(model, noisy, name, weight=loss_weight)
         optimizer.step()
         scheduler.step()
     model.eval()
@@ -86,20 +93,32 @@ def checkpoint(
         "lr_scheduler": scheduler.state_dict(),
         "epoch": RESUME_AT,
         "args": args,
-        "rng": {"torch": torch.get_rng_state(), "data": data.get_state()},
+        "rng": {
+            "torch": torch.get_rng_state(),
+            # every visible GPU's generator, as trainers keep them (an empty list on the CPU)
+            "cuda": [torch.cuda.get_rng_state(gpu) for gpu in range(torch.cuda.device_count())],
+            "data": data.get_state(),
+        },
     }
 
 
-def resume(model: nn.Module, state: dict[str, Any], training: str, name: str) -> None:
+def resume(
+    model: nn.Module, state: dict[str, Any], training: str, name: str, *, rng: bool = True
+) -> None:
     """Load a training state into ``model`` (any layout) and train the remaining steps.
     The optimizer and scheduler are built first and their states loaded after, as they must be:
-    building OneCycleLR after loading would overwrite the restored learning rate."""
+    building OneCycleLR after loading would overwrite the restored learning rate. ``rng``: torch's
+    generators are restored too (the CPU's, and each saved GPU's that this process sees); the
+    known-bad ``resume_without_rng`` leaves them as the fresh process has them."""
     regime = make_regime(training, model)
     unwrap(model).load_state_dict(state["model"])
     regime[0].load_state_dict(state["optimizer"])
     regime[1].load_state_dict(state["lr_scheduler"])
     check_optimizer_devices(regime[0])
-    torch.set_rng_state(state["rng"]["torch"])
+    if rng:
+        torch.set_rng_state(state["rng"]["torch"])
+        for gpu, gpu_state in enumerate(state["rng"]["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(gpu_state, gpu)
     data = torch.Generator()
     data.set_state(state["rng"]["data"])
     train_steps(model, regime, data, name, TOTAL_STEPS - int(state["epoch"]))

@@ -44,6 +44,8 @@ def test_a_users_model_runs_the_shipped_scenarios(tmp_path: Path) -> None:
         "example_input": True,
         "tied": True,
         "parametrized": False,
+        "stochastic": False,
+        "constants": [],
     }
     outcomes = Counter(str(r.outcome) for r in results)
     assert set(outcomes) == {"PASS", "XFAIL"}, outcomes

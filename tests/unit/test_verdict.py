@@ -151,10 +151,26 @@ def test_same_process_for_save_and_load_is_an_isolation_failure() -> None:
     assert "three distinct processes" in j.reason
 
 
-def test_insensitive_cell_is_an_error() -> None:
-    j = verdict(CLEAN, run(loaded(before=tensors(a="1", b="y"))))
+def test_a_cell_where_no_entry_tells_a_load_from_none_is_an_error() -> None:
+    j = verdict(CLEAN, run(loaded(before=tensors(a="1", b="2"))))
     assert j.outcome is Outcome.ERROR
     assert "could not tell a no-op load" in j.reason
+    assert "every compared entry (['a', 'b'])" in j.reason
+
+
+def test_an_entry_fixed_by_construction_is_named_but_the_others_decide() -> None:
+    j = verdict(CLEAN, run(loaded(before=tensors(a="1", b="y"))))  # 'a' is a constant buffer
+    assert j.outcome is Outcome.PASS
+    assert j.observed["indistinct"] == ["a"]
+    assert "1 of 2 entries equal the fresh model's before the load" in j.reason
+    assert "['a']" in j.reason
+
+
+def test_a_constant_entry_that_the_load_gets_wrong_still_fails_the_cell() -> None:
+    wrong = loaded(before=tensors(a="1", b="y"), tensors=tensors(a="other", b="2"))
+    j = verdict(CLEAN, run(wrong))
+    assert j.outcome is Outcome.FAIL
+    assert "weights_differ" in j.reason
 
 
 @pytest.mark.parametrize(

@@ -39,23 +39,23 @@ def _one_rank(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
-def save(tmp_path: Path, variant: str, training: str = "") -> dict[str, Any]:
+def save(tmp_path: Path, variant: str, training: str = "", model: str = "trap") -> dict[str, Any]:
     spec = SaveSpec(
         cell_key="k",
-        model="trap",
+        model=model,
         layout="fsdp2",
         variant=variant,
         artifact_path=str(tmp_path / variant),
         report_path=str(tmp_path / "save-report.json"),
         training=training,
     )
-    return distributed.run_save(spec) | {"path": spec.artifact_path}
+    return distributed.run_save(spec) | {"path": spec.artifact_path, "model": model}
 
 
 def load(saved: dict[str, Any], recipe: str, training: str = "") -> dict[str, Any]:
     spec = LoadSpec(
         cell_id="c",
-        model="trap",
+        model=saved["model"],
         layout="fsdp2",
         recipe=recipe,
         artifact_path=saved["path"],
@@ -87,6 +87,30 @@ def test_a_resume_that_forgets_the_scheduler_is_caught(
     report = load(saved, "dcp_resume", "sgd_steplr")
     assert report["status"] == "loaded"
     assert differing(saved["tensors"], report["tensors"])
+
+
+def test_a_model_with_dropout_resumes_only_with_the_generators_restored(tmp_path: Path) -> None:
+    saved = save(tmp_path, "dcp_train_state", "adamw_onecycle", model="dropout")
+    assert load(saved, "dcp_resume", "adamw_onecycle")["tensors"] == saved["tensors"]
+    without = load(saved, "dcp_resume_without_rng", "adamw_onecycle")
+    assert without["status"] == "loaded", without.get("message")
+    assert differing(saved["tensors"], without["tensors"])  # other dropout masks
+
+
+def test_every_ranks_generators_are_saved_and_rank_r_takes_saved_rank_r_mod_n(
+    tmp_path: Path,
+) -> None:
+    saved = save(tmp_path, "dcp_train_state", "sgd_steplr", model="dropout")
+    with distributed.process_group():
+        templates = distributed.saved_rng(Path(saved["path"]))
+        assert set(templates) == {"rank0"}  # a world of one rank saved one
+        assert templates["rank0"]["cpu"].shape == torch.get_rng_state().shape
+        distributed.dcp_load({"rng": {"ranks": templates}}, checkpoint_id=saved["path"])
+        torch.manual_seed(5)
+        assert distributed.restore_rng(templates) == "rank0"
+        assert torch.equal(torch.get_rng_state(), templates["rank0"]["cpu"])
+    with pytest.raises(RuntimeError, match="holds no generator states"):
+        distributed.restore_rng({})
 
 
 def test_rank_indexed_state_is_saved_and_loaded_per_rank(tmp_path: Path) -> None:
@@ -126,6 +150,17 @@ def test_a_lost_parameter_is_dropped_without_a_word(tmp_path: Path) -> None:
     assert all("head.bias" in name for name in missing)
 
 
+def test_a_model_without_a_biased_linear_loses_its_last_untied_parameter(
+    tmp_path: Path,
+) -> None:
+    saved = save(tmp_path, "dcp", model="tied")  # out.weight is tied to embed.weight
+    report = load(saved, "dcp_missing_key")
+    assert report["status"] == "loaded", report.get("message")
+    missing = sorted(saved["tensors"].keys() - report["tensors"].keys())
+    assert missing[0] == "hidden.bias"
+    assert all("hidden.bias" in name for name in missing)
+
+
 def test_a_torch_save_file_converted_to_dcp(tmp_path: Path) -> None:
     from harness.worker.main import run_save
 
@@ -137,7 +172,7 @@ def test_a_torch_save_file_converted_to_dcp(tmp_path: Path) -> None:
         artifact_path=str(tmp_path / "plain.pt"),
         report_path=str(tmp_path / "save-report.json"),
     )
-    saved = run_save(spec) | {"path": spec.artifact_path}
+    saved = run_save(spec) | {"path": spec.artifact_path, "model": "trap"}
     report = load(saved, "torch_save_to_dcp")
     assert report["status"] == "loaded", report.get("message")
     assert report["tensors"] == saved["tensors"]

@@ -2,18 +2,32 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections import OrderedDict
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from harness.axes import Layout
-from harness.worker.fingerprint import output_digest
-from harness.worker.models import build, example_input, train, unwrap, wrap
+from harness.worker.fingerprint import forward_digest, output_digest
+from harness.worker.models import (
+    build,
+    call,
+    checked_batch,
+    example_input,
+    leaves,
+    noised,
+    train,
+    training_loss,
+    unwrap,
+    wrap,
+)
 from harness.worker.probe import measure_model
-from harness.zoo import MODELS, ModelTraits
+from harness.zoo import MODELS, ModelError, ModelTraits
 
-CHEAP = ["trap", "trap_module", "resnet18", "tied", "mixed_dtypes", "weight_norm"]
+CHEAP = ["trap", "trap_module", "dropout", "resnet18", "tied", "mixed_dtypes", "weight_norm"]
 
 
 USER_MODELS = Path(__file__).parents[2] / "data" / "user_model"
@@ -40,6 +54,8 @@ def test_a_users_model_is_measured_from_its_real_keys() -> None:
         "example_input": True,
         "tied": True,
         "parametrized": False,
+        "stochastic": False,
+        "constants": [],
     }
     model = build("ckpt_user_model:build", seed=0)
     assert (
@@ -218,3 +234,96 @@ def test_a_zoo_model_whose_package_is_missing_keeps_its_declared_traits(
     measured = measure_model("resnet18")
     assert measured["declared"] is True
     assert ModelTraits.from_json(measured["traits"]) == MODELS["resnet18"].declared
+
+
+@pytest.mark.usefixtures("user_models")
+def test_constant_entries_and_random_draws_are_measured() -> None:
+    traits = measure_model("ckpt_user_model:constants")["traits"]
+    # fixed by the constructor, unchanged by training: equal in every build
+    assert traits["constants"] == ["counts", "position_ids"]
+    assert traits["stochastic"] is True  # its dropout draws from torch's generator
+    assert traits["tied"] is True
+    assert traits["nested_module_dot"] is True  # blocks.0.module.weight
+    assert measure_model("trap")["traits"]["stochastic"] is False
+    assert measure_model("dropout")["traits"]["stochastic"] is True
+
+
+@pytest.mark.usefixtures("user_models")
+def test_a_model_that_cannot_run_is_stopped_with_its_traceback() -> None:
+    error = measure_model("ckpt_user_model:cannot_run")["error"]
+    assert error.startswith("model ckpt_user_model:cannot_run: RuntimeError: ")
+    assert "Traceback (most recent call last)" in error
+    assert "in forward" in error  # the user's own frame
+
+
+@dataclasses.dataclass
+class Output:
+    logits: torch.Tensor
+    extra: tuple[torch.Tensor, ...]
+    note: str = "not a tensor"
+
+
+class FieldsDict(OrderedDict[str, Any]):
+    """A ModelOutput is an ordered dict of its fields that are not None."""
+
+
+class Cache:
+    def __init__(self, keys: list[torch.Tensor]) -> None:
+        self.keys = keys
+
+
+def test_every_tensor_of_an_output_of_any_shape_is_a_leaf() -> None:
+    a, b, c = torch.ones(2), torch.zeros(3), torch.arange(4)
+    assert [p for p, _ in leaves(a)] == [""]
+    assert [p for p, _ in leaves((a, [b, c]))] == ["0", "1.0", "1.1"]
+    assert [p for p, _ in leaves({"x": a, "y": None})] == ["x"]
+    assert [p for p, _ in leaves(Output(a, (b, c)))] == ["logits", "extra.0", "extra.1"]
+    model_output = FieldsDict(logits=a, past_key_values=Cache([b, c]))
+    assert [p for p, _ in leaves(model_output)] == [
+        "logits",
+        "past_key_values.keys.0",
+        "past_key_values.keys.1",
+    ]
+    shared = [a]
+    assert [p for p, _ in leaves({"one": shared, "two": shared})] == ["one.0"]  # seen once
+
+
+def test_the_output_digest_compares_every_leaf() -> None:
+    a, b = torch.ones(2), torch.zeros(3)
+    same = forward_digest(Output(a, (b,)), "m")
+    assert same == forward_digest(Output(a.clone(), (b.clone(),)), "m")
+    assert same[0] != forward_digest(Output(a, (b + 1,)), "m")[0]  # a later leaf differs
+    assert same[1] == "cpu"
+    with pytest.raises(ModelError, match="its forward returned no tensor"):
+        forward_digest({"text": "none"}, "m")
+
+
+def test_the_training_loss_takes_every_floating_point_leaf_with_a_gradient() -> None:
+    weight = torch.ones(3, requires_grad=True)
+    output = {"logits": weight * 2, "ids": torch.arange(3), "detached": torch.ones(3)}
+    loss = training_loss(output, "m")
+    assert loss.item() == 4.0  # only logits: (2**2).mean()
+    loss.backward()  # type: ignore[no-untyped-call]
+    assert weight.grad is not None
+    with pytest.raises(ModelError, match="no floating-point tensor that depends on its param"):
+        training_loss({"ids": torch.arange(3)}, "m")
+
+
+def test_example_inputs_may_be_positional_or_keyword_arguments() -> None:
+    class TwoInputs(torch.nn.Module):
+        def forward(self, x: torch.Tensor, *, scale: torch.Tensor) -> torch.Tensor:
+            return x * scale
+
+    model, x, scale = TwoInputs(), torch.ones(2), torch.full((2,), 3.0)
+    assert torch.equal(call(model, {"x": x, "scale": scale}), x * 3)
+    assert checked_batch([x, x], "m") == (x, x)
+    with pytest.raises(ModelError, match="returned str; return a tensor, a tuple"):
+        checked_batch("tokens", "m")
+    with pytest.raises(ModelError, match="whose keys are not all strings"):
+        checked_batch({1: x}, "m")
+    with pytest.raises(ModelError, match="returned no tensor"):
+        checked_batch((1, 2), "m")
+    noisy = noised({"x": x, "ids": torch.arange(2)}, torch.Generator().manual_seed(0))
+    assert isinstance(noisy, dict)
+    assert not torch.equal(noisy["x"], x)
+    assert torch.equal(noisy["ids"], torch.arange(2))  # integers are used as they are
