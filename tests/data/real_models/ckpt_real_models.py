@@ -33,7 +33,8 @@ def gpt2() -> nn.Module:
         bos_token_id=0,
         eos_token_id=0,
     )
-    return GPT2LMHeadModel(config)
+    model: nn.Module = GPT2LMHeadModel(config)
+    return model
 
 
 gpt2.example_input = _tokens  # type: ignore[attr-defined]
@@ -51,7 +52,8 @@ def llama() -> nn.Module:
         num_key_value_heads=2,
         max_position_embeddings=32,
     )
-    return LlamaForCausalLM(config)
+    model: nn.Module = LlamaForCausalLM(config)
+    return model
 
 
 llama.example_input = _tokens  # type: ignore[attr-defined]
@@ -68,7 +70,8 @@ def bert() -> nn.Module:
         intermediate_size=64,
         max_position_embeddings=32,
     )
-    return BertForMaskedLM(config)
+    model: nn.Module = BertForMaskedLM(config)
+    return model
 
 
 bert.example_input = _tokens  # type: ignore[attr-defined]
@@ -87,7 +90,8 @@ def t5() -> nn.Module:
         num_heads=4,
         decoder_start_token_id=0,
     )
-    return T5ForConditionalGeneration(config)
+    model: nn.Module = T5ForConditionalGeneration(config)
+    return model
 
 
 def _t5_input(device: torch.device) -> dict[str, Any]:
@@ -111,7 +115,8 @@ def vit() -> nn.Module:
         intermediate_size=64,
         num_labels=4,
     )
-    return ViTForImageClassification(config)
+    model: nn.Module = ViTForImageClassification(config)
+    return model
 
 
 def _image(device: torch.device) -> torch.Tensor:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import torch
+from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 
 from harness.jobspec import LoadSpec, SaveSpec
 from harness.launchers.protocol import free_port
@@ -105,7 +106,7 @@ def test_every_ranks_generators_are_saved_and_rank_r_takes_saved_rank_r_mod_n(
         templates = distributed.saved_rng(Path(saved["path"]))
         assert set(templates) == {"rank0"}  # a world of one rank saved one
         assert templates["rank0"]["cpu"].shape == torch.get_rng_state().shape
-        distributed.dcp_load({"rng": {"ranks": templates}}, checkpoint_id=saved["path"])
+        dcp_load({"rng": {"ranks": templates}}, checkpoint_id=saved["path"])
         torch.manual_seed(5)
         assert distributed.restore_rng(templates) == "rank0"
         assert torch.equal(torch.get_rng_state(), templates["rank0"]["cpu"])

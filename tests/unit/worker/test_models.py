@@ -61,7 +61,9 @@ def test_a_users_model_is_measured_from_its_real_keys() -> None:
     assert (
         model.state_dict()["out.weight"].data_ptr() == model.state_dict()["embed.weight"].data_ptr()
     )
-    assert example_input("ckpt_user_model:build").dtype == torch.int64
+    tokens = example_input("ckpt_user_model:build")
+    assert isinstance(tokens, torch.Tensor)
+    assert tokens.dtype == torch.int64
 
 
 @pytest.mark.usefixtures("user_models")
