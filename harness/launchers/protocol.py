@@ -215,6 +215,7 @@ def finished_run(
             failed_ranks = f"rank(s) {', '.join(map(str, silent))} of {job.ranks} wrote no report"
     tails = [tail(job.log_path)]
     if failed_ranks is not None:
+        failed_ranks += rank_exceptions(job)
         tails += [f"--- rank {r} ---\n{tail(job.rank_log(r), 1000)}" for r in range(1, job.ranks)]
     report, problem = (None, None) if lost is not None else checked_report(job)
     return JobRun(
@@ -228,6 +229,17 @@ def finished_run(
         failed_ranks=failed_ranks,
         report_problem=problem,
     )
+
+
+def rank_exceptions(job: Job) -> str:
+    """What each rank of a failed distributed job that wrote a crash report raised, as a
+    one-process worker's failure says it (``; rank 1: ValueError: ...``); empty where none did."""
+    said = []
+    for index in range(job.ranks):
+        report = read_report(rank_path(job.report_path, index))
+        if report is not None and report.get("status") == "crashed":
+            said.append(f"rank {index}: {report.get('exception_type')}: {report.get('message')}")
+    return "".join(f"; {text}" for text in said)
 
 
 def checked_report(job: Job) -> tuple[dict[str, Any] | None, str | None]:

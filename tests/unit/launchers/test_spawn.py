@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import threading
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from harness.launchers.protocol import (
     Job,
+    finished_run,
     rank_failures,
     tail,
     torchrun_failures,
@@ -148,3 +150,20 @@ def test_a_torchrun_job_whose_ranks_fail_names_them(tmp_path: Path) -> None:
     assert run.failed_ranks is not None
     assert run.failed_ranks.startswith(("rank 0 of 2 exited with code 1", "rank 1 of 2 exited"))
     assert "no-such-spec.json" in run.stderr_tail
+
+
+def test_a_failed_distributed_job_says_what_each_crashed_rank_raised(tmp_path: Path) -> None:
+    ranks = replace(job(tmp_path, "load", ""), ranks=2, role="load")
+    crash = {"status": "crashed", "exception_type": "RuntimeError", "message": "shape mismatch"}
+    (tmp_path / "load.rank1.json").write_text(json.dumps(crash))
+    run = finished_run(
+        ranks,
+        returncode=1,
+        timed_out=False,
+        started=time.monotonic(),
+        failed_ranks=rank_failures([(1, 1)], 2),
+    )
+    assert run.failure() == (
+        "load: rank 1 of 2 exited with code 1 (the other ranks were stopped); "
+        "rank 1: RuntimeError: shape mismatch"
+    )
