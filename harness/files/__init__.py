@@ -116,11 +116,12 @@ class Inspection:
     @property
     def exit_code(self) -> int:
         """0 intact and loadable with weights_only=True (or by its own loader: safetensors,
-        torch.jit.load, dcp.load); 1 intact but it needs globals such a load refuses; 2 broken,
-        unreadable or unknown."""
+        torch.jit.load, dcp.load); 1 intact but such a load refuses it (globals it does not
+        allow, opcodes it does not read); 2 broken, unreadable or unknown."""
         if self.contents.defects or self.contents.format is FileFormat.UNKNOWN:
             return BROKEN
-        return NEEDS_GLOBALS if self.contents.refused or self.code_running else INTACT
+        refused = self.contents.refused or self.contents.unreadable_opcodes
+        return NEEDS_GLOBALS if refused or self.code_running else INTACT
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -155,6 +156,11 @@ class Inspection:
             lines.append(f"\nglobals named: {', '.join(contents.globals)}")
         if contents.refused:
             lines.append(f"refused by a weights_only load: {', '.join(contents.refused)}")
+        if contents.unreadable_opcodes:
+            lines.append(
+                "refused by a weights_only load: pickle opcode(s) "
+                f"{', '.join(contents.unreadable_opcodes)}, which its unpickler does not read"
+            )
         for name in self.code_running:
             lines.append(f"\n!!! DANGER: {name} runs code or commands when unpickled !!!")
         for finding in self.prefixes:

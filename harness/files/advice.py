@@ -157,6 +157,19 @@ def recommendations(contents: Contents, gpus: int) -> list[str]:
                 "torch.nn.modules.utils.consume_prefix_in_state_dict_if_present("
                 f"{target}, {finding.prefix!r}) before load_state_dict"
             )
+    if contents.encoding:
+        advice.append(
+            f"its Python 2 strings are not UTF-8: torch.load(path, encoding={contents.encoding!r}, "
+            "...)"
+        )
+    if contents.unreadable_opcodes and contents.format.pickled:
+        advice.append(
+            "torch.load(weights_only=True) cannot read pickle opcode(s) "
+            f"{', '.join(contents.unreadable_opcodes)} (torch's weights-only unpickler lacks "
+            "them), whatever globals are allowed: ask its author to save it again (a zip "
+            "torch.save of the state_dict, or safetensors); converting it yourself takes a "
+            "weights_only=False load, so do that only in a throwaway sandbox"
+        )
     if contents.refused and contents.format.pickled:
         names = ", ".join(contents.refused)
         advice.append(

@@ -16,84 +16,145 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any, ClassVar
 
-# Globals whose call runs code or a command, or reads and writes files: a file that names one is
-# an attack or a mistake, never a checkpoint to load. Matched on the full name, or on the module
-# (``subprocess`` names every subprocess.* function).
-_SHELL = frozenset(  # modules whose functions run commands or code, or open files and sockets
+# How ``torch.load`` decodes a Python 2 pickle's byte strings (``SHORT_BINSTRING``,
+# ``BINSTRING``) unless told otherwise: its ``encoding`` argument's default.
+TORCH_ENCODING = "utf-8"
+
+# When a global is dangerous (``!!! DANGER``): only where it is known to run code or a command,
+# import a module, or write or delete files. A global that is merely unknown is no danger: a
+# ``weights_only`` load refuses it, and ``inspect`` says so (exit 1). A false alarm on a real file
+# would teach people to ignore the warning, so both lists are exact:
+#
+# - modules named whole (the first part of a global's module path): each has members that run
+#   commands or code, import modules or touch files, and no checkpoint has a reason to name any of
+#   its members (``os.path.join`` is harmless, but a file that names it is no checkpoint either);
+# - (module, name) pairs, for modules whose other members are ordinary (``builtins.set`` is a
+#   checkpoint's; ``builtins.eval`` runs code). ``functools.partial`` is not here: by itself it
+#   calls nothing dangerous (a scheduler's ``lr_lambda`` pickles one), and a payload wrapped in it
+#   still names the dangerous global it wraps.
+CODE_RUNNING_MODULES = frozenset(
     {
-        "os",
-        "posix",
-        "nt",
+        "os",  # system, popen, exec*, spawn*, remove...
+        "posix",  # os on Linux and macOS: what os.system pickles as
+        "nt",  # os on Windows
         "subprocess",
-        "pty",
-        "runpy",
-        "importlib",
-        "shutil",
+        "_posixsubprocess",
+        "pty",  # spawn
+        "commands",  # Python 2's getoutput
+        "popen2",  # Python 2
+        "runpy",  # run_path, run_module
+        "importlib",  # import_module runs a module's code
+        "imp",
+        "pkgutil",  # resolve_name imports
+        "zipimport",
+        "shutil",  # rmtree, move, copyfile
         "socket",
-        "sys",
-        "ctypes",
-        "marshal",
-        "pickle",
+        "sys",  # sys.modules, settrace, exit...
+        "ctypes",  # native calls
+        "_ctypes",
+        "marshal",  # code objects
+        "pickle",  # loads: a pickle inside a pickle runs its own globals
         "_pickle",
+        "dill",
+        "cloudpickle",
+        "code",  # InteractiveInterpreter.runsource
+        "codeop",
+        "pdb",  # run, runeval
+        "bdb",
+        "timeit",  # timeit(stmt) executes stmt
+        "webbrowser",  # open runs a browser command
+        "multiprocessing",  # util.spawnv_passfds runs a program
     }
 )
-CODE_RUNNING_MODULES = _SHELL | {
-    "code",
-    "codeop",
-    "webbrowser",
-    "commands",
-    "multiprocessing",
-    "asyncio",
-    "pdb",
-    "timeit",
-    "platform",
-}
 CODE_RUNNING_GLOBALS = frozenset(
     {
-        "builtins.eval",
-        "builtins.exec",
-        "builtins.compile",
-        "builtins.__import__",
-        "builtins.open",
-        "builtins.getattr",
-        "builtins.setattr",
-        "builtins.delattr",
-        "builtins.globals",
-        "builtins.breakpoint",
-        "builtins.input",
-        "__builtin__.eval",
-        "__builtin__.exec",
-        "__builtin__.execfile",
-        "__builtin__.__import__",
-        "__builtin__.open",
-        "__builtin__.getattr",
-        "types.FunctionType",
+        *(
+            f"{module}.{name}"
+            for module in ("builtins", "__builtin__")
+            for name in (
+                "eval",
+                "exec",
+                "execfile",
+                "compile",
+                "__import__",
+                "open",
+                "file",
+                "input",
+                "raw_input",
+                "reload",
+                "getattr",  # reaches any attribute: getattr(obj, "system")
+                "setattr",
+                "delattr",
+                "globals",
+                "breakpoint",
+            )
+        ),
+        "types.FunctionType",  # builds a function from a code object
         "types.CodeType",
-        "functools.partial",
-        "operator.attrgetter",
+        "operator.attrgetter",  # getattr and method calls by name, the gadgets of payloads
         "operator.methodcaller",
-        "torch.load",
-        "torch.hub.load",
-        "torch.jit.load",
+        "io.open",
+        "io.FileIO",
+        "_io.open",
+        "_io.FileIO",
+        "codecs.open",
+        "platform.popen",  # Python 2
+        "asyncio.create_subprocess_shell",
+        "asyncio.create_subprocess_exec",
+        *(
+            f"pathlib.{cls}.{method}"
+            for cls in ("Path", "PosixPath", "WindowsPath")
+            for method in ("write_text", "write_bytes", "unlink", "rmdir", "rename", "replace")
+        ),
+        "numpy.testing._private.utils.runstring",  # exec
+        "torch.load",  # a torch.load inside a pickle loads another file, weights_only or not
         "torch.serialization.load",
+        "torch.jit.load",
+        "torch.hub.load",
+        "torch.hub.load_state_dict_from_url",
+        "torch.hub.download_url_to_file",
+        "torch.utils.cpp_extension.load",  # compiles and imports code
+        "torch.utils.cpp_extension.load_inline",
+        "torch.ops.load_library",
+        "torch.classes.load_library",
     }
 )
 
+# TorchScript's own list builders, which torch.jit.load names in every archive's pickles.
+TORCHSCRIPT_GLOBALS = frozenset(
+    f"torch.jit._pickle.{name}"
+    for name in (
+        "build_intlist",
+        "build_tensorlist",
+        "build_doublelist",
+        "build_boollist",
+        "build_tensor_from_id",
+        "restore_type_tag",
+    )
+)
 
-# Modules that a global's attribute path must never pass through: ``torch.serialization.os.system``
-# is ``os.system`` reached from a harmless-looking module.
-_REACHED = _SHELL | {"builtins", "__builtin__"}
+# A global reached through another module's attributes (``torch.serialization.os.system``, a
+# protocol-4 pickle's dotted name) is that module's: any part after the first that names one of
+# these modules is such a path. ``_pickle`` is not here: it counts only as a module path's first
+# part, since ``torch.jit._pickle`` is TorchScript's own module, not the interpreter's.
+_REACHED = (CODE_RUNNING_MODULES - {"_pickle"}) | {"builtins", "__builtin__", "__builtins__"}
 
 
 def runs_code(name: str) -> bool:
-    """Whether calling the global ``module.name`` can run code or a command, directly or
-    through another module's attributes."""
+    """Whether calling the global ``module.name`` is known to run code or a command, import a
+    module or write files, directly or through another module's attributes."""
+    if name in TORCHSCRIPT_GLOBALS:
+        return False
     parts = name.split(".")
     if name in CODE_RUNNING_GLOBALS or parts[0] in CODE_RUNNING_MODULES:
         return True
-    if any(part in _REACHED for part in parts[1:]):
+    if any(part in _REACHED for part in parts[1:-1]):
         return True
-    return any(".".join(parts[i : i + 2]) in CODE_RUNNING_GLOBALS for i in range(1, len(parts)))
+    return any(
+        ".".join(parts[i:j]) in CODE_RUNNING_GLOBALS
+        for i in range(1, len(parts))
+        for j in range(i + 2, len(parts) + 1)
+    )
 
 
 class Stub:
@@ -113,6 +174,9 @@ class Stub:
         instance = super().__new__(cls)
         instance.args, instance.kwargs, instance.state = args, kwargs, None
         instance.items, instance.elements = {}, []
+        if cls.name in _MAPPINGS and args:
+            # Python 2 pickles an OrderedDict as a call with its items: OrderedDict([[k, v], ...])
+            instance.items.update(_pairs(args[0]))
         return instance
 
     def __setstate__(self, state: Any) -> None:
@@ -131,6 +195,23 @@ class Stub:
         return f"<{self.name}>"
 
 
+_MAPPINGS = frozenset({"collections.OrderedDict", "builtins.dict", "__builtin__.dict"})
+
+
+def _pairs(value: Any) -> dict[Any, Any]:
+    """A mapping's items given to its constructor: a dict, or a list of (key, value) pairs."""
+    if isinstance(value, dict):
+        return dict(value)
+    if isinstance(value, list | tuple) and all(
+        isinstance(pair, list | tuple) and len(pair) == 2 for pair in value
+    ):
+        try:
+            return {pair[0]: pair[1] for pair in value}
+        except TypeError:  # an unhashable key: not a mapping's items
+            return {}
+    return {}
+
+
 def stub_class(module: str, name: str) -> type[Stub]:
     return type(name, (Stub,), {"name": f"{module}.{name}", "__module__": "harness.files.stub"})
 
@@ -145,8 +226,14 @@ class PersistentRef:
 class InertUnpickler(pickle.Unpickler):
     """Unpickles into stand-ins; records every global it met, in order."""
 
-    def __init__(self, file: IO[bytes], persistent: Callable[[Any], Any] | None = None) -> None:
-        super().__init__(file)
+    def __init__(
+        self,
+        file: IO[bytes],
+        persistent: Callable[[Any], Any] | None = None,
+        *,
+        encoding: str = TORCH_ENCODING,
+    ) -> None:
+        super().__init__(file, encoding=encoding)
         self.met: list[str] = []
         self.pairs: list[tuple[str, str]] = []  # (module, name) as the pickle split them
         self._persistent = persistent
@@ -196,14 +283,20 @@ def forget_stubs() -> None:
             del copyreg._extension_cache[code]  # type: ignore[attr-defined]
 
 
-def walker(file: IO[bytes]) -> InertUnpickler:
-    """An inert unpickler for the next pickle in ``file``, once its nesting was checked."""
+def walker(
+    file: IO[bytes],
+    *,
+    encoding: str = TORCH_ENCODING,
+    persistent: Callable[[Any], Any] | None = None,
+) -> InertUnpickler:
+    """An inert unpickler for the next pickle in ``file``, once its nesting was checked; it
+    decodes Python 2 byte strings with ``encoding``, as ``torch.load(encoding=...)`` does."""
     start = file.tell()
     depth = nesting(file)
     if depth > MAX_NESTING:
         raise TooDeep(f"values nested {depth} deep (more than {MAX_NESTING}): not a checkpoint")
     file.seek(start)
-    return InertUnpickler(file)
+    return InertUnpickler(file, persistent, encoding=encoding)
 
 
 _MUTATORS = frozenset({"APPEND", "APPENDS", "SETITEM", "SETITEMS", "BUILD", "ADDITEMS"})

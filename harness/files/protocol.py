@@ -64,6 +64,7 @@ class DefectKind(StrEnum):
     MISSING_SHARD = "missing_shard"  # a DCP shard file named by .metadata is absent
     SHORT_SHARD = "short_shard"  # a DCP shard smaller than the entries .metadata puts in it
     CORRUPT_METADATA = "corrupt_metadata"  # DCP's .metadata cannot be read
+    UNLISTED_STORAGE = "unlisted_storage"  # tensor bytes that no entry listed accounts for
 
     @property
     def fix(self) -> str:
@@ -89,6 +90,9 @@ _FIXES = {
     DefectKind.SHORT_SHARD: "a shard was cut short: copy the directory again",
     DefectKind.CORRUPT_METADATA: "the directory's .metadata is damaged: restore it from a good "
     "copy (it cannot be rebuilt from the shards)",
+    DefectKind.UNLISTED_STORAGE: "the pickle builds these tensors in a way this reader does not "
+    "follow, so what it lists is incomplete: list them with torch.load(path, weights_only=True, "
+    "map_location='cpu') and report the file's globals to ckpt-matrix",
 }
 
 
@@ -131,6 +135,9 @@ class Contents:
     others: list[OtherEntry] = field(default_factory=list)
     globals: list[str] = field(default_factory=list)  # every global its pickles name
     refused: list[str] = field(default_factory=list)  # those a weights_only load refuses
+    # pickle opcodes a weights_only load cannot read (BINSTRING: a Python 2 string over 255 bytes)
+    unreadable_opcodes: list[str] = field(default_factory=list)
+    encoding: str = ""  # what torch.load's encoding= must be, where its default fails
     groups: list[str] = field(default_factory=list)  # top-level keys that hold a mapping
     defects: list[Defect] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)

@@ -5,15 +5,25 @@ from __future__ import annotations
 
 import io
 import math
+import pickle
+import pickletools
 import reprlib
 import struct
 import zipfile
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
-from harness.files.pickles import PersistentRef, Stub, children, name_of, walker
+from harness.files.pickles import (
+    TORCH_ENCODING,
+    TORCHSCRIPT_GLOBALS,
+    PersistentRef,
+    Stub,
+    children,
+    name_of,
+    walker,
+)
 from harness.files.protocol import (
     ELEMENT_SIZES,
     Contents,
@@ -86,6 +96,22 @@ def _storage_of(value: Any) -> Storage | None:
     return None
 
 
+def _storages_in(value: Any, depth: int = 0) -> list[Storage]:
+    """The storages named anywhere in a call's arguments (bounded: arguments are shallow)."""
+    storage = _storage_of(value)
+    if storage is not None:
+        return [storage]
+    if depth > 20:
+        return []
+    found: list[Storage] = []
+    items = (
+        value.args if isinstance(value, Stub) else value if isinstance(value, list | tuple) else ()
+    )
+    for item in items:
+        found += _storages_in(item, depth + 1)
+    return found
+
+
 def _join(prefix: str, key: str) -> str:
     return f"{prefix}.{key}" if prefix else key
 
@@ -102,11 +128,13 @@ def groups(root: Any) -> list[str]:
 
 def entries(root: Any) -> tuple[list[TensorEntry], list[OtherEntry], list[Storage]]:
     """Every tensor in an inert pickle tree by its dotted path, the other entries by type, and
-    the storages the tensors use. An ``nn.Module`` pickled whole lists its parameters and buffers
-    under their module names (``fc.weight``), not ``_parameters``."""
+    the storages they account for (the tensors', and those of a tensor listed as an other entry
+    because its layout is not read: sparse, nested...). An ``nn.Module`` pickled whole lists its
+    parameters and buffers under their module names (``fc.weight``), not ``_parameters``."""
     tensors: list[TensorEntry] = []
     others: list[OtherEntry] = []
     storages: dict[str, Storage] = {}
+    accounted: dict[str, Storage] = {}
 
     def tensor(path: str, storage: Storage, shape: tuple[int, ...]) -> None:
         storages.setdefault(storage.key, storage)
@@ -141,7 +169,7 @@ def entries(root: Any) -> tuple[list[TensorEntry], list[OtherEntry], list[Storag
             return
         name = name_of(value)
         if isinstance(value, Stub) and name is not None:
-            if _visit_tensor(path, value, name, tensor, others):
+            if _visit_tensor(path, value, name, tensor, others, accounted):
                 return
             state = value.state if isinstance(value.state, dict) else {}
             if any(part in state for part in _MODULE_PARTS):  # an nn.Module pickled whole
@@ -170,7 +198,7 @@ def entries(root: Any) -> tuple[list[TensorEntry], list[OtherEntry], list[Storag
         )
 
     visit("", root, 0)
-    return tensors, others, list(storages.values())
+    return tensors, others, [*storages.values(), *accounted.values()]
 
 
 def short(value: Any) -> str:
@@ -193,6 +221,7 @@ def _visit_tensor(
     name: str,
     tensor: Callable[[str, Storage, tuple[int, ...]], None],
     others: list[OtherEntry],
+    accounted: dict[str, Storage],
     depth: int = 0,
 ) -> bool:
     """Record ``value`` if it is a tensor torch pickled; False when it is not one."""
@@ -203,11 +232,11 @@ def _visit_tensor(
         inner = name_of(args[0])
         if inner is not None and isinstance(args[2], tuple):
             rebuilt = type(args[0])(*args[2]) if isinstance(args[0], Stub) else args[0](*args[2])
-            return _visit_tensor(path, rebuilt, inner, tensor, others, depth + 1)
+            return _visit_tensor(path, rebuilt, inner, tensor, others, accounted, depth + 1)
     if name in _REBUILD_WRAPPING and args:
         inner_name = name_of(args[0])
         if isinstance(args[0], Stub) and inner_name is not None:
-            return _visit_tensor(path, args[0], inner_name, tensor, others, depth + 1)
+            return _visit_tensor(path, args[0], inner_name, tensor, others, accounted, depth + 1)
     if name in _REBUILD_TENSOR and len(args) >= 3:
         storage = _storage_of(args[_REBUILD_TENSOR[name]])
         shape = args[2]
@@ -220,13 +249,114 @@ def _visit_tensor(
             return True
     if name.startswith("torch._utils._rebuild_") or name.startswith("torch._tensor._rebuild_"):
         others.append(OtherEntry(path=path, type=f"tensor not listed ({name})"))
+        for storage in _storages_in(args):  # named as that entry's, not missed
+            accounted[storage.key] = storage
         return True
     return False
 
 
-def _walk_pickle(data: IO[bytes]) -> tuple[Any, list[str]]:
-    unpickler = walker(data)
-    return unpickler.load(), unpickler.met
+@dataclass
+class Walked:
+    """One pickle walked inertly: its tree, the globals it named, every storage its persistent
+    ids name (by key, whether or not a tensor listed uses it), the encoding its Python 2 strings
+    needed, and the opcodes a ``weights_only`` load cannot read."""
+
+    root: Any
+    met: list[str]
+    storages: dict[str, Storage]
+    encoding: str
+    opcodes: list[str]
+
+
+def _walk_pickle(data: IO[bytes]) -> Walked:
+    """The next pickle in ``data``, its byte strings decoded as ``torch.load`` decodes them
+    (UTF-8), or as Latin-1 where they are not UTF-8 (``torch.load(encoding='latin1')`` reads
+    those; its default raises)."""
+    start = data.tell()
+    opcodes = sorted(unreadable_opcodes(data))
+    try:
+        return _walk_once(data, TORCH_ENCODING, opcodes)
+    except UnicodeDecodeError:
+        data.seek(start)
+        return _walk_once(data, "latin1", opcodes)
+
+
+def _walk_once(data: IO[bytes], encoding: str, opcodes: list[str]) -> Walked:
+    storages: dict[str, Storage] = {}
+
+    def persistent(pid: Any) -> PersistentRef:
+        ref = PersistentRef(ident=tuple(pid) if isinstance(pid, tuple) else (pid,))
+        storage = Storage(ref.ident)
+        if storage.ok:
+            storages.setdefault(storage.key, storage)
+        return ref
+
+    unpickler = walker(data, encoding=encoding, persistent=persistent)
+    root = unpickler.load()
+    return Walked(
+        root=root, met=unpickler.met, storages=storages, encoding=encoding, opcodes=opcodes
+    )
+
+
+def _take(contents: Contents, walked: Walked, *, where: str) -> None:
+    """What a walked ``data.pkl`` (or a legacy file's object pickle) holds, into ``contents``;
+    a storage its persistent ids name that no listed tensor uses is a defect: the file holds
+    tensors this listing would leave out."""
+    contents.globals = walked.met
+    contents.tensors, contents.others, used = entries(walked.root)
+    contents.groups = groups(walked.root)
+    contents.unreadable_opcodes = walked.opcodes
+    if walked.encoding != TORCH_ENCODING:
+        contents.encoding = walked.encoding
+        contents.notes.append(
+            f"Python 2 byte strings that are not {TORCH_ENCODING.upper()}: torch.load raises "
+            f"UnicodeDecodeError unless given encoding={walked.encoding!r}"
+        )
+    unlisted = [
+        storage
+        for key, storage in walked.storages.items()
+        if key not in {storage.key for storage in used}
+    ]
+    if unlisted:
+        size = sum(storage.nbytes for storage in unlisted)
+        contents.defects.append(
+            Defect(
+                kind=DefectKind.UNLISTED_STORAGE,
+                where=where,
+                message=f"{len(unlisted)} of its {len(walked.storages)} storage(s) ({size:,} "
+                f"bytes; keys {', '.join(s.key for s in unlisted[:4])}"
+                f"{' ...' if len(unlisted) > 4 else ''}) belong to no tensor listed here",
+            )
+        )
+
+
+# The opcodes torch's weights-only unpickler reads (torch/_weights_only_unpickler.py); a pickle
+# with another one is refused by ``torch.load(weights_only=True)`` ("Unsupported operand"),
+# whatever globals it names: a Python 2 string over 255 bytes (``BINSTRING``), for one.
+WEIGHTS_ONLY_OPCODES = frozenset(
+    {
+        "PROTO", "STOP", "GLOBAL", "NEWOBJ", "REDUCE", "BUILD", "APPEND", "APPENDS", "SETITEM",
+        "SETITEMS", "MARK", "TUPLE", "TUPLE1", "TUPLE2", "TUPLE3", "NONE", "NEWFALSE", "NEWTRUE",
+        "EMPTY_TUPLE", "EMPTY_LIST", "EMPTY_DICT", "EMPTY_SET", "BININT", "BININT1", "BININT2",
+        "BINFLOAT", "BINUNICODE", "SHORT_BINSTRING", "BINPERSID", "BINGET", "LONG_BINGET",
+        "BINPUT", "LONG_BINPUT", "LONG1",
+    }
+)  # fmt: skip
+
+
+def unreadable_opcodes(data: IO[bytes]) -> set[str]:
+    """The opcodes of the next pickle in ``data`` that a ``weights_only`` load cannot read;
+    leaves ``data`` where it was (a pickle that breaks is the walk's to report)."""
+    start = data.tell()
+    found: set[str] = set()
+    try:
+        for opcode, _, _ in pickletools.genops(data):
+            if opcode.name not in WEIGHTS_ONLY_OPCODES:
+                found.add(opcode.name)
+    except (ValueError, EOFError, pickle.UnpicklingError):
+        pass
+    data.seek(start)
+    return found
 
 
 def refused_by_weights_only(path: Path, met: list[str], *, zipped: bool) -> list[str]:
@@ -305,7 +435,7 @@ class ZipReader:
                 )
                 return contents
             try:
-                root, met = _walk_pickle(io.BytesIO(_record(archive, path, pickle_name)))
+                walked = _walk_pickle(io.BytesIO(_record(archive, path, pickle_name)))
             except Exception as exc:  # a broken pickle raises many types; none runs code
                 contents.defects.append(
                     Defect(
@@ -315,9 +445,9 @@ class ZipReader:
                     )
                 )
                 return contents
-            contents.globals = met
-            contents.tensors, contents.others, storages = entries(root)
-            contents.groups = groups(root)
+            met = walked.met
+            _take(contents, walked, where=f"{where}:{pickle_name}")
+            storages = list(walked.storages.values())
             for position, defect in enumerate(contents.defects):
                 key = defect.where.rpartition(f"{prefix}data/")[2]
                 if defect.kind is DefectKind.CRC_MISMATCH and key in {s.key for s in storages}:
@@ -348,10 +478,12 @@ class ZipReader:
         elif contents.format is FileFormat.TORCHSCRIPT:
             # torch.jit.load builds TorchScript's own classes (__torch__.*); anything else a
             # TorchScript pickle names is foreign to it
-            allowed = weights_only_allowed()
+            # and its own list builders (torch.jit._pickle.build_intlist, ...)
+            allowed = weights_only_allowed() | TORCHSCRIPT_GLOBALS
             contents.refused = sorted(
                 name for name in met if not name.startswith("__torch__.") and name not in allowed
             )
+            contents.unreadable_opcodes = []  # torch.jit.load reads its pickles itself
         return contents
 
     @staticmethod
@@ -416,7 +548,7 @@ class LegacyReader:
         size = path.stat().st_size
         with open(path, "rb") as handle:
             try:
-                magic, _ = _walk_pickle(handle)
+                magic = _walk_pickle(handle).root
             except Exception as exc:
                 contents.format = FileFormat.UNKNOWN
                 contents.defects.append(_unknown(where, f"not a pickle torch wrote ({exc})"))
@@ -430,8 +562,8 @@ class LegacyReader:
             try:
                 _walk_pickle(handle)  # protocol version
                 _walk_pickle(handle)  # system info
-                root, met = _walk_pickle(handle)
-                keys, _ = _walk_pickle(handle)
+                walked = _walk_pickle(handle)
+                keys = _walk_pickle(handle).root
             except EOFError:
                 contents.defects.append(_cut(where, handle.tell(), size, "inside its pickles"))
                 return contents
@@ -444,21 +576,40 @@ class LegacyReader:
                     )
                 )
                 return contents
-            contents.globals = met
-            contents.tensors, contents.others, storages = entries(root)
-            contents.groups = groups(root)
-            by_key = {storage.key: storage for storage in storages}
+            met = walked.met
+            _take(contents, walked, where=where)
+            by_key = walked.storages
             position = handle.tell()
             for key in keys if isinstance(keys, list) else []:
                 storage = by_key.get(str(key))
+                if storage is None:  # torch.load fails: "storage key ... not found"
+                    contents.defects.append(
+                        Defect(
+                            kind=DefectKind.CORRUPT_PICKLE,
+                            where=f"{where}:storage {key}",
+                            message="the list of storage keys names a storage the pickle does "
+                            "not: its bytes cannot be told apart from the next one's",
+                        )
+                    )
+                    return contents
                 handle.seek(position)
                 header = handle.read(8)
                 if len(header) < 8:
                     contents.defects.append(_cut(where, position, size, f"at storage {key}"))
                     return contents
                 numel = int.from_bytes(header, "little", signed=True)
-                element = storage.element_size if storage is not None else 0
-                if storage is not None and numel != storage.numel:
+                element = storage.element_size
+                if not element:
+                    contents.defects.append(
+                        Defect(
+                            kind=DefectKind.CORRUPT_PICKLE,
+                            where=f"{where}:storage {key}",
+                            message=f"a storage of type {storage.type}, whose element size is "
+                            "unknown: the storages after it cannot be read",
+                        )
+                    )
+                    return contents
+                if numel != storage.numel:
                     contents.defects.append(
                         Defect(
                             kind=DefectKind.CORRUPT_PICKLE,

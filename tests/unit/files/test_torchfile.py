@@ -166,3 +166,30 @@ def test_hostile_structures_end_as_defects_not_crashes(tmp_path: Path) -> None:
     refused = read_contents(_zip_with(tmp_path / "deep.pt", deep))
     assert refused.defects[0].kind is DefectKind.CORRUPT_PICKLE
     assert "nested" in refused.defects[0].message
+
+
+class _Lists(torch.nn.Module):
+    """A module whose TorchScript pickle names torch.jit._pickle.build_intlist."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: list[int] = [1, 2, 3]
+        self.fc = torch.nn.Linear(3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.fc(x)
+        return out * len(self.sizes)
+
+
+def test_torchscripts_own_builders_are_no_danger(tmp_path: Path) -> None:
+    from harness.files import INTACT, inspect_path
+
+    path = tmp_path / "lists.pt"
+    checkpoints.quiet(lambda: torch.jit.save(torch.jit.script(_Lists()), str(path)))
+    found = inspect_path(path)
+    assert "torch.jit._pickle.build_intlist" in found.contents.globals
+    assert found.code_running == []
+    assert found.contents.refused == []
+    assert found.exit_code == INTACT, found.describe()
+    assert "DANGER" not in found.describe()
+    assert "torch.jit.load" in " ".join(found.advice)
