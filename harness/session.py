@@ -122,6 +122,8 @@ def skip_reason(cell: Cell, traits: ModelTraits | None, *, torchvision: bool) ->
             f"{cell.model} needs torchvision, which the workers' interpreter lacks "
             "(pip install torchvision beside torch, or leave the model out with -k)"
         )
+    if traits is not None and traits.unavailable:
+        return traits.unavailable
     if traits is not None and not traits.example_input and cell.training:
         return (
             f"{cell.model} gives no example_input, and a training-state cell trains the model "

@@ -37,6 +37,9 @@ class ModelTraits:
     # by the saver's training (a constant buffer such as ``position_ids``). They are compared as
     # every entry is, but cannot tell a load from none.
     constants: tuple[str, ...] = ()
+    # Why the workers cannot build it (a package its factory imports is not installed): its
+    # cells are skipped with this reason. Empty for a model that was built and measured.
+    unavailable: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -47,6 +50,7 @@ class ModelTraits:
             "parametrized": self.parametrized,
             "stochastic": self.stochastic,
             "constants": list(self.constants),
+            **({"unavailable": self.unavailable} if self.unavailable else {}),
         }
 
     @classmethod
@@ -59,6 +63,7 @@ class ModelTraits:
             parametrized=bool(data.get("parametrized", False)),
             stochastic=bool(data.get("stochastic", False)),
             constants=tuple(str(entry) for entry in data.get("constants", ())),
+            unavailable=str(data.get("unavailable", "")),
         )
 
 

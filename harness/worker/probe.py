@@ -79,6 +79,16 @@ def measure_model(name: str) -> dict[str, Any]:
     except KeyboardInterrupt:
         raise
     except BaseException as exc:  # the user's module may sys.exit() at import (argparse)
+        missing = missing_package(exc, name)
+        if missing is not None:
+            reason = (
+                f"{name} needs {missing}, which the workers' interpreter lacks (pip install "
+                f"{missing} beside torch, or leave the model out)"
+            )
+            absent = ModelTraits(
+                top_level_module_attr=False, nested_module_dot=False, unavailable=reason
+            )
+            return {"traits": absent.to_json(), "tensors": None}
         what = str(exc) if isinstance(exc, ModelError) else f"{type(exc).__name__}: {exc}"
         if not what.startswith(f"model {name}"):
             what = f"model {name}: {what}"
@@ -93,6 +103,20 @@ def measure_model(name: str) -> dict[str, Any]:
         constants=tuple(constants),
     )
     return {"traits": traits.to_json(), "tensors": len(keys)}
+
+
+def missing_package(exc: BaseException, name: str) -> str | None:
+    """The package a user's model needs and the interpreter lacks: a ModuleNotFoundError (or
+    one that caused ``exc``) for a module outside the user's own package. None for anything
+    else, the user's own module not found included (that is a mistake in the model's name)."""
+    own = name.partition(":")[0].split(".")[0]
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ModuleNotFoundError) and seen.name:
+            top = seen.name.split(".")[0]
+            return None if top == own else top
+        seen = seen.__cause__
+    return None
 
 
 def draws_random_numbers(model: torch.nn.Module, name: str) -> bool:

@@ -139,3 +139,19 @@ def test_a_users_model_is_judged_by_its_measured_traits(tmp_path: Path) -> None:
     assert skipped.outcome is Outcome.SKIP
     assert f"{name} gives no example_input" in skipped.reason
     assert all("train_state" not in job for job in launcher.names())
+
+
+def test_a_users_model_whose_library_is_missing_is_skipped_with_its_reason(
+    tmp_path: Path,
+) -> None:
+    launcher = RecordingLauncher()
+    measured = runner(tmp_path, launcher)
+    name = "my_pkg.models:build"
+    why = f"{name} needs timm, which the workers' interpreter lacks (pip install timm ...)"
+    measured.traits = {
+        name: ModelTraits(top_level_module_attr=False, nested_module_dot=False, unavailable=why)
+    }
+    skipped = measured.run_cell(replace(SINGLE, model=name))
+    assert skipped.outcome is Outcome.SKIP
+    assert skipped.reason == why
+    assert launcher.names() == []  # nothing was started for it

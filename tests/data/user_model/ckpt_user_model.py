@@ -102,3 +102,9 @@ def cannot_run() -> nn.Module:
 
 
 cannot_run.example_input = example_input  # type: ignore[attr-defined]
+
+
+def needs_a_missing_library() -> nn.Module:
+    import ckpt_matrix_no_such_library  # type: ignore[import-not-found]  # noqa: F401
+
+    return TiedModuleNet()

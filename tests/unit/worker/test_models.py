@@ -329,3 +329,16 @@ def test_example_inputs_may_be_positional_or_keyword_arguments() -> None:
     assert isinstance(noisy, dict)
     assert not torch.equal(noisy["x"], x)
     assert torch.equal(noisy["ids"], torch.arange(2))  # integers are used as they are
+
+
+@pytest.mark.usefixtures("user_models")
+def test_a_model_whose_library_is_missing_is_unavailable_not_an_error() -> None:
+    measured = measure_model("ckpt_user_model:needs_a_missing_library")
+    traits = ModelTraits.from_json(measured["traits"])
+    assert traits.unavailable == (
+        "ckpt_user_model:needs_a_missing_library needs ckpt_matrix_no_such_library, which the "
+        "workers' interpreter lacks (pip install ckpt_matrix_no_such_library beside torch, or "
+        "leave the model out)"
+    )
+    # the user's own module not found is a mistake in the model's name: an error
+    assert "error" in measure_model("ckpt_user_model_nowhere:build")
