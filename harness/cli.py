@@ -259,12 +259,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="a global the files need that a weights_only load refuses, and that you trust "
         "(repeatable); never one that runs code",
     )
+    record.add_argument(
+        "--map-location",
+        default="auto",
+        metavar="WHERE",
+        help="where the tensors load: auto (default: where saved if this machine has every "
+        "saved device, else cpu), cpu, cuda:K, or as-saved (never moved; a file saved from a "
+        "GPU this machine lacks then fails to load); verify loads as the recording chose",
+    )
     golden_options(record)
     verify = golden_commands.add_parser(
         "verify", help="load every recorded file again and compare bitwise (ordinary results)"
     )
     verify.add_argument("golden", type=Path, help="the file `golden record` wrote")
-    verify.add_argument("--out", type=Path, default=Path("golden-verify.jsonl"))
+    verify.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="default: RECORDING-verify.jsonl beside the recording (RECORDING-verify-2.jsonl, "
+        "... where that exists: an earlier verification is never replaced)",
+    )
     golden_options(verify)
 
     inventory = commands.add_parser("inventory", help="print the GPUs, driver and CUDA versions")
@@ -349,8 +363,10 @@ def checked_safe_globals(names: Sequence[str], where: str) -> tuple[str, ...]:
 def cmd_golden(args: argparse.Namespace) -> int:
     """``golden record PATH...`` or ``golden verify GOLDEN``: one worker job per file, on the
     run's launcher, each line written as its file ends; the exit code reduces the outcomes."""
-    from harness.golden import golden_files, recorded
+    from harness.golden import golden_files, map_choice, recorded, verify_out
 
+    if args.golden_command == "verify" and args.out is None:
+        args.out = verify_out(args.golden)
     if args.jobs < 1:
         raise UsageError(f"--jobs {args.jobs}: must be at least 1")
     if args.timeout <= 0:
@@ -358,6 +374,7 @@ def cmd_golden(args: argparse.Namespace) -> int:
     if args.out.exists() and not args.overwrite:
         raise UsageError(f"{args.out} exists; pass --overwrite to replace it")
     if args.golden_command == "record":
+        map_choice(args.map_location)
         safe_globals = checked_safe_globals(args.safe_globals, "--safe-global")
         files = golden_files(args.paths)
         before: list[Any] = []
@@ -402,6 +419,8 @@ def golden_files_run(
             "safe_globals": list(safe_globals),
             "record": None if args.golden_command == "record" else str(args.golden),
         }
+        if args.golden_command == "record":
+            environment["golden"]["map_location"] = args.map_location
         runner = GoldenRunner(
             factory=JobFactory(
                 workdir=workdir, timeout_s=args.timeout, devices=DeviceMap(inventory.uuids)
@@ -409,6 +428,7 @@ def golden_files_run(
             launcher=launcher,
             visibility=inventory.indices,
             safe_globals=safe_globals,
+            map_location=getattr(args, "map_location", "auto"),
         )
         work = (
             [lambda f=f: runner.record(str(f), f) for f in files]

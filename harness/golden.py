@@ -19,6 +19,7 @@ from typing import Any
 
 from harness.axes import Format, Layout
 from harness.cell import Cell, Visibility
+from harness.devices import cuda_index
 from harness.errors import UserError
 from harness.files.dcp_dir import METADATA
 from harness.jobspec import GoldenSpec
@@ -39,6 +40,42 @@ EXPECTED = Expectation(
 
 class GoldenError(UserError):
     """Bad input to ``golden``: the message names the path or file and the fix."""
+
+
+AUTO, AS_SAVED = "auto", "as-saved"
+
+
+def map_choice(value: str, where: str = "--map-location") -> str:
+    """``golden record --map-location``: ``auto`` (where saved if this machine has every saved
+    device, else the CPU, as the matrix falls back), ``cpu``, ``cuda:K`` or ``as-saved``."""
+    if value in (AUTO, AS_SAVED, "cpu") or cuda_index(value) is not None:
+        return value
+    raise GoldenError(
+        f"{where} {value!r}: give auto (the default: where saved when this machine has every "
+        "saved device, else cpu), cpu, cuda:K or as-saved"
+    )
+
+
+def recorded_choice(record: dict[str, Any]) -> str:
+    """The --map-location a recording's file was loaded with; a recording made before the
+    option says only what it used: cpu stays cpu, the rest was auto."""
+    choice = record.get("map_choice")
+    if isinstance(choice, str) and choice:
+        return choice
+    return "cpu" if record.get("map_location") == "cpu" else AUTO
+
+
+def verify_out(recording: Path) -> Path:
+    """``golden verify``'s default output: ``<recording>-verify.jsonl`` beside the recording, or
+    the first of ``-verify-2``, ``-verify-3``... that does not exist, so a verification run again
+    never replaces an earlier one (``--out`` with ``--overwrite`` does that)."""
+    stem = recording.name.removesuffix(".jsonl").removesuffix(".json")
+    candidate = recording.with_name(f"{stem}-verify.jsonl")
+    number = 1
+    while candidate.exists():
+        number += 1
+        candidate = recording.with_name(f"{stem}-verify-{number}.jsonl")
+    return candidate
 
 
 def golden_files(paths: Sequence[Path]) -> list[Path]:
@@ -89,6 +126,7 @@ class GoldenRunner:
     launcher: Launcher
     visibility: Visibility
     safe_globals: tuple[str, ...] = ()
+    map_location: str = AUTO  # record's choice; verify takes each file's recording's
 
     def job(self, label: str, path: Path, record: dict[str, Any] | None) -> Job:
         cell = golden_cell(label, self.visibility)
@@ -99,9 +137,8 @@ class GoldenRunner:
             report_path=str(folder / "report.json"),
             safe_globals=self.safe_globals,
             expected_sha256=(record or {}).get("sha256", ""),
-            # verify loads as the recording did where it can (the worker falls back to cpu
-            # where a saved device is missing), so devices compare under the same policy
-            map_location=(record or {}).get("map_location", ""),
+            # verify loads as the recording chose, so devices compare under the same policy
+            map_location=self.map_location if record is None else recorded_choice(record),
         )
         return self.factory.spec_job(cell.id, spec, folder / "golden", self.visibility)
 
@@ -198,6 +235,14 @@ def _not_loaded(report: dict[str, Any], path: str) -> Judged | None:
             "when unpickled: never loaded; do not use this file (`ckpt-matrix inspect` shows it)",
             summary,
         )
+    if status == "unreadable_opcodes":
+        return (
+            Outcome.SKIP,
+            f"not loaded: a weights_only load cannot read pickle opcode(s) "
+            f"{', '.join(report.get('refused') or [])}, whatever globals it allows "
+            "(`ckpt-matrix inspect` says what to do)",
+            summary,
+        )
     if status == "needs_globals":
         names = ", ".join(report.get("refused") or [])
         return (
@@ -226,6 +271,7 @@ def _observed(report: dict[str, Any], path: str) -> dict[str, Any]:
                 "bytes",
                 "format",
                 "map_location",
+                "map_choice",
                 "torch",
                 "work_s",
                 "memory",
@@ -250,10 +296,14 @@ def judge_record(label: str, path: Path, run: JobRun) -> Judged:
             f"{path} holds no tensor: nothing to certify",
             _observed(report, label),
         )
+    records = [t for t in tensors.values() if isinstance(t, dict)]
+    saved = ", ".join(sorted({str(t.get("saved")) for t in records}))
+    loaded = ", ".join(sorted({str(t.get("device")) for t in records}))
     return (
         Outcome.PASS,
         f"{len(tensors)} tensors recorded from a {report.get('format')} file of "
-        f"{report.get('bytes')} bytes (map_location={report.get('map_location')})",
+        f"{report.get('bytes')} bytes, saved at {saved}, loaded on {loaded} "
+        f"(--map-location {report.get('map_choice')}: map_location={report.get('map_location')})",
         _observed(report, label),
     )
 
@@ -279,7 +329,7 @@ def judge_verify(label: str, record: dict[str, Any], run: JobRun) -> Judged:
     stopped = _not_loaded(report, label)
     if stopped is not None:
         outcome, reason, summary = stopped
-        if report.get("status") in ("raised", "needs_globals", "dangerous"):
+        if report.get("status") in ("raised", "needs_globals", "dangerous", "unreadable_opcodes"):
             # it loaded when recorded: a load that raises or is refused now is a regression
             return Outcome.FAIL, f"{reason} (it loaded under torch {record.get('torch')})", summary
         return stopped

@@ -83,8 +83,9 @@ class GoldenSpec:
     report_path: str
     safe_globals: tuple[str, ...] = ()  # module.Name globals the user allows a weights_only load
     expected_sha256: str = ""  # verify: the file must still be the recorded one
-    map_location: str = ""  # verify: the record's policy; cpu stays cpu, anything else is
-    # decided by the worker (none where every saved device exists, else cpu)
+    # where the tensors load (golden record --map-location; verify: the recording's choice):
+    # auto (as saved where every saved device is visible, else cpu), cpu, cuda:K, as-saved
+    map_location: str = "auto"
 
 
 Spec = SaveSpec | LoadSpec | GoldenSpec

@@ -64,6 +64,15 @@ def map_policy(locations: set[str], device_count: int) -> str:
     return "none"
 
 
+def placement(choice: str, located: set[str], device_count: int) -> str:
+    """What the load passes as ``map_location`` (``none``: nothing, storages go where saved) for
+    ``golden record --map-location``'s choice: ``auto`` falls back to the CPU, as the matrix does,
+    when a saved device is not visible; ``as-saved`` never does (the load raises there)."""
+    if choice in ("auto", ""):
+        return map_policy(located, device_count)
+    return "none" if choice == "as-saved" else choice
+
+
 def tensors_of(value: Any, path: str = "", depth: int = 0) -> Iterator[tuple[str, torch.Tensor]]:
     """Every tensor in a loaded object by the dotted path ``harness.files`` lists it under."""
     if depth > 200:
@@ -153,14 +162,17 @@ def run_golden(spec: GoldenSpec) -> dict[str, Any]:
     if missing:
         report.update(status="needs_globals", refused=missing)
         return report
+    if contents.unreadable_opcodes:
+        report.update(status="unreadable_opcodes", refused=contents.unreadable_opcodes)
+        return report
     saved = {tensor.path: tensor.location for tensor in contents.tensors}
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     # a safetensors file records no device, a DCP shard none either: only torch files have one
     located = {where for where in saved.values() if not where.startswith(("none", "sharded"))}
-    # a recording's cpu stays cpu; otherwise load where saved, if every saved device is here
-    policy = "cpu" if spec.map_location == "cpu" else map_policy(located, count)
+    policy = placement(spec.map_location, located, count)
     location = None if policy == "none" else policy
     report["map_location"] = policy
+    report["map_choice"] = spec.map_location
     before = resident_mb()
     try:
         records = _load(path, contents, spec, location)
@@ -221,12 +233,17 @@ def _load(
             module = torch.jit.load(str(path), map_location=location)  # type: ignore[no-untyped-call]
         return {name: tensor_record(t) for name, t in module.state_dict().items()}
     allowed = [resolve_global(name) for name in spec.safe_globals]
-    with torch.serialization.safe_globals(allowed):
+    # Python 2 strings that are not UTF-8 need torch.load's encoding= (read by the weights-only
+    # unpickler too, though torch warns that it is not)
+    extra = {"encoding": contents.encoding} if contents.encoding else {}
+    with torch.serialization.safe_globals(allowed), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "pickle_load_args only works", UserWarning)
         loaded = torch.load(
             path,
             weights_only=True,
             map_location=location,
             mmap=contents.format is FileFormat.ZIP,
+            **extra,
         )
     return unique_records(tensors_of(loaded))
 

@@ -16,7 +16,10 @@ from harness.golden import (
     golden_files,
     judge_record,
     judge_verify,
+    map_choice,
+    recorded_choice,
     tensor_problems,
+    verify_out,
 )
 from harness.launchers import JobRun
 from harness.outcomes import Outcome
@@ -75,7 +78,9 @@ def test_golden_files_expands_folders_and_keeps_dcp_whole(tmp_path: Path) -> Non
 def test_record_judgements() -> None:
     outcome, reason, observed = judge_record("f.pt", Path("f.pt"), run(LOADED))
     assert outcome is Outcome.PASS
-    assert "1 tensors recorded from a torch_zip file of 100 bytes" in reason
+    assert "1 tensors recorded from a torch_zip file of 100 bytes, saved at cpu, loaded on cpu" in (
+        reason
+    )
     assert observed is not None
     assert observed["tensors"] == {"w": W}
     needs = {"status": "needs_globals", "refused": ["argparse.Namespace"]}
@@ -145,6 +150,39 @@ def test_golden_usage_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixtur
     results.write_text(json.dumps({"kind": "environment", "schema_version": 1}) + "\n")
     assert main(["golden", "verify", str(results), "--out", str(out)]) == 2
     assert "holds no golden cells" in capsys.readouterr().err
+
+
+def test_map_location_choices_and_what_verify_takes_from_a_recording() -> None:
+    for good in ("auto", "cpu", "cuda:0", "cuda:3", "as-saved"):
+        assert map_choice(good) == good
+    for bad in ("gpu", "cuda", "cuda:x", "none", ""):
+        with pytest.raises(GoldenError, match="give auto"):
+            map_choice(bad)
+    assert recorded_choice({"map_choice": "as-saved", "map_location": "none"}) == "as-saved"
+    # recordings made before the option: a cpu load stays cpu, the rest was the automatic one
+    assert recorded_choice({"map_location": "cpu"}) == "cpu"
+    assert recorded_choice({"map_location": "none"}) == "auto"
+
+
+def test_verify_names_its_default_output_after_the_recording_and_never_replaces_one(
+    tmp_path: Path,
+) -> None:
+    recording = tmp_path / "team.jsonl"
+    assert verify_out(recording) == tmp_path / "team-verify.jsonl"
+    (tmp_path / "team-verify.jsonl").write_text("")
+    assert verify_out(recording) == tmp_path / "team-verify-2.jsonl"
+    (tmp_path / "team-verify-2.jsonl").write_text("")
+    assert verify_out(recording) == tmp_path / "team-verify-3.jsonl"
+
+
+def test_a_bad_map_location_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = checkpoints.zip_file(tmp_path)
+    out = tmp_path / "g.jsonl"
+    assert main(["golden", "record", str(path), "--map-location", "gpu", "--out", str(out)]) == 2
+    assert "--map-location 'gpu': give auto" in capsys.readouterr().err
+    assert not out.exists()
 
 
 @pytest.mark.slow

@@ -14,7 +14,13 @@ import torch
 from harness.files import read_contents
 from harness.jobspec import GoldenSpec
 from harness.worker.fingerprint import tensor_digest
-from harness.worker.golden import _MetadataUnpickler, map_policy, resolve_global, run_golden
+from harness.worker.golden import (
+    _MetadataUnpickler,
+    map_policy,
+    placement,
+    resolve_global,
+    run_golden,
+)
 from tests.unit.files import checkpoints
 
 
@@ -108,3 +114,50 @@ def test_two_tensors_on_one_path_are_both_recorded(tmp_path: Path) -> None:
     torch.save({"a.b": torch.ones(1), "a": {"b": torch.zeros(1)}}, path)
     report = golden(path)
     assert sorted(report["tensors"]) == ["a.b", "a.b#2"]
+
+
+def test_a_python2_file_saved_from_cuda_loads_on_the_cpu_here(tmp_path: Path) -> None:
+    """What a model zoo ships (a Python 2 pickle, storages saved from cuda:0): recorded on the
+    CPU as the matrix falls back, every tensor saying where it was saved."""
+    from collections import OrderedDict
+
+    from tests.unit.files.py2 import py2_save
+
+    path = py2_save(OrderedDict(checkpoints.state()), tmp_path / "py2.pt", location="cuda:0")
+    report = golden(path)
+    assert report["status"] == "loaded", report
+    assert (report["map_choice"], report["map_location"]) == ("auto", "cpu")
+    assert {t["saved"] for t in report["tensors"].values()} == {"cuda:0"}
+    assert {t["device"] for t in report["tensors"].values()} == {"cpu"}
+    weight = checkpoints.state()["0.weight"]
+    assert report["tensors"]["0.weight"]["digest"] == tensor_digest(weight)
+    if not torch.cuda.is_available():  # loaded where saved, as asked: torch's own refusal
+        as_saved = golden(path, map_location="as-saved")
+        assert as_saved["status"] == "raised"
+        assert as_saved["error_class"] == "cuda_unavailable"
+
+
+def test_latin1_python2_strings_load_with_their_encoding(tmp_path: Path) -> None:
+    from collections import OrderedDict
+
+    from tests.unit.files.py2 import py2_save
+
+    path = py2_save(OrderedDict([("café", torch.ones(2))]), tmp_path / "l.pt", latin1=True)
+    report = golden(path)
+    assert report["status"] == "loaded", report
+    assert list(report["tensors"]) == ["café"]
+
+
+@pytest.mark.parametrize(
+    ("choice", "located", "count", "passed"),
+    [
+        ("auto", {"cuda:0"}, 0, "cpu"),
+        ("auto", {"cuda:0"}, 1, "none"),
+        ("cpu", {"cuda:0"}, 1, "cpu"),
+        ("cuda:1", {"cpu"}, 2, "cuda:1"),
+        ("as-saved", {"cuda:3"}, 0, "none"),
+        ("", {"cuda:0"}, 0, "cpu"),  # a recording made before the option
+    ],
+)
+def test_placement(choice: str, located: set[str], count: int, passed: str) -> None:
+    assert placement(choice, located, count) == passed
