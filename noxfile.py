@@ -1,5 +1,5 @@
 """The user's entry points: ``nox -s tests``, ``nox -s matrix``, ``nox -s certify``,
-``nox -s golden``, ``nox -s cross_version``, ``nox -s lint``.
+``nox -s golden``, ``nox -s cross_version``, ``nox -s real``, ``nox -s lint``.
 
 Each session installs the torch under certification first (default: the pins below; override with
 ``CKPT_MATRIX_TORCH="torch==X torchvision==Y"``), then this project, then its dependency group.
@@ -7,6 +7,7 @@ Each session installs the torch under certification first (default: the pins bel
 
 from __future__ import annotations
 
+import ast
 import os
 import shutil
 from pathlib import Path
@@ -32,8 +33,9 @@ def install(session: nox.Session, *groups: str) -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The harness's unit tests and the conformance matrix as pytest tests (pytest-xdist)."""
-    install(session, "test")
+    """The harness's unit tests and the conformance matrix as pytest tests (pytest-xdist); the
+    real libraries' models are installed for the tests that build them."""
+    install(session, "test", "real")
     session.run("pytest", "-n", "auto", *session.posargs)
 
 
@@ -43,6 +45,42 @@ def matrix(session: nox.Session) -> None:
     install(session)
     args = session.posargs or ["--out", "results.jsonl", "--overwrite"]
     session.run("ckpt-matrix", "run", *args)
+
+
+REAL_MODELS = Path(__file__).parent / "tests" / "data" / "real_models"
+
+
+def real_models() -> list[str]:
+    """The factories ``tests/data/real_models/ckpt_real_models.py`` lists in ``MODELS`` (read,
+    not imported: nox's interpreter has no torch)."""
+    source = REAL_MODELS / "ckpt_real_models.py"
+    for node in ast.parse(source.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(target, ast.Name) and target.id == "MODELS" for target in node.targets
+        ):
+            return [f"ckpt_real_models:{name}" for name in ast.literal_eval(node.value)]
+    raise ValueError(f"{source} has no MODELS tuple")
+
+
+@nox.session
+def real(session: nox.Session) -> None:
+    """The shipped scenarios over model classes of real libraries (transformers: GPT-2, Llama,
+    BERT, T5, ViT; timm: a CNN and a ViT) built from small configurations with random weights;
+    nothing is downloaded. Writes results-real.jsonl; ``-- OPTIONS`` go to ``ckpt-matrix run``
+    (``-- -k dcp``). A model whose library is not installed is skipped with the reason."""
+    install(session, "real")
+    env = {
+        "PYTHONPATH": os.pathsep.join(
+            p for p in (str(REAL_MODELS), os.environ.get("PYTHONPATH", "")) if p
+        ),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
+    models = [option for name in real_models() for option in ("--model", name)]
+    args = session.posargs or []
+    if "--out" not in args:
+        args = ["--out", "results-real.jsonl", "--overwrite", *args]
+    session.run("ckpt-matrix", "run", *models, *args, env=env)
 
 
 @nox.session
