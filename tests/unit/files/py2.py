@@ -45,6 +45,16 @@ class Latin1Pickler(Py2Pickler):
     encoding = "latin1"
 
 
+class ViewPickler(Py2Pickler):
+    """Names each storage as a view of its root from element 3 on, as torch <= 0.4 saved a
+    storage that was a slice of another: ``(view_key, offset, view_size)`` in its persistent id."""
+
+    def save_pers(self, pid: Any) -> None:
+        if isinstance(pid, tuple) and len(pid) == 6 and pid[0] == "storage" and pid[5] is None:
+            pid = (*pid[:5], (f"{pid[2]}v", 3, pid[4] - 3))
+        super().save_pers(pid)  # type: ignore[misc]
+
+
 def _module(pickler: type[Py2Pickler]) -> SimpleNamespace:
     def dump(obj: Any, file: IO[bytes], protocol: int = 2) -> None:
         pickler(file, protocol).dump(obj)
@@ -52,10 +62,13 @@ def _module(pickler: type[Py2Pickler]) -> SimpleNamespace:
     return SimpleNamespace(__name__="py2_pickle", Pickler=pickler, dump=dump)
 
 
-def py2_save(obj: Any, path: Path, *, location: str = "", latin1: bool = False) -> Path:
+def py2_save(
+    obj: Any, path: Path, *, location: str = "", latin1: bool = False, views: bool = False
+) -> Path:
     """``obj`` saved as a Python 2 torch wrote it (protocol 2, the legacy stream), its storages
-    tagged ``location`` (``cuda:0``) where given."""
-    module = _module(Latin1Pickler if latin1 else Py2Pickler)
+    tagged ``location`` (``cuda:0``) where given, named as views (:class:`ViewPickler`) if
+    ``views``."""
+    module = _module(ViewPickler if views else Latin1Pickler if latin1 else Py2Pickler)
     buffer = io.BytesIO()
     if location:
         with tagged_as(location):

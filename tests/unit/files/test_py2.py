@@ -125,3 +125,15 @@ def test_a_legacy_ordered_dict_built_by_a_call_keeps_its_items() -> None:
     root, met = walk(io.BytesIO(buffer.getvalue()))
     assert met == ["collections.OrderedDict"]
     assert dict(children(root)) == {"a": 1, "b": [2]}
+
+
+def test_storages_saved_as_views_of_a_root_are_read_as_torch_reads_them(tmp_path: Path) -> None:
+    root = torch.arange(10.0)
+    path = py2_save({"a": root[:4], "b": root[:2]}, tmp_path / "views.pt", views=True)
+    loaded = torch.load(path, weights_only=True)
+    assert loaded["a"].tolist() == [3.0, 4.0, 5.0, 6.0]  # the view starts at element 3
+    found = inspect_path(path)
+    assert found.exit_code == INTACT, found.describe()
+    listed = [(t.path, t.dtype, t.shape, t.location) for t in found.contents.tensors]
+    assert listed == [("a", "float32", (4,), "cpu"), ("b", "float32", (2,), "cpu")]
+    assert not found.contents.notes
