@@ -39,7 +39,7 @@ def broken() -> nn.Module:
 
 
 class Block(nn.Module):
-    """A block whose own attribute is named ``module`` (keys ``blocks.0.module.weight``)."""
+    """A block whose own attribute is named ``module``."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -53,8 +53,9 @@ class Block(nn.Module):
 
 class ConstantsNet(nn.Module):
     """What real models carry: a constant integer buffer fixed by the constructor (as
-    ``position_ids`` are), tied weights, nested attributes named ``module``, integer buffers,
-    dropout, and a forward that returns a dict, not a tensor."""
+    ``position_ids`` are), tied weights, attributes named ``module`` at the top and nested
+    (``module.0.module.weight``), integer buffers, dropout, and a forward that returns a dict,
+    not a tensor."""
 
     position_ids: torch.Tensor
     counts: torch.Tensor
@@ -65,7 +66,7 @@ class ConstantsNet(nn.Module):
         self.register_buffer("position_ids", torch.arange(5, dtype=torch.int32))
         self.register_buffer("counts", torch.arange(3, dtype=torch.int32))
         self.position = nn.Embedding(5, 8)
-        self.blocks = nn.ModuleList([Block(), Block()])
+        self.module = nn.ModuleList([Block(), Block()])
         self.dropout = nn.Dropout(0.1)
         self.out = nn.Linear(8, 16, bias=False)
         self.out.weight = self.embed.weight  # tied
@@ -73,7 +74,7 @@ class ConstantsNet(nn.Module):
     def forward(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
         hidden = self.embed(tokens) + self.position(self.position_ids.long())
         pooled = self.dropout(hidden.mean(dim=1)) * (1 + self.counts.sum())
-        for block in self.blocks:
+        for block in self.module:
             pooled = block(pooled)
         return {"logits": self.out(pooled), "hidden": pooled}
 

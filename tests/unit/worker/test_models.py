@@ -245,7 +245,8 @@ def test_constant_entries_and_random_draws_are_measured() -> None:
     assert traits["constants"] == ["counts", "position_ids"]
     assert traits["stochastic"] is True  # its dropout draws from torch's generator
     assert traits["tied"] is True
-    assert traits["nested_module_dot"] is True  # blocks.0.module.weight
+    assert traits["nested_module_dot"] is True  # module.0.module.weight
+    assert traits["top_level_module_attr"] is True
     assert measure_model("trap")["traits"]["stochastic"] is False
     assert measure_model("dropout")["traits"]["stochastic"] is True
 
