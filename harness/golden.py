@@ -235,12 +235,11 @@ def _not_loaded(report: dict[str, Any], path: str) -> Judged | None:
             "when unpickled: never loaded; do not use this file (`ckpt-matrix inspect` shows it)",
             summary,
         )
-    if status == "unreadable_opcodes":
+    if status == "unreadable":
         return (
             Outcome.SKIP,
-            f"not loaded: a weights_only load cannot read pickle opcode(s) "
-            f"{', '.join(report.get('refused') or [])}, whatever globals it allows "
-            "(`ckpt-matrix inspect` says what to do)",
+            f"not loaded: a weights_only load cannot read {report.get('message')}, whatever "
+            "globals it allows (`ckpt-matrix inspect` says what to do)",
             summary,
         )
     if status == "needs_globals":
@@ -329,7 +328,7 @@ def judge_verify(label: str, record: dict[str, Any], run: JobRun) -> Judged:
     stopped = _not_loaded(report, label)
     if stopped is not None:
         outcome, reason, summary = stopped
-        if report.get("status") in ("raised", "needs_globals", "dangerous", "unreadable_opcodes"):
+        if report.get("status") in ("raised", "needs_globals", "dangerous", "unreadable"):
             # it loaded when recorded: a load that raises or is refused now is a regression
             return Outcome.FAIL, f"{reason} (it loaded under torch {record.get('torch')})", summary
         return stopped

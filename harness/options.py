@@ -10,7 +10,7 @@ results file; ``open_runner`` builds the runner on the same launcher.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from harness.environment import describe, torch_environment
 from harness.errors import UserError
 from harness.inventory import Inventory, read_inventory, simulated
 from harness.launchers import DEFAULT_LAUNCHER, LAUNCHERS, Launcher
+from harness.launchers.zygote import PRELOAD_MODELS
 from harness.matrix import Matrix, expand
 from harness.oracle import parse_torch_version
 from harness.plan import DEFAULT_TIMEOUT_S, DeviceMap
@@ -28,7 +29,7 @@ from harness.scenarios import ScenarioError, default_scenarios_dir, load_scenari
 from harness.session import CellRunner, build_runner, leased_launcher
 from harness.shards import Shard, parse_shard, select, shard_record
 from harness.visibility import Policy, parse_policy, subsets
-from harness.zoo import ModelError, ModelTraits, model_spec
+from harness.zoo import ModelError, ModelTraits, is_import_path, model_spec
 
 # How each front door spells its options, for errors ("--shard 5/4", "--ckpt-shard 5/4").
 CLI_NAMES = {
@@ -141,9 +142,16 @@ def plan_matrix(
     )
 
 
-def open_launcher(planned: Planned, options: RunOptions, workdir: Path) -> Launcher:
+def open_launcher(
+    planned: Planned,
+    options: RunOptions,
+    workdir: Path,
+    environ: Mapping[str, str] | None = None,
+) -> Launcher:
     """The run's launcher, behind its GPU leases; the zygote preloads torchvision and the
-    distributed modules only where a planned cell needs them. Call ``stop_all()`` when done."""
+    distributed modules only where a planned cell needs them, and the modules of the user's
+    models the cells name (unless ``CKPT_MATRIX_PRELOAD_MODELS=0``). Call ``stop_all()`` when
+    done."""
     return leased_launcher(
         options.launcher,
         workdir,
@@ -156,7 +164,24 @@ def open_launcher(planned: Planned, options: RunOptions, workdir: Path) -> Launc
             or Wrapper.COMPILE in (cell.save_wrapper, cell.load_wrapper)
             for cell in planned.cells
         ),
+        preload_modules=user_modules(planned.cells, os.environ if environ is None else environ),
     )
+
+
+def user_modules(cells: Sequence[Cell], environ: Mapping[str, str]) -> tuple[str, ...]:
+    """The modules of the user's models (``package.module`` of ``package.module:factory``) that
+    the zygote imports once for all its children; none where ``CKPT_MATRIX_PRELOAD_MODELS`` is
+    ``0`` (each worker imports them, as under the spawn launcher)."""
+    value = environ.get(PRELOAD_MODELS, "1")
+    if value not in ("0", "1"):
+        raise OptionError(
+            f"environment variable {PRELOAD_MODELS}={value!r}: expected 1 (the zygote imports "
+            "your model's module once, the default) or 0 (each worker imports it)"
+        )
+    if value == "0":
+        return ()
+    names = (cell.model for cell in cells if is_import_path(cell.model))
+    return tuple(sorted({name.partition(":")[0] for name in names}))
 
 
 def run_environment(

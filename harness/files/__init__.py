@@ -2,8 +2,9 @@
 and how to load them. Nothing here unpickles for real or imports a file's code.
 
 ``inspect_path`` picks the reader (:mod:`~harness.files.protocol`'s ``Reader``) by the file's
-first bytes: a zip archive (``torch.save`` and ``torch.jit.save``), a pickle stream (legacy
-``torch.save``), a safetensors header, or a directory with ``.metadata`` (DCP).
+first bytes: a zip archive (``torch.save`` and ``torch.jit.save``), a tar archive (``torch.save``
+of torch <= 0.1.x), a pickle stream (legacy ``torch.save``), a safetensors header, or a directory
+with ``.metadata`` (DCP).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Any
 
 from harness.files.advice import PrefixFinding, prefixes, recommendations
 from harness.files.dcp_dir import DcpReader
+from harness.files.legacy_tar import LegacyTarReader
+from harness.files.legacy_tar import looks_like as looks_like_tar
 from harness.files.pickles import runs_code
 from harness.files.protocol import (
     Contents,
@@ -51,13 +54,15 @@ def reader_for(path: Path) -> Reader | Defect:
         return DcpReader()
     try:
         with open(path, "rb") as handle:
-            head = handle.read(16)
+            head = handle.read(512)
     except OSError as exc:
         return Defect(kind=DefectKind.UNREADABLE, where=str(path), message=str(exc.strerror))
     if not head:
         return Defect(kind=DefectKind.EMPTY, where=str(path), message="0 bytes")
     if head.startswith(b"PK\x03\x04"):
         return ZipReader()
+    if looks_like_tar(head):
+        return LegacyTarReader()
     if pickle_stream_start(head):
         return LegacyReader()
     if looks_like(head):
@@ -120,7 +125,7 @@ class Inspection:
         allow, opcodes it does not read); 2 broken, unreadable or unknown."""
         if self.contents.defects or self.contents.format is FileFormat.UNKNOWN:
             return BROKEN
-        refused = self.contents.refused or self.contents.unreadable_opcodes
+        refused = self.contents.refused or self.contents.unreadable
         return NEEDS_GLOBALS if refused or self.code_running else INTACT
 
     def to_json(self) -> dict[str, Any]:
@@ -156,11 +161,8 @@ class Inspection:
             lines.append(f"\nglobals named: {', '.join(contents.globals)}")
         if contents.refused:
             lines.append(f"refused by a weights_only load: {', '.join(contents.refused)}")
-        if contents.unreadable_opcodes:
-            lines.append(
-                "refused by a weights_only load: pickle opcode(s) "
-                f"{', '.join(contents.unreadable_opcodes)}, which its unpickler does not read"
-            )
+        if contents.unreadable:
+            lines.append(f"refused by a weights_only load: {contents.unreadable}")
         for name in self.code_running:
             lines.append(f"\n!!! DANGER: {name} runs code or commands when unpickled !!!")
         for finding in self.prefixes:

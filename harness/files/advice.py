@@ -162,11 +162,10 @@ def recommendations(contents: Contents, gpus: int) -> list[str]:
             f"its Python 2 strings are not UTF-8: torch.load(path, encoding={contents.encoding!r}, "
             "...)"
         )
-    if contents.unreadable_opcodes and contents.format.pickled:
+    if contents.unreadable:
         advice.append(
-            "torch.load(weights_only=True) cannot read pickle opcode(s) "
-            f"{', '.join(contents.unreadable_opcodes)} (torch's weights-only unpickler lacks "
-            "them), whatever globals are allowed: ask its author to save it again (a zip "
+            f"torch.load(weights_only=True) cannot read {contents.unreadable}, whatever "
+            "globals are allowed: ask its author to save it again (a zip "
             "torch.save of the state_dict, or safetensors); converting it yourself takes a "
             "weights_only=False load, so do that only in a throwaway sandbox"
         )

@@ -38,6 +38,7 @@ ELEMENT_SIZES: dict[str, int] = {
 class FileFormat(StrEnum):
     ZIP = "torch_zip"  # torch.save, torch >= 1.6
     LEGACY = "torch_legacy"  # torch.save, torch <= 1.5 or _use_new_zipfile_serialization=False
+    LEGACY_TAR = "torch_legacy_tar"  # torch.save, torch <= 0.1.x: a tar of four pickled parts
     TORCHSCRIPT = "torchscript"  # torch.jit.save
     SAFETENSORS = "safetensors"
     DCP = "dcp"  # a torch.distributed.checkpoint directory: .metadata and shards
@@ -46,7 +47,7 @@ class FileFormat(StrEnum):
     @property
     def pickled(self) -> bool:
         """Loaded through a pickle (``torch.load``): the globals it names matter."""
-        return self in (FileFormat.ZIP, FileFormat.LEGACY)
+        return self in (FileFormat.ZIP, FileFormat.LEGACY, FileFormat.LEGACY_TAR)
 
 
 class DefectKind(StrEnum):
@@ -142,9 +143,23 @@ class Contents:
     defects: list[Defect] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def unreadable(self) -> str:
+        """Why ``torch.load(weights_only=True)`` cannot read the file whatever globals it allows;
+        empty where it can."""
+        if self.format is FileFormat.LEGACY_TAR:
+            return "the legacy .tar format of torch <= 0.1.x, which it refuses outright"
+        if self.unreadable_opcodes and self.format.pickled:
+            return (
+                f"pickle opcode(s) {', '.join(self.unreadable_opcodes)}, which its unpickler "
+                "does not read"
+            )
+        return ""
+
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["format"] = str(self.format)
+        data["unreadable"] = self.unreadable
         data["defects"] = [defect.to_json() for defect in self.defects]
         return data
 

@@ -268,20 +268,24 @@ class Walked:
     opcodes: list[str]
 
 
-def _walk_pickle(data: IO[bytes]) -> Walked:
+def _walk_pickle(data: IO[bytes], persistent: Callable[[Any], Any] | None = None) -> Walked:
     """The next pickle in ``data``, its byte strings decoded as ``torch.load`` decodes them
     (UTF-8), or as Latin-1 where they are not UTF-8 (``torch.load(encoding='latin1')`` reads
     those; its default raises)."""
     start = data.tell()
     opcodes = sorted(unreadable_opcodes(data))
     try:
-        return _walk_once(data, TORCH_ENCODING, opcodes)
+        return _walk_once(data, TORCH_ENCODING, opcodes, persistent)
     except UnicodeDecodeError:
         data.seek(start)
-        return _walk_once(data, "latin1", opcodes)
+        return _walk_once(data, "latin1", opcodes, persistent)
 
 
-def _walk_once(data: IO[bytes], encoding: str, opcodes: list[str]) -> Walked:
+def _walk_once(
+    data: IO[bytes], encoding: str, opcodes: list[str], given: Callable[[Any], Any] | None
+) -> Walked:
+    """One walk; the storages its persistent ids name are collected, unless ``given`` answers
+    them (the tar format's ids are tensor keys)."""
     storages: dict[str, Storage] = {}
 
     def persistent(pid: Any) -> PersistentRef:
@@ -291,7 +295,7 @@ def _walk_once(data: IO[bytes], encoding: str, opcodes: list[str]) -> Walked:
             storages.setdefault(storage.key, storage)
         return ref
 
-    unpickler = walker(data, encoding=encoding, persistent=persistent)
+    unpickler = walker(data, encoding=encoding, persistent=given or persistent)
     root = unpickler.load()
     return Walked(
         root=root, met=unpickler.met, storages=storages, encoding=encoding, opcodes=opcodes

@@ -162,8 +162,8 @@ def run_golden(spec: GoldenSpec) -> dict[str, Any]:
     if missing:
         report.update(status="needs_globals", refused=missing)
         return report
-    if contents.unreadable_opcodes:
-        report.update(status="unreadable_opcodes", refused=contents.unreadable_opcodes)
+    if contents.unreadable:
+        report.update(status="unreadable", message=contents.unreadable)
         return report
     saved = {tensor.path: tensor.location for tensor in contents.tensors}
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0

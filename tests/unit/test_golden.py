@@ -87,6 +87,10 @@ def test_record_judgements() -> None:
     outcome, reason, _ = judge_record("f.pt", Path("f.pt"), run(needs))
     assert outcome is Outcome.SKIP
     assert "--safe-global argparse.Namespace" in reason
+    unreadable = {"status": "unreadable", "message": "the legacy .tar format of torch <= 0.1.x"}
+    outcome, reason, _ = judge_record("f.pt", Path("f.pt"), run(unreadable))
+    assert outcome is Outcome.SKIP
+    assert "cannot read the legacy .tar format" in reason
     outcome, reason, _ = judge_record("f.pt", Path("f.pt"), run(None, returncode=-11))
     assert outcome is Outcome.ERROR
     assert "killed by SIGSEGV" in reason

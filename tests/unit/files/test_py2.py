@@ -16,7 +16,7 @@ import torch
 from harness.files import BROKEN, INTACT, NEEDS_GLOBALS, DefectKind, inspect_path, read_contents
 
 from . import checkpoints
-from .py2 import py2_save
+from .py2 import KNOWN_ONLY, py2_save, tar_save
 
 
 def _state() -> OrderedDict[str, torch.Tensor]:
@@ -137,3 +137,46 @@ def test_storages_saved_as_views_of_a_root_are_read_as_torch_reads_them(tmp_path
     listed = [(t.path, t.dtype, t.shape, t.location) for t in found.contents.tensors]
     assert listed == [("a", "float32", (4,), "cpu"), ("b", "float32", (2,), "cpu")]
     assert not found.contents.notes
+
+
+def test_the_tar_format_of_torch_0_1_lists_what_torch_load_gives(tmp_path: Path) -> None:
+    state = OrderedDict([("w", torch.arange(6.0).reshape(2, 3)), ("n", torch.tensor(3))])
+    state["t"] = state["w"].t()  # shares w's storage, strided
+    path = tar_save(state, tmp_path / "old.pt", location="cuda:0")
+    with pytest.raises(RuntimeError, match=r"legacy \.tar format"):
+        torch.load(path, weights_only=True)
+    seen: list[str] = []
+
+    def record(storage: Any, location: str) -> Any:
+        seen.append(location)
+        return storage
+
+    loaded = torch.load(path, weights_only=False, pickle_module=KNOWN_ONLY, map_location=record)
+    found = inspect_path(path)
+    assert str(found.contents.format) == "torch_legacy_tar"
+    listed = [(t.path, t.dtype, t.shape, t.location) for t in found.contents.tensors]
+    assert listed == [
+        (name, str(t.dtype).removeprefix("torch."), tuple(t.shape), "cuda:0")
+        for name, t in loaded.items()
+    ]
+    assert set(seen) == {"cuda:0"}
+    assert found.exit_code == NEEDS_GLOBALS, found.describe()
+    assert not found.code_running
+    assert "legacy .tar format" in found.describe()
+
+
+def test_a_tar_cut_short_or_not_torchs_is_named(tmp_path: Path) -> None:
+    import tarfile
+
+    path = tar_save({"w": torch.ones(300)}, tmp_path / "old.pt")
+    path.write_bytes(path.read_bytes()[:2048])
+    found = inspect_path(path)
+    assert found.exit_code == BROKEN
+    assert found.contents.defects[0].kind is DefectKind.TRUNCATED, found.describe()
+    other = tmp_path / "data.tar"
+    with tarfile.open(other, "w") as archive:
+        archive.add(path, arcname="images/0.png")
+    found = inspect_path(other)
+    assert found.exit_code == BROKEN
+    assert found.contents.defects[0].kind is DefectKind.UNKNOWN_FORMAT
+    assert "not one torch <= 0.1 wrote" in found.describe()

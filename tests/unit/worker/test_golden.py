@@ -161,3 +161,16 @@ def test_latin1_python2_strings_load_with_their_encoding(tmp_path: Path) -> None
 )
 def test_placement(choice: str, located: set[str], count: int, passed: str) -> None:
     assert placement(choice, located, count) == passed
+
+
+def test_files_a_weights_only_load_cannot_read_are_not_loaded(tmp_path: Path) -> None:
+    from collections import OrderedDict
+
+    from tests.unit.files.py2 import py2_save, tar_save
+
+    tar = golden(tar_save({"w": torch.ones(2)}, tmp_path / "old.pt"))
+    assert tar["status"] == "unreadable"
+    assert "legacy .tar format" in tar["message"]
+    long = golden(py2_save(OrderedDict([("x" * 300, torch.ones(1))]), tmp_path / "long.pt"))
+    assert long["status"] == "unreadable"
+    assert "BINSTRING" in long["message"]
