@@ -178,6 +178,7 @@ def leased_launcher(
     gpu_slots: int = 1,
     preload_torchvision: bool = True,
     preload_distributed: bool = False,
+    preload_modules: Sequence[str] = (),
 ) -> Launcher:
     """The launcher called ``name`` behind the GPU leases of the work folder (shared by threads
     and by pytest-xdist workers; ``gpu_slots`` jobs per GPU at once)."""
@@ -187,6 +188,7 @@ def leased_launcher(
         worker_env(()),
         preload_torchvision=preload_torchvision,
         preload_distributed=preload_distributed,
+        preload_modules=preload_modules,
     )
     return LeasedLauncher(inner, GpuLeases(workdir / "leases", slots=gpu_slots))
 

@@ -6,6 +6,7 @@ has imported torch, the default), the GPU-lease wrapper (``leases``), and one wa
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from harness.errors import ConfigError
@@ -32,9 +33,11 @@ def make_launcher(
     *,
     preload_torchvision: bool = True,
     preload_distributed: bool = False,
+    preload_modules: Sequence[str] = (),
 ) -> Launcher:
     """The launcher called ``name``; ``env`` is the zygote's own environment, which preloads
-    torchvision and the distributed modules only where some job needs them."""
+    torchvision and the distributed modules only where some job needs them, and the user's
+    model modules ``preload_modules``."""
     if name == "spawn":
         from harness.launchers.spawn import SpawnLauncher
 
@@ -49,5 +52,6 @@ def make_launcher(
             log_path=log,
             preload_torchvision=preload_torchvision,
             preload_distributed=preload_distributed,
+            preload_modules=preload_modules,
         )
     raise ConfigError(f"unknown launcher {name!r}; expected one of {', '.join(LAUNCHERS)}")

@@ -4,6 +4,9 @@ Requests, orchestrator → zygote (stdin): :class:`StartRequest`.
 Answers, zygote → orchestrator (stdout), dispatched on ``event``:
 
 - ``ready``: the zygote has imported what its children need (once, before any request);
+- ``not_preloaded``: importing a user's model module ``module`` made forking unsafe
+  (``reason``), so the zygote started afresh without it and each child imports it (before
+  ``ready``, at most once per module);
 - ``started``: a child exists for request ``id``; ``ended``: it has ended (``returncode``
   negative for a signal, as ``subprocess`` reports it);
 - ``failed``: no child could be started for request ``id``;
@@ -36,6 +39,12 @@ class Ready(TypedDict):
     pid: int
 
 
+class NotPreloaded(TypedDict):
+    event: Literal["not_preloaded"]
+    module: str
+    reason: str
+
+
 class Started(TypedDict):
     event: Literal["started"]
     id: int
@@ -59,11 +68,12 @@ class Stopping(TypedDict):
     reason: str
 
 
-Answer = Ready | Started | Ended | Failed | Stopping
+Answer = Ready | NotPreloaded | Started | Ended | Failed | Stopping
 
 # Each event's fields besides ``event`` and their types: what ``parse_answer`` checks.
 ANSWER_FIELDS: dict[str, dict[str, type]] = {
     "ready": {"pid": int},
+    "not_preloaded": {"module": str, "reason": str},
     "started": {"id": int, "pid": int},
     "ended": {"id": int, "returncode": int},
     "failed": {"id": int, "error": str},

@@ -14,6 +14,11 @@ log tail), their children are stopped, and the zygote is started again, once. A 
 refuses to fork (its fork guard) answers every request ``failed``, finishes the children it has,
 and is replaced likewise. A second failure raises ``LauncherBroken``: the run stops with that
 message. A zygote that cannot even start (no torch, say) raises it at once.
+
+The zygote also imports the user's model modules the run's cells name (``preload_modules``), so
+that no child imports transformers again. One whose import made forking unsafe is left to the
+children (the zygote says ``not_preloaded`` and starts afresh without it); the launcher tells the
+user once, in one line (``notify``), and never asks a restarted zygote for it again.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +37,7 @@ from typing import Any
 from harness.launchers.messages import (
     Ended,
     Failed,
+    NotPreloaded,
     ProtocolError,
     Ready,
     Started,
@@ -58,6 +64,12 @@ from harness.launchers.shutdown import GRACE_S, Target, popen_target, shutdown_g
 RANK_POLL_S = 0.05  # how often a distributed job looks for a failed rank
 START_TIMEOUT_S = 300.0  # for the zygote's imports (torch, torchvision) on a slow, busy machine
 RESTARTS = 1  # a zygote that dies is started again this many times in one run
+# The environment variable that leaves a user's model module to each worker's own import.
+PRELOAD_MODELS = "CKPT_MATRIX_PRELOAD_MODELS"
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -78,6 +90,7 @@ class _Zygote:
 
     process: subprocess.Popen[bytes]
     log_path: Path
+    not_preloaded: Callable[[NotPreloaded], None] = lambda _: None
     ready: threading.Event = field(default_factory=threading.Event)  # ready, or gone first
     was_ready: bool = False
     pending: dict[int, _Pending] = field(default_factory=dict)
@@ -104,15 +117,22 @@ class ZygoteLauncher:
         start_timeout_s: float = START_TIMEOUT_S,
         preload_torchvision: bool = True,
         preload_distributed: bool = False,
+        preload_modules: Sequence[str] = (),
+        notify: Callable[[str], None] = say,
     ) -> None:
         self.env = dict(env)
         self.log_path = log_path  # the first zygote's; a restarted one adds -restart-N
         self.grace_s = grace_s
         self.start_timeout_s = start_timeout_s
-        # the zygote's own command line (tests start one that serves fake jobs)
+        self.notify = notify
+        self.python = python
         flags: tuple[str, ...] = () if preload_torchvision else ("--no-torchvision",)
         flags += ("--distributed",) if preload_distributed else ()
-        self.command = command or worker_argv(python, "--zygote", *flags)
+        self._flags = flags
+        self._modules = tuple(dict.fromkeys(preload_modules))
+        self._not_preloaded: dict[str, str] = {}  # module -> why each child imports it
+        # the zygote's own command line (tests start one that serves fake jobs)
+        self._command = command
         self._lock = threading.Lock()
         self._zygote: _Zygote | None = None
         self._draining: list[_Zygote] = []  # refused to fork, still finishing children
@@ -123,6 +143,14 @@ class ZygoteLauncher:
         self._readers: list[threading.Thread] = []
 
     # -- the zygote ----------------------------------------------------------------------------
+
+    @property
+    def command(self) -> tuple[str, ...]:
+        """The next zygote's command line: without the modules an earlier one could not keep."""
+        if self._command is not None:
+            return self._command
+        imports = [("--import", m) for m in self._modules if m not in self._not_preloaded]
+        return worker_argv(self.python, "--zygote", *self._flags, *(a for i in imports for a in i))
 
     def _current(self) -> _Zygote:
         """The zygote to use, perhaps still starting: started on first use, started again once
@@ -167,7 +195,7 @@ class ZygoteLauncher:
                 stderr=log,
                 start_new_session=True,
             )
-        zygote = _Zygote(process=process, log_path=log_path)
+        zygote = _Zygote(process=process, log_path=log_path, not_preloaded=self._on_not_preloaded)
         reader = threading.Thread(
             target=self._read_answers, args=(zygote,), name="zygote-answers", daemon=True
         )
@@ -179,11 +207,30 @@ class ZygoteLauncher:
         """A zygote that never became ready: no restart would do better (under the lock)."""
         self._retire(zygote, cause)
         if self._broken is None:
+            modules = [m for m in self._modules if m not in self._not_preloaded]
+            hint = (
+                f"; it imports your model's module too ({', '.join(modules)}): "
+                f"{PRELOAD_MODELS}=0 leaves that to each worker"
+                if modules
+                else ""
+            )
             self._broken = (
                 f"the zygote ({' '.join(self.command)}) could not start: {cause}. Check that "
-                "torch imports in this interpreter, or use the spawn launcher"
+                f"torch imports in this interpreter, or use the spawn launcher{hint}"
             )
         raise LauncherBroken(self._broken)
+
+    def _on_not_preloaded(self, message: NotPreloaded) -> None:
+        """A zygote left a module to its children: tell the user, once per module and run."""
+        with self._lock:
+            said = message["module"] in self._not_preloaded
+            self._not_preloaded[message["module"]] = message["reason"]
+        if not said:
+            self.notify(
+                f"ckpt-matrix: note: {message['module']} is imported by each worker, not once "
+                f"by the zygote: importing it there made forking unsafe ({message['reason']}); "
+                "the cells run the same, each worker paying that import"
+            )
 
     def _exit_text(self, zygote: _Zygote) -> str:
         code = zygote.process.poll()
@@ -415,6 +462,10 @@ def _on_ready(zygote: _Zygote, _: Ready) -> None:
     zygote.ready.set()
 
 
+def _on_not_preloaded(zygote: _Zygote, message: NotPreloaded) -> None:
+    zygote.not_preloaded(message)
+
+
 def _on_started(zygote: _Zygote, started: Started) -> None:
     pending = zygote.pending.get(started["id"])
     if pending is not None:
@@ -446,6 +497,7 @@ def _on_stopping(zygote: _Zygote, stopping: Stopping) -> None:
 # One handler per event of harness.launchers.messages.ANSWER_FIELDS (a test keeps them equal).
 HANDLERS: dict[str, Callable[[_Zygote, Any], None]] = {
     "ready": _on_ready,
+    "not_preloaded": _on_not_preloaded,
     "started": _on_started,
     "ended": _on_ended,
     "failed": _on_failed,

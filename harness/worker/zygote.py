@@ -19,6 +19,13 @@ if either ever happened, the zygote refuses to fork, says why and exits):
 - It starts no threads of its own (forking a threaded process can copy a held lock); it waits
   for requests and for its children in one loop.
 
+A user's model module (``package.module`` of ``package.module:factory``) is imported here too,
+last, under the same watch, so that children do not import it (and transformers, say) again.
+Nothing of it is built. A module that raises is left to the workers, which report it as they
+would; a module after whose import forking would be unsafe (it computed, started a thread,
+initialised CUDA) cannot be un-imported: the zygote says so (stderr, and a ``not_preloaded``
+answer) and executes itself afresh without it (``start_afresh``), and each child imports it.
+
 Each child starts a new session (its own process group, which the parent signals on timeout),
 points stdin at /dev/null and stdout and stderr at the job's log, leaves the watch, replaces its
 environment with the job's, and runs the same job as ``python -m harness.worker SPEC.json``.
@@ -27,15 +34,17 @@ environment with the job's, and runs the same job as ``python -m harness.worker 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import select
 import signal
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from types import FrameType
+from typing import IO, Any, NoReturn
 
 from harness.launchers.messages import (
     Answer,
@@ -126,7 +135,7 @@ def watch_torch() -> Watch:
             result = func(*args, **(kwargs or {}))
             tensors = [*args, *(kwargs or {}).values(), result]
             if watch.computed is None and any(isinstance(t, torch.Tensor) for t in tensors):
-                watch.computed = getattr(func, "__qualname__", None) or repr(func)
+                watch.computed = f"{_name(func)}{_caller(torch.__file__)}"
             return result
 
     mode = Computing()
@@ -135,12 +144,43 @@ def watch_torch() -> Watch:
     return watch
 
 
-def preload(*, torchvision: bool = True, distributed: bool = False) -> Watch:
+def _name(func: Any) -> str:
+    """``torch.ones``, ``Tensor.add``: a torch function as its user wrote it."""
+    name = str(getattr(func, "__qualname__", None) or repr(func))
+    for inner, outer in (("_VariableFunctionsClass.", "torch."), ("TensorBase.", "Tensor.")):
+        if name.startswith(inner):
+            return outer + name.removeprefix(inner)
+    return name
+
+
+def _caller(torch_file: str) -> str:
+    """`` at FILE:LINE`` of the innermost frame outside torch and this module: what made the
+    zygote compute (a user's module, at import), or nothing where every frame is torch's."""
+    skip = (str(Path(torch_file).parent), __file__)
+    frame: FrameType | None = sys._getframe(2)
+    while frame is not None and frame.f_code.co_filename.startswith(skip):
+        frame = frame.f_back
+    return "" if frame is None else f" at {frame.f_code.co_filename}:{frame.f_lineno}"
+
+
+class UnsafeImport(Exception):
+    """Importing a user's module in the zygote made forking unsafe (``hazard``). No import can
+    be undone: the zygote must start afresh without it."""
+
+    def __init__(self, module: str, hazard: str) -> None:
+        super().__init__(f"importing {module} made forking unsafe: {hazard}")
+        self.module = module
+        self.hazard = hazard
+
+
+def preload(
+    *, torchvision: bool = True, distributed: bool = False, modules: Sequence[str] = ()
+) -> Watch:
     """Everything a job imports that is slow to import, so that children start with it:
     torch, the worker, (``torchvision``: some job's model needs it) torchvision where
-    installed, which imports torch._dynamo that every resnet job would pay again, and
-    (``distributed``) FSDP2 and torch.distributed.checkpoint. Imports only, watched from the
-    first one on."""
+    installed, which imports torch._dynamo that every resnet job would pay again,
+    (``distributed``) FSDP2 and torch.distributed.checkpoint, and last the user's model
+    ``modules`` (``import_modules``). Imports only, watched from the first one on."""
     watch = watch_torch()
     import harness.worker.main
 
@@ -153,7 +193,58 @@ def preload(*, torchvision: bool = True, distributed: bool = False) -> Watch:
         with contextlib.suppress(ImportError):
             import torchvision as _  # noqa: F401
     watch.threads_at_start = thread_count()
+    import_modules(watch, modules)
     return watch
+
+
+def import_modules(watch: Watch, modules: Sequence[str]) -> None:
+    """Import each of a user's model modules as a child would (the same ``sys.path``: the
+    current directory, then PYTHONPATH, as ``python -m`` sets it), each checked by the fork
+    guard right after. One that raises is left to the children, which report what it raises;
+    one after which forking would be unsafe raises :class:`UnsafeImport`."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except (Exception, SystemExit) as exc:  # the worker reports it, as the cell's error
+            print(
+                f"zygote: {module} raised {type(exc).__name__} at import ({exc}); each worker "
+                "imports it",
+                file=sys.stderr,
+                flush=True,
+            )
+        hazard = watch.hazard()
+        if hazard is not None:
+            raise UnsafeImport(module, hazard)
+
+
+def start_afresh(
+    argv: Sequence[str],
+    unsafe: UnsafeImport,
+    answers: IO[bytes],
+    *,
+    cwd: str,
+    environ: Mapping[str, str],
+) -> NoReturn:
+    """After :class:`UnsafeImport`: say so (stderr, the zygote's log; and a ``not_preloaded``
+    answer, which the launcher shows the user once), then execute this zygote again, the same
+    process and pipes, with the arguments ``argv`` less that module, in the directory and
+    environment it started with (the module's import may have changed either). Its children
+    import that module themselves, as spawned workers do."""
+    print(f"zygote: {unsafe}; starting afresh without it", file=sys.stderr, flush=True)
+    _answer(answers, {"event": "not_preloaded", "module": unsafe.module, "reason": unsafe.hazard})
+    args = list(argv)
+    at = next(i for i in range(len(args) - 1) if args[i : i + 2] == ["--import", unsafe.module])
+    del args[at : at + 2]
+    original = sys.orig_argv
+    ours = len(original) >= len(argv) and original[len(original) - len(argv) :] == list(argv)
+    prefix = (
+        original[: len(original) - len(argv)] if ours else [sys.executable, "-m", "harness.worker"]
+    )
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.chdir(cwd)
+    os.dup2(answers.fileno(), 1)  # the answers are stdout again, as the launcher started it
+    os.execve(sys.executable, [*prefix, *args], dict(environ))
 
 
 def run_worker(args: list[str]) -> int:

@@ -177,6 +177,12 @@ CASES = [
         {},
         ["--safe-global os.system: that global runs code"],
     ),
+    (
+        "preload toggle neither 0 nor 1",
+        ["run", "--model", "mymodels:build", "--out", "{tmp}/r.jsonl", "--scenarios", "@good"],
+        {"CKPT_MATRIX_PRELOAD_MODELS": "no"},
+        ["environment variable CKPT_MATRIX_PRELOAD_MODELS='no'", "expected 1", "or 0"],
+    ),
 ]
 
 

@@ -11,6 +11,7 @@ from harness.launchers.messages import ProtocolError, encode, parse_answer, pars
     "answer",
     [
         {"event": "ready", "pid": 7},
+        {"event": "not_preloaded", "module": "mymodels", "reason": "it started a thread"},
         {"event": "started", "id": 1, "pid": 7},
         {"event": "ended", "id": 1, "returncode": -9},
         {"event": "failed", "id": 1, "error": "fork failed"},

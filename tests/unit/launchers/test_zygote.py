@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.launchers.messages import ANSWER_FIELDS
+from harness.launchers.messages import ANSWER_FIELDS, NotPreloaded
 from harness.launchers.protocol import Job, JobRun, LauncherBroken
-from harness.launchers.zygote import HANDLERS, ZygoteLauncher
+from harness.launchers.zygote import HANDLERS, ZygoteLauncher, _Zygote
 from harness.plan import worker_env
 
 # A zygote whose children act out the behaviour named by the job's first argument.
@@ -435,3 +435,35 @@ def test_a_zygote_that_computed_refuses_to_fork(tmp_path: Path) -> None:
     assert "ran a tensor computation" in refused.lost
     assert "ones" in refused.lost
     assert "refusing to fork" in (tmp_path / "zygote.log").read_text()
+
+
+def test_a_module_the_zygote_could_not_keep_is_said_once_and_never_asked_for_again(
+    tmp_path: Path,
+) -> None:
+    said: list[str] = []
+    launcher = ZygoteLauncher(
+        env={},
+        log_path=tmp_path / "zygote.log",
+        python="python",
+        preload_modules=("mymodels", "other.models", "mymodels"),
+        notify=said.append,
+    )
+    assert launcher.command == (
+        "python", "-m", "harness.worker", "--zygote",
+        "--import", "mymodels", "--import", "other.models",
+    )  # fmt: skip
+    message: NotPreloaded = {"event": "not_preloaded", "module": "mymodels", "reason": "why"}
+    zygote = _Zygote(
+        process=None,  # type: ignore[arg-type]  # not used by this handler
+        log_path=tmp_path / "zygote.log",
+        not_preloaded=launcher._on_not_preloaded,
+    )
+    for _ in range(2):  # a restarted zygote would say it again
+        HANDLERS["not_preloaded"](zygote, message)
+    assert said == [
+        "ckpt-matrix: note: mymodels is imported by each worker, not once by the zygote: "
+        "importing it there made forking unsafe (why); the cells run the same, each worker "
+        "paying that import"
+    ]
+    assert launcher.command[-2:] == ("--import", "other.models")
+    assert "mymodels" not in launcher.command
