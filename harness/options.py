@@ -157,11 +157,13 @@ def open_launcher(
         workdir,
         gpu_slots=options.gpu_slots,
         preload_torchvision=any(cell.model_spec.needs_torchvision for cell in planned.cells),
-        # the distributed modules and torch._dynamo (fully_shard and torch.compile import it)
+        # the distributed modules and torch._dynamo (fully_shard and torch.compile import it, and
+        # so does the first torch.optim optimizer of a training cell's worker)
         preload_distributed=any(
             cell.save_layout.distributed
             or cell.load_layout.distributed
             or Wrapper.COMPILE in (cell.save_wrapper, cell.load_wrapper)
+            or bool(cell.training)
             for cell in planned.cells
         ),
         preload_modules=user_modules(planned.cells, os.environ if environ is None else environ),
