@@ -23,8 +23,9 @@ A user's model module (``package.module`` of ``package.module:factory``) is impo
 last, under the same watch, so that children do not import it (and transformers, say) again.
 Nothing of it is built. A module that raises is left to the workers, which report it as they
 would; a module after whose import forking would be unsafe (it computed, started a thread,
-initialised CUDA) cannot be un-imported: the zygote says so (stderr, and a ``not_preloaded``
-answer) and executes itself afresh without it (``start_afresh``), and each child imports it.
+initialised CUDA or asked for its devices) cannot be un-imported: the zygote says so (stderr,
+and a ``not_preloaded`` answer) and executes itself afresh without it (``start_afresh``), and
+each child imports it.
 
 Each child starts a new session (its own process group, which the parent signals on timeout),
 points stdin at /dev/null and stdout and stderr at the job's log, leaves the watch, replaces its
@@ -63,13 +64,23 @@ Run = Callable[[list[str]], int]
 
 
 def fork_hazard(
-    *, cuda_initialized: bool, computed: str | None, threads: int, threads_at_start: int
+    *,
+    cuda_initialized: bool,
+    computed: str | None,
+    threads: int,
+    threads_at_start: int,
+    cuda_queried: str | None = None,
 ) -> str | None:
     """Why forking now would be unsafe, or None. Pure: the zygote gathers the facts."""
     if cuda_initialized:
         return (
             "CUDA was initialised in the zygote; its children could not use CUDA with their own "
             "CUDA_VISIBLE_DEVICES"
+        )
+    if cuda_queried is not None:
+        return (
+            f"the zygote asked torch for the CUDA devices ({cuda_queried}); it sees none of a "
+            "job's devices, and asking starts CUDA's driver, which a forked child cannot use"
         )
     if computed is not None:
         return (
@@ -96,6 +107,7 @@ class Watch:
     """What the zygote has done that would make a fork unsafe."""
 
     computed: str | None = None
+    cuda_queried: str | None = None  # where torch.cuda.is_available() or device_count() was called
     threads_at_start: int = 1
     _exit: Callable[[], None] = field(default=lambda: None)
 
@@ -105,6 +117,7 @@ class Watch:
             computed=self.computed,
             threads=thread_count(),
             threads_at_start=self.threads_at_start,
+            cuda_queried=self.cuda_queried,
         )
 
     def leave(self) -> None:
@@ -140,8 +153,41 @@ def watch_torch() -> Watch:
 
     mode = Computing()
     mode.__enter__()  # type: ignore[no-untyped-call]  # torch leaves it untyped
-    watch._exit = lambda: mode.__exit__(None, None, None)  # type: ignore[no-untyped-call]
+    restore = _watch_cuda_queries(torch, watch)
+
+    def leave() -> None:
+        mode.__exit__(None, None, None)  # type: ignore[no-untyped-call]
+        restore()
+
+    watch._exit = leave
     return watch
+
+
+def _watch_cuda_queries(torch: Any, watch: Watch) -> Callable[[], None]:
+    """Record in ``watch`` the first question for the CUDA devices: ``torch.cuda.is_available()``
+    starts CUDA's driver (``cudaGetDeviceCount``: no child forked after it can use CUDA), and
+    either it or ``device_count()`` answers for the zygote's devices, not a job's (a module's
+    ``DEVICE = "cuda" if torch.cuda.is_available() else "cpu"``). Both are wrapped, calling
+    through; the function returned puts the originals back (a child does, as it leaves)."""
+    wrapped: list[tuple[Any, str, Any]] = []
+    for owner, name in ((torch._C, "_cuda_getDeviceCount"), (torch.cuda, "device_count")):
+        original = getattr(owner, name, None)
+        if original is None:  # torch built without CUDA: nothing to ask
+            continue
+
+        def asking(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
+            if watch.cuda_queried is None:
+                watch.cuda_queried = f"is_available or device_count{_caller(torch.__file__)}"
+            return _original(*args, **kwargs)
+
+        setattr(owner, name, asking)
+        wrapped.append((owner, name, original))
+
+    def restore() -> None:
+        for owner, name, original in wrapped:
+            setattr(owner, name, original)
+
+    return restore
 
 
 def _name(func: Any) -> str:

@@ -144,3 +144,25 @@ def test_a_module_that_starts_a_thread_at_import_is_unsafe(user_modules: Path) -
     finally:
         watch.leave()
         sys.modules["zygote_user_thread"].STOP.set()
+
+
+def test_a_module_that_asks_for_the_cuda_devices_at_import_is_unsafe(user_modules: Path) -> None:
+    """``DEVICE = "cuda" if torch.cuda.is_available() else "cpu"``: the zygote's answer is not a
+    job's, and is_available() starts CUDA's driver. (device_count() here: on a GPU machine it
+    reads NVML and leaves this test process able to fork.)"""
+    import torch
+
+    code = "import torch\nN = torch.cuda.device_count()\n"
+    (user_modules / "zygote_user_cuda.py").write_text(code)
+    originals = (torch.cuda.device_count, torch._C._cuda_getDeviceCount)
+    watch = watched()
+    try:
+        with pytest.raises(UnsafeImport) as caught:
+            import_modules(watch, ["zygote_user_cuda"])
+    finally:
+        watch.leave()
+    where = user_modules / "zygote_user_cuda.py"
+    assert f"asked torch for the CUDA devices (is_available or device_count at {where}:2)" in (
+        caught.value.hazard
+    )
+    assert (torch.cuda.device_count, torch._C._cuda_getDeviceCount) == originals  # put back
