@@ -51,23 +51,27 @@ REAL_MODELS = Path(__file__).parent / "tests" / "data" / "real_models"
 
 
 def real_models() -> list[str]:
-    """The factories ``tests/data/real_models/ckpt_real_models.py`` lists in ``MODELS`` (read,
-    not imported: nox's interpreter has no torch)."""
-    source = REAL_MODELS / "ckpt_real_models.py"
-    for node in ast.parse(source.read_text(encoding="utf-8")).body:
-        if isinstance(node, ast.Assign) and any(
-            isinstance(target, ast.Name) and target.id == "MODELS" for target in node.targets
-        ):
-            return [f"ckpt_real_models:{name}" for name in ast.literal_eval(node.value)]
-    raise ValueError(f"{source} has no MODELS tuple")
+    """The factories that the modules of ``tests/data/real_models`` list in ``MODELS`` (read,
+    not imported: nox's interpreter has no torch), as ``--model`` names them."""
+    found = []
+    for source in sorted(REAL_MODELS.glob("ckpt_*.py")):
+        for node in ast.parse(source.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.Assign) and any(
+                isinstance(target, ast.Name) and target.id == "MODELS" for target in node.targets
+            ):
+                found += [f"{source.stem}:{name}" for name in ast.literal_eval(node.value)]
+    if not found:
+        raise ValueError(f"no module in {REAL_MODELS} lists MODELS")
+    return found
 
 
 @nox.session
 def real(session: nox.Session) -> None:
     """The shipped scenarios over model classes of real libraries (transformers: GPT-2, Llama,
-    BERT, T5, ViT; timm: a CNN and a ViT) built from small configurations with random weights;
-    nothing is downloaded. Writes results-real.jsonl; ``-- OPTIONS`` go to ``ckpt-matrix run``
-    (``-- -k dcp``). A model whose library is not installed is skipped with the reason."""
+    BERT, T5, ViT; timm: a CNN and a ViT; tests/data/real_models) built from small
+    configurations with random weights; nothing is downloaded. Writes results-real.jsonl;
+    ``-- OPTIONS`` go to ``ckpt-matrix run`` (``-- -k dcp``). A model whose library is not
+    installed is skipped with the reason."""
     install(session, "real")
     env = {
         "PYTHONPATH": os.pathsep.join(

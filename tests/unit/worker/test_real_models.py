@@ -18,21 +18,21 @@ REAL_MODELS = Path(__file__).parents[2] / "data" / "real_models"
 
 # What each one's measurement must find: tied weights, dropout, entries its constructor fixes.
 EXPECTED = {
-    "gpt2": {"tied": True, "stochastic": True, "constants": []},
-    "llama": {
+    "ckpt_hf_models:gpt2": {"tied": True, "stochastic": True, "constants": []},
+    "ckpt_hf_models:llama": {
         "tied": False,
         "stochastic": False,
         "constants": ["model.rotary_emb.inv_freq", "model.rotary_emb.original_inv_freq"],
     },
-    "bert": {
+    "ckpt_hf_models:bert": {
         "tied": True,
         "stochastic": True,
         "constants": ["bert.embeddings.position_ids", "bert.embeddings.token_type_ids"],
     },
-    "t5": {"tied": True, "stochastic": True, "constants": []},
-    "vit": {"tied": False, "stochastic": False, "constants": []},
-    "timm_cnn": {"tied": False, "stochastic": False, "constants": []},
-    "timm_vit": {"tied": False, "stochastic": False, "constants": []},
+    "ckpt_hf_models:t5": {"tied": True, "stochastic": True, "constants": []},
+    "ckpt_hf_models:vit": {"tied": False, "stochastic": False, "constants": []},
+    "ckpt_timm_models:cnn": {"tied": False, "stochastic": False, "constants": []},
+    "ckpt_timm_models:vit": {"tied": False, "stochastic": False, "constants": []},
 }
 
 
@@ -43,13 +43,21 @@ def _real_models(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_every_listed_factory_is_checked_here() -> None:
-    listed = importlib.import_module("ckpt_real_models").MODELS
-    assert set(listed) == set(EXPECTED)
+    listed = {
+        f"{module}:{name}"
+        for module in ("ckpt_hf_models", "ckpt_timm_models")
+        for name in importlib.import_module(module).MODELS
+    }
+    assert listed == set(EXPECTED)
+    assert {path.stem for path in REAL_MODELS.glob("ckpt_*.py")} == {
+        "ckpt_hf_models",
+        "ckpt_timm_models",
+    }
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_a_real_model_is_measured_as_it_is(name: str) -> None:
-    model = f"ckpt_real_models:{name}"
+    model = name
     measured = measure_model(model)
     assert "error" not in measured, measured.get("error")
     traits = measured["traits"]
@@ -58,10 +66,9 @@ def test_a_real_model_is_measured_as_it_is(name: str) -> None:
     assert "unavailable" not in traits
 
 
-@pytest.mark.parametrize("name", ["gpt2", "t5"])
-def test_a_model_output_is_compared_and_trained_on_whole(name: str) -> None:
+@pytest.mark.parametrize("model", ["ckpt_hf_models:gpt2", "ckpt_hf_models:t5"])
+def test_a_model_output_is_compared_and_trained_on_whole(model: str) -> None:
     """GPT-2 returns a ModelOutput with a key-value cache, T5 takes keyword arguments."""
-    model = f"ckpt_real_models:{name}"
     saver, again, other = build(model, seed=0), build(model, seed=0), build(model, seed=1)
     assert output_digest(saver, model) == output_digest(again, model)
     assert output_digest(saver, model) != output_digest(other, model)

@@ -1,8 +1,8 @@
-"""Model classes from real libraries (transformers, timm), built from small configurations with
-random weights: nothing is downloaded. Each is a user's model as ``--model`` names it
-(``ckpt_real_models:gpt2``), with this folder on PYTHONPATH; the factories return the libraries'
-classes unchanged (their forward returns a ``ModelOutput``, a tuple or a tensor, as the library
-decides). ``nox -s real`` runs the shipped scenarios over every one."""
+"""Model classes of transformers (GPT-2, Llama, BERT, T5, ViT), built from small configurations
+with random weights: nothing is downloaded. Each is a user's model as ``--model`` names it
+(``ckpt_hf_models:gpt2``), with this folder on PYTHONPATH, and is imported as users' modules are:
+the library at the top. The factories return the library's classes unchanged (their forward
+returns a ``ModelOutput``). ``nox -s real`` runs the shipped scenarios over every one."""
 
 from __future__ import annotations
 
@@ -10,11 +10,23 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers import (
+    BertConfig,
+    BertForMaskedLM,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    T5Config,
+    T5ForConditionalGeneration,
+    ViTConfig,
+    ViTForImageClassification,
+)
 
 VOCAB = 64
 TOKENS = (2, 8)  # batch, sequence
 
-MODELS = ("gpt2", "llama", "bert", "t5", "vit", "timm_cnn", "timm_vit")
+MODELS = ("gpt2", "llama", "bert", "t5", "vit")
 
 
 def _tokens(device: torch.device) -> torch.Tensor:
@@ -22,8 +34,6 @@ def _tokens(device: torch.device) -> torch.Tensor:
 
 
 def gpt2() -> nn.Module:
-    from transformers import GPT2Config, GPT2LMHeadModel
-
     config = GPT2Config(
         vocab_size=VOCAB,
         n_positions=32,
@@ -41,8 +51,6 @@ gpt2.example_input = _tokens  # type: ignore[attr-defined]
 
 
 def llama() -> nn.Module:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     config = LlamaConfig(
         vocab_size=VOCAB,
         hidden_size=32,
@@ -60,8 +68,6 @@ llama.example_input = _tokens  # type: ignore[attr-defined]
 
 
 def bert() -> nn.Module:
-    from transformers import BertConfig, BertForMaskedLM
-
     config = BertConfig(
         vocab_size=VOCAB,
         hidden_size=32,
@@ -78,8 +84,6 @@ bert.example_input = _tokens  # type: ignore[attr-defined]
 
 
 def t5() -> nn.Module:
-    from transformers import T5Config, T5ForConditionalGeneration
-
     config = T5Config(
         vocab_size=VOCAB,
         d_model=32,
@@ -103,8 +107,6 @@ t5.example_input = _t5_input  # type: ignore[attr-defined]
 
 
 def vit() -> nn.Module:
-    from transformers import ViTConfig, ViTForImageClassification
-
     config = ViTConfig(
         image_size=16,
         patch_size=8,
@@ -124,37 +126,3 @@ def _image(device: torch.device) -> torch.Tensor:
 
 
 vit.example_input = _image  # type: ignore[attr-defined]
-
-
-def timm_cnn() -> nn.Module:
-    import timm
-
-    # BatchNorm, squeeze-excitation and hard-swish blocks; about 0.6 M parameters
-    model: nn.Module = timm.create_model("mobilenetv3_small_050", pretrained=False, num_classes=4)
-    return model
-
-
-def _image32(device: torch.device) -> torch.Tensor:
-    return torch.randn(2, 3, 32, 32).to(device)
-
-
-timm_cnn.example_input = _image32  # type: ignore[attr-defined]
-
-
-def timm_vit() -> nn.Module:
-    import timm
-
-    model: nn.Module = timm.create_model(
-        "vit_tiny_patch16_224",
-        pretrained=False,
-        img_size=32,
-        patch_size=8,
-        embed_dim=32,
-        depth=2,
-        num_heads=2,
-        num_classes=4,
-    )
-    return model
-
-
-timm_vit.example_input = _image32  # type: ignore[attr-defined]
