@@ -92,7 +92,7 @@ def measure_model(name: str) -> dict[str, Any]:
         what = str(exc) if isinstance(exc, ModelError) else f"{type(exc).__name__}: {exc}"
         if not what.startswith(f"model {name}"):
             what = f"model {name}: {what}"
-        return {"error": f"{what}\n{traceback.format_exc().rstrip()}"}
+        return {"error": what + model_traceback(exc)}
     traits = ModelTraits(
         top_level_module_attr=top_level,
         nested_module_dot=nested,
@@ -103,6 +103,19 @@ def measure_model(name: str) -> dict[str, Any]:
         constants=tuple(constants),
     )
     return {"traits": traits.to_json(), "tensors": len(keys)}
+
+
+def model_traceback(exc: BaseException) -> str:
+    """Where the user's code failed: the frames of the exception (of its cause, where the harness
+    wrapped it), for the message that stops the run. Not headed "Traceback": the harness's own
+    bugs print that, and this is not one. Empty for an error the harness raised itself."""
+    from harness.zoo import ModelError
+
+    failure = exc.__cause__ if exc.__cause__ is not None else exc
+    if failure.__traceback__ is None or (failure is exc and isinstance(exc, ModelError)):
+        return ""
+    frames = "".join(traceback.format_tb(failure.__traceback__)).rstrip()
+    return f"\nthe model's traceback (most recent call last):\n{frames}"
 
 
 def missing_package(exc: BaseException, name: str) -> str | None:

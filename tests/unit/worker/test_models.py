@@ -255,7 +255,8 @@ def test_constant_entries_and_random_draws_are_measured() -> None:
 def test_a_model_that_cannot_run_is_stopped_with_its_traceback() -> None:
     error = measure_model("ckpt_user_model:cannot_run")["error"]
     assert error.startswith("model ckpt_user_model:cannot_run: RuntimeError: ")
-    assert "Traceback (most recent call last)" in error
+    assert "\nthe model's traceback (most recent call last):\n" in error
+    assert "ckpt_user_model.py" in error
     assert "in forward" in error  # the user's own frame
 
 
