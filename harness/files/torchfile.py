@@ -316,11 +316,8 @@ def _take(contents: Contents, walked: Walked, *, where: str) -> None:
             f"Python 2 byte strings that are not {TORCH_ENCODING.upper()}: torch.load raises "
             f"UnicodeDecodeError unless given encoding={walked.encoding!r}"
         )
-    unlisted = [
-        storage
-        for key, storage in walked.storages.items()
-        if key not in {storage.key for storage in used}
-    ]
+    accounted = {storage.key for storage in used}
+    unlisted = [storage for key, storage in walked.storages.items() if key not in accounted]
     if unlisted:
         size = sum(storage.nbytes for storage in unlisted)
         contents.defects.append(
@@ -460,8 +457,8 @@ class ZipReader:
             sizes = {info.filename: info.file_size for info in archive.infolist()}
             for storage in storages:
                 record = f"{prefix}data/{storage.key}"
-                users = _users(contents.tensors, storage.key)
                 if record not in sizes:
+                    users = _users(contents.tensors, storage.key)  # only for a defect: O(tensors)
                     contents.defects.append(
                         Defect(
                             kind=DefectKind.MISSING_RECORD,
@@ -470,6 +467,7 @@ class ZipReader:
                         )
                     )
                 elif storage.element_size and sizes[record] < storage.nbytes:
+                    users = _users(contents.tensors, storage.key)
                     contents.defects.append(
                         Defect(
                             kind=DefectKind.SHORT_RECORD,
