@@ -1,13 +1,14 @@
-"""A user's model against the zoo's, per cell: a small transformers model (``tiny_gpt2:build``,
-GPT-2 from a tiny config, beside this file) and the zoo's ``trap`` model run the same cells of
+"""A user's model against the zoo's, per cell: a small transformers model
+(``ckpt_hf_models:gpt2``, GPT-2 from a tiny config as transformers gives it, from
+tests/data/real_models) and the zoo's ``trap`` model run the same cells of
 the shipped scenarios (``--model``, selected by ``-k``, default the 36 cells that save and load
 on one CPU process), each a whole ``ckpt-matrix run`` in a fresh process and a fresh work
 folder, ``--jobs`` at a time, under the zygote launcher:
 
 - ``zoo``: ``--model trap``;
-- ``user, each worker imports``: ``--model tiny_gpt2:build`` with ``CKPT_MATRIX_PRELOAD_MODELS=0``
-  (every forked worker imports the module, and so transformers, again: as before the zygote
-  imported a user's module);
+- ``user, each worker imports``: ``--model ckpt_hf_models:gpt2`` with
+  ``CKPT_MATRIX_PRELOAD_MODELS=0`` (every forked worker imports the module, and so
+  transformers, again: as before the zygote imported a user's module);
 - ``user, zygote imports``: the same, as shipped (the zygote imports the module once).
 
 Per cell: the run's own time for its cells (``this run took S s for N cells``: from the first
@@ -41,9 +42,9 @@ from harness.diff import compare
 from harness.launchers.zygote import PRELOAD_MODELS
 from harness.results import read_results
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1] / "tests" / "data" / "real_models"
 ZOO_MODEL = "trap"
-USER_MODEL = "tiny_gpt2:build"
+USER_MODEL = "ckpt_hf_models:gpt2"
 DEFAULT_SELECT = "save=single[cpu]-load=single[cpu]-"
 TOOK = re.compile(r"this run took ([0-9.]+) s for ([0-9]+) cells")
 
