@@ -117,7 +117,9 @@ def resume(
     check_optimizer_devices(regime[0])
     if rng:
         torch.set_rng_state(state["rng"]["torch"])
-        for gpu, gpu_state in enumerate(state["rng"]["cuda"][: torch.cuda.device_count()]):
+        # a training state from before the GPUs' generators were kept has none
+        saved_gpus = state["rng"].get("cuda", [])
+        for gpu, gpu_state in enumerate(saved_gpus[: torch.cuda.device_count()]):
             torch.cuda.set_rng_state(gpu_state, gpu)
     data = torch.Generator()
     data.set_state(state["rng"]["data"])

@@ -78,7 +78,9 @@ def test_default_matrix_shape() -> None:
         "dcp_missing_key": 1,
         "dcp_partial_load": 1,
         "dcp_rank_state": 4,
-        "dcp_resume": 2 * 2 * 2,
+        # trap: 2 trainings x saved at 1, 3 x loaded at 2, 4; dropout: adamw, 3 -> 2, 4
+        "dcp_resume": 2 * 2 * 2 + 2,
+        "dcp_resume_without_rng": 2 * 2,  # trap and dropout, 3 -> 2, 4
         "torch_save_to_dcp": 3,
     }
     legacy = [c for c in matrix.cells if c.serialization == "legacy"]
@@ -88,8 +90,10 @@ def test_default_matrix_shape() -> None:
     training = [
         c for c in matrix.cells if c.training and c.serialization == "zip" and c not in distributed
     ]
-    # resume: 2 models x 4 layout pairs x 2 regimes; namespace args: 2 recipes x 2 layouts x 2
-    assert len(training) == 16 + 8
+    # resume: 2 models x 4 layout pairs x 2 regimes; namespace args: 2 recipes x 2 layouts x 2;
+    # random state: 2 models x 2 recipes x single -> single, dp, less the 2 trap resume cells
+    # the resume scenario has
+    assert len(training) == 16 + 8 + 6
     assert all(c.format == "train_state" for c in training)
     prefix = [
         c
