@@ -10,8 +10,8 @@ Before each run, one save job in a folder of its own starts the launcher (the zy
 launcher keeps every job's ``JobRun``: ``duration_s`` is the launcher-observed wall of the job,
 ``report["work_s"]`` the work the worker measured itself; the per-cell overhead is
 ``sum(duration_s - work_s) / cells`` over every save and load job of the run. The two runs must
-agree cell by cell (outcome, error class, message, devices: ``harness.diff.compare``), or the
-script exits 1.
+agree cell by cell (outcome, error class, message, devices:
+``harness.certify.diff.compare``), or the script exits 1.
 
 Part 2, the digests: on ``torchvision.models.resnet152()``'s state_dict (randomly initialised),
 GB/s of blake2b-128 as the previous ``tensor_digest`` fed it (through ``ctypes.string_at``, a
@@ -43,16 +43,18 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from harness.artifacts import ArtifactStore
-from harness.cell import Cell
-from harness.diff import compare
-from harness.launchers.protocol import Job, JobRun, Launcher
-from harness.matrix import expand
-from harness.oracle import parse_torch_version
-from harness.plan import DEFAULT_TIMEOUT_S, DeviceMap, JobFactory
-from harness.results import ResultsWriter, read_results
-from harness.scenarios import default_scenarios_dir, load_scenarios
-from harness.session import build_runner, run_cells
+from harness.certify.diff import compare
+from harness.core.cell import Cell
+from harness.core.devices import DeviceMap
+from harness.core.jobs import Job, JobRun
+from harness.core.matrix import expand
+from harness.core.oracle import parse_torch_version
+from harness.core.results import ResultsWriter, read_results
+from harness.core.scenarios import default_scenarios_dir, load_scenarios
+from harness.launchers.protocol import Launcher
+from harness.run.artifacts import ArtifactStore
+from harness.run.jobs import DEFAULT_TIMEOUT_S, JobFactory
+from harness.run.runner import build_runner, run_cells
 
 LAUNCHER_NAMES = ("spawn", "zygote")
 

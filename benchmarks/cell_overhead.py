@@ -23,14 +23,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.artifacts import ArtifactStore
-from harness.axes import Format, Layout
-from harness.cell import Cell, Visibility
-from harness.inventory import read_inventory
-from harness.launchers.protocol import JobRun, Launcher
+from harness.core.axes import Format, Layout
+from harness.core.cell import Cell, Visibility
+from harness.core.devices import DeviceMap
+from harness.core.jobs import JobRun
+from harness.launchers.protocol import Launcher
 from harness.launchers.spawn import SpawnLauncher
 from harness.launchers.zygote import ZygoteLauncher
-from harness.plan import DeviceMap, JobFactory, worker_env
+from harness.run.artifacts import ArtifactStore
+from harness.run.inventory import read_inventory
+from harness.run.jobs import JobFactory, worker_env
 
 
 def timed(argv: list[str]) -> float:

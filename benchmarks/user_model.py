@@ -17,7 +17,8 @@ the whole command's wall over N. The zoo's run and the shipped user run alternat
 times (default 2; the best of each counts: other work on the machine only slows a run down),
 then the slow user run runs once. The ratios are user/zoo, measured in this one invocation. The
 two user runs must agree cell by cell (outcome, error class, message, devices:
-``harness.diff.compare``), or the script exits 1. Nothing is downloaded (``HF_HUB_OFFLINE=1``).
+``harness.certify.diff.compare``), or the script exits 1. Nothing is downloaded
+(``HF_HUB_OFFLINE=1``).
 
     python benchmarks/user_model.py [-k TEXT] [--jobs N] [--repeats 2] [--keep DIR]
 """
@@ -38,9 +39,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.diff import compare
+from harness.certify.diff import compare
+from harness.core.results import read_results
 from harness.launchers.zygote import PRELOAD_MODELS
-from harness.results import read_results
 
 HERE = Path(__file__).resolve().parents[1] / "tests" / "data" / "real_models"
 ZOO_MODEL = "trap"

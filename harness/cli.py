@@ -17,13 +17,19 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from harness.diff import compare
-from harness.diff import to_markdown as diff_markdown
-from harness.environment import describe, now, torch_environment
-from harness.errors import UserError
-from harness.files.pickles import runs_code
+from harness.certify.diff import compare
+from harness.certify.diff import to_markdown as diff_markdown
+from harness.certify.report import report_html, report_markdown
+from harness.core.errors import UserError
+from harness.core.outcomes import exit_code
+from harness.core.results import ResultsWriter, read_results
+from harness.core.results import merge as merge_results
+from harness.core.summary import summary_table
+from harness.inspect.pickles import runs_code
 from harness.launchers import DEFAULT_LAUNCHER, LAUNCHERS, Launcher, LauncherBroken
-from harness.options import (
+from harness.run.environment import describe, now, torch_environment
+from harness.run.jobs import DEFAULT_TIMEOUT_S, JobFactory
+from harness.run.options import (
     Planned,
     RunOptions,
     machine_inventory,
@@ -32,15 +38,9 @@ from harness.options import (
     plan_matrix,
     run_environment,
 )
-from harness.outcomes import exit_code
-from harness.plan import DEFAULT_TIMEOUT_S, JobFactory
-from harness.progress import reporter_for
-from harness.report import report_html, report_markdown
-from harness.results import ResultsWriter, read_results
-from harness.results import merge as merge_results
-from harness.session import leased_launcher, run_cells
-from harness.summary import summary_table
-from harness.workdirs import work_folder
+from harness.run.progress import reporter_for
+from harness.run.runner import leased_launcher, run_cells
+from harness.run.workdirs import work_folder
 
 USAGE_ERROR = 2
 STOPPED = 3  # the run could not go on (a launcher broke); what finished is recorded
@@ -330,8 +330,8 @@ def cmd_inventory(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     """Each file's format, tensors, globals, defects and advice; the exit code is the worst
     file's. Nothing is unpickled for real and no code of the file's is imported."""
-    from harness.files import inspect_path
-    from harness.inventory import read_inventory
+    from harness.inspect import inspect_path
+    from harness.run.inventory import read_inventory
 
     gpus = len(read_inventory(os.environ).gpus)
     worst = 0
@@ -363,7 +363,7 @@ def checked_safe_globals(names: Sequence[str], where: str) -> tuple[str, ...]:
 def cmd_golden(args: argparse.Namespace) -> int:
     """``golden record PATH...`` or ``golden verify GOLDEN``: one worker job per file, on the
     run's launcher, each line written as its file ends; the exit code reduces the outcomes."""
-    from harness.golden import golden_files, map_choice, recorded, verify_out
+    from harness.certify.golden import golden_files, map_choice, recorded, verify_out
 
     if args.golden_command == "verify" and args.out is None:
         args.out = verify_out(args.golden)
@@ -403,8 +403,8 @@ def golden_files_run(
     safe_globals: tuple[str, ...],
 ) -> int:
     """``golden``'s run: the environment, then one job per file, written as each ends."""
-    from harness.golden import GoldenRunner, run_files
-    from harness.plan import DeviceMap
+    from harness.certify.golden import GoldenRunner, run_files
+    from harness.core.devices import DeviceMap
 
     launcher = leased_launcher(args.launcher, workdir, preload_torchvision=False)
     try:

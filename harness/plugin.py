@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from harness.cell import Cell
-    from harness.options import Planned, RunOptions
-    from harness.results import CellResult
-    from harness.session import CellRunner
+    from harness.core.cell import Cell
+    from harness.core.results import CellResult
+    from harness.run.options import Planned, RunOptions
+    from harness.run.runner import CellRunner
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -78,8 +78,8 @@ _PLANNED = pytest.StashKey["Planned"]()
 
 
 def _options(config: pytest.Config) -> RunOptions:
-    from harness.options import PLUGIN_NAMES, RunOptions
-    from harness.plan import DEFAULT_TIMEOUT_S
+    from harness.run.jobs import DEFAULT_TIMEOUT_S
+    from harness.run.options import PLUGIN_NAMES, RunOptions
 
     return RunOptions(
         scenarios=config.getoption("ckpt_scenarios"),
@@ -97,8 +97,8 @@ def _options(config: pytest.Config) -> RunOptions:
 
 def _planned(config: pytest.Config) -> Planned:
     """The cells of this run (planned once per pytest process), through the CLI's own path."""
-    from harness.errors import UserError
-    from harness.options import plan_matrix
+    from harness.core.errors import UserError
+    from harness.run.options import plan_matrix
 
     if _PLANNED not in config.stash:
         try:
@@ -129,7 +129,7 @@ def ckpt_runner(
     """One cell runner per pytest process, sharing artifacts and leases across xdist workers."""
     from filelock import FileLock
 
-    from harness.options import open_launcher, open_runner, run_environment
+    from harness.run.options import open_launcher, open_runner, run_environment
 
     base = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):

@@ -1,7 +1,10 @@
 """Launchers: how a worker job becomes a process. One protocol (``protocol``), two
 implementations (``spawn``: a fresh interpreter per job; ``zygote``: forked from one process that
 has imported torch, the default), the GPU-lease wrapper (``leases``), and one way to stop jobs
-(``shutdown``)."""
+(``shutdown``).
+
+May import: ``core`` (the jobs they run and the zygote's messages).
+"""
 
 from __future__ import annotations
 
@@ -9,14 +12,12 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from harness.errors import ConfigError
-from harness.launchers.protocol import Job, JobRun, Launcher, LauncherBroken
+from harness.core.errors import ConfigError
+from harness.launchers.protocol import Launcher, LauncherBroken
 
 __all__ = [
     "DEFAULT_LAUNCHER",
     "LAUNCHERS",
-    "Job",
-    "JobRun",
     "Launcher",
     "LauncherBroken",
     "make_launcher",

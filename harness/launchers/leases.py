@@ -18,8 +18,9 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from harness.errors import ConfigError
-from harness.launchers.protocol import Job, JobRun, Launcher
+from harness.core.errors import ConfigError
+from harness.core.jobs import Job, JobRun
+from harness.launchers.protocol import Launcher
 
 POLL_S = 0.05  # how often a job waiting for one of several slots looks again
 

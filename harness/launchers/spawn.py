@@ -11,9 +11,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from harness.core.jobs import Job, JobRun
 from harness.launchers.protocol import (
-    Job,
-    JobRun,
     finished_run,
     prepare,
     rank_failures,

@@ -3,8 +3,8 @@
 A fresh interpreter per job (``SpawnLauncher``) spends nearly all of a CPU cell's time importing
 torch (``benchmarks/bench_matrix.py``); a child forked from a process that already has torch
 imported starts in milliseconds. ``ZygoteLauncher`` starts that process
-(``python -m harness.worker --zygote``; ``harness.worker.zygote`` says why it is safe) and asks it
-for one child per job. Each child starts its own session, gets the job's environment
+(``python -m harness.worker --zygote``; ``harness.worker.fork_server`` says why it is safe) and asks
+it for one child per job. Each child starts its own session, gets the job's environment
 (``CUDA_VISIBLE_DEVICES`` included) before CUDA initialises in it, and writes the same report as a
 spawned worker; timeouts and Ctrl-C stop it through ``harness.launchers.shutdown``.
 
@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.launchers.messages import (
+from harness.core.jobs import Job, JobRun
+from harness.core.zygote_messages import (
     Ended,
     Failed,
     NotPreloaded,
@@ -47,8 +48,6 @@ from harness.launchers.messages import (
     parse_answer,
 )
 from harness.launchers.protocol import (
-    Job,
-    JobRun,
     LauncherBroken,
     finished_run,
     free_port,
@@ -494,7 +493,7 @@ def _on_stopping(zygote: _Zygote, stopping: Stopping) -> None:
     zygote.cause = f"the zygote stopped forking: {stopping['reason']}"
 
 
-# One handler per event of harness.launchers.messages.ANSWER_FIELDS (a test keeps them equal).
+# One handler per event of harness.core.zygote_messages.ANSWER_FIELDS (a test keeps them equal).
 HANDLERS: dict[str, Callable[[_Zygote, Any], None]] = {
     "ready": _on_ready,
     "not_preloaded": _on_not_preloaded,

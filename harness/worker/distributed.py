@@ -8,7 +8,7 @@ own state_dict); a loader at another world size loads it into a fresh model and 
 state (``full_state_dict``, ``cpu_offload``) and reports its digests, which the verdict compares
 like any other cell's. Where the job's subset holds GPUs, each rank takes its own
 (``cuda:LOCAL_RANK``) and the ranks join with NCCL; without, they run on the CPU with gloo
-(:func:`harness.devices.distributed_backend`, :func:`harness.devices.rank_device`).
+(:func:`harness.core.devices.distributed_backend`, :func:`harness.core.devices.rank_device`).
 """
 
 from __future__ import annotations
@@ -17,55 +17,36 @@ import contextlib
 import os
 import shutil
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.checkpoint.api import CheckpointException
-from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.filesystem import FileSystemReader
-from torch.distributed.checkpoint.format_utils import torch_save_to_dcp
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
     get_state_dict,
-    set_model_state_dict,
-    set_state_dict,
 )
-from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, fully_shard
-from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
-from harness.axes import Layout, SaveVariant, Wrapper
-from harness.devices import distributed_backend, rank_device
-from harness.jobspec import (
-    LOAD_SEED,
+from harness.core.axes import Layout, SaveVariant, Wrapper
+from harness.core.devices import distributed_backend, rank_device
+from harness.core.jobspec import (
     OPTIMIZER_PREFIX,
     RESUME_AT,
     RESUME_MORE,
     SAVE_SEED,
     TRAIN_STEPS,
-    LoadSpec,
     SaveSpec,
     rank_path,
 )
-from harness.recipes import RECIPES, registrar
 from harness.worker.fingerprint import forward_digest, nested_tensors, tensor_record
-from harness.worker.main import (
-    artifact_sha256,
-    describe,
-    raised,
-    save_atomic,
-    verify_checksum,
-)
 from harness.worker.models import (
     backward,
     build,
@@ -78,8 +59,12 @@ from harness.worker.models import (
     unwrap,
     wrap,
 )
+from harness.worker.one_process import (
+    artifact_sha256,
+    save_atomic,
+)
 from harness.worker.probe import isolation_probe
-from harness.worker.training import DATA_SEED, TOTAL_STEPS, Regime, make_regime, train_steps
+from harness.worker.training import DATA_SEED, Regime, make_regime, train_steps
 
 LR = 0.01
 # Where a training state keeps every rank's generator states (``rng.ranks.rank0.cpu``, ...).
@@ -438,238 +423,3 @@ def save_distributed(
     else:
         raise ValueError(f"{spec.cell_key}: a distributed layout does not save {variant}")
     return {}
-
-
-@dataclass(kw_only=True)
-class DistributedLoad:
-    """What a distributed recipe works on, and what it adds to its report."""
-
-    spec: LoadSpec
-    path: Path
-    model: nn.Module
-    optimizer: torch.optim.Optimizer  # a recipe that builds its own regime replaces it
-    extra: dict[str, dict[str, Any]] = field(default_factory=dict)  # entries beyond model/optim
-    unsaved: set[str] = field(default_factory=set)  # the model's keys the checkpoint never had
-
-
-# How each recipe of a distributed layout loads, into a fresh model and optimizer of that layout
-# at the loader's world size, filed where it is written (harness.worker.recipes.PERFORM holds the
-# recipes of one process).
-PERFORM: dict[str, Callable[[DistributedLoad], None]] = {}
-performs = registrar(PERFORM, "harness.worker.distributed")
-
-
-# What a load may raise: CheckpointException (torch.distributed.checkpoint) is a BaseException.
-LOAD_ERRORS = (Exception, CheckpointException)
-
-
-def agree(failure: BaseException | None) -> None:
-    """A collective after a step that may fail on some ranks only: every rank learns whether any
-    failed, and each raises (its own exception, or one naming the ranks that failed), so that no
-    rank goes on into a collective that a rank which gave up will never join."""
-    own = None if failure is None else f"{type(failure).__name__}: {describe(failure)}"
-    texts = from_every_rank(own)
-    if failure is not None:
-        raise failure
-    failed = [(index, text) for index, text in enumerate(texts) if text is not None]
-    if failed:
-        raise RuntimeError("; ".join(f"rank {index} failed: {text}" for index, text in failed))
-
-
-def on_rank0(action: Callable[[], T]) -> T | None:
-    """``action()`` on rank 0 alone, its failure raised on every rank (:func:`agree`); the other
-    ranks get None."""
-    result: T | None = None
-    failure: BaseException | None = None
-    if rank() == 0:
-        try:
-            result = action()
-        except LOAD_ERRORS as exc:
-            failure = exc
-    agree(failure)
-    return result
-
-
-def _full_state(ctx: DistributedLoad, *, strip: bool = False) -> None:
-    """A full (unsharded) state dict file into DDP (every rank reads it, into ``.module``) or
-    FSDP2 (rank 0 reads it; set_model_state_dict broadcasts and shards it)."""
-
-    def read() -> dict[str, Any]:
-        # onto this rank's own device: a DDP saver's CUDA storages carry cuda:0
-        state: dict[str, Any] = torch.load(ctx.path, map_location=device(), weights_only=True)
-        if strip:
-            consume_prefix_in_state_dict_if_present(state, "module.")
-        return state
-
-    if isinstance(ctx.model, nn.parallel.DistributedDataParallel):
-        unwrap(ctx.model).load_state_dict(read())  # under any wrapper: ._orig_mod
-        return
-    state = on_rank0(read) or {}
-    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
-    set_model_state_dict(ctx.model, state, options=options)
-
-
-@performs("full_state_dict", "ddp_module_state_dict")
-def _into_full_state(ctx: DistributedLoad) -> None:
-    _full_state(ctx)
-
-
-@performs("ddp_strip_prefix")
-def _ddp_strip_prefix(ctx: DistributedLoad) -> None:
-    _full_state(ctx, strip=True)
-
-
-@performs("dcp_reshard", "dcp_extra_key", "dcp_missing_key")
-def _dcp_reshard(ctx: DistributedLoad) -> None:
-    _reshard(ctx)
-
-
-def _reshard(ctx: DistributedLoad, planner: DefaultLoadPlanner | None = None) -> None:
-    state = model_and_optimizer(ctx.model, ctx.optimizer)
-    # dcp.load fills the sharded tensors of both dicts in place
-    dcp_load(state, checkpoint_id=str(ctx.path), planner=planner)
-    set_state_dict(
-        ctx.model,
-        ctx.optimizer,
-        model_state_dict=state["model"],
-        optim_state_dict=state["optimizer"],
-    )
-
-
-ADDED_BUFFER = "added_since_save"
-ADDED_VALUE = 7.0
-
-
-def _add_buffer(model: nn.Module) -> None:
-    model.register_buffer(ADDED_BUFFER, torch.full((4,), ADDED_VALUE))
-
-
-def _drop_a_parameter(model: nn.Module) -> None:
-    """The loading model lost a parameter since the save: the last one it registers under one
-    name only (a tied weight would live on under its other name) becomes a non-persistent
-    buffer holding the same tensor, so the model still runs but neither saves nor loads it.
-    Any model has such a parameter; no layer type is assumed."""
-    named = list(model.named_parameters(remove_duplicate=False))
-    names = Counter(id(parameter) for _, parameter in named)
-    untied = [(name, parameter) for name, parameter in named if names[id(parameter)] == 1]
-    if not untied:
-        raise RuntimeError("every parameter of the model is tied: no parameter to drop")
-    name, parameter = untied[-1]
-    owner_name, _, attribute = name.rpartition(".")
-    owner = model.get_submodule(owner_name)
-    delattr(owner, attribute)
-    owner.register_buffer(attribute, parameter.detach().clone(), persistent=False)
-
-
-@performs("dcp_partial_load")
-def _dcp_partial_load(ctx: DistributedLoad) -> None:
-    _reshard(ctx, DefaultLoadPlanner(allow_partial_load=True))
-    added = ctx.model.get_buffer(ADDED_BUFFER)
-    if not torch.equal(added.cpu(), torch.full((4,), ADDED_VALUE)):
-        raise RuntimeError(f"allow_partial_load changed {ADDED_BUFFER!r}, which no rank saved")
-    ctx.unsaved = {ADDED_BUFFER}
-
-
-@performs("dcp_rank_state")
-def _dcp_rank_state(ctx: DistributedLoad) -> None:
-    own = rank_state(fresh=True)
-    state = model_and_optimizer(ctx.model, ctx.optimizer) | own
-    dcp_load(state, checkpoint_id=str(ctx.path))
-    set_state_dict(
-        ctx.model,
-        ctx.optimizer,
-        model_state_dict=state["model"],
-        optim_state_dict=state["optimizer"],
-    )
-    ctx.extra = gathered({key: tensor_record(state[key], "cpu") for key in own})
-
-
-@performs("torch_save_to_dcp")
-def _torch_save_to_dcp(ctx: DistributedLoad) -> None:
-    converted = Path(ctx.spec.report_path).with_name("converted-dcp")
-
-    def convert() -> None:
-        # torch_save_to_dcp unpickles with weights_only=False: the file is this run's own,
-        # its checksum verified before this call
-        shutil.rmtree(converted, ignore_errors=True)
-        torch_save_to_dcp(ctx.path, converted)
-
-    on_rank0(convert)
-    state = get_model_state_dict(ctx.model)
-    dcp_load(state, checkpoint_id=str(converted))
-    set_model_state_dict(ctx.model, state)
-
-
-@performs("dcp_resume", "dcp_resume_without_rng")
-def _dcp_resume(ctx: DistributedLoad) -> None:
-    """The training state into a fresh FSDP2 model at M ranks, then the remaining steps. The
-    correct recipe restores the random-number generators too (:func:`restore_rng`); the
-    known-bad one leaves them as the fresh process has them."""
-    model = ctx.model
-    summed_gradients(model)  # see invariant_steps
-    regime = make_regime(ctx.spec.training, model)
-    data = torch.Generator()
-    state = train_state(model, regime, data, 0)
-    with_rng = ctx.spec.recipe == "dcp_resume"
-    if with_rng:
-        state["rng"]["ranks"] = saved_rng(ctx.path)
-    dcp_load(state, checkpoint_id=str(ctx.path))  # tensors in place, the rest into the dict
-    set_state_dict(
-        model, regime[0], model_state_dict=state["model"], optim_state_dict=state["optimizer"]
-    )
-    regime[1].load_state_dict(state["lr_scheduler"])
-    data.set_state(state["rng"]["data"])
-    if with_rng:
-        restore_rng(state["rng"]["ranks"])
-    invariant_steps(model, regime, data, ctx.spec.model, TOTAL_STEPS - int(state["step"]))
-    ctx.optimizer = regime[0]
-
-
-# Recipes whose loading model changed since the save: applied before it is wrapped or sharded.
-ALTER: dict[str, Alteration] = {
-    "dcp_extra_key": _add_buffer,
-    "dcp_partial_load": _add_buffer,
-    "dcp_missing_key": _drop_a_parameter,
-}
-
-
-def run_load(spec: LoadSpec) -> dict[str, Any]:
-    started = time.perf_counter()
-    path = Path(spec.artifact_path)
-    report: dict[str, Any] = {
-        "rank": rank(),
-        "probe": isolation_probe(),
-        "torch": torch.__version__,
-    }
-    with process_group():
-        report["rank_probes"] = rank_probes()
-        model, optimizer = distributed_model(
-            spec.layout, spec.model, LOAD_SEED, ALTER.get(spec.recipe), spec.wrapper
-        )
-        before = full_tensors(model, None)
-        ctx = DistributedLoad(spec=spec, path=path, model=model, optimizer=optimizer)
-        try:
-            try:
-                # DCP reads .metadata with pickle: only a directory this run wrote, verified
-                verify_checksum(path, spec.artifact_sha256)
-                PERFORM[spec.recipe](ctx)
-            except LOAD_ERRORS as exc:
-                agree(exc)
-            agree(None)
-            restored = ctx.optimizer if RECIPES[spec.recipe].restores_optimizer else None
-            tensors = full_tensors(model, restored) | ctx.extra
-            for key in ctx.unsaved:
-                tensors.pop(key, None)
-            output = output_digest(model, spec.model)
-        except LOAD_ERRORS as exc:
-            report.update(raised(exc))
-        else:
-            report.update(
-                status="loaded",
-                tensors=tensors,
-                output_digest=output,
-                output_device=str(device()),
-            )
-        report["before"] = before
-    report["work_s"] = time.perf_counter() - started
-    return report

@@ -1,6 +1,6 @@
 """``python -m harness.worker SPEC.json`` runs one job (``harness.worker.job``);
 ``--environment`` prints the torch side of the environment as JSON; ``--zygote`` serves jobs by
-forking (``harness.worker.zygote``). Exit 0 when a report was written, 1 when the job itself
+forking (``harness.worker.fork_server``). Exit 0 when a report was written, 1 when the job itself
 broke (its report then says why), 2 for unusable arguments."""
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def zygote_options(argv: list[str]) -> ZygoteOptions | None:
 def main(argv: list[str]) -> int:
     zygote = zygote_options(argv)
     if zygote is not None:
-        from harness.worker.zygote import UnsafeImport, preload, serve, start_afresh
+        from harness.worker.fork_server import UnsafeImport, preload, serve, start_afresh
 
         cwd, environ = str(Path.cwd()), dict(os.environ)
         # The answers keep the original stdout; whatever an import prints goes to stderr (the

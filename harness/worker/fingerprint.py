@@ -11,6 +11,7 @@ import torch
 import xxhash
 from torch import nn
 
+from harness.core.zoo import ModelError
 from harness.worker.models import (
     call,
     example_input,
@@ -19,7 +20,6 @@ from harness.worker.models import (
     model_device,
     unwrap,
 )
-from harness.zoo import ModelError
 
 
 def raw_bytes(flat: torch.Tensor) -> ctypes.Array[ctypes.c_char]:

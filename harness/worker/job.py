@@ -12,10 +12,12 @@ import threading
 import time
 import traceback
 from pathlib import Path
+from typing import Any
 
-from harness.axes import Layout
-from harness.jobspec import (
+from harness.core.axes import Layout
+from harness.core.jobspec import (
     GoldenSpec,
+    LoadSpec,
     SaveSpec,
     Spec,
     rank_path,
@@ -92,7 +94,7 @@ def run_job(args: list[str]) -> int:
     if os.environ.get("CKPT_MATRIX_ORCHESTRATOR") and leads:
         watch_orchestrator()
 
-    from harness.worker.main import configure_torch
+    from harness.worker.one_process import configure_torch
 
     configure_torch()
     report_path = Path(spec.report_path)
@@ -121,7 +123,7 @@ def rank_report(spec: Spec, report_path: Path) -> Path:
 
 def _perform(spec: Spec, report_path: Path) -> int:
     if isinstance(spec, GoldenSpec):
-        from harness.worker.golden import run_golden
+        from harness.worker.golden_load import run_golden
 
         try:
             report = run_golden(spec)
@@ -130,12 +132,8 @@ def _perform(spec: Spec, report_path: Path) -> int:
         write_json_atomic(report_path, report)
         return 0
     report_path = rank_report(spec, report_path)
-    if Layout(spec.layout).distributed:  # one process per rank, each with its own report
-        from harness.worker import distributed as jobs
-    else:
-        from harness.worker import main as jobs  # type: ignore[no-redef]
     try:
-        report = jobs.run_save(spec) if isinstance(spec, SaveSpec) else jobs.run_load(spec)
+        report = _save_or_load(spec)
     except Exception as exc:
         return _crashed(report_path, exc)
     write_json_atomic(report_path, report)
@@ -155,3 +153,19 @@ def _crashed(report_path: Path, exc: Exception) -> int:
     )
     traceback.print_exc()
     return 1
+
+
+def _save_or_load(spec: SaveSpec | LoadSpec) -> dict[str, Any]:
+    """Save or load by the spec's layout: one process, or one of a distributed job's ranks (each
+    with its own report)."""
+    if Layout(spec.layout).distributed:
+        if isinstance(spec, SaveSpec):
+            from harness.worker.distributed import run_save
+
+            return run_save(spec)
+        from harness.worker.distributed_recipes import run_load
+
+        return run_load(spec)
+    from harness.worker import one_process
+
+    return one_process.run_save(spec) if isinstance(spec, SaveSpec) else one_process.run_load(spec)

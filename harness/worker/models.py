@@ -1,4 +1,4 @@
-"""Builds the zoo's models (see :mod:`harness.zoo` for their traits) and a user's (an import
+"""Builds the zoo's models (see :mod:`harness.core.zoo` for their traits) and a user's (an import
 path), trains them, wraps them."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.axes import Layout, Wrapper
-from harness.zoo import ModelError, is_import_path
+from harness.core.axes import Layout, Wrapper
+from harness.core.zoo import ModelError, is_import_path
 
 
 class Encoder(nn.Module):

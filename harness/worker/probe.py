@@ -43,10 +43,10 @@ def measure_model(name: str) -> dict[str, Any]:
     eval-mode forward), so one that cannot run stops the run here, with its traceback, instead
     of failing every cell. A zoo model whose package is missing keeps its declared traits (its
     cells are skipped, with the reason)."""
-    from harness.jobspec import TRAIN_STEPS
+    from harness.core.jobspec import TRAIN_STEPS
+    from harness.core.zoo import ModelError, ModelTraits, key_traits, model_spec
     from harness.worker.fingerprint import fingerprint, output_digest
     from harness.worker.models import build, has_example_input, perturb, train
-    from harness.zoo import ModelError, ModelTraits, key_traits, model_spec
 
     spec = model_spec(name, "the run's models")
     if spec.needs_torchvision and spec.declared is not None and not _installed("torchvision"):
@@ -109,7 +109,7 @@ def model_traceback(exc: BaseException) -> str:
     """Where the user's code failed: the frames of the exception (of its cause, where the harness
     wrapped it), for the message that stops the run. Not headed "Traceback": the harness's own
     bugs print that, and this is not one. Empty for an error the harness raised itself."""
-    from harness.zoo import ModelError
+    from harness.core.zoo import ModelError
 
     failure = exc.__cause__ if exc.__cause__ is not None else exc
     if failure.__traceback__ is None or (failure is exc and isinstance(exc, ModelError)):

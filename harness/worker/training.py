@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.classify import OptimizerStateDeviceError
-from harness.jobspec import RESUME_AT, RESUME_MORE
+from harness.core.classify import OptimizerStateDeviceError
+from harness.core.jobspec import RESUME_AT, RESUME_MORE
 from harness.worker.models import (
     backward,
     example_input,
@@ -33,7 +33,7 @@ Regime = tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]
 
 
 def make_regime(name: str, model: nn.Module) -> Regime:
-    """The optimizer over the unwrapped model's parameters, and its scheduler (harness.recipes
+    """The optimizer over the unwrapped model's parameters, and its scheduler (harness.core.recipes
     .TRAININGS describes each)."""
     parameters = list(unwrap(model).parameters())
     optimizer_name, scheduler_name = name.split("_")

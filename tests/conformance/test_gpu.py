@@ -10,12 +10,12 @@ import os
 
 import pytest
 
-from harness.axes import Format, Layout
-from harness.cell import Cell
-from harness.inventory import Inventory, read_inventory
-from harness.outcomes import Outcome
-from harness.plan import normalise_uuid
-from harness.session import CellRunner
+from harness.core.axes import Format, Layout
+from harness.core.cell import Cell
+from harness.core.devices import normalise_uuid
+from harness.core.outcomes import Outcome
+from harness.run.inventory import Inventory, read_inventory
+from harness.run.runner import CellRunner
 
 
 @pytest.fixture(scope="module")

@@ -12,16 +12,17 @@ from typing import Any
 
 import pytest
 
-from harness.artifacts import ArtifactStore
-from harness.cell import Cell
-from harness.environment import torch_environment
-from harness.launchers import Job, JobRun, Launcher, make_launcher
-from harness.matrix import expand
-from harness.oracle import parse_torch_version
-from harness.plan import JobFactory, worker_env
-from harness.results import CellResult, ResultsWriter
-from harness.scenarios import default_scenarios_dir, load_scenarios
-from harness.session import CellRunner, run_cells
+from harness.core.cell import Cell
+from harness.core.jobs import Job, JobRun
+from harness.core.matrix import expand
+from harness.core.oracle import parse_torch_version
+from harness.core.results import CellResult, ResultsWriter
+from harness.core.scenarios import default_scenarios_dir, load_scenarios
+from harness.launchers import Launcher, make_launcher
+from harness.run.artifacts import ArtifactStore
+from harness.run.environment import torch_environment
+from harness.run.jobs import JobFactory, worker_env
+from harness.run.runner import CellRunner, run_cells
 
 # What a launcher can change is the process a job runs in: its environment, imports, RNG state
 # (the resume recipes restore RNG states) and, for distributed layouts, its ranks. map_location

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import pytest
 
-from harness.cell import Cell
-from harness.outcomes import ErrorClass, Outcome
-from harness.recipes import RecipeKind
-from harness.results import CellResult
+from harness.core.cell import Cell
+from harness.core.outcomes import ErrorClass, Outcome
+from harness.core.recipes import RecipeKind
+from harness.core.results import CellResult
 
 DEVICE_ERRORS = {
     ErrorClass.CUDA_UNAVAILABLE,

@@ -12,17 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from harness.artifacts import ArtifactStore
-from harness.axes import Format, Layout
-from harness.cell import Cell
-from harness.jobspec import rank_path, read_report
-from harness.launchers import Job, JobRun
+from harness.core.axes import Format, Layout
+from harness.core.cell import Cell
+from harness.core.jobs import Job, JobRun
+from harness.core.jobspec import rank_path, read_report
+from harness.core.oracle import expect
+from harness.core.outcomes import Outcome
+from harness.core.verdict import judge
 from harness.launchers.protocol import WORKER_MODULE, free_port, worker_args
 from harness.launchers.zygote import ZygoteLauncher
-from harness.oracle import expect
-from harness.outcomes import Outcome
-from harness.plan import JobFactory, worker_env
-from harness.verdict import judge
+from harness.run.artifacts import ArtifactStore
+from harness.run.jobs import JobFactory, worker_env
 
 CELL = Cell(
     model="trap",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.results import read_results
+from harness.core.results import read_results
 
 USER_MODELS = Path(__file__).parents[1] / "data" / "user_model"
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.results import read_results
+from harness.core.results import read_results
 
 SCENARIO = """
 [[scenario]]

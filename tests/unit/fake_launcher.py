@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.jobspec import write_json_atomic
-from harness.launchers.protocol import Job, JobRun
+from harness.core.jobs import Job, JobRun
+from harness.core.jobspec import write_json_atomic
 
 TENSORS = {"w": {"digest": "1", "dtype": "float32", "shape": [2], "device": "cpu"}}
 BEFORE = {"w": {"digest": "0", "dtype": "float32", "shape": [2], "device": "cpu"}}

@@ -10,15 +10,15 @@ from typing import Any
 
 import pytest
 
-from harness.artifacts import ArtifactStore
 from harness.cli import main
-from harness.launchers import Job, JobRun, Launcher, LauncherBroken
-from harness.options import Planned, RunOptions
-from harness.plan import JobFactory
-from harness.results import read_results
-from harness.session import CellRunner
-
-from .test_results import result, write
+from harness.core.jobs import Job, JobRun
+from harness.core.results import read_results
+from harness.launchers import Launcher, LauncherBroken
+from harness.run.artifacts import ArtifactStore
+from harness.run.jobs import JobFactory
+from harness.run.options import Planned, RunOptions
+from harness.run.runner import CellRunner
+from tests.unit.core.test_results import result, write
 
 SCENARIO = """
 [[scenario]]
@@ -281,7 +281,7 @@ def test_model_replaces_the_models_the_scenarios_name(capsys: pytest.CaptureFixt
 def test_inspect_exit_codes_json_and_the_loud_warning(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from .files import checkpoints
+    from tests.unit.inspect import checkpoints
 
     good = checkpoints.zip_file(checkpoints.fresh(tmp_path, "good"))
     needs = checkpoints.train_state_file(checkpoints.fresh(tmp_path, "needs"))

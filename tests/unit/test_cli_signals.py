@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.results import read_results
+from harness.core.results import read_results
 
 from .worker.test_faults import PLAIN
 

@@ -5,36 +5,17 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
-MODULES = [
-    "harness",
-    "harness.cli",
-    "harness.plugin",
-    "harness.session",
-    "harness.matrix",
-    "harness.oracle",
-    "harness.verdict",
-    "harness.results",
-    "harness.launchers",
-    "harness.launchers.spawn",
-    "harness.launchers.zygote",
-    "harness.launchers.leases",
-    "harness.launchers.messages",
-    "harness.launchers.shutdown",
-    "harness.options",
-    "harness.shards",
-    "harness.artifacts",
-    "harness.environment",
-    "harness.summary",
-    "harness.classify",
-    "harness.golden",
-    "harness.files",
-    "harness.files.advice",
-    "harness.files.dcp_dir",
-    "harness.files.pickles",
-    "harness.files.safetensors_file",
-    "harness.files.torchfile",
-]
+import harness
+
+ROOT = Path(harness.__file__).parent
+# every module of the orchestrator: all of harness but the worker package (which runs in workers)
+MODULES = sorted(
+    ".".join(path.relative_to(ROOT.parent).with_suffix("").parts).removesuffix(".__init__")
+    for path in ROOT.rglob("*.py")
+    if "worker" not in path.relative_to(ROOT).parts
+)
 
 
 def test_orchestrator_modules_do_not_import_torch() -> None:

@@ -23,7 +23,7 @@ TEST_FILE = """
 import pytest
 
 from harness.launchers import LAUNCHERS
-from harness.outcomes import Outcome
+from harness.core.outcomes import Outcome
 
 def test_cell(ckpt_cell, ckpt_result):
     assert ckpt_result.id == ckpt_cell.id

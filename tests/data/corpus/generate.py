@@ -19,11 +19,11 @@ from typing import Any
 
 import torch
 
-from harness.axes import Layout
-from harness.jobspec import RESUME_AT, SAVE_SEED, TRAIN_STEPS
+from harness.core.axes import Layout
+from harness.core.jobspec import RESUME_AT, SAVE_SEED, TRAIN_STEPS
 from harness.worker.fingerprint import nested_digests
-from harness.worker.main import configure_torch, save_atomic
 from harness.worker.models import build, train, wrap
+from harness.worker.one_process import configure_torch, save_atomic
 from harness.worker.training import DATA_SEED, checkpoint, make_regime, train_steps
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.core.jobs import Job, JobRun
 from harness.launchers.leases import GpuLeases, LeasedLauncher
-from harness.launchers.protocol import Job, JobRun
 
 HOLDER = """
 import json, sys, time

@@ -10,8 +10,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from harness.core.jobs import Job
 from harness.launchers.protocol import (
-    Job,
     finished_run,
     rank_failures,
     tail,

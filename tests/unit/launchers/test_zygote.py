@@ -14,15 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from harness.launchers.messages import ANSWER_FIELDS, NotPreloaded
-from harness.launchers.protocol import Job, JobRun, LauncherBroken
+from harness.core.jobs import Job, JobRun
+from harness.core.zygote_messages import ANSWER_FIELDS, NotPreloaded
+from harness.launchers.protocol import LauncherBroken
 from harness.launchers.zygote import HANDLERS, ZygoteLauncher, _Zygote
-from harness.plan import worker_env
+from harness.run.jobs import worker_env
 
 # A zygote whose children act out the behaviour named by the job's first argument.
 FAKE_ZYGOTE = """
 import os, signal, sys, threading, time
-from harness.worker.zygote import Watch, serve, thread_count
+from harness.worker.fork_server import Watch, serve, thread_count
 
 def run(args):
     what = args[0]
@@ -376,10 +377,10 @@ def test_every_answer_has_a_handler() -> None:
 
 @pytest.mark.slow
 def test_the_real_zygote_runs_a_worker_job(tmp_path: Path) -> None:
-    from harness.artifacts import ArtifactStore
-    from harness.axes import Format, Layout
-    from harness.cell import Cell
-    from harness.plan import JobFactory
+    from harness.core.axes import Format, Layout
+    from harness.core.cell import Cell
+    from harness.run.artifacts import ArtifactStore
+    from harness.run.jobs import JobFactory
 
     cell = Cell(
         model="trap",
@@ -409,7 +410,7 @@ def test_the_real_zygote_runs_a_worker_job(tmp_path: Path) -> None:
 
 COMPUTING_ZYGOTE = """
 import sys, torch
-from harness.worker.zygote import preload, serve
+from harness.worker.fork_server import preload, serve
 
 def load():
     watch = preload()

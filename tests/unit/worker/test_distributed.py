@@ -17,10 +17,10 @@ import pytest
 import torch
 from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 
-from harness.jobspec import LoadSpec, SaveSpec
+from harness.core.jobspec import LoadSpec, SaveSpec
 from harness.launchers.protocol import free_port
-from harness.worker import distributed
-from harness.worker.main import configure_torch
+from harness.worker import distributed, distributed_recipes
+from harness.worker.one_process import configure_torch
 
 
 @pytest.fixture(autouse=True)
@@ -64,7 +64,7 @@ def load(saved: dict[str, Any], recipe: str, training: str = "") -> dict[str, An
         report_path=str(Path(saved["path"]).with_name("load-report.json")),
         training=training,
     )
-    return distributed.run_load(spec)
+    return distributed_recipes.run_load(spec)
 
 
 def differing(saved: dict[str, Any], loaded: dict[str, Any]) -> list[str]:
@@ -128,7 +128,7 @@ def test_partial_load_keeps_the_new_buffer_and_reports_only_saved_keys(tmp_path:
     report = load(saved, "dcp_partial_load")
     assert report["status"] == "loaded", report.get("message")
     assert report["tensors"] == saved["tensors"]
-    assert distributed.ADDED_BUFFER in report["before"]
+    assert distributed_recipes.ADDED_BUFFER in report["before"]
 
 
 def test_the_default_planner_refuses_the_new_buffer(tmp_path: Path) -> None:
@@ -136,7 +136,7 @@ def test_the_default_planner_refuses_the_new_buffer(tmp_path: Path) -> None:
     report = load(saved, "dcp_extra_key")
     assert report["status"] == "raised"
     assert report["error_class"] == "key_mismatch"
-    key = f"model.{distributed.ADDED_BUFFER}"
+    key = f"model.{distributed_recipes.ADDED_BUFFER}"
     assert report["message"].startswith(
         f"rank 0: RuntimeError: Missing key in checkpoint state_dict: {key}."
     )
@@ -163,7 +163,7 @@ def test_a_model_without_a_biased_linear_loses_its_last_untied_parameter(
 
 
 def test_a_torch_save_file_converted_to_dcp(tmp_path: Path) -> None:
-    from harness.worker.main import run_save
+    from harness.worker.one_process import run_save
 
     spec = SaveSpec(
         cell_key="k",
@@ -201,6 +201,7 @@ TWO_RANKS = """
 import traceback
 from torch.distributed.checkpoint.api import CheckpointException
 from harness.worker import distributed as d
+from harness.worker import distributed_recipes as dr
 
 def fail():
     disk_full = (OSError("disk full"), traceback.StackSummary())
@@ -211,11 +212,11 @@ def first_line(what, exc):
 
 with d.process_group():
     try:
-        d.on_rank0(fail)
+        dr.on_rank0(fail)
     except BaseException as exc:
         first_line("on_rank0", exc)
     try:
-        d.agree(ValueError("only rank 1") if d.rank() == 1 else None)
+        dr.agree(ValueError("only rank 1") if d.rank() == 1 else None)
     except BaseException as exc:
         first_line("agree", exc)
 """

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from harness.cli import main
-from harness.results import CellResult, read_results
+from harness.core.results import CellResult, read_results
 from harness.worker.faults import VARIABLE, Fault, planned
 
 PLAIN = """

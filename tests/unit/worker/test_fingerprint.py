@@ -5,7 +5,7 @@ import struct
 import torch
 import xxhash
 
-from harness.axes import Layout
+from harness.core.axes import Layout
 from harness.worker.fingerprint import fingerprint, output_digest, tensor_digest
 from harness.worker.models import build, wrap
 

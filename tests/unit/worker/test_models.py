@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 import torch
 
-from harness.axes import Layout
+from harness.core.axes import Layout
+from harness.core.zoo import MODELS, ModelError, ModelTraits
 from harness.worker.fingerprint import forward_digest, output_digest
 from harness.worker.models import (
     build,
@@ -25,7 +26,6 @@ from harness.worker.models import (
     wrap,
 )
 from harness.worker.probe import measure_model
-from harness.zoo import MODELS, ModelError, ModelTraits
 
 CHEAP = ["trap", "trap_module", "dropout", "resnet18", "tied", "mixed_dtypes", "weight_norm"]
 
@@ -152,8 +152,8 @@ def test_a_non_persistent_buffer_is_marked_in_the_fingerprint() -> None:
 
 
 def test_a_parametrized_model_refuses_to_be_pickled_whole(tmp_path: Path) -> None:
-    from harness.classify import classify_exception
-    from harness.outcomes import ErrorClass
+    from harness.core.classify import classify_exception
+    from harness.core.outcomes import ErrorClass
 
     with pytest.raises(RuntimeError) as refused:
         torch.save(build("weight_norm", seed=0), tmp_path / "whole.pt")
@@ -161,7 +161,7 @@ def test_a_parametrized_model_refuses_to_be_pickled_whole(tmp_path: Path) -> Non
 
 
 def test_wrappers_stack_inside_the_layout_and_unwrap_by_type() -> None:
-    from harness.axes import Wrapper
+    from harness.core.axes import Wrapper
     from harness.worker.fingerprint import fingerprint
 
     plain = build("trap", seed=0)

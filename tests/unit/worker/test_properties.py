@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
+from harness.core.zoo import key_traits
 from harness.worker.fingerprint import fingerprint, tensor_digest
 from harness.worker.models import unwrap
-from harness.zoo import key_traits
 
 NAMES = ["module", "submodule", "my_module", "layer", "encoder", "0", "1", "head"]
 FLOATS = [torch.float32, torch.float16, torch.bfloat16, torch.float64]

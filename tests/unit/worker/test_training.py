@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import torch
 
-from harness.axes import Layout
-from harness.classify import OptimizerStateDeviceError
-from harness.jobspec import RESUME_AT, RESUME_MORE
+from harness.core.axes import Layout
+from harness.core.classify import OptimizerStateDeviceError
+from harness.core.jobspec import RESUME_AT, RESUME_MORE
 from harness.worker.fingerprint import fingerprint
 from harness.worker.models import build, wrap
 from harness.worker.training import (

@@ -1,0 +1,419 @@
+"""A team's own checkpoints as certification cells: ``golden record`` loads each file in a worker
+and keeps every tensor's digest; ``golden verify`` loads it again (under another torch, driver or
+GPUs) and compares bitwise.
+
+Both write ordinary results files: one line per file, a cell ``golden=PATH`` of recipe
+``golden``, so ``diff``, ``report``, ``merge`` and ``nox -s certify`` read them unchanged. A
+recording is itself the record that ``verify`` reads (each PASS line's ``observed``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.core.axes import Format, Layout
+from harness.core.cell import Cell, Visibility
+from harness.core.devices import cuda_index
+from harness.core.errors import UserError
+from harness.core.jobs import Job, JobRun
+from harness.core.jobspec import GoldenSpec
+from harness.core.oracle import Expectation
+from harness.core.outcomes import Outcome
+from harness.core.recipes import GOLDEN
+from harness.core.results import CellResult, ResultsFile, ResultsWriter
+from harness.inspect.dcp_dir import METADATA
+from harness.launchers.protocol import Launcher
+from harness.run.jobs import JobFactory
+
+NAMES_SHOWN = 6
+EXPECTED = Expectation(
+    error=None,
+    reason="loads with its format's safe loader, every tensor bitwise as recorded",
+    tensor_device="as recorded",
+)
+
+
+class GoldenError(UserError):
+    """Bad input to ``golden``: the message names the path or file and the fix."""
+
+
+AUTO, AS_SAVED = "auto", "as-saved"
+
+
+def map_choice(value: str, where: str = "--map-location") -> str:
+    """``golden record --map-location``: ``auto`` (where saved if this machine has every saved
+    device, else the CPU, as the matrix falls back), ``cpu``, ``cuda:K`` or ``as-saved``."""
+    if value in (AUTO, AS_SAVED, "cpu") or cuda_index(value) is not None:
+        return value
+    raise GoldenError(
+        f"{where} {value!r}: give auto (the default: where saved when this machine has every "
+        "saved device, else cpu), cpu, cuda:K or as-saved"
+    )
+
+
+def recorded_choice(record: dict[str, Any]) -> str:
+    """The --map-location a recording's file was loaded with; a recording made before the
+    option says only what it used: cpu stays cpu, the rest was auto."""
+    choice = record.get("map_choice")
+    if isinstance(choice, str) and choice:
+        return choice
+    return "cpu" if record.get("map_location") == "cpu" else AUTO
+
+
+def verify_out(recording: Path) -> Path:
+    """``golden verify``'s default output: ``<recording>-verify.jsonl`` beside the recording, or
+    the first of ``-verify-2``, ``-verify-3``... that does not exist, so a verification run again
+    never replaces an earlier one (``--out`` with ``--overwrite`` does that)."""
+    stem = recording.name.removesuffix(".jsonl").removesuffix(".json")
+    candidate = recording.with_name(f"{stem}-verify.jsonl")
+    number = 1
+    while candidate.exists():
+        number += 1
+        candidate = recording.with_name(f"{stem}-verify-{number}.jsonl")
+    return candidate
+
+
+def golden_files(paths: Sequence[Path]) -> list[Path]:
+    """The files to certify: each path given, and every file under a folder given (a folder
+    holding ``.metadata`` is one DCP checkpoint), sorted, each once."""
+    found: list[Path] = []
+    for path in paths:
+        if not path.exists():
+            raise GoldenError(f"{path}: no such file or folder; give checkpoint files or folders")
+        if path.is_file() or (path / METADATA).is_file():
+            found.append(path)
+            continue
+        for child in sorted(path.rglob("*")):
+            inside_dcp = any((parent / METADATA).is_file() for parent in child.parents)
+            dcp = (child / METADATA).is_file()
+            if not inside_dcp and (dcp or (child.is_file() and child.name != METADATA)):
+                found.append(child)
+    unique = list(dict.fromkeys(found))
+    if not unique:
+        raise GoldenError(f"no files under {', '.join(map(str, paths))}")
+    return unique
+
+
+def golden_cell(label: str, visibility: Visibility) -> Cell:
+    return Cell(
+        model=label,
+        save_layout=Layout.SINGLE,
+        load_layout=Layout.SINGLE,
+        format=Format.GOLDEN,
+        recipe=GOLDEN,
+        load_visibility=visibility,
+    )
+
+
+def recorded(results: ResultsFile) -> list[CellResult]:
+    """The golden cells of a recording; refuses a results file that holds none."""
+    cells = [result for result in results.results if result.cell.recipe == GOLDEN]
+    if not cells:
+        raise GoldenError(
+            f"{results.path} holds no golden cells; give the file `ckpt-matrix golden record` wrote"
+        )
+    return cells
+
+
+@dataclass(frozen=True, kw_only=True)
+class GoldenRunner:
+    factory: JobFactory
+    launcher: Launcher
+    visibility: Visibility
+    safe_globals: tuple[str, ...] = ()
+    map_location: str = AUTO  # record's choice; verify takes each file's recording's
+
+    def job(self, label: str, path: Path, record: dict[str, Any] | None) -> Job:
+        cell = golden_cell(label, self.visibility)
+        folder = self.factory.workdir / "golden" / hashlib.sha256(label.encode()).hexdigest()[:16]
+        spec = GoldenSpec(
+            label=label,
+            path=str(path),
+            report_path=str(folder / "report.json"),
+            safe_globals=self.safe_globals,
+            expected_sha256=(record or {}).get("sha256", ""),
+            # verify loads as the recording chose, so devices compare under the same policy
+            map_location=self.map_location if record is None else recorded_choice(record),
+        )
+        return self.factory.spec_job(cell.id, spec, folder / "golden", self.visibility)
+
+    def record(self, label: str, path: Path) -> CellResult:
+        started = time.monotonic()
+        run = self.launcher.launch(self.job(label, path, None))
+        outcome, reason, observed = judge_record(label, path, run)
+        return self._result(label, outcome, reason, observed, run, started)
+
+    def verify(self, before: CellResult, base: Path) -> CellResult:
+        started = time.monotonic()
+        label = before.cell.model
+        path = resolve(label, base)
+        if before.outcome is not Outcome.PASS or before.observed is None:
+            said = (
+                f"`golden record` ended {before.outcome}: "
+                f"{before.reason.removeprefix(f'golden={label}: ')}"
+            )
+            if before.outcome is Outcome.SKIP:
+                return self._result(label, Outcome.SKIP, said, before.observed, None, started)
+            return self._result(
+                label, Outcome.ERROR, f"no record to compare with ({said})", None, None, started
+            )
+        tensors = before.observed.get("tensors")
+        if not (isinstance(tensors, dict) and all(isinstance(t, dict) for t in tensors.values())):
+            return self._result(
+                label,
+                Outcome.ERROR,
+                "the recording's record of this file is malformed (its tensors are not "
+                "records): record the file again",
+                None,
+                None,
+                started,
+            )
+        run = self.launcher.launch(self.job(label, path, before.observed))
+        outcome, reason, observed = judge_verify(label, before.observed, run)
+        return self._result(label, outcome, reason, observed, run, started)
+
+    def _result(
+        self,
+        label: str,
+        outcome: Outcome,
+        reason: str,
+        observed: dict[str, Any] | None,
+        run: JobRun | None,
+        started: float,
+    ) -> CellResult:
+        error = None
+        if run is not None and outcome is Outcome.ERROR:
+            error = {"phase": "golden", "failure": run.failure(), "log_tail": run.stderr_tail}
+        return CellResult(
+            cell=golden_cell(label, self.visibility),
+            outcome=outcome,
+            expected=EXPECTED,
+            reason=f"golden={label}: {reason}",
+            observed=observed,
+            error=error,
+            duration_s=time.monotonic() - started,
+        )
+
+
+def resolve(label: str, base: Path) -> Path:
+    """A recorded path: as given (from the current folder), else beside the recording."""
+    path = Path(label)
+    if path.exists() or path.is_absolute():
+        return path
+    beside = base / path
+    return beside if beside.exists() else path
+
+
+Judged = tuple[Outcome, str, dict[str, Any] | None]
+
+
+def _failed(run: JobRun) -> Judged | None:
+    """A worker that crashed, timed out or wrote no report: ERROR with what happened."""
+    if run.ok and run.report is not None:
+        return None
+    tail = run.stderr_tail.strip().splitlines()[-3:]
+    return Outcome.ERROR, f"{run.failure()}; log: {' | '.join(tail)}", None
+
+
+def _not_loaded(report: dict[str, Any], path: str) -> Judged | None:
+    """The statuses shared by record and verify where no tensor was read."""
+    status = report.get("status")
+    summary = {key: report.get(key) for key in ("path", "sha256", "format", "refused")}
+    summary["path"] = path
+    if status == "broken":
+        return Outcome.ERROR, f"the file is broken: {report.get('message')}", summary
+    if status == "dangerous":
+        names = ", ".join(report.get("refused") or [])
+        return (
+            Outcome.ERROR,
+            f"a {report.get('format')} file that names {names}, which run(s) code or commands "
+            "when unpickled: never loaded; do not use this file (`ckpt-matrix inspect` shows it)",
+            summary,
+        )
+    if status == "unreadable":
+        return (
+            Outcome.SKIP,
+            f"not loaded: a weights_only load cannot read {report.get('message')}, whatever "
+            "globals it allows (`ckpt-matrix inspect` says what to do)",
+            summary,
+        )
+    if status == "needs_globals":
+        names = ", ".join(report.get("refused") or [])
+        return (
+            Outcome.SKIP,
+            f"not loaded: a weights_only load refuses {names}; if you trust them, record with "
+            + " ".join(f"--safe-global {name}" for name in report.get("refused") or []),
+            summary,
+        )
+    if status == "raised":
+        return (
+            Outcome.ERROR,
+            f"the load raised {report.get('exception_type')} ({report.get('error_class')}): "
+            f"{str(report.get('message'))[:500]}",
+            summary,
+        )
+    return None
+
+
+def _observed(report: dict[str, Any], path: str) -> dict[str, Any]:
+    return {
+        "path": path,
+        **{
+            key: report.get(key)
+            for key in (
+                "sha256",
+                "bytes",
+                "format",
+                "map_location",
+                "map_choice",
+                "torch",
+                "work_s",
+                "memory",
+                "tensors",
+            )
+        },
+    }
+
+
+def judge_record(label: str, path: Path, run: JobRun) -> Judged:
+    failed = _failed(run)
+    if failed is not None:
+        return failed
+    report = run.report or {}
+    stopped = _not_loaded(report, label)
+    if stopped is not None:
+        return stopped
+    tensors = report.get("tensors") or {}
+    if not tensors:
+        return (
+            Outcome.ERROR,
+            f"{path} holds no tensor: nothing to certify",
+            _observed(report, label),
+        )
+    records = [t for t in tensors.values() if isinstance(t, dict)]
+    saved = ", ".join(sorted({str(t.get("saved")) for t in records}))
+    loaded = ", ".join(sorted({str(t.get("device")) for t in records}))
+    return (
+        Outcome.PASS,
+        f"{len(tensors)} tensors recorded from a {report.get('format')} file of "
+        f"{report.get('bytes')} bytes, saved at {saved}, loaded on {loaded} "
+        f"(--map-location {report.get('map_choice')}: map_location={report.get('map_location')})",
+        _observed(report, label),
+    )
+
+
+def judge_verify(label: str, record: dict[str, Any], run: JobRun) -> Judged:
+    failed = _failed(run)
+    if failed is not None:
+        return failed
+    report = run.report or {}
+    changed = report.get("sha256") not in (None, record.get("sha256"))
+    if report.get("status") == "broken":
+        outcome, reason, summary = _not_loaded(report, label) or (Outcome.ERROR, "", None)
+        also = "; its sha256 differs from the record: it changed since `golden record`"
+        return outcome, reason + (also if changed else ""), summary
+    if changed:
+        return (
+            Outcome.ERROR,
+            f"sha256 {report.get('sha256')} differs from the recorded {record.get('sha256')}: "
+            "the file changed since `golden record`, so this run proves nothing about torch; "
+            "restore the file, or record it again",
+            {"path": label, "sha256": report.get("sha256")},
+        )
+    stopped = _not_loaded(report, label)
+    if stopped is not None:
+        outcome, reason, summary = stopped
+        if report.get("status") in ("raised", "needs_globals", "dangerous", "unreadable"):
+            # it loaded when recorded: a load that raises or is refused now is a regression
+            return Outcome.FAIL, f"{reason} (it loaded under torch {record.get('torch')})", summary
+        return stopped
+    problems = tensor_problems(
+        record.get("tensors") or {},
+        report.get("tensors") or {},
+        same_policy=report.get("map_location") == record.get("map_location"),
+    )
+    observed = _observed(report, label)
+    if problems:
+        return Outcome.FAIL, "; ".join(problems), observed
+    tensors = len(report.get("tensors") or {})
+    moved = (
+        ""
+        if report.get("map_location") == record.get("map_location")
+        else f" (map_location={report.get('map_location')} here, "
+        f"{record.get('map_location')} when recorded)"
+    )
+    return (
+        Outcome.PASS,
+        f"{tensors} tensors bitwise equal to the record (torch {record.get('torch')} → "
+        f"{report.get('torch')}){moved}",
+        observed,
+    )
+
+
+def _names(names: list[str]) -> str:
+    shown = ", ".join(names[:NAMES_SHOWN])
+    return shown + (f" and {len(names) - NAMES_SHOWN} more" if len(names) > NAMES_SHOWN else "")
+
+
+def tensor_problems(
+    before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]], *, same_policy: bool
+) -> list[str]:
+    """How the tensors loaded now differ from the record: missing, extra, a different dtype,
+    shape or bytes, another saved location, or (under the same map_location) another device."""
+    problems = []
+    missing = sorted(set(before) - set(after))
+    extra = sorted(set(after) - set(before))
+    if missing:
+        problems.append(f"{len(missing)} recorded tensor(s) missing: {_names(missing)}")
+    if extra:
+        problems.append(f"{len(extra)} tensor(s) not in the record: {_names(extra)}")
+    fields: list[tuple[str, Callable[[dict[str, Any]], Any]]] = [
+        ("dtype", lambda r: r.get("dtype")),
+        ("shape", lambda r: r.get("shape")),
+        ("bytes", lambda r: r.get("digest")),
+        ("saved location", lambda r: r.get("saved")),
+    ]
+    if same_policy:
+        fields.append(("device", lambda r: r.get("device")))
+    for what, field in fields:
+        changed = sorted(
+            name for name in set(before) & set(after) if field(before[name]) != field(after[name])
+        )
+        if changed:
+            first = changed[0]
+            problems.append(
+                f"{len(changed)} tensor(s) differ in {what}: {_names(changed)} ({first}: "
+                f"{field(before[first])} recorded, {field(after[first])} now)"
+            )
+    return problems
+
+
+def run_files(
+    work: Sequence[Callable[[], CellResult]],
+    writer: ResultsWriter,
+    *,
+    jobs: int,
+    progress: Callable[[CellResult, int, int], None] | None = None,
+) -> list[CellResult]:
+    """Run each file's job ``jobs`` at a time; each result is recorded as soon as it ends."""
+    results: list[CellResult] = []
+    pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="golden")
+    try:
+        futures = [pool.submit(task) for task in work]
+        for future in as_completed(futures):
+            result = future.result()
+            writer.append(result)
+            results.append(result)
+            if progress is not None:
+                progress(result, len(results), len(work))
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
+    return results

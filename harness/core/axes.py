@@ -1,0 +1,105 @@
+"""The enumerated axes of the matrix: layouts, formats and what the saver writes."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import TypeVar
+
+from harness.core.errors import ConfigError
+
+E = TypeVar("E", bound=StrEnum)
+
+
+class Layout(StrEnum):
+    """How the model is held in the process that saves or loads it."""
+
+    SINGLE = "single"  # a plain module
+    DP = "dp"  # wrapped in nn.DataParallel (keys carry the ``module.`` prefix)
+    DDP = "ddp"  # DistributedDataParallel, one process per rank (keys carry ``module.``)
+    FSDP2 = "fsdp2"  # fully_shard over a 1-D device mesh, one process per rank
+
+    @property
+    def distributed(self) -> bool:
+        """One process per rank (a world size), rather than one process."""
+        return self in (Layout.DDP, Layout.FSDP2)
+
+
+class Wrapper(StrEnum):
+    """What wraps the model inside its layout (``DataParallel(torch.compile(model))``)."""
+
+    NONE = "none"
+    COMPILE = "compile"  # torch.compile: an OptimizedModule, keys prefixed with ``_orig_mod.``
+    CHECKPOINT = "checkpoint"  # checkpoint_wrapper (activation checkpointing)
+
+    @property
+    def prefix(self) -> str:
+        """What the wrapper puts before the model's own keys in ``state_dict()``: checkpoint_wrapper
+        registers state_dict hooks that take ``_checkpoint_wrapped_module.`` out again."""
+        return "_orig_mod." if self is Wrapper.COMPILE else ""
+
+
+class Format(StrEnum):
+    """What kind of file the checkpoint is."""
+
+    WEIGHTS = "weights"  # a state_dict (or what a recipe mistakes for one)
+    WHOLE = "whole"  # the pickled model object
+    TRAIN_STATE = "train_state"  # {'model', 'optimizer', 'lr_scheduler', 'epoch', 'args', 'rng'}
+    DCP = "dcp"  # a torch.distributed.checkpoint directory: sharded model and optimizer state
+    SAFETENSORS = "safetensors"  # safetensors.torch: tensors only, loading runs no code
+    GOLDEN = "golden"  # a team's own file, any format (``ckpt-matrix golden``), never planned
+
+
+class SaveVariant(StrEnum):
+    """The exact object the saver hands to ``torch.save``."""
+
+    STATE_DICT = "state_dict"  # model.state_dict() of the model as held (wrapper included)
+    MODULE_STATE_DICT = "module_state_dict"  # model.module.state_dict() of a DataParallel model
+    BOUND_METHOD = "bound_method"  # model.state_dict, the method itself (a known mistake)
+    WHOLE = "whole"  # the model object
+    TRAIN_STATE = "train_state"  # the training state, args as a plain dict
+    TRAIN_STATE_NAMESPACE = "train_state_namespace"  # ... args as an argparse.Namespace
+    DCP = "dcp"  # dcp.save of get_state_dict(model, optimizer), from every rank
+    # the complete, unprefixed model state: a plain model's state_dict(), .module's of DataParallel
+    # or DDP (rank 0), FSDP2's gathered by get_model_state_dict(full_state_dict=True) on rank 0
+    FULL_STATE_DICT = "full_state_dict"
+    SHARDED_STATE_DICT = "sharded_state_dict"  # each rank's own model.state_dict() (DTensors)
+    DCP_RANK_STATE = "dcp_rank_state"  # DCP, plus each rank's own entry under a rank-indexed key
+    DCP_TRAIN_STATE = "dcp_train_state"  # DCP of model, optimizer, scheduler and step
+    SAFETENSORS_FILE = "safetensors_file"  # save_file(model.state_dict()) of the model as held
+    SAFETENSORS_MODEL = "safetensors_model"  # save_model(the unwrapped model): ties deduplicated
+    HELPER_STATE_DICT = "helper_state_dict"  # get_model_state_dict(model) (strips _orig_mod.)
+    GOLDEN = "golden"  # nothing: a team wrote the file (``ckpt-matrix golden``)
+
+    @property
+    def trains(self) -> bool:
+        """A training state: the cell names a training regime to save and resume."""
+        return self in (
+            SaveVariant.TRAIN_STATE,
+            SaveVariant.TRAIN_STATE_NAMESPACE,
+            SaveVariant.DCP_TRAIN_STATE,
+        )
+
+    @property
+    def file_format(self) -> Format:
+        if self is SaveVariant.WHOLE:
+            return Format.WHOLE
+        if self is SaveVariant.GOLDEN:
+            return Format.GOLDEN
+        if self in (SaveVariant.DCP, SaveVariant.DCP_RANK_STATE, SaveVariant.DCP_TRAIN_STATE):
+            return Format.DCP
+        if self in (SaveVariant.SAFETENSORS_FILE, SaveVariant.SAFETENSORS_MODEL):
+            return Format.SAFETENSORS
+        if self in (SaveVariant.TRAIN_STATE, SaveVariant.TRAIN_STATE_NAMESPACE):
+            return Format.TRAIN_STATE
+        return Format.WEIGHTS
+
+
+def parse_enum(kind: type[E], value: str, where: str) -> E:
+    """Read one axis value, naming the place and the accepted values on error."""
+    try:
+        return kind(value)
+    except ValueError:
+        accepted = ", ".join(repr(member.value) for member in kind)
+        raise ConfigError(
+            f"{where}: unknown {kind.__name__.lower()} {value!r}; expected one of {accepted}"
+        ) from None

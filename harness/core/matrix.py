@@ -1,0 +1,157 @@
+"""Expand scenarios into the frozen cells of the matrix; say which combinations were left out."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from harness.core.axes import Layout
+from harness.core.cell import Cell, Visibility, visibility_label
+from harness.core.devices import cuda_index, resolve_device
+from harness.core.recipes import RECIPES
+from harness.core.scenarios import Scenario
+from harness.core.visibility import pairs_for_mode
+
+
+@dataclass(frozen=True, kw_only=True)
+class Omitted:
+    """A combination a scenario named that is not a cell, and why."""
+
+    combination: str
+    reason: str
+    scenario: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Matrix:
+    cells: tuple[Cell, ...]
+    omitted: tuple[Omitted, ...]
+
+
+def expand(
+    scenarios: Iterable[Scenario],
+    *,
+    subsets: Sequence[Visibility] = (),
+    select: str | None = None,
+) -> Matrix:
+    """Cells in scenario order, each id once; ``subsets`` are the GPU visibilities chosen by the
+    policy (none: the CPU fallback); ``select`` keeps ids containing that substring."""
+    cells: dict[str, Cell] = {}
+    omitted: list[Omitted] = []
+    for scenario in scenarios:
+        for axes in _combinations(scenario, subsets):
+            (save_vis, load_vis), device = axes["visibilities"], axes["device"]
+            cell = Cell(
+                model=axes["model"],
+                save_layout=axes["save"],
+                load_layout=axes["load"],
+                format=axes["format"],
+                recipe=axes["recipe"],
+                save_visibility=save_vis,
+                load_visibility=load_vis,
+                save_device=resolve_device(device, len(save_vis)),
+                map_location=axes["map_location"],
+                training=axes["training"],
+                serialization=axes["serialization"],
+                save_world=axes["save_world"],
+                load_world=axes["load_world"],
+                save_wrapper=axes["save_wrapper"],
+                load_wrapper=axes["load_wrapper"],
+            )
+            if select is not None and select not in cell.id:
+                continue
+            reason = RECIPES[cell.recipe].skip_reason(
+                save=cell.save_layout,
+                load=cell.load_layout,
+                fmt=cell.format,
+                training=cell.training,
+                wrappers=(cell.save_wrapper, cell.load_wrapper),
+            )
+            reason = (
+                reason
+                or world_skip_reason(cell)
+                or device_skip_reason(cell)
+                or resume_skip_reason(cell)
+            )
+            if reason is not None:
+                omitted.append(Omitted(combination=cell.id, reason=reason, scenario=scenario.name))
+                continue
+            cells.setdefault(cell.id, cell)
+    return Matrix(cells=tuple(cells.values()), omitted=tuple(omitted))
+
+
+def _combinations(scenario: Scenario, subsets: Sequence[Visibility]) -> Iterator[dict[str, Any]]:
+    """Every combination of a scenario's axes, each as a mapping from axis name to value."""
+    axes: dict[str, Sequence[Any]] = {
+        "model": scenario.models,
+        "save": scenario.save_layouts,
+        "load": scenario.load_layouts,
+        "format": scenario.formats,
+        "recipe": scenario.recipes,
+        "visibilities": pairs_for_mode(scenario.visibility, subsets),
+        "device": scenario.save_devices,
+        "map_location": scenario.map_locations,
+        "training": scenario.trainings,
+        "serialization": scenario.serializations,
+        "save_world": scenario.save_world_sizes,
+        "load_world": scenario.load_world_sizes,
+        "save_wrapper": scenario.save_wrappers,
+        "load_wrapper": scenario.load_wrappers,
+    }
+    for values in itertools.product(*axes.values()):
+        yield dict(zip(axes, values, strict=True))
+
+
+def world_skip_reason(cell: Cell) -> str | None:
+    """A world size belongs to a distributed layout; the others run one process. A distributed
+    layout runs its ranks on the CPU with gloo, or one rank per GPU of its subset with NCCL."""
+    for role, layout, world, visibility in (
+        ("save", cell.save_layout, cell.save_world, cell.save_visibility),
+        ("load", cell.load_layout, cell.load_world, cell.load_visibility),
+    ):
+        if not layout.distributed and world != 1:
+            return f"{role} layout {layout} runs one process; world sizes apply to ddp and fsdp2"
+        if layout.distributed and visibility and len(visibility) != world:
+            return (
+                f"{role} layout {layout} at {world} ranks runs one rank per GPU (NCCL); the "
+                f"subset [{visibility_label(visibility)}] has {len(visibility)}"
+            )
+    return None
+
+
+def resume_skip_reason(cell: Cell) -> str | None:
+    """Resume equivalence needs the same training arithmetic before and after the stop.
+    DataParallel over several GPUs splits each batch across replicas (per-replica BatchNorm
+    statistics), so training under it differs from training under another layout or subset."""
+    if not cell.training:
+        return None
+    save_split = cell.save_layout is Layout.DP and len(cell.save_visibility) > 1
+    load_split = cell.load_layout is Layout.DP and len(cell.load_visibility) > 1
+    same = (cell.save_layout, len(cell.save_visibility)) == (
+        cell.load_layout,
+        len(cell.load_visibility),
+    )
+    if (save_split or load_split) and not same:
+        return (
+            "resume equivalence needs the same training arithmetic: DataParallel over several "
+            "GPUs splits batches (per-replica BatchNorm statistics)"
+        )
+    return None
+
+
+def device_skip_reason(cell: Cell) -> str | None:
+    """Why the save device cannot exist under the save visibility, or None."""
+    index = cuda_index(cell.save_device)
+    visible = len(cell.save_visibility)
+    if index is None or visible == 0:  # cpu, or a simulated tag on the CPU fallback
+        return None
+    if index >= visible:
+        return (
+            f"save device {cell.save_device} needs {index + 1} GPUs in the save subset, "
+            f"it has {visible}"
+        )
+    if cell.save_layout is Layout.DP and index != 0:
+        return "DataParallel keeps its parameters on device_ids[0], logical cuda:0"
+    return None

@@ -1,0 +1,281 @@
+"""How each recipe in :mod:`harness.core.recipes` is performed, as people write it.
+
+Every function takes the load context and returns the model it ends up with, in the cell's load
+layout. Known-bad recipes are written as their tutorials write them; the oracle says how they
+should break. Files are loaded with ``weights_only=True`` except where a recipe is about whole
+pickled models, and every file's sha256 is verified against the saver's record before any load.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
+
+from harness.core.axes import Layout, Wrapper
+from harness.core.jobspec import LOAD_SEED, LoadSpec
+from harness.core.recipes import registrar
+from harness.worker.fingerprint import fingerprint
+from harness.worker.models import build, unwrap, wrap
+from harness.worker.training import resume
+
+
+def map_location_arg(policy: str, saved_tag: str) -> Any:
+    """The object each map_location policy of harness.core.devices hands to ``torch.load``."""
+    arguments: dict[str, Any] = {
+        "none": None,
+        "cpu": "cpu",
+        "cuda0": "cuda:0",
+        "device_cuda0": torch.device("cuda:0"),
+        "remap_saved_to_cpu": {saved_tag: "cpu"},
+        "remap_cuda0_to_cpu": {"cuda:0": "cpu"},
+        "remap_saved_to_cuda0": {saved_tag: "cuda:0"},
+        "callable_identity": lambda storage, location: storage,
+    }
+    return arguments[policy]
+
+
+class LoadContext:
+    def __init__(self, spec: LoadSpec) -> None:
+        self.spec = spec
+        self.path = Path(spec.artifact_path)
+        self.layout = Layout(spec.layout)
+        # Fingerprint of the first fresh model a recipe builds, before anything is loaded into it.
+        self.before: dict[str, dict[str, Any]] | None = None
+
+    def fresh(self, layout: Layout | None = None) -> nn.Module:
+        """A new model from the loader's seed, on logical cuda:0 where a GPU is visible (else the
+        CPU), wrapped for ``layout`` (default: the cell's)."""
+        fresh = build(self.spec.model, seed=LOAD_SEED).to(self.device)
+        model = wrap(fresh, layout or self.layout, Wrapper(self.spec.wrapper))
+        if self.before is None:
+            self.before = fingerprint(model)
+        return model
+
+    @property
+    def device(self) -> str:
+        """Where the loader's model lives: logical cuda:0 where a GPU is visible, else the CPU."""
+        return "cuda:0" if torch.cuda.device_count() > 0 else "cpu"
+
+    @property
+    def map_location(self) -> Any:
+        return map_location_arg(self.spec.map_location, self.spec.saved_tag)
+
+    def weights(self) -> Any:
+        return torch.load(self.path, map_location=self.map_location, weights_only=True)
+
+    def whole(self) -> nn.Module:
+        # A whole pickled model: allowed only because this run wrote the file and its checksum
+        # was verified before this call (see harness.worker.one_process).
+        model = torch.load(self.path, map_location=self.map_location, weights_only=False)
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"{self.path} holds {type(model).__name__}, not a model")
+        return model
+
+    def default_load(self) -> Any:
+        """``torch.load(path)`` with the installed torch's own defaults, as tutorials write it."""
+        return torch.load(self.path, map_location=self.map_location)
+
+
+# How each recipe of one process is performed, filed where it is written.
+PERFORM: dict[str, Callable[[LoadContext], nn.Module]] = {}
+performs = registrar(PERFORM, "harness.worker.one_process_recipes")
+
+
+@performs("as_saved", "unfixed_prefix", "ddp_unfixed_prefix", "wrapper_unfixed_prefix")
+def _as_saved(ctx: LoadContext) -> nn.Module:
+    model = ctx.fresh()
+    model.load_state_dict(ctx.weights())
+    return model
+
+
+@performs("dcp_no_dist")
+def _dcp_no_dist(ctx: LoadContext) -> nn.Module:
+    """A sharded checkpoint into a plain model in this one process: no process group. DCP
+    reads .metadata with pickle: the directory's checksum was verified before this call."""
+    from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
+
+    model = ctx.fresh()
+    state = {"model": model.state_dict()}
+    dcp_load(state, checkpoint_id=str(ctx.path), no_dist=True)  # fills the tensors in place
+    model.load_state_dict(state["model"])
+    return model
+
+
+@performs("sharded_state_dict")
+def _sharded_state_dict(ctx: LoadContext) -> nn.Module:
+    import torch.distributed.tensor  # noqa: F401  (what the first error asks for)
+
+    return _as_saved(ctx)
+
+
+@performs("dcp_to_torch_save")
+def _dcp_to_torch_save(ctx: LoadContext) -> nn.Module:
+    """DCP's own converter to one torch.save file (it reads .metadata with pickle: the
+    directory's checksum was verified before this call), then a weights_only load."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    converted = Path(ctx.spec.report_path).with_name("converted.pt")
+    dcp_to_torch_save(ctx.path, converted)
+    model = ctx.fresh()
+    model.load_state_dict(torch.load(converted, weights_only=True)["model"])
+    return model
+
+
+@performs("as_saved_whole")
+def _as_saved_whole(ctx: LoadContext) -> nn.Module:
+    return ctx.whole()
+
+
+def _into_unwrapped(ctx: LoadContext, state_dict: Any) -> nn.Module:
+    model = ctx.fresh()
+    unwrap(model).load_state_dict(state_dict)
+    return model
+
+
+@performs("module_state_dict", "full_state_dict", "ddp_module_state_dict")
+def _module_state_dict(ctx: LoadContext) -> nn.Module:
+    return _into_unwrapped(ctx, ctx.weights())
+
+
+@performs("wrap_loader")
+def _wrap_loader(ctx: LoadContext) -> nn.Module:
+    wrapped = nn.DataParallel(ctx.fresh(Layout.SINGLE))
+    wrapped.load_state_dict(ctx.weights())
+    return wrapped.module
+
+
+def _stripped(ctx: LoadContext, state_dict: Any, *prefixes: str) -> nn.Module:
+    """``consume_prefix_in_state_dict_if_present`` for each prefix in turn (outermost first, as
+    the wrappers stacked them), then into the unwrapped model."""
+    for prefix in prefixes:
+        consume_prefix_in_state_dict_if_present(state_dict, prefix)
+    return _into_unwrapped(ctx, state_dict)
+
+
+@performs("strip_prefix", "strip_prefix_unwrapped", "ddp_strip_prefix")
+def _strip_prefix(ctx: LoadContext) -> nn.Module:
+    return _stripped(ctx, ctx.weights(), "module.")
+
+
+@performs("whole_module")
+def _whole_module(ctx: LoadContext) -> nn.Module:
+    inner = ctx.whole().module
+    if not isinstance(inner, nn.Module):
+        raise TypeError(f"{ctx.path}: the loaded model's .module is not a model")
+    return inner
+
+
+@performs("save_method")
+def _save_method(ctx: LoadContext) -> nn.Module:
+    model = ctx.fresh()
+    model.load_state_dict(ctx.default_load())
+    return model
+
+
+@performs("assign_dict")
+def _assign_dict(ctx: LoadContext) -> nn.Module:
+    model = ctx.fresh()
+    model.state_dict = ctx.weights()  # type: ignore[method-assign]  # the bug under test
+    return model
+
+
+@performs("assign_method")
+def _assign_method(ctx: LoadContext) -> nn.Module:
+    loaded = ctx.whole()
+    model = ctx.fresh()
+    model.state_dict = loaded.state_dict  # type: ignore[method-assign]  # the bug under test
+    return model
+
+
+@performs("slice_prefix")
+def _slice_prefix(ctx: LoadContext) -> nn.Module:
+    return _into_unwrapped(ctx, {key[7:]: value for key, value in ctx.weights().items()})
+
+
+@performs("replace_prefix")
+def _replace_prefix(ctx: LoadContext) -> nn.Module:
+    state_dict = ctx.weights()
+    return _into_unwrapped(
+        ctx, {key.replace("module.", ""): value for key, value in state_dict.items()}
+    )
+
+
+@performs("whole_default_load")
+def _whole_default_load(ctx: LoadContext) -> nn.Module:
+    model = ctx.default_load()
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{ctx.path} holds {type(model).__name__}, not a model")
+    return model
+
+
+@performs("safetensors_file", "safetensors_unfixed_prefix")
+def _safetensors_file(ctx: LoadContext) -> nn.Module:
+    from safetensors.torch import load_file
+
+    model = ctx.fresh()
+    model.load_state_dict(load_file(ctx.path, device=ctx.device))
+    return model
+
+
+@performs("safetensors_strip_prefix")
+def _safetensors_strip_prefix(ctx: LoadContext) -> nn.Module:
+    from safetensors.torch import load_file
+
+    return _stripped(ctx, load_file(ctx.path, device=ctx.device), "module.")
+
+
+@performs("safetensors_model")
+def _safetensors_model(ctx: LoadContext) -> nn.Module:
+    from safetensors.torch import load_model
+
+    model = ctx.fresh()
+    load_model(unwrap(model), ctx.path, device=ctx.device)
+    return model
+
+
+@performs("strip_orig_mod")
+def _strip_orig_mod(ctx: LoadContext) -> nn.Module:
+    return _stripped(ctx, ctx.weights(), "_orig_mod.")
+
+
+@performs("strip_stacked_prefixes")
+def _strip_stacked_prefixes(ctx: LoadContext) -> nn.Module:
+    return _stripped(ctx, ctx.weights(), "module.", "_orig_mod.")
+
+
+@performs("dcp_model_state_dict")
+def _dcp_model_state_dict(ctx: LoadContext) -> nn.Module:
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+    model = ctx.fresh()
+    set_model_state_dict(model, ctx.weights())
+    return model
+
+
+@performs("resume", "resume_namespace_args")
+def _resume(ctx: LoadContext) -> nn.Module:
+    model = ctx.fresh()
+    resume(model, ctx.weights(), ctx.spec.training, ctx.spec.model)
+    return model
+
+
+@performs("resume_without_rng")
+def _resume_without_rng(ctx: LoadContext) -> nn.Module:
+    model = ctx.fresh()
+    resume(model, ctx.weights(), ctx.spec.training, ctx.spec.model, rng=False)
+    return model
+
+
+@performs("resume_safe_globals")
+def _resume_safe_globals(ctx: LoadContext) -> nn.Module:
+    model = ctx.fresh()
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        state = ctx.weights()
+    resume(model, state, ctx.spec.training, ctx.spec.model)
+    return model

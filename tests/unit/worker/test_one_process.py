@@ -1,0 +1,217 @@
+"""The worker's save and load jobs, run in this process against real files."""
+
+from __future__ import annotations
+
+import json
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from harness.core.jobspec import LoadSpec, SaveSpec, spec_from_json
+from harness.worker.entry import main
+from harness.worker.models import build
+from harness.worker.one_process import configure_torch, run_load, run_save
+from harness.worker.one_process_recipes import PERFORM, LoadContext
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    configure_torch()
+    yield
+    torch.set_num_threads(threads)
+
+
+def save(tmp_path: Path, layout: str, variant: str, model: str = "trap") -> dict[str, Any]:
+    spec = SaveSpec(
+        cell_key="k",
+        model=model,
+        layout=layout,
+        variant=variant,
+        artifact_path=str(tmp_path / f"{layout}-{variant}.pt"),
+        report_path="unused",
+    )
+    return run_save(spec) | {"path": spec.artifact_path}
+
+
+def load(saved: dict[str, Any], layout: str, recipe: str, model: str = "trap") -> dict[str, Any]:
+    spec = LoadSpec(
+        cell_id="c",
+        model=model,
+        layout=layout,
+        recipe=recipe,
+        artifact_path=saved["path"],
+        artifact_sha256=saved["sha256"],
+        report_path="unused",
+    )
+    return run_load(spec)
+
+
+def test_strip_prefix_round_trip_is_bitwise(tmp_path: Path) -> None:
+    saved = save(tmp_path, "dp", "state_dict")
+    report = load(saved, "single", "strip_prefix")
+    assert report["status"] == "loaded"
+    assert report["tensors"] == saved["tensors"]
+    assert report["output_digest"] == saved["output_digest"]
+    assert all(
+        report["before"][n]["digest"] != saved["tensors"][n]["digest"] for n in saved["tensors"]
+    )
+
+
+def test_assign_method_reports_loaded_weights_but_keeps_the_old_parameters(tmp_path: Path) -> None:
+    saved = save(tmp_path, "single", "whole")
+    spec = LoadSpec(
+        cell_id="c",
+        model="trap",
+        layout="single",
+        recipe="assign_method",
+        artifact_path=saved["path"],
+        artifact_sha256=saved["sha256"],
+        report_path="unused",
+    )
+    model = PERFORM["assign_method"](LoadContext(spec))
+    fresh = build("trap", seed=1)
+    fresh_weight = dict(fresh.named_parameters())["head.weight"]
+    reported = model.state_dict()["head.weight"]
+    assert not torch.equal(reported, fresh_weight)  # state_dict() shows the saved weights
+    real = dict(model.named_parameters())["head.weight"]
+    assert torch.equal(real, fresh_weight)  # while the parameters never changed
+    report = load(saved, "single", "assign_method")
+    assert report["status"] == "loaded"
+    assert report["tensors"] != saved["tensors"]
+
+
+def test_a_flipped_byte_is_caught_before_unpickling(tmp_path: Path) -> None:
+    saved = save(tmp_path, "single", "whole")
+    path = Path(saved["path"])
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    report = load(saved, "single", "as_saved_whole")
+    assert report["status"] == "raised"
+    assert report["error_class"] == "checksum_mismatch"
+    assert report["before"] is None
+
+
+def test_default_whole_load_is_refused_by_weights_only(tmp_path: Path) -> None:
+    report = load(save(tmp_path, "dp", "whole"), "dp", "whole_default_load")
+    assert report["error_class"] == "unsafe_global"
+    assert report["exception_type"] == "_pickle.UnpicklingError"
+
+
+def test_module_state_dict_needs_a_wrapper(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="module_state_dict needs a DataParallel model"):
+        save(tmp_path, "single", "module_state_dict")
+
+
+def test_main_rejects_bad_arguments_and_specs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([]) == 2
+    assert "usage: python -m harness.worker" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"s\.json: unknown role 'fly'"):
+        spec_from_json({"role": "fly"}, "s.json")
+    with pytest.raises(ValueError, match=r"s\.json: malformed save spec"):
+        spec_from_json({"role": "save", "model": "trap"}, "s.json")
+
+
+def test_main_writes_a_crash_report_when_the_save_breaks(tmp_path: Path) -> None:
+    report = tmp_path / "report.json"
+    spec = tmp_path / "spec.json"
+    spec.write_text(
+        json.dumps(
+            {
+                "role": "save",
+                "cell_key": "k",
+                "model": "nope",
+                "layout": "single",
+                "variant": "state_dict",
+                "artifact_path": str(tmp_path / "a.pt"),
+                "report_path": str(report),
+            }
+        )
+    )
+    assert main([str(spec)]) == 1
+    crashed = json.loads(report.read_text())
+    assert crashed["status"] == "crashed"
+    assert "cannot build model 'nope'" in crashed["message"]
+
+
+def test_a_checkpoint_exception_is_described_rank_by_rank() -> None:
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    from harness.worker.one_process import describe
+
+    no_trace = traceback.StackSummary()
+    exc = CheckpointException(
+        "CheckpointException",
+        {
+            2: (RuntimeError("Missing key in checkpoint state_dict: k2."), no_trace),
+            1: (RuntimeError("Missing key in checkpoint state_dict: k1."), no_trace),
+        },
+    )
+    first, second, *_ = describe(exc).split("; ")
+    assert first == "rank 1: RuntimeError: Missing key in checkpoint state_dict: k1."
+    assert second.startswith("rank 2: RuntimeError: Missing key in checkpoint state_dict: k2.")
+    assert describe(ValueError("plain")) == "plain"
+
+
+def test_safetensors_save_model_keeps_the_ties(tmp_path: Path) -> None:
+    saved = save(tmp_path, "single", "safetensors_model", model="tied")
+    assert saved["status"] == "saved"
+    assert saved["serialization"] == "safetensors"
+    report = load(saved, "dp", "safetensors_model", model="tied")
+    assert report["status"] == "loaded", report.get("message")
+    assert report["tensors"] == saved["tensors"]
+
+
+def test_safetensors_save_file_refuses_the_ties_at_the_save(tmp_path: Path) -> None:
+    refused = save(tmp_path, "single", "safetensors_file", model="tied")
+    assert refused["status"] == "raised"
+    assert refused["error_class"] == "shared_tensors"
+    assert not (tmp_path / "single-safetensors_file.pt").exists()
+    assert list(tmp_path.glob(".*.tmp")) == []  # no torn file left behind
+
+
+def test_a_save_that_fails_for_no_known_reason_crashes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def disk_full(*_: object, **__: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError, match="No space left on device"):
+        save(tmp_path, "single", "state_dict")
+
+
+def test_the_loader_names_what_broke_an_artifact_and_never_runs_a_payload(
+    tmp_path: Path,
+) -> None:
+    """Each bad input put where the matrix's loader expects its artifact: the checksum refuses it
+    before anything is unpickled, and the error says which defect the file now has."""
+    from harness.worker.one_process import file_sha256
+    from tests.unit.inspect import checkpoints
+
+    marker = tmp_path / "payload-ran"
+    seen = set()
+    for name, (maker, kind) in checkpoints.bad_inputs(marker).items():
+        saved = save(checkpoints.fresh(tmp_path, f"save-{name}"), "single", "state_dict")
+        bad = maker(checkpoints.fresh(tmp_path, name))
+        report = load(saved | {"path": str(bad)}, "single", "as_saved")
+        assert report["status"] == "raised", name
+        assert report["error_class"] == "checksum_mismatch", name
+        assert "the file changed after its save" in report["message"], name
+        if kind is not None:
+            assert f": {kind}: " in report["message"], (name, report["message"])
+        seen.add(report["message"].split("after its save", 1)[1])
+    assert len(seen) == 11  # ten defects, and the two hostile pickles alike (intact files)
+    # a hostile file whose checksum an attacker also replaced: weights_only=True refuses it
+    hostile = checkpoints.hostile(marker)(checkpoints.fresh(tmp_path, "attacker"))
+    saved = {"path": str(hostile), "sha256": file_sha256(hostile)}
+    report = load(saved, "single", "as_saved")
+    assert report["error_class"] == "unsafe_global"
+    assert not marker.exists()
