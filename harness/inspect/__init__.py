@@ -86,25 +86,18 @@ def read_contents(path: Path) -> Contents:
     try:
         return reader.read(path)
     except OSError as exc:
-        return Contents(
-            format=FileFormat.UNKNOWN,
-            defects=[Defect(kind=DefectKind.UNREADABLE, where=str(path), message=str(exc))],
+        return Contents(format=FileFormat.UNKNOWN).defect(
+            DefectKind.UNREADABLE, str(path), str(exc)
         )
     except Exception as exc:  # a hostile file the reader could not finish: a defect, never a crash
         kind = {
             SafetensorsReader: DefectKind.BAD_HEADER,
             DcpReader: DefectKind.CORRUPT_METADATA,
         }.get(type(reader), DefectKind.CORRUPT_PICKLE)
-        return Contents(
-            format=FileFormat.UNKNOWN,
-            defects=[
-                Defect(
-                    kind=kind,
-                    where=str(path),
-                    message=f"the file could not be read to its end ({type(exc).__name__}: "
-                    f"{str(exc)[:200]})",
-                )
-            ],
+        return Contents(format=FileFormat.UNKNOWN).defect(
+            kind,
+            str(path),
+            f"the file could not be read to its end ({type(exc).__name__}: {str(exc)[:200]})",
         )
 
 

@@ -15,7 +15,6 @@ from harness.inspect.pickles import Stub, globals_in, name_of, state_of, walker
 from harness.inspect.reader import (
     ELEMENT_SIZES,
     Contents,
-    Defect,
     DefectKind,
     FileFormat,
     OtherEntry,
@@ -83,14 +82,11 @@ class DcpReader:
         where = str(path / METADATA)
         if not (path / METADATA).is_file():
             contents.format = FileFormat.UNKNOWN
-            contents.defects.append(
-                Defect(
-                    kind=DefectKind.UNKNOWN_FORMAT,
-                    where=str(path),
-                    message=f"a directory without {METADATA}: not a torch.distributed.checkpoint",
-                )
+            return contents.defect(
+                DefectKind.UNKNOWN_FORMAT,
+                str(path),
+                f"a directory without {METADATA}: not a torch.distributed.checkpoint",
             )
-            return contents
         data = (path / METADATA).read_bytes()
         try:
             unpickler = walker(io.BytesIO(data))
@@ -100,28 +96,22 @@ class DcpReader:
             contents.refused = [
                 name for name in contents.globals if not dcp_global(*name.rsplit(".", 1))
             ]
-            contents.defects.append(
-                Defect(
-                    kind=DefectKind.CORRUPT_METADATA,
-                    where=where,
-                    message=f"{len(data)} bytes that do not unpickle ({type(exc).__name__}: {exc})",
-                )
+            return contents.defect(
+                DefectKind.CORRUPT_METADATA,
+                where,
+                f"{len(data)} bytes that do not unpickle ({type(exc).__name__}: {exc})",
             )
-            return contents
         contents.globals = unpickler.met
         contents.refused = [f"{m}.{n}" for m, n in unpickler.pairs if not dcp_global(m, n)]
         state = state_of(root)
         if name_of(root) != "torch.distributed.checkpoint.metadata.Metadata" or not isinstance(
             state.get("state_dict_metadata"), dict
         ):
-            contents.defects.append(
-                Defect(
-                    kind=DefectKind.CORRUPT_METADATA,
-                    where=where,
-                    message=f"holds {name_of(root) or type(root).__name__}, not DCP's Metadata",
-                )
+            return contents.defect(
+                DefectKind.CORRUPT_METADATA,
+                where,
+                f"holds {name_of(root) or type(root).__name__}, not DCP's Metadata",
             )
-            return contents
         files = self._files(state.get("storage_data"))
         for fqn, entry in state["state_dict_metadata"].items():
             kind = name_of(entry) or type(entry).__name__
@@ -170,28 +160,20 @@ class DcpReader:
         for relative, (end, users) in sorted(needed.items()):
             shard = path / relative
             if Path(relative).is_absolute() or ".." in Path(relative).parts:
-                contents.defects.append(
-                    Defect(
-                        kind=DefectKind.CORRUPT_METADATA,
-                        where=str(path / METADATA),
-                        message=f"names the shard {relative!r}, outside the checkpoint directory",
-                    )
+                contents.defect(
+                    DefectKind.CORRUPT_METADATA,
+                    str(path / METADATA),
+                    f"names the shard {relative!r}, outside the checkpoint directory",
                 )
                 continue
             named = ", ".join(users[:4]) + (f" and {len(users) - 4} more" if len(users) > 4 else "")
             if not shard.is_file():
-                contents.defects.append(
-                    Defect(
-                        kind=DefectKind.MISSING_SHARD,
-                        where=str(shard),
-                        message=f"the shard holding {named} is missing",
-                    )
+                contents.defect(
+                    DefectKind.MISSING_SHARD, str(shard), f"the shard holding {named} is missing"
                 )
             elif shard.stat().st_size < end:
-                contents.defects.append(
-                    Defect(
-                        kind=DefectKind.SHORT_SHARD,
-                        where=str(shard),
-                        message=f"{shard.stat().st_size} bytes, but {named} reach byte {end}",
-                    )
+                contents.defect(
+                    DefectKind.SHORT_SHARD,
+                    str(shard),
+                    f"{shard.stat().st_size} bytes, but {named} reach byte {end}",
                 )

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from harness.inspect.pickles import PersistentRef, Stub, name_of, stub_class
-from harness.inspect.reader import Contents, Defect, DefectKind, FileFormat
+from harness.inspect.reader import Contents, DefectKind, FileFormat
 from harness.inspect.torchfile import (
     PICKLE_LIMIT,
     Storage,
@@ -56,6 +56,10 @@ class Broken(ValueError):
         super().__init__(part, message)
         self.part, self.message, self.kind = part, message, kind
 
+    def recorded(self, contents: Contents, where: str) -> Contents:
+        """This break as a defect of the part it is in."""
+        return contents.defect(self.kind, f"{where}:{self.part}", self.message)
+
 
 class LegacyTarReader:
     def read(self, path: Path) -> Contents:
@@ -66,52 +70,32 @@ class LegacyTarReader:
                 names = set(archive.getnames())
                 missing = [part for part in PARTS if part not in names]
                 if missing and not _ends_whole(path):
-                    contents.defects.append(
-                        Defect(
-                            kind=DefectKind.TRUNCATED,
-                            where=where,
-                            message=f"the tar ends early, without its end blocks, before "
-                            f"{', '.join(missing)}",
-                        )
+                    return contents.defect(
+                        DefectKind.TRUNCATED,
+                        where,
+                        f"the tar ends early, without its end blocks, before {', '.join(missing)}",
                     )
-                    return contents
                 if missing:
                     kind = DefectKind.MISSING_RECORD if "pickle" in names else None
-                    contents.defects.append(
-                        Defect(
-                            kind=kind or DefectKind.UNKNOWN_FORMAT,
-                            where=where,
-                            message=f"a tar archive without {', '.join(missing)}"
-                            + ("" if kind else ": not one torch <= 0.1 wrote"),
-                        )
-                    )
                     if kind is None:
                         contents.format = FileFormat.UNKNOWN
-                    return contents
+                    return contents.defect(
+                        kind or DefectKind.UNKNOWN_FORMAT,
+                        where,
+                        f"a tar archive without {', '.join(missing)}"
+                        + ("" if kind else ": not one torch <= 0.1 wrote"),
+                    )
                 data = {part: _member(archive, part) for part in PARTS}
         except (tarfile.TarError, EOFError) as exc:
-            contents.defects.append(
-                Defect(kind=DefectKind.TRUNCATED, where=where, message=f"the tar ends early: {exc}")
-            )
-            return contents
+            return contents.defect(DefectKind.TRUNCATED, where, f"the tar ends early: {exc}")
         met: list[str] = []
         try:
             storages = _storages(io.BytesIO(data["storages"]), met)
             tensors = _tensors(io.BytesIO(data["tensors"]), storages, met)
         except Broken as exc:
-            contents.defects.append(
-                Defect(kind=exc.kind, where=f"{where}:{exc.part}", message=exc.message)
-            )
-            return contents
+            return exc.recorded(contents, where)
         except Exception as exc:  # a broken pickle raises many types; none runs code
-            contents.defects.append(
-                Defect(
-                    kind=DefectKind.CORRUPT_PICKLE,
-                    where=where,
-                    message=f"{type(exc).__name__}: {exc}",
-                )
-            )
-            return contents
+            return contents.defect(DefectKind.CORRUPT_PICKLE, where, f"{type(exc).__name__}: {exc}")
 
         def persistent(pid: Any) -> Any:
             if isinstance(pid, tuple):  # a module class pickled with its source
@@ -128,19 +112,11 @@ class LegacyTarReader:
         try:
             walked = _walk_pickle(io.BytesIO(data["pickle"]), persistent=persistent)
         except Broken as exc:
-            contents.defects.append(
-                Defect(kind=exc.kind, where=f"{where}:{exc.part}", message=exc.message)
-            )
-            return contents
+            return exc.recorded(contents, where)
         except Exception as exc:
-            contents.defects.append(
-                Defect(
-                    kind=DefectKind.CORRUPT_PICKLE,
-                    where=f"{where}:pickle",
-                    message=f"{type(exc).__name__}: {exc}",
-                )
+            return contents.defect(
+                DefectKind.CORRUPT_PICKLE, f"{where}:pickle", f"{type(exc).__name__}: {exc}"
             )
-            return contents
         object_globals = walked.met
         walked = Walked(
             root=walked.root,

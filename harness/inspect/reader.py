@@ -156,6 +156,12 @@ class Contents:
             )
         return ""
 
+    def defect(self, kind: DefectKind, where: str, message: str) -> Contents:
+        """Record what is wrong at ``where``; returns these contents, so a reader that can go no
+        further says ``return contents.defect(...)``."""
+        self.defects.append(Defect(kind=kind, where=where, message=message))
+        return self
+
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["format"] = str(self.format)

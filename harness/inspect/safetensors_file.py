@@ -12,7 +12,6 @@ from typing import Any
 from harness.inspect.reader import (
     ELEMENT_SIZES,
     Contents,
-    Defect,
     DefectKind,
     FileFormat,
     OtherEntry,
@@ -58,36 +57,24 @@ class SafetensorsReader:
             length = int.from_bytes(handle.read(8), "little")
             raw = handle.read(length)
         if len(raw) < length:
-            contents.defects.append(
-                Defect(
-                    kind=DefectKind.TRUNCATED,
-                    where=where,
-                    message=f"cut short inside the header: it claims {length} bytes, "
-                    f"{len(raw)} follow",
-                )
+            return contents.defect(
+                DefectKind.TRUNCATED,
+                where,
+                f"cut short inside the header: it claims {length} bytes, {len(raw)} follow",
             )
-            return contents
         try:
             header = json.loads(raw)
             if not isinstance(header, dict):
                 raise ValueError("the header is not a JSON object")
         except (ValueError, RecursionError) as exc:
-            contents.defects.append(
-                Defect(kind=DefectKind.BAD_HEADER, where=where, message=f"not JSON: {exc}")
-            )
-            return contents
+            return contents.defect(DefectKind.BAD_HEADER, where, f"not JSON: {exc}")
         metadata = header.pop("__metadata__", None)
         if metadata is not None and not (
             isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())
         ):
-            contents.defects.append(
-                Defect(
-                    kind=DefectKind.BAD_HEADER,
-                    where=where,
-                    message="__metadata__ is not a mapping of strings to strings",
-                )
+            return contents.defect(
+                DefectKind.BAD_HEADER, where, "__metadata__ is not a mapping of strings to strings"
             )
-            return contents
         for key, value in (metadata or {}).items():
             contents.others.append(
                 OtherEntry(path=f"__metadata__.{key}", type="str", value=value[:80])
@@ -100,9 +87,7 @@ class SafetensorsReader:
             if offsets is not None and _offsets_ok(offsets):
                 ranges.append((offsets[0], offsets[1], name))
             if problem is not None:
-                contents.defects.append(
-                    Defect(kind=DefectKind.BAD_HEADER, where=f"{where}:{name}", message=problem)
-                )
+                contents.defect(DefectKind.BAD_HEADER, f"{where}:{name}", problem)
         _check_ranges(where, sorted(ranges), data, contents)
         if not contents.defects:
             _confirm(path, contents)
@@ -158,30 +143,24 @@ def _check_ranges(
     for begin, end, name in ranges:
         if begin != position or end < begin:
             what = "overlaps the tensor before it" if begin < position else "leaves a gap before it"
-            contents.defects.append(
-                Defect(
-                    kind=DefectKind.BAD_HEADER,
-                    where=f"{where}:{name}",
-                    message=f"bytes {begin}..{end} {what} (expected to start at {position})",
-                )
+            contents.defect(
+                DefectKind.BAD_HEADER,
+                f"{where}:{name}",
+                f"bytes {begin}..{end} {what} (expected to start at {position})",
             )
         position = max(position, end)
     if position > data:
-        contents.defects.append(
-            Defect(
-                kind=DefectKind.TRUNCATED,
-                where=where,
-                message=f"cut short: the header places tensors up to byte {position} of the data, "
-                f"the file holds {data}",
-            )
+        contents.defect(
+            DefectKind.TRUNCATED,
+            where,
+            f"cut short: the header places tensors up to byte {position} of the data, the file "
+            f"holds {data}",
         )
     elif position < data:
-        contents.defects.append(
-            Defect(
-                kind=DefectKind.BAD_HEADER,
-                where=where,
-                message=f"{data - position} bytes follow the last tensor the header names",
-            )
+        contents.defect(
+            DefectKind.BAD_HEADER,
+            where,
+            f"{data - position} bytes follow the last tensor the header names",
         )
 
 
@@ -193,16 +172,12 @@ def _confirm(path: Path, contents: Contents) -> None:
         with safe_open(str(path), framework="numpy") as handle:
             names = set(handle.keys())
     except (SafetensorError, OSError, ValueError) as exc:
-        contents.defects.append(
-            Defect(kind=DefectKind.BAD_HEADER, where=str(path), message=f"safetensors: {exc}")
-        )
+        contents.defect(DefectKind.BAD_HEADER, str(path), f"safetensors: {exc}")
         return
     mine = {tensor.path for tensor in contents.tensors}
     if names != mine:
-        contents.defects.append(
-            Defect(
-                kind=DefectKind.BAD_HEADER,
-                where=str(path),
-                message=f"safetensors lists {len(names)} tensors, the header {len(mine)}",
-            )
+        contents.defect(
+            DefectKind.BAD_HEADER,
+            str(path),
+            f"safetensors lists {len(names)} tensors, the header {len(mine)}",
         )

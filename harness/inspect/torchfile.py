@@ -27,7 +27,6 @@ from harness.inspect.pickles import (
 from harness.inspect.reader import (
     ELEMENT_SIZES,
     Contents,
-    Defect,
     DefectKind,
     FileFormat,
     OtherEntry,
@@ -320,14 +319,12 @@ def _take(contents: Contents, walked: Walked, *, where: str) -> None:
     unlisted = [storage for key, storage in walked.storages.items() if key not in accounted]
     if unlisted:
         size = sum(storage.nbytes for storage in unlisted)
-        contents.defects.append(
-            Defect(
-                kind=DefectKind.UNLISTED_STORAGE,
-                where=where,
-                message=f"{len(unlisted)} of its {len(walked.storages)} storage(s) ({size:,} "
-                f"bytes; keys {', '.join(s.key for s in unlisted[:4])}"
-                f"{' ...' if len(unlisted) > 4 else ''}) belong to no tensor listed here",
-            )
+        contents.defect(
+            DefectKind.UNLISTED_STORAGE,
+            where,
+            f"{len(unlisted)} of its {len(walked.storages)} storage(s) ({size:,} bytes; keys "
+            f"{', '.join(s.key for s in unlisted[:4])}{' ...' if len(unlisted) > 4 else ''}) "
+            "belong to no tensor listed here",
         )
 
 
@@ -391,16 +388,12 @@ class ZipReader:
         try:
             archive = zipfile.ZipFile(path)
         except zipfile.BadZipFile as exc:
-            size = path.stat().st_size
-            contents.defects.append(
-                Defect(
-                    kind=DefectKind.TRUNCATED,
-                    where=where,
-                    message=f"a zip archive whose central directory is missing or damaged "
-                    f"({exc}; {size} bytes): it ends early",
-                )
+            return contents.defect(
+                DefectKind.TRUNCATED,
+                where,
+                f"a zip archive whose central directory is missing or damaged "
+                f"({exc}; {path.stat().st_size} bytes): it ends early",
             )
-            return contents
         with archive:
             names = archive.namelist()
             pickle_name = next((n for n in names if n.endswith("/data.pkl")), None)
@@ -422,30 +415,23 @@ class ZipReader:
                     if records
                     else (DefectKind.UNKNOWN_FORMAT, "a zip archive, but not one torch wrote")
                 )
-                contents.defects.append(Defect(kind=kind, where=where, message=message))
-                return contents
+                return contents.defect(kind, where, message)
             self._check_crcs(archive, where, contents)
             if archive.getinfo(pickle_name).file_size > PICKLE_LIMIT:
-                contents.defects.append(
-                    Defect(
-                        kind=DefectKind.CORRUPT_PICKLE,
-                        where=f"{where}:{pickle_name}",
-                        message=f"{archive.getinfo(pickle_name).file_size} bytes of pickle (more "
-                        f"than {PICKLE_LIMIT}): not read",
-                    )
+                return contents.defect(
+                    DefectKind.CORRUPT_PICKLE,
+                    f"{where}:{pickle_name}",
+                    f"{archive.getinfo(pickle_name).file_size} bytes of pickle (more than "
+                    f"{PICKLE_LIMIT}): not read",
                 )
-                return contents
             try:
                 walked = _walk_pickle(io.BytesIO(_record(archive, path, pickle_name)))
             except Exception as exc:  # a broken pickle raises many types; none runs code
-                contents.defects.append(
-                    Defect(
-                        kind=DefectKind.CORRUPT_PICKLE,
-                        where=f"{where}:{pickle_name}",
-                        message=f"{type(exc).__name__}: {exc}",
-                    )
+                return contents.defect(
+                    DefectKind.CORRUPT_PICKLE,
+                    f"{where}:{pickle_name}",
+                    f"{type(exc).__name__}: {exc}",
                 )
-                return contents
             met = walked.met
             _take(contents, walked, where=f"{where}:{pickle_name}")
             storages = list(walked.storages.values())
@@ -459,21 +445,17 @@ class ZipReader:
                 record = f"{prefix}data/{storage.key}"
                 if record not in sizes:
                     users = _users(contents.tensors, storage.key)  # only for a defect: O(tensors)
-                    contents.defects.append(
-                        Defect(
-                            kind=DefectKind.MISSING_RECORD,
-                            where=f"{where}:{record}",
-                            message=f"the record holding {users} is not in the archive",
-                        )
+                    contents.defect(
+                        DefectKind.MISSING_RECORD,
+                        f"{where}:{record}",
+                        f"the record holding {users} is not in the archive",
                     )
                 elif storage.element_size and sizes[record] < storage.nbytes:
                     users = _users(contents.tensors, storage.key)
-                    contents.defects.append(
-                        Defect(
-                            kind=DefectKind.SHORT_RECORD,
-                            where=f"{where}:{record}",
-                            message=f"{sizes[record]} bytes, but {users} need {storage.nbytes}",
-                        )
+                    contents.defect(
+                        DefectKind.SHORT_RECORD,
+                        f"{where}:{record}",
+                        f"{sizes[record]} bytes, but {users} need {storage.nbytes}",
                     )
         if contents.format is FileFormat.ZIP and not contents.defects:
             contents.refused = refused_by_weights_only(path, met, zipped=True)
@@ -502,16 +484,12 @@ class ZipReader:
                         pass
             except zipfile.BadZipFile as exc:
                 kind = DefectKind.CRC_MISMATCH if "CRC" in str(exc) else DefectKind.TRUNCATED
-                contents.defects.append(
-                    Defect(kind=kind, where=f"{where}:{info.filename}", message=str(exc))
-                )
+                contents.defect(kind, f"{where}:{info.filename}", str(exc))
             except (EOFError, OSError, ValueError) as exc:
-                contents.defects.append(
-                    Defect(
-                        kind=DefectKind.TRUNCATED,
-                        where=f"{where}:{info.filename}",
-                        message=f"the record ends early ({type(exc).__name__}: {exc})",
-                    )
+                contents.defect(
+                    DefectKind.TRUNCATED,
+                    f"{where}:{info.filename}",
+                    f"the record ends early ({type(exc).__name__}: {exc})",
                 )
         if unchecked:
             contents.notes.append(
@@ -553,31 +531,29 @@ class LegacyReader:
                 magic = _walk_pickle(handle).root
             except Exception as exc:
                 contents.format = FileFormat.UNKNOWN
-                contents.defects.append(_unknown(where, f"not a pickle torch wrote ({exc})"))
-                return contents
+                return contents.defect(
+                    DefectKind.UNKNOWN_FORMAT, where, f"not a pickle torch wrote ({exc})"
+                )
             if magic != LEGACY_MAGIC:
                 contents.format = FileFormat.UNKNOWN
-                contents.defects.append(
-                    _unknown(where, "a pickle, but not torch.save's (no torch magic number)")
+                return contents.defect(
+                    DefectKind.UNKNOWN_FORMAT,
+                    where,
+                    "a pickle, but not torch.save's (no torch magic number)",
                 )
-                return contents
             try:
                 _walk_pickle(handle)  # protocol version
                 _walk_pickle(handle)  # system info
                 walked = _walk_pickle(handle)
                 keys = _walk_pickle(handle).root
             except EOFError:
-                contents.defects.append(_cut(where, handle.tell(), size, "inside its pickles"))
-                return contents
-            except Exception as exc:
-                contents.defects.append(
-                    Defect(
-                        kind=DefectKind.CORRUPT_PICKLE,
-                        where=where,
-                        message=f"{type(exc).__name__}: {exc}",
-                    )
+                return contents.defect(
+                    DefectKind.TRUNCATED, where, _cut(handle.tell(), size, "inside its pickles")
                 )
-                return contents
+            except Exception as exc:
+                return contents.defect(
+                    DefectKind.CORRUPT_PICKLE, where, f"{type(exc).__name__}: {exc}"
+                )
             met = walked.met
             _take(contents, walked, where=where)
             by_key = walked.storages
@@ -585,65 +561,49 @@ class LegacyReader:
             for key in keys if isinstance(keys, list) else []:
                 storage = by_key.get(str(key))
                 if storage is None:  # torch.load fails: "storage key ... not found"
-                    contents.defects.append(
-                        Defect(
-                            kind=DefectKind.CORRUPT_PICKLE,
-                            where=f"{where}:storage {key}",
-                            message="the list of storage keys names a storage the pickle does "
-                            "not: its bytes cannot be told apart from the next one's",
-                        )
+                    return contents.defect(
+                        DefectKind.CORRUPT_PICKLE,
+                        f"{where}:storage {key}",
+                        "the list of storage keys names a storage the pickle does not: its "
+                        "bytes cannot be told apart from the next one's",
                     )
-                    return contents
                 handle.seek(position)
                 header = handle.read(8)
                 if len(header) < 8:
-                    contents.defects.append(_cut(where, position, size, f"at storage {key}"))
-                    return contents
+                    return contents.defect(
+                        DefectKind.TRUNCATED, where, _cut(position, size, f"at storage {key}")
+                    )
                 numel = int.from_bytes(header, "little", signed=True)
                 element = storage.element_size
                 if not element:
-                    contents.defects.append(
-                        Defect(
-                            kind=DefectKind.CORRUPT_PICKLE,
-                            where=f"{where}:storage {key}",
-                            message=f"a storage of type {storage.type}, whose element size is "
-                            "unknown: the storages after it cannot be read",
-                        )
+                    return contents.defect(
+                        DefectKind.CORRUPT_PICKLE,
+                        f"{where}:storage {key}",
+                        f"a storage of type {storage.type}, whose element size is unknown: the "
+                        "storages after it cannot be read",
                     )
-                    return contents
                 if numel != storage.numel:
-                    contents.defects.append(
-                        Defect(
-                            kind=DefectKind.CORRUPT_PICKLE,
-                            where=f"{where}:storage {key}",
-                            message=f"holds {numel} elements, the pickle says {storage.numel}",
-                        )
+                    return contents.defect(
+                        DefectKind.CORRUPT_PICKLE,
+                        f"{where}:storage {key}",
+                        f"holds {numel} elements, the pickle says {storage.numel}",
                     )
-                    return contents
                 position += 8 + numel * element
             if size < position:
-                contents.defects.append(_cut(where, size, position, "in its storages"))
-                return contents
+                return contents.defect(
+                    DefectKind.TRUNCATED, where, _cut(size, position, "in its storages")
+                )
             if size > position:
                 contents.notes.append(f"{size - position} bytes follow the last storage")
         contents.refused = refused_by_weights_only(path, met, zipped=False)
         return contents
 
 
-def _unknown(where: str, message: str) -> Defect:
-    return Defect(kind=DefectKind.UNKNOWN_FORMAT, where=where, message=message)
-
-
-def _cut(where: str, have: int, need: int, at: str) -> Defect:
+def _cut(have: int, need: int, at: str) -> str:
+    """What a truncation says: how far the file goes, and how far it should."""
     if need <= have:  # the stream ended inside a pickle: how long it should be is unknown
-        return Defect(
-            kind=DefectKind.TRUNCATED, where=where, message=f"cut short {at} at byte {have}"
-        )
-    return Defect(
-        kind=DefectKind.TRUNCATED,
-        where=where,
-        message=f"cut short {at}: {have} bytes of at least {need}",
-    )
+        return f"cut short {at} at byte {have}"
+    return f"cut short {at}: {have} bytes of at least {need}"
 
 
 def pickle_stream_start(head: bytes) -> bool:
