@@ -12,6 +12,7 @@ from harness.core.cell import Cell, Visibility, visibility_label
 from harness.core.devices import cuda_index, resolve_device
 from harness.core.recipes import RECIPES
 from harness.core.scenarios import Scenario
+from harness.core.selection import selector
 from harness.core.visibility import pairs_for_mode
 
 
@@ -37,7 +38,9 @@ def expand(
     select: str | None = None,
 ) -> Matrix:
     """Cells in scenario order, each id once; ``subsets`` are the GPU visibilities chosen by the
-    policy (none: the CPU fallback); ``select`` keeps ids containing that substring."""
+    policy (none: the CPU fallback); ``select`` is a ``-k`` expression, as pytest's: the ids it
+    keeps (:mod:`harness.core.selection`; a plain word keeps the ids containing it)."""
+    keep = selector(select or "")
     cells: dict[str, Cell] = {}
     omitted: list[Omitted] = []
     for scenario in scenarios:
@@ -60,7 +63,7 @@ def expand(
                 save_wrapper=axes["save_wrapper"],
                 load_wrapper=axes["load_wrapper"],
             )
-            if select is not None and select not in cell.id:
+            if not keep(cell.id):
                 continue
             reason = RECIPES[cell.recipe].skip_reason(
                 save=cell.save_layout,

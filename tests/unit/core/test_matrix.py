@@ -2,10 +2,14 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
+
 from harness.core.axes import Format, Layout, Wrapper
+from harness.core.errors import UserError
 from harness.core.matrix import Matrix, expand
 from harness.core.recipes import RecipeKind
 from harness.core.scenarios import Scenario, default_scenarios_dir, load_scenarios
+from harness.core.selection import SelectionError
 
 
 def default() -> Matrix:
@@ -296,3 +300,78 @@ def test_wrappers_go_inside_every_layout() -> None:
         "model=trap-save=fsdp2x2+compile[cpu]-load=single[cpu]-fmt=weights-recipe=full_state_dict",
     ]
     assert matrix.cells[1].save_key.id == "trap-fsdp2x2+compile[cpu]-full_state_dict"
+
+
+def picked(expression: str) -> list[str]:
+    """The ids of the shipped scenarios' cells that ``-k expression`` keeps."""
+    return [
+        cell.id for cell in expand(load_scenarios(default_scenarios_dir()), select=expression).cells
+    ]
+
+
+def test_select_takes_pytest_expressions() -> None:
+    ids = [cell.id for cell in default().cells]
+    fsdp2_not_compiled = [i for i in ids if "fsdp2" in i and "compile" not in i]
+    assert 0 < len(fsdp2_not_compiled) < len([i for i in ids if "fsdp2" in i])
+    assert picked("fsdp2 and not compile") == fsdp2_not_compiled
+    assert picked("fsdp2 and not compile and fmt=dcp") == [
+        i for i in fsdp2_not_compiled if "fmt=dcp" in i
+    ]
+    either = [i for i in ids if "fmt=dcp" in i or "fmt=safetensors" in i]
+    assert picked("fmt=dcp or fmt=safetensors") == either
+    # and binds tighter than or; parentheses change that
+    grouped = picked("(fmt=dcp or fmt=safetensors) and not model=trap-")
+    ungrouped = picked("fmt=dcp or fmt=safetensors and not model=trap-")
+    assert grouped == [i for i in either if "model=trap-" not in i]
+    assert ungrouped == [
+        i for i in ids if "fmt=dcp" in i or ("fmt=safetensors" in i and "model=trap-" not in i)
+    ]
+    assert grouped != ungrouped
+    assert picked("not not (fmt=dcp)") == [i for i in ids if "fmt=dcp" in i]
+    # a blank expression keeps every cell, as no -k does
+    assert picked("") == picked("  ") == ids
+
+
+def test_select_words_match_whatever_their_case() -> None:
+    ids = [cell.id for cell in default().cells]
+    lower = [i for i in ids if "fmt=safetensors" in i]
+    assert lower
+    assert picked("FMT=SafeTensors") == lower
+    # a user's model keeps its case in the id; a lower-case word still finds it
+    scenario = Scenario(
+        name="s",
+        description="",
+        source="here",
+        models=("Team.Models:Tiny",),
+        save_layouts=(Layout.SINGLE,),
+        load_layouts=(Layout.SINGLE,),
+        formats=(Format.WEIGHTS,),
+        recipes=("as_saved",),
+    )
+    assert [c.model for c in expand([scenario], select="models:tiny and single").cells] == [
+        "Team.Models:Tiny"
+    ]
+    # the operators are lower case, as pytest's: AND is a word, and two words need one between
+    with pytest.raises(SelectionError, match="got 'AND'"):
+        picked("fmt=dcp AND fsdp2")
+
+
+@pytest.mark.parametrize(
+    ("expression", "where"),
+    [
+        ("fsdp and", "at column 9, expected a word, 'not' or '(', got the end of the expression"),
+        ("fsdp dcp", "at column 6, expected 'and', 'or' or the end, got 'dcp'"),
+        ("(fsdp or dcp", "at column 13, expected ')', got the end of the expression"),
+        ("fsdp)", "at column 5, expected 'and', 'or' or the end, got ')'"),
+        ("not", "at column 4, expected a word, 'not' or '(', got the end of the expression"),
+        ("and dcp", "at column 1, expected a word, 'not' or '(', got 'and'"),
+    ],
+)
+def test_a_bad_select_expression_is_a_user_error(expression: str, where: str) -> None:
+    with pytest.raises(SelectionError) as raised:
+        picked(expression)
+    assert isinstance(raised.value, UserError)
+    assert str(raised.value) == (
+        f"-k {expression!r}: {where} (-k takes words (a cell is kept if its id contains the "
+        "word, whatever its case) joined by and, or, not and parentheses, as pytest's -k does)"
+    )
