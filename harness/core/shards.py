@@ -31,13 +31,13 @@ FORMS = (
 
 _NUMBER = re.compile(r"[0-9]+")
 
-# Relative costs, in units of one worker process of a tiny model on the CPU (~1.3 s spawned here,
-# nearly all of it `import torch`; docs/ARCHITECTURE.md). Powers of two and their halves, so sums
+# Relative costs, in units of one worker process of a tiny model on the CPU (spawned, nearly all
+# of it `import torch`; docs/performance.md, "One worker"). Powers of two and their halves, so sums
 # are exact in floating point whatever their order.
 TINY_MODEL = 1.0
 TORCHVISION_MODEL = 4.0  # torchvision's import (it pulls torch._dynamo in) and a real network
 TRAIN_STATE = 1.5  # the saver trains with an optimizer and scheduler, the loader resumes them
-GPU_VISIBLE = 1.75  # a worker that sees a GPU initialises CUDA (measured 1.78x on an H200)
+GPU_VISIBLE = 1.75  # a worker that sees a GPU initialises CUDA (docs/performance.md, "On one H200")
 
 
 class ShardError(UserError):

@@ -231,7 +231,7 @@ def preload(
     import harness.worker.one_process
 
     if distributed:
-        import torch._dynamo  # noqa: F401  (fully_shard imports it at its first call: ~1.3 s)
+        import torch._dynamo  # noqa: F401  (fully_shard imports it at its first call: slow)
 
         import harness.worker.distributed
         import harness.worker.distributed_recipes  # noqa: F401

@@ -405,7 +405,7 @@ def train(model: nn.Module, name: str, *, steps: int, lr: float = 0.1) -> None:
     """A few plain SGD steps in train mode, so weights and BatchNorm statistics leave their
     defaults (a model with no example input is perturbed instead). The update is written out
     rather than taken from torch.optim, whose first ``zero_grad``/``step`` imports torch._dynamo
-    (measured: +1.0 s per save worker)."""
+    (what that costs a save worker: docs/performance.md)."""
     if not has_example_input(name):
         perturb(model)
         return

@@ -36,7 +36,7 @@ def configure_torch() -> None:
     training needs no determinism (the loader checks the saver's recorded digests, not a re-run),
     and it raises for ops resnet trains with (adaptive_avg_pool2d's CUDA backward). On the CPU it
     is left off: one-thread CPU kernels are deterministic already, and the switch imports
-    torch._inductor and torch._dynamo (measured: +1.0 s on a 1.2 s worker start).
+    torch._inductor and torch._dynamo (what that costs a worker: docs/performance.md).
     """
     torch.set_num_threads(1)
     if os.environ.get("CUDA_VISIBLE_DEVICES"):

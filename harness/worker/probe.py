@@ -24,7 +24,7 @@ def environment() -> dict[str, Any]:
     """The torch side of the run's environment, read in a worker (the orchestrator never imports
     torch)."""
     try:
-        vision: str | None = metadata.version("torchvision")  # no import: it costs ~1.7 s
+        vision: str | None = metadata.version("torchvision")  # no import, slow: docs/performance.md
     except metadata.PackageNotFoundError:
         vision = None
     return {
