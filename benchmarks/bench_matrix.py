@@ -5,8 +5,9 @@ Part 1, the matrix: the first ``--cells`` cells (default 64) of the default scen
 fallback, in matrix order, leaving out models that need torchvision (resnet, whose workers would
 make the spawn half long), run once under each launcher, each in a fresh temporary work folder,
 ``--jobs`` at a time.
-Before each run, one save job in a folder of its own starts the launcher (the zygote's own
-``import torch``); it is timed and reported as "start-up", not counted in the run. A recording
+Each run goes through the run use case, as ``ckpt-matrix run`` does; its start-up (the work
+folder, the launcher with the zygote's own ``import torch``, and the environment's worker, which
+measures the models) is reported as "start-up", not counted in the run. A recording
 launcher keeps every job's ``JobRun``: ``duration_s`` is the launcher-observed wall of the job,
 ``report["work_s"]`` the work the worker measured itself; the per-cell overhead is
 ``sum(duration_s - work_s) / cells`` over every save and load job of the run. The two runs must
@@ -45,16 +46,13 @@ from typing import Any
 
 from harness.certify.diff import compare
 from harness.core.cell import Cell
-from harness.core.devices import DeviceMap
 from harness.core.jobs import Job, JobRun
-from harness.core.matrix import expand
-from harness.core.oracle import parse_torch_version
-from harness.core.results import ResultsWriter, read_results
-from harness.core.scenarios import default_scenarios_dir, load_scenarios
+from harness.core.results import read_results
 from harness.launchers.protocol import Launcher
-from harness.run.artifacts import ArtifactStore
-from harness.run.jobs import DEFAULT_TIMEOUT_S, JobFactory
-from harness.run.runner import build_runner, run_cells
+from harness.run.jobs import DEFAULT_TIMEOUT_S
+from harness.run.options import RunOptions
+from harness.run.planning import Planned, plan_matrix
+from harness.run.usecase import Destination, MatrixWork, execute
 
 LAUNCHER_NAMES = ("spawn", "zygote")
 
@@ -118,14 +116,14 @@ def work_of(run: JobRun) -> float:
     return float(run.report.get("work_s", 0.0)) if run.report is not None else 0.0
 
 
-def pick_cells(count: int) -> list[Cell]:
-    """The first ``count`` cells of the default matrix (CPU fallback) whose model needs no
-    torchvision, in matrix order."""
-    matrix = expand(load_scenarios(default_scenarios_dir()), subsets=[])
-    usable = [cell for cell in matrix.cells if not cell.model_spec.needs_torchvision]
+def pick_cells(count: int) -> Planned:
+    """The default matrix (CPU fallback, as planned by the CLI) cut to its first ``count`` cells
+    whose model needs no torchvision, in matrix order."""
+    planned = plan_matrix(RunOptions())
+    usable = [cell for cell in planned.cells if not cell.model_spec.needs_torchvision]
     if len(usable) < count:
         raise SystemExit(f"--cells {count}: the default matrix has only {len(usable)} such cells")
-    return usable[:count]
+    return dataclasses.replace(planned, cells=tuple(usable[:count]))
 
 
 def package_version(name: str) -> str | None:
@@ -137,50 +135,32 @@ def package_version(name: str) -> str | None:
 
 def run_under(
     name: str,
-    cells: Sequence[Cell],
+    planned: Planned,
     *,
     jobs: int,
     timeout_s: float,
     results_dir: Path,
 ) -> LauncherRun:
-    torch_version = package_version("torch")
-    if torch_version is None:
+    """The planned cells through the run use case (as ``ckpt-matrix run`` runs them) on the
+    launcher ``name``, every cell job recorded."""
+    if package_version("torch") is None:
         raise SystemExit("torch is not installed in this interpreter")
-    with tempfile.TemporaryDirectory(prefix=f"bench-matrix-{name}-") as folder:
-        workdir = Path(folder)
-        built = build_runner(
-            workdir=workdir / "run",
-            timeout_s=timeout_s,
-            devices=DeviceMap(),
-            torch_version=parse_torch_version(torch_version),
-            launcher=name,
-            torchvision=package_version("torchvision") is not None,
-        )
-        recorder = RecordingLauncher(built.launcher)
-        runner = dataclasses.replace(
-            built, launcher=recorder, store=ArtifactStore(built.factory, recorder)
-        )
-        results_path = results_dir / f"{name}.jsonl"
-        environment = {"torch": torch_version, "launcher": name, "benchmark": "bench_matrix"}
-        try:
-            warmup = JobFactory(workdir=workdir / "warmup", timeout_s=timeout_s)
-            started = time.monotonic()
-            first = built.launcher.launch(warmup.save_job(cells[0].save_key))
-            startup_s = time.monotonic() - started
-            if not first.ok:
-                raise SystemExit(f"{name}: the warm-up save failed: {first.failure()}")
-            with ResultsWriter(results_path, environment, resume=False) as writer:
-                started = time.monotonic()
-                run_cells(cells, runner, writer, jobs=jobs)
-                wall_s = time.monotonic() - started
-        finally:
-            recorder.stop_all()
+    options = RunOptions(launcher=name, jobs=jobs, timeout_s=timeout_s)
+    recorders: list[RecordingLauncher] = []
+
+    def record(launcher: Launcher) -> Launcher:
+        recorders.append(RecordingLauncher(launcher))
+        return recorders[-1]
+
+    results_path = results_dir / f"{name}.jsonl"
+    work = MatrixWork(planned=planned, options=options, out=results_path, record=record)
+    finished = execute(work, options, Destination(out=results_path, overwrite=True))
     return LauncherRun(
         name=name,
-        cells_run=tuple(cells),
-        startup_s=startup_s,
-        wall_s=wall_s,
-        runs=tuple(recorder.runs),
+        cells_run=planned.cells,
+        startup_s=finished.startup_s,
+        wall_s=finished.cells_s,
+        runs=tuple(run for recorder in recorders for run in recorder.runs),
         results_path=results_path,
     )
 
@@ -337,8 +317,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_digests(args.repeats)
         return 0
 
-    cells = pick_cells(args.cells)
-    print(describe_cells(cells))
+    planned = pick_cells(args.cells)
+    print(describe_cells(planned.cells))
     print(
         f"torch {package_version('torch')}, python {sys.version.split()[0]}, "
         f"{default_jobs()} CPUs, --jobs {args.jobs}"
@@ -347,7 +327,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     results_dir.mkdir(parents=True, exist_ok=True)
     try:
         runs = [
-            run_under(name, cells, jobs=args.jobs, timeout_s=args.timeout, results_dir=results_dir)
+            run_under(
+                name, planned, jobs=args.jobs, timeout_s=args.timeout, results_dir=results_dir
+            )
             for name in LAUNCHER_NAMES
         ]
         differences, outcomes = agreement(runs)

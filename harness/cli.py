@@ -4,88 +4,32 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import signal
 import sys
-import threading
-import time
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from harness.certify.diff import compare
 from harness.certify.diff import to_markdown as diff_markdown
 from harness.certify.report import report_html, report_markdown
 from harness.core.errors import UserError
-from harness.core.outcomes import exit_code
 from harness.core.results import ResultsWriter, read_results
 from harness.core.results import merge as merge_results
 from harness.core.summary import summary_table
-from harness.inspect.pickles import runs_code
-from harness.launchers import DEFAULT_LAUNCHER, LAUNCHERS, Launcher, LauncherBroken
-from harness.run.environment import describe, now, torch_environment
-from harness.run.jobs import DEFAULT_TIMEOUT_S, JobFactory
-from harness.run.options import (
-    Planned,
-    RunOptions,
-    machine_inventory,
-    open_launcher,
-    open_runner,
-    plan_matrix,
-    run_environment,
-)
-from harness.run.progress import reporter_for
-from harness.run.runner import leased_launcher, run_cells
-from harness.run.workdirs import work_folder
+from harness.launchers import LauncherBroken
+from harness.run.options import ABSENT, RunOptions, add_options
+from harness.run.planning import machine_inventory, plan_matrix
+from harness.run.signals import Interrupted
+from harness.run.usecase import Destination, MatrixWork, execute
 
 USAGE_ERROR = 2
 STOPPED = 3  # the run could not go on (a launcher broke); what finished is recorded
 INTERNAL_ERROR = 70  # a bug in the harness (EX_SOFTWARE): its traceback is printed
 BROKEN_PIPE = 128 + signal.SIGPIPE  # 141: the reader of stdout went away, as for `seq | head`
-
-
-class Interrupted(BaseException):
-    """The run was told to stop (SIGINT or SIGTERM): running workers are stopped, the results
-    file ends with a line saying so, and ``--resume`` finishes the run."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-@contextlib.contextmanager
-def stop_on_signals() -> Iterator[None]:
-    """While active, SIGINT and SIGTERM raise :class:`Interrupted` in the main thread, once: a
-    second signal is ignored while the first one's cleanup stops the workers."""
-
-    def interrupt(signum: int, _frame: object) -> None:
-        for name in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(name, signal.SIG_IGN)
-        raise Interrupted(signum)
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {name: signal.signal(name, interrupt) for name in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for name, handler in previous.items():
-            signal.signal(name, handler)
-
-
-def end_interrupted(writer: ResultsWriter, exc: Interrupted) -> None:
-    """The results file's last line for a run a signal stopped: ``--resume`` finishes it."""
-    writer.finish(
-        finished_at=now(),
-        cells_run=writer.appended,
-        stopped=f"interrupted by {exc}",
-        interrupted=str(exc),
-    )
 
 
 class UsageError(UserError):
@@ -100,37 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     def matrix_options(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument(
-            "--scenarios",
-            type=Path,
-            default=None,
-            help="a scenario TOML file or a folder of them (default: the shipped scenarios/)",
-        )
-        sub.add_argument(
-            "-k", "--select", default=None, help="keep only cells whose id contains this text"
-        )
-        sub.add_argument(
-            "--model",
-            action="append",
-            default=[],
-            dest="models",
-            metavar="NAME",
-            help="run the scenarios with this model instead of the ones they name (repeatable): "
-            "a zoo name, or your own as package.module:factory, imported from the current "
-            "directory and PYTHONPATH",
-        )
-        sub.add_argument(
-            "--visibility",
-            default="minimal",
-            help="GPU subsets: minimal, pairs, all[:K] or sample:N (default: minimal)",
-        )
-        sub.add_argument(
-            "--shard",
-            default=None,
-            metavar="K/N",
-            help="only the K-th of N disjoint parts of the matrix (cells sharing a checkpoint stay "
-            "together); 'slurm' reads a Slurm array's task id and count, 'indexed:N' a Kubernetes "
-            "Indexed Job's JOB_COMPLETION_INDEX with N completions",
+        add_options(
+            sub.add_argument, "cli", ("scenarios", "select", "models", "visibility", "shard")
         )
 
     def simulate_option(sub: argparse.ArgumentParser) -> None:
@@ -145,38 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run the matrix and write results")
     matrix_options(run)
     run.add_argument("--out", type=Path, default=Path("results.jsonl"))
-    run.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="cells at a time")
-    run.add_argument(
-        "--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds per worker process"
-    )
-    run.add_argument(
-        "--gpu-slots",
-        type=int,
-        default=1,
-        metavar="N",
-        help="worker processes that may share one GPU at once (default 1: each has it alone)",
-    )
-    run.add_argument(
-        "--launcher",
-        choices=LAUNCHERS,
-        default=DEFAULT_LAUNCHER,
-        help="zygote (the default): workers forked from one process that has imported torch and "
-        "never computes; spawn: a fresh interpreter per worker (slower, the same outcomes)",
-    )
+    add_options(run.add_argument, "cli", ("jobs", "timeout_s", "gpu_slots", "launcher"))
     run.add_argument(
         "--workdir",
         type=Path,
         default=None,
         help="keep checkpoints, specs and worker logs here (default: a temporary folder)",
     )
-    run.add_argument(
-        "--rerun-errors",
-        type=int,
-        default=0,
-        metavar="N",
-        help="run a cell that ends ERROR again, in fresh processes with a fresh save, up to N "
-        "more times; one that then passes is reported flaky, with every attempt recorded",
-    )
+    add_options(run.add_argument, "cli", ("rerun_errors",))
     existing = run.add_mutually_exclusive_group()
     existing.add_argument(
         "--resume", action="store_true", help="continue an interrupted --out file"
@@ -237,11 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     golden_commands = golden.add_subparsers(dest="golden_command", required=True)
 
     def golden_options(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="files at a time")
-        sub.add_argument(
-            "--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds per worker process"
-        )
-        sub.add_argument("--launcher", choices=LAUNCHERS, default=DEFAULT_LAUNCHER)
+        add_options(sub.add_argument, "cli", ("jobs", "timeout_s", "launcher"))
         sub.add_argument("--workdir", type=Path, default=None, help="keep worker specs and logs")
         sub.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
@@ -288,37 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_options(args: argparse.Namespace) -> RunOptions:
-    return RunOptions(
-        scenarios=args.scenarios,
-        select=args.select,
-        models=tuple(args.models),
-        visibility=args.visibility,
-        shard=args.shard,
-        timeout_s=getattr(args, "timeout", DEFAULT_TIMEOUT_S),
-        gpu_slots=getattr(args, "gpu_slots", 1),
-        launcher=getattr(args, "launcher", DEFAULT_LAUNCHER),
-        simulate_gpus=getattr(args, "simulate_gpus", None),
+    """The options the command parsed (those it has; the rest keep their defaults)."""
+    return RunOptions.read(
+        lambda name: getattr(args, name, ABSENT),
+        "cli",
+        **{name: getattr(args, name) for name in ("simulate_gpus",) if hasattr(args, name)},
     )
-
-
-def _traits(models: Any) -> dict[str, Any]:
-    """Each model's measured traits, as an environment line records them (anything else in a
-    hand-edited file reads as itself, and so differs)."""
-    if not isinstance(models, dict):
-        return {"(recorded)": models}
-    return {
-        name: found.get("traits") if isinstance(found, dict) else found
-        for name, found in models.items()
-    }
-
-
-def shard_identity(record: dict[str, Any] | None) -> str:
-    """Which part of which matrix a results file holds, whatever named the shard."""
-    if not record:
-        return "none (the whole matrix)"
-    if not isinstance(record, dict):
-        return repr(record)
-    return f"{record.get('index')}/{record.get('count')} of matrix {record.get('matrix')}"
 
 
 def cmd_inventory(args: argparse.Namespace) -> int:
@@ -348,114 +210,36 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return worst
 
 
-def checked_safe_globals(names: Sequence[str], where: str) -> tuple[str, ...]:
-    """Globals a user allows a golden load: ``module.Name`` each, and never one that runs code."""
-    for name in names:
-        if not isinstance(name, str) or "." not in name:
-            raise UsageError(f"{where} {name!r}: give module.Name (e.g. argparse.Namespace)")
-        if runs_code(name):
-            raise UsageError(
-                f"{where} {name}: that global runs code or commands; it is never allowed"
-            )
-    return tuple(names)
-
-
 def cmd_golden(args: argparse.Namespace) -> int:
-    """``golden record PATH...`` or ``golden verify GOLDEN``: one worker job per file, on the
-    run's launcher, each line written as its file ends; the exit code reduces the outcomes."""
-    from harness.certify.golden import golden_files, map_choice, recorded, verify_out
+    """``golden record PATH...`` or ``golden verify GOLDEN``: one worker job per file, through
+    the run use case; the exit code reduces the outcomes."""
+    from harness.certify.golden import record_work, verify_out, verify_work
 
-    if args.golden_command == "verify" and args.out is None:
-        args.out = verify_out(args.golden)
-    if args.jobs < 1:
-        raise UsageError(f"--jobs {args.jobs}: must be at least 1")
-    if args.timeout <= 0:
-        raise UsageError(f"--timeout {args.timeout}: must be more than 0 seconds")
-    if args.out.exists() and not args.overwrite:
-        raise UsageError(f"{args.out} exists; pass --overwrite to replace it")
-    if args.golden_command == "record":
-        map_choice(args.map_location)
-        safe_globals = checked_safe_globals(args.safe_globals, "--safe-global")
-        files = golden_files(args.paths)
-        before: list[Any] = []
-    else:
-        golden = read_results(args.golden)
-        before = recorded(golden)
-        recorded_with = golden.environment.get("golden") or {}
-        if not isinstance(recorded_with, dict):
-            raise UsageError(f"{args.golden}:1: 'golden' is not what `golden record` writes")
-        named = recorded_with.get("safe_globals") or []
-        if not isinstance(named, list):
-            raise UsageError(f"{args.golden}:1: golden.safe_globals is not a list")
-        safe_globals = checked_safe_globals(named, f"{args.golden}:1 golden.safe_globals")
-        files = []
+    options = run_options(args)
+    options.check()
     inventory = machine_inventory(RunOptions(), os.environ)
-    with stop_on_signals(), work_folder(args.workdir, prefix="ckpt-matrix-golden-") as workdir:
-        return golden_files_run(args, inventory, workdir, files, before, safe_globals)
-
-
-def golden_files_run(
-    args: argparse.Namespace,
-    inventory: Any,
-    workdir: Path,
-    files: list[Path],
-    before: list[Any],
-    safe_globals: tuple[str, ...],
-) -> int:
-    """``golden``'s run: the environment, then one job per file, written as each ends."""
-    from harness.certify.golden import GoldenRunner, run_files
-    from harness.core.devices import DeviceMap
-
-    launcher = leased_launcher(args.launcher, workdir, preload_torchvision=False)
-    try:
-        torch_side = torch_environment(
-            inventory, launcher=launcher, workdir=workdir, timeout_s=args.timeout
+    if args.golden_command == "record":
+        work = record_work(
+            args.paths,
+            options,
+            inventory,
+            map_location=args.map_location,
+            safe_globals=args.safe_globals,
         )
-        environment = describe(
-            torch_side, inventory, visibility_policy="all", launcher=args.launcher
-        )
-        environment["golden"] = {
-            "command": args.golden_command,
-            "safe_globals": list(safe_globals),
-            "record": None if args.golden_command == "record" else str(args.golden),
-        }
-        if args.golden_command == "record":
-            environment["golden"]["map_location"] = args.map_location
-        runner = GoldenRunner(
-            factory=JobFactory(
-                workdir=workdir, timeout_s=args.timeout, devices=DeviceMap(inventory.uuids)
-            ),
-            launcher=launcher,
-            visibility=inventory.indices,
-            safe_globals=safe_globals,
-            map_location=getattr(args, "map_location", "auto"),
-        )
-        work = (
-            [lambda f=f: runner.record(str(f), f) for f in files]
-            if args.golden_command == "record"
-            else [lambda b=b: runner.verify(b, args.golden.parent) for b in before]
-        )
-        print(
-            f"ckpt-matrix golden {args.golden_command}: {len(work)} files, torch "
-            f"{environment['torch']}, {args.jobs} at a time",
-            file=sys.stderr,
-        )
-        reporter = reporter_for(sys.stderr)
-        with ResultsWriter(args.out, environment, resume=False) as writer:
-            reporter.start(len(work))
-            try:
-                results = run_files(work, writer, jobs=args.jobs, progress=reporter.update)
-            except Interrupted as exc:
-                end_interrupted(writer, exc)
-                raise
-            finally:
-                reporter.stop()
-            writer.finish(finished_at=now(), cells_run=len(results))
-    finally:
-        launcher.stop_all()
-    print(summary_table(results))
-    print(f"\n{len(results)} files in {args.out}")
-    return exit_code([result.outcome for result in results])
+    else:
+        work = verify_work(args.golden, options, inventory)
+    out = verify_out(args.golden) if args.out is None else args.out
+    destination = Destination(
+        out=out,
+        overwrite=args.overwrite,
+        workdir=args.workdir,
+        workdir_prefix="ckpt-matrix-golden-",
+        resumable=False,
+    )
+    finished = execute(work, options, destination)
+    print(summary_table(list(finished.results)))
+    print(f"\n{len(finished.results)} files in {out}")
+    return finished.exit_code
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -516,86 +300,17 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     options = run_options(args)
-    planned = plan_matrix(options)
-    if args.jobs < 1:
-        raise UsageError(f"--jobs {args.jobs}: must be at least 1")
-    if args.rerun_errors < 0:
-        raise UsageError(f"--rerun-errors {args.rerun_errors}: must be 0 or more")
-    if args.out.exists() and not (args.resume or args.overwrite):
-        raise UsageError(
-            f"{args.out} exists; pass --resume to continue it or --overwrite to replace it"
-        )
-    # the signals are caught over the cleanup too: a second Ctrl-C cannot cut it short
-    with stop_on_signals(), work_folder(args.workdir) as workdir:
-        launcher = open_launcher(planned, options, workdir)
-        try:
-            return run_planned(args, options, planned, launcher, workdir)
-        finally:
-            launcher.stop_all()
-
-
-def run_planned(
-    args: argparse.Namespace,
-    options: RunOptions,
-    planned: Planned,
-    launcher: Launcher,
-    workdir: Path,
-) -> int:
-    done: set[str] = set()
-    environment = run_environment(planned, options, launcher, workdir)
-    if args.resume and args.out.exists():
-        previous = read_results(args.out)
-        before, now_ = previous.environment, environment
-        for what, then, this in (
-            ("torch", before.get("torch"), now_["torch"]),
-            ("shard", shard_identity(before.get("shard")), shard_identity(now_["shard"])),
-            # the oracle judged the earlier cells by these
-            ("model traits", _traits(before.get("models")), _traits(now_.get("models"))),
-        ):
-            if then != this:
-                raise UsageError(
-                    f"{args.out} was written with {what} {then}, this run has {this}; "
-                    "use a new --out for this run"
-                )
-        done = {result.id for result in previous.results}
-    cells = [cell for cell in planned.cells if cell.id not in done]
-    shard = "" if planned.shard is None else f" (shard {planned.shard.label})"
-    print(
-        f"ckpt-matrix: {len(cells)} cells to run{shard} ({len(done)} already in {args.out}), "
-        f"torch {environment['torch']}, {args.jobs} at a time, {options.launcher} launcher",
-        file=sys.stderr,
+    work = MatrixWork(planned=plan_matrix(options), options=options, out=args.out)
+    destination = Destination(
+        out=args.out, resume=args.resume, overwrite=args.overwrite, workdir=args.workdir
     )
-    started = time.monotonic()
-    runner = open_runner(planned, options, environment, workdir, launcher)
-    resume = bool(args.resume and args.out.exists())
-    reporter = reporter_for(sys.stderr)
-    with ResultsWriter(args.out, environment, resume=resume) as writer:
-        reporter.start(len(cells))
-        try:
-            run_cells(
-                cells,
-                runner,
-                writer,
-                jobs=args.jobs,
-                progress=reporter.update,
-                rerun_errors=args.rerun_errors,
-            )
-        except LauncherBroken as exc:
-            writer.finish(finished_at=now(), cells_run=writer.appended, stopped=str(exc))
-            raise
-        except Interrupted as exc:
-            end_interrupted(writer, exc)
-            raise
-        finally:
-            reporter.stop()
-        writer.finish(finished_at=now(), cells_run=len(cells))
-    everything = read_results(args.out)
-    print(summary_table(everything.results))
+    finished = execute(work, options, destination)
+    print(summary_table(list(finished.results)))
     print(
-        f"\n{len(everything.results)} cells in {args.out}; this run took "
-        f"{time.monotonic() - started:.1f} s for {len(cells)} cells"
+        f"\n{len(finished.results)} cells in {args.out}; this run took "
+        f"{finished.cells_s:.1f} s for {finished.ran} cells"
     )
-    return exit_code([result.outcome for result in everything.results])
+    return finished.exit_code
 
 
 def main(argv: Sequence[str] | None = None) -> int:

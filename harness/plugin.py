@@ -4,8 +4,9 @@ A test that asks for the ``ckpt_cell`` fixture is parametrized with every cell o
 (``--ckpt-scenarios``, default: the shipped ones) under the GPU subsets of ``--ckpt-visibility``
 on this machine's GPUs (none: the CPU fallback), each with its readable id; ``ckpt_result`` runs
 that cell. Artifacts are saved once per run and GPU leases are taken in a folder of the run's
-base temp directory, shared by pytest-xdist workers. The plugin costs nothing when unused: it
-imports nothing from torch, and nothing at all until a test asks for a cell.
+base temp directory, shared by pytest-xdist workers. The plugin costs little when unused: it
+imports nothing from torch; its options come from ``harness.run.options`` (the table the CLI's
+options come from too), and the rest is imported when a test asks for a cell.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -21,84 +21,31 @@ import pytest
 if TYPE_CHECKING:
     from harness.core.cell import Cell
     from harness.core.results import CellResult
-    from harness.run.options import Planned, RunOptions
+    from harness.run.options import RunOptions
+    from harness.run.planning import Planned
     from harness.run.runner import CellRunner
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
+    from harness.run.options import add_options
+
     group = parser.getgroup("ckpt-matrix", "ckpt-matrix conformance cells")
-    group.addoption(
-        "--ckpt-scenarios",
-        type=Path,
-        default=None,
-        help="scenario TOML file or folder for the ckpt_cell tests (default: the shipped set)",
-    )
-    group.addoption(
-        "--ckpt-model",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="run the scenarios with this model instead of the ones they name (repeatable): a "
-        "zoo name, or package.module:factory",
-    )
-    group.addoption(
-        "--ckpt-visibility",
-        default="minimal",
-        help="GPU subsets: minimal, pairs, all[:K] or sample:N (default: minimal)",
-    )
-    group.addoption(
-        "--ckpt-timeout",
-        type=float,
-        default=None,
-        help="seconds each worker process may run (default: 120)",
-    )
-    group.addoption(
-        "--ckpt-launcher",
-        choices=("zygote", "spawn"),  # harness.launchers.LAUNCHERS (the plugin imports nothing)
-        default="zygote",
-        help="zygote (default): workers forked from one process that has imported torch; spawn: "
-        "a fresh interpreter per worker (slower, the same outcomes)",
-    )
-    group.addoption(
-        "--ckpt-shard",
-        default=None,
-        metavar="K/N",
-        help="only the K-th of N disjoint parts of the cells; 'slurm' or 'indexed:N' read a "
-        "Slurm array's or a Kubernetes Indexed Job's index from the environment",
-    )
-    group.addoption(
-        "--ckpt-gpu-slots",
-        type=int,
-        default=1,
-        help="worker processes that may share one GPU at once (default 1: each has it alone)",
-    )
+    add_options(group.addoption, "plugin")
 
 
 _PLANNED = pytest.StashKey["Planned"]()
 
 
 def _options(config: pytest.Config) -> RunOptions:
-    from harness.run.jobs import DEFAULT_TIMEOUT_S
-    from harness.run.options import PLUGIN_NAMES, RunOptions
+    from harness.run.options import RunOptions
 
-    return RunOptions(
-        scenarios=config.getoption("ckpt_scenarios"),
-        models=tuple(config.getoption("ckpt_model")),
-        visibility=config.getoption("ckpt_visibility"),
-        shard=config.getoption("ckpt_shard"),
-        timeout_s=DEFAULT_TIMEOUT_S
-        if config.getoption("ckpt_timeout") is None
-        else config.getoption("ckpt_timeout"),
-        gpu_slots=config.getoption("ckpt_gpu_slots"),
-        launcher=config.getoption("ckpt_launcher"),
-        names=PLUGIN_NAMES,
-    )
+    return RunOptions.read(config.getoption, "plugin")
 
 
 def _planned(config: pytest.Config) -> Planned:
     """The cells of this run (planned once per pytest process), through the CLI's own path."""
     from harness.core.errors import UserError
-    from harness.run.options import plan_matrix
+    from harness.run.planning import plan_matrix
 
     if _PLANNED not in config.stash:
         try:
@@ -129,24 +76,24 @@ def ckpt_runner(
     """One cell runner per pytest process, sharing artifacts and leases across xdist workers."""
     from filelock import FileLock
 
-    from harness.run.options import open_launcher, open_runner, run_environment
+    from harness.run.usecase import MatrixWork
 
     base = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         base = base.parent  # the folder all workers of this run share
     workdir = base / "ckpt-matrix"
     workdir.mkdir(parents=True, exist_ok=True)
-    planned, options = _planned(pytestconfig), _options(pytestconfig)
-    launcher = open_launcher(planned, options, workdir)
+    work = MatrixWork(planned=_planned(pytestconfig), options=_options(pytestconfig))
+    launcher = work.open_launcher(workdir)
     try:
         environment_path = workdir / "environment.json"
         with FileLock(str(environment_path) + ".lock"):
             if environment_path.exists():
                 environment = json.loads(environment_path.read_text(encoding="utf-8"))
             else:
-                environment = run_environment(planned, options, launcher, workdir)
+                environment = work.environment(launcher, workdir)
                 environment_path.write_text(json.dumps(environment), encoding="utf-8")
-        yield open_runner(planned, options, environment, workdir, launcher)
+        yield work.runner(launcher, workdir, environment)
     finally:
         launcher.stop_all()
 

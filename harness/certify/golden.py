@@ -9,27 +9,32 @@ recording is itself the record that ``verify`` reads (each PASS line's ``observe
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from harness.core.axes import Format, Layout
 from harness.core.cell import Cell, Visibility
-from harness.core.devices import cuda_index
+from harness.core.devices import DeviceMap, cuda_index
 from harness.core.errors import UserError
 from harness.core.jobs import Job, JobRun
 from harness.core.jobspec import GoldenSpec
 from harness.core.oracle import Expectation
 from harness.core.outcomes import Outcome
 from harness.core.recipes import GOLDEN
-from harness.core.results import CellResult, ResultsFile, ResultsWriter
+from harness.core.results import CellResult, ResultsFile, read_results
 from harness.inspect.dcp_dir import METADATA
+from harness.inspect.pickles import runs_code
 from harness.launchers.protocol import Launcher
+from harness.run.environment import describe, torch_environment
+from harness.run.inventory import Inventory
 from harness.run.jobs import JobFactory
+from harness.run.options import RunOptions
+from harness.run.runner import leased_launcher
 
 NAMES_SHOWN = 6
 EXPECTED = Expectation(
@@ -394,26 +399,115 @@ def tensor_problems(
     return problems
 
 
-def run_files(
-    work: Sequence[Callable[[], CellResult]],
-    writer: ResultsWriter,
+def checked_safe_globals(names: Sequence[Any], where: str) -> tuple[str, ...]:
+    """Globals a user allows a golden load: ``module.Name`` each, and never one that runs code."""
+    for name in names:
+        if not isinstance(name, str) or "." not in name:
+            raise GoldenError(f"{where} {name!r}: give module.Name (e.g. argparse.Namespace)")
+        if runs_code(name):
+            raise GoldenError(
+                f"{where} {name}: that global runs code or commands; it is never allowed"
+            )
+    return tuple(names)
+
+
+@dataclass(frozen=True, kw_only=True)
+class GoldenWork:
+    """``golden record`` (``files``) or ``golden verify`` (the ``before`` of ``recording``), as
+    the run use case's work: one task per file, on the run's launcher."""
+
+    command: str  # record or verify
+    options: RunOptions
+    inventory: Inventory
+    files: tuple[Path, ...] = ()
+    before: tuple[CellResult, ...] = ()
+    recording: Path | None = None
+    safe_globals: tuple[str, ...] = ()
+    map_location: str = AUTO
+
+    def open_launcher(self, workdir: Path) -> Launcher:
+        return leased_launcher(self.options.launcher, workdir, preload_torchvision=False)
+
+    def environment(self, launcher: Launcher, workdir: Path) -> dict[str, Any]:
+        torch_side = torch_environment(
+            self.inventory, launcher=launcher, workdir=workdir, timeout_s=self.options.timeout_s
+        )
+        environment = describe(
+            torch_side, self.inventory, visibility_policy="all", launcher=self.options.launcher
+        )
+        environment["golden"] = {
+            "command": self.command,
+            "safe_globals": list(self.safe_globals),
+            "record": None if self.recording is None else str(self.recording),
+        }
+        if self.command == "record":
+            environment["golden"]["map_location"] = self.map_location
+        return environment
+
+    def check_resume(self, previous: ResultsFile, environment: Mapping[str, Any]) -> None:
+        raise GoldenError(f"{previous.path}: a golden run does not resume; run it again")
+
+    def tasks(
+        self, launcher: Launcher, workdir: Path, environment: Mapping[str, Any], done: set[str]
+    ) -> list[Callable[[], CellResult]]:
+        runner = GoldenRunner(
+            factory=JobFactory(
+                workdir=workdir,
+                timeout_s=self.options.timeout_s,
+                devices=DeviceMap(self.inventory.uuids),
+            ),
+            launcher=launcher,
+            visibility=self.inventory.indices,
+            safe_globals=self.safe_globals,
+            map_location=self.map_location,
+        )
+        if self.command == "record":
+            return [functools.partial(runner.record, str(path), path) for path in self.files]
+        base = (self.recording or Path()).parent
+        return [functools.partial(runner.verify, before, base) for before in self.before]
+
+    def announce(self, environment: Mapping[str, Any], tasks: int, done: int) -> str:
+        return (
+            f"ckpt-matrix golden {self.command}: {tasks} files, torch {environment['torch']}, "
+            f"{self.options.jobs} at a time"
+        )
+
+
+def record_work(
+    paths: Sequence[Path],
+    options: RunOptions,
+    inventory: Inventory,
     *,
-    jobs: int,
-    progress: Callable[[CellResult, int, int], None] | None = None,
-) -> list[CellResult]:
-    """Run each file's job ``jobs`` at a time; each result is recorded as soon as it ends."""
-    results: list[CellResult] = []
-    pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="golden")
-    try:
-        futures = [pool.submit(task) for task in work]
-        for future in as_completed(futures):
-            result = future.result()
-            writer.append(result)
-            results.append(result)
-            if progress is not None:
-                progress(result, len(results), len(work))
-    except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    pool.shutdown()
-    return results
+    map_location: str = AUTO,
+    safe_globals: Sequence[str] = (),
+) -> GoldenWork:
+    """``golden record PATH...``: every file under the paths, checked before anything runs."""
+    chosen = map_choice(map_location)
+    allowed = checked_safe_globals(safe_globals, "--safe-global")
+    return GoldenWork(
+        command="record",
+        options=options,
+        inventory=inventory,
+        files=tuple(golden_files(paths)),
+        safe_globals=allowed,
+        map_location=chosen,
+    )
+
+
+def verify_work(recording: Path, options: RunOptions, inventory: Inventory) -> GoldenWork:
+    """``golden verify RECORDING``: the recording's files, with the globals it allowed."""
+    golden = read_results(recording)
+    recorded_with = golden.environment.get("golden") or {}
+    if not isinstance(recorded_with, dict):
+        raise GoldenError(f"{recording}:1: 'golden' is not what `golden record` writes")
+    named = recorded_with.get("safe_globals") or []
+    if not isinstance(named, list):
+        raise GoldenError(f"{recording}:1: golden.safe_globals is not a list")
+    return GoldenWork(
+        command="verify",
+        options=options,
+        inventory=inventory,
+        before=tuple(recorded(golden)),
+        recording=recording,
+        safe_globals=checked_safe_globals(named, f"{recording}:1 golden.safe_globals"),
+    )

@@ -6,6 +6,7 @@ harness bug in one cell becomes that cell's ERROR, and ``KeyboardInterrupt`` is 
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 import traceback
@@ -206,6 +207,49 @@ def interleave_by_artifact(cells: Sequence[Cell]) -> list[Cell]:
     return [cell for _, _, cell in sorted(ranked, key=lambda item: item[:2])]
 
 
+Task = Callable[[], CellResult]
+
+
+def run_tasks(
+    tasks: Sequence[Task],
+    writer: ResultsWriter,
+    *,
+    jobs: int,
+    progress: Progress | None = None,
+    on_stop: Callable[[], None] | None = None,
+) -> list[CellResult]:
+    """The cell loop, for matrix cells and golden files alike: ``jobs`` tasks at a time, each
+    result recorded (appended and fsynced) as soon as its task ends. Whatever stops the loop
+    (a signal, a broken launcher) cancels what has not started and calls ``on_stop`` (the
+    launcher's ``stop_all``) before it propagates."""
+    results: list[CellResult] = []
+    pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="cell")
+    try:
+        futures = [pool.submit(task) for task in tasks]
+        for future in as_completed(futures):
+            result = future.result()
+            writer.append(result)
+            results.append(result)
+            if progress is not None:
+                progress(result, len(results), len(tasks))
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        if on_stop is not None:
+            on_stop()
+        raise
+    pool.shutdown()
+    return results
+
+
+def cell_tasks(cells: Sequence[Cell], runner: CellRunner, *, rerun_errors: int = 0) -> list[Task]:
+    """One task per cell, interleaved by artifact (see ``interleave_by_artifact``); a cell that
+    ends ERROR runs again up to ``rerun_errors`` more times."""
+    return [
+        functools.partial(runner.run_with_reruns, cell, rerun_errors)
+        for cell in interleave_by_artifact(cells)
+    ]
+
+
 def run_cells(
     cells: Sequence[Cell],
     runner: CellRunner,
@@ -215,22 +259,8 @@ def run_cells(
     progress: Progress | None = None,
     rerun_errors: int = 0,
 ) -> list[CellResult]:
-    """Run cells ``jobs`` at a time; each result is recorded as soon as its cell ends (after its
-    reruns, where it ended ERROR and ``rerun_errors`` allows more attempts)."""
-    results: dict[str, CellResult] = {}
-    order = interleave_by_artifact(cells)
-    pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="cell")
-    try:
-        futures = {pool.submit(runner.run_with_reruns, cell, rerun_errors): cell for cell in order}
-        for future in as_completed(futures):
-            result = future.result()
-            writer.append(result)
-            results[result.id] = result
-            if progress is not None:
-                progress(result, len(results), len(cells))
-    except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
-        runner.launcher.stop_all()
-        raise
-    pool.shutdown()
-    return [results[cell.id] for cell in cells]
+    """Run cells through the cell loop; the results in the order of ``cells``."""
+    tasks = cell_tasks(cells, runner, rerun_errors=rerun_errors)
+    done = run_tasks(tasks, writer, jobs=jobs, progress=progress, on_stop=runner.launcher.stop_all)
+    by_id = {result.id: result for result in done}
+    return [by_id[cell.id] for cell in cells]

@@ -16,8 +16,8 @@ from harness.core.results import read_results
 from harness.launchers import Launcher, LauncherBroken
 from harness.run.artifacts import ArtifactStore
 from harness.run.jobs import JobFactory
-from harness.run.options import Planned, RunOptions
 from harness.run.runner import CellRunner
+from harness.run.usecase import MatrixWork
 from tests.unit.core.test_results import result, write
 
 SCENARIO = """
@@ -243,11 +243,7 @@ def test_a_broken_launcher_stops_the_run_with_exit_3_and_an_end_line(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     def broken_runner(
-        planned: Planned,
-        options: RunOptions,
-        environment: dict[str, Any],
-        workdir: Path,
-        launcher: Launcher,
+        work: MatrixWork, launcher: Launcher, workdir: Path, environment: dict[str, Any]
     ) -> CellRunner:
         factory = JobFactory(workdir=workdir)
         return CellRunner(
@@ -257,10 +253,8 @@ def test_a_broken_launcher_stops_the_run_with_exit_3_and_an_end_line(
             torch_version=(2, 14),
         )
 
-    monkeypatch.setattr("harness.cli.open_runner", broken_runner)
-    monkeypatch.setattr(
-        "harness.cli.run_environment", lambda *_: {"torch": "2.14.1", "shard": None}
-    )
+    monkeypatch.setattr(MatrixWork, "runner", broken_runner)
+    monkeypatch.setattr(MatrixWork, "environment", lambda *_: {"torch": "2.14.1", "shard": None})
     out = tmp_path / "results.jsonl"
     assert main(["run", "--scenarios", str(scenario), "--out", str(out)]) == 3
     assert "the run stopped: the zygote died 2 times" in capsys.readouterr().err

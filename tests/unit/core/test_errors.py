@@ -118,7 +118,7 @@ CASES = [
         "negative timeout",
         ["run", "--timeout", "-1", "-k", "model=trap-"],
         {},
-        ["--timeout -1.0: must be positive"],
+        ["--timeout -1.0: must be more than 0 seconds"],
     ),
     ("--shard 5/4", ["list", "--shard", "5/4"], {}, ["--shard '5/4'"]),
     (
