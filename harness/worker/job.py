@@ -17,7 +17,6 @@ from typing import Any
 from harness.core.axes import Layout
 from harness.core.jobspec import (
     GoldenSpec,
-    LoadSpec,
     SaveSpec,
     Spec,
     rank_path,
@@ -122,15 +121,6 @@ def rank_report(spec: Spec, report_path: Path) -> Path:
 
 
 def _perform(spec: Spec, report_path: Path) -> int:
-    if isinstance(spec, GoldenSpec):
-        from harness.worker.golden_load import run_golden
-
-        try:
-            report = run_golden(spec)
-        except Exception as exc:
-            return _crashed(report_path, exc)
-        write_json_atomic(report_path, report)
-        return 0
     report_path = rank_report(spec, report_path)
     try:
         report = _save_or_load(spec)
@@ -155,9 +145,13 @@ def _crashed(report_path: Path, exc: Exception) -> int:
     return 1
 
 
-def _save_or_load(spec: SaveSpec | LoadSpec) -> dict[str, Any]:
-    """Save or load by the spec's layout: one process, or one of a distributed job's ranks (each
-    with its own report)."""
+def _save_or_load(spec: Spec) -> dict[str, Any]:
+    """Load a golden file, or save or load by the spec's layout: one process, or one of a
+    distributed job's ranks (each with its own report)."""
+    if isinstance(spec, GoldenSpec):
+        from harness.worker.golden_load import run_golden
+
+        return run_golden(spec)
     if Layout(spec.layout).distributed:
         if isinstance(spec, SaveSpec):
             from harness.worker.distributed import run_save
