@@ -20,9 +20,9 @@ from harness.core.oracle import expect
 from harness.core.outcomes import Outcome
 from harness.core.verdict import judge
 from harness.launchers.protocol import WORKER_MODULE, free_port, worker_args
-from harness.launchers.zygote import ZygoteLauncher
 from harness.run.artifacts import ArtifactStore
-from harness.run.jobs import JobFactory, worker_env
+from harness.run.jobs import JobFactory
+from harness.run.runner import CellRunner
 
 CELL = Cell(
     model="trap",
@@ -97,7 +97,9 @@ class TwoNodes:
 
 
 @pytest.mark.slow
-def test_two_torchrun_agents_on_the_loopback_save_a_checkpoint_that_loads(tmp_path: Path) -> None:
+def test_two_torchrun_agents_on_the_loopback_save_a_checkpoint_that_loads(
+    tmp_path: Path, ckpt_runner: CellRunner
+) -> None:
     factory = JobFactory(workdir=tmp_path / "work")
     artifact = ArtifactStore(factory, TwoNodes(tmp_path)).get(CELL.save_key)
     assert artifact.ok, artifact.failure
@@ -107,18 +109,10 @@ def test_two_torchrun_agents_on_the_loopback_save_a_checkpoint_that_loads(tmp_pa
     rank1 = read_report(rank_path(save_job.report_path, 1))
     assert rank1 is not None  # the second node's rank reported too
     assert rank1["probe"]["pid"] != artifact.report["probe"]["pid"]
-    one_node = ZygoteLauncher(
-        env=worker_env(()),
-        log_path=tmp_path / "zygote.log",
-        preload_torchvision=False,
-        preload_distributed=True,
+    # the 3 ranks on one node: forked by the matrix's zygote, which this session has started
+    load = ckpt_runner.launcher.launch(
+        factory.load_job(CELL, artifact_path=artifact.path, sha256=artifact.report["sha256"])
     )
-    try:
-        load = one_node.launch(
-            factory.load_job(CELL, artifact_path=artifact.path, sha256=artifact.report["sha256"])
-        )
-    finally:
-        one_node.stop_all()
     judgement = judge(
         CELL,
         expect(CELL, torch_version=(2, 14)),
