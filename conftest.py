@@ -26,3 +26,17 @@ def pytest_configure(config: pytest.Config) -> None:
         "thorough", max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
     )
     settings.load_profile("ci")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # The order pytest-xdist's workers take the tests in (--dist worksteal: a worker that runs
+    # out takes the last half of another's queue): the tests that run worker processes for
+    # seconds each first, then the conformance matrix's cells (a second or less each), then the
+    # quick ones, each in its own order; so the run ends on short tests on every worker, and
+    # none waits for another's long one.
+    def order(item: pytest.Item) -> int:
+        if item.get_closest_marker("slow") is None:
+            return 2
+        return 1 if "ckpt_cell" in getattr(item, "fixturenames", ()) else 0
+
+    items.sort(key=order)

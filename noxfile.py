@@ -33,10 +33,11 @@ def install(session: nox.Session, *groups: str) -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The harness's unit tests and the conformance matrix as pytest tests (pytest-xdist); the
-    real libraries' models are installed for the tests that build them."""
+    """The harness's unit tests and the conformance matrix as pytest tests (pytest-xdist), with
+    the 15 slowest listed at the end; the real libraries' models are installed for the tests
+    that build them."""
     install(session, "test", "real")
-    session.run("pytest", "-n", "auto", *session.posargs)
+    session.run("pytest", "-n", "auto", "--durations", "15", *session.posargs)
 
 
 @nox.session

@@ -210,7 +210,8 @@ def test_bad_options_are_usage_errors_naming_their_source(
 def test_three_shards_merged_certify_against_the_whole_run(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    select = ["-k", "model=trap_module-save=dp"]
+    # 14 cells in 6 saves (each format, a legacy serialization, two trainings): 3 shards of them
+    select = ["-k", "model=trap_module-save=dp[cpu]-load=single"]
     whole = tmp_path / "whole.jsonl"
     assert main(["run", *select, "--out", str(whole)]) == 0
     parts = [tmp_path / f"part{k}.jsonl" for k in (1, 2, 3)]
@@ -222,7 +223,7 @@ def test_three_shards_merged_certify_against_the_whole_run(
     assert "3/3 is missing" in capsys.readouterr().err
     assert main(["merge", str(merged), *map(str, parts)]) == 0
     assert main(["diff", str(whole), str(merged)]) == 0
-    assert len(read_results(merged).results) == len(read_results(whole).results) > 20
+    assert len(read_results(merged).results) == len(read_results(whole).results) >= 14
 
 
 @dataclass
