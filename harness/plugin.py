@@ -3,10 +3,11 @@
 A test that asks for the ``ckpt_cell`` fixture is parametrized with every cell of the scenarios
 (``--ckpt-scenarios``, default: the shipped ones) under the GPU subsets of ``--ckpt-visibility``
 on this machine's GPUs (none: the CPU fallback), each with its readable id; ``ckpt_result`` runs
-that cell. Artifacts are saved once per run and GPU leases are taken in a folder of the run's
-base temp directory, shared by pytest-xdist workers. The plugin costs little when unused: it
-imports nothing from torch; its options come from ``harness.run.options`` (the table the CLI's
-options come from too), and the rest is imported when a test asks for a cell.
+that cell, once per run (:func:`run_once`). Artifacts are saved once per run and GPU leases are
+taken in a folder of the run's base temp directory, shared by pytest-xdist workers. The plugin
+costs little when unused: it imports nothing from torch; its options come from
+``harness.run.options`` (the table the CLI's options come from too), and the rest is imported
+when a test asks for a cell.
 """
 
 from __future__ import annotations
@@ -98,6 +99,27 @@ def ckpt_runner(
         launcher.stop_all()
 
 
+def run_once(runner: CellRunner, cell: Cell) -> CellResult:
+    """The cell's result, run once per pytest run: the first test to ask for it, in any
+    pytest-xdist worker, runs it and records it beside its load's files (``result.json`` in
+    the cell's folder of the run's shared work folder); a test that asks again reads what was
+    recorded. A test that compares launchers takes the zygote's cells from here, so the
+    conformance matrix's cells do not run twice."""
+    from filelock import FileLock
+
+    from harness.core.results import CellResult
+
+    folder = runner.factory.cell_folder(cell)
+    folder.mkdir(parents=True, exist_ok=True)
+    recorded = folder / "result.json"
+    with FileLock(str(folder / "result.lock")):
+        if recorded.exists():
+            return CellResult.from_json(json.loads(recorded.read_text(encoding="utf-8")))
+        result = runner.run_cell(cell)
+        recorded.write_text(json.dumps(result.to_json()), encoding="utf-8")
+        return result
+
+
 @pytest.fixture
 def ckpt_result(
     ckpt_cell: Cell, ckpt_runner: CellRunner, request: pytest.FixtureRequest
@@ -109,7 +131,7 @@ def ckpt_result(
     from harness.launchers import LauncherBroken
 
     try:
-        result = ckpt_runner.run_cell(ckpt_cell)
+        result = run_once(ckpt_runner, ckpt_cell)
     except LauncherBroken as exc:
         # stop the session (pytest-xdist honours shouldstop in each worker) and fail this test
         reason = f"ckpt-matrix: the run stopped: {exc} (--ckpt-launcher spawn avoids the zygote)"

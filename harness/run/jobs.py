@@ -79,8 +79,12 @@ class JobFactory:
         ranks = key.world if key.layout.distributed else 0
         return self._job(key.id, spec, folder / "save", key.visibility, ranks)
 
+    def cell_folder(self, cell: Cell) -> Path:
+        """Where a cell's load job keeps its spec, log and report (``load-report.json``)."""
+        return self.workdir / "cells" / cell.id
+
     def load_job(self, cell: Cell, *, artifact_path: str, sha256: str) -> Job:
-        folder = self.workdir / "cells" / cell.id
+        folder = self.cell_folder(cell)
         spec = LoadSpec(
             cell_id=cell.id,
             model=cell.model,

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -155,3 +156,20 @@ def test_a_users_model_whose_library_is_missing_is_skipped_with_its_reason(
     assert skipped.outcome is Outcome.SKIP
     assert skipped.reason == why
     assert launcher.names() == []  # nothing was started for it
+
+
+def test_the_plugin_runs_a_cell_once_per_run_and_reads_it_back_after(tmp_path: Path) -> None:
+    from harness.plugin import run_once
+
+    launcher = RecordingLauncher()
+    first = run_once(runner(tmp_path, launcher), DP_SINGLE)
+    # another runner on the same work folder (another xdist worker's): the recorded result
+    other_worker = RecordingLauncher()
+    again = run_once(runner(tmp_path, other_worker), DP_SINGLE)
+    assert other_worker.names() == []  # nothing ran again
+    assert again.to_json() == json.loads(json.dumps(first.to_json()))
+    assert first.outcome is Outcome.PASS
+    assert sorted(launcher.names()) == sorted([DP_SINGLE.save_key.id, DP_SINGLE.id])
+    other = run_once(runner(tmp_path, launcher), DP_DP)  # another cell runs
+    assert other.id == DP_DP.id
+    assert DP_DP.id in launcher.names()
