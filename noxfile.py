@@ -89,6 +89,19 @@ def real(session: nox.Session) -> None:
 
 
 @nox.session
+def mesh(session: nox.Session) -> None:
+    """The device-mesh scenarios (scenarios/mesh: FSDP2, tensor parallel, FSDP2 + tensor
+    parallel on a 2-D mesh and HSDP, each saved through DCP and loaded on every other shape, at
+    2 and 4 ranks). Not among the default scenarios: 4-rank cells cost seconds each on a small
+    machine. Writes results-mesh.jsonl; ``-- OPTIONS`` go to ``ckpt-matrix run``."""
+    install(session)
+    args = session.posargs or []
+    if "--out" not in args:
+        args = ["--out", "results-mesh.jsonl", "--overwrite", *args]
+    session.run("ckpt-matrix", "run", "--scenarios", "scenarios/mesh", *args)
+
+
+@nox.session
 def certify(session: nox.Session) -> None:
     """Run the matrix, then diff it against a baseline (``nox -s certify -- BASELINE [OPTIONS]``).
 

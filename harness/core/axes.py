@@ -17,11 +17,60 @@ class Layout(StrEnum):
     DP = "dp"  # wrapped in nn.DataParallel (keys carry the ``module.`` prefix)
     DDP = "ddp"  # DistributedDataParallel, one process per rank (keys carry ``module.``)
     FSDP2 = "fsdp2"  # fully_shard over a 1-D device mesh, one process per rank
+    # the model's tensor-parallel plan (parallelize_module: colwise and rowwise) over a 1-D mesh
+    TP = "tp"
+    FSDP2_TP = "fsdp2_tp"  # a 2-D mesh [dp, tp]: the plan over tp, fully_shard over dp
+    HSDP = "hsdp"  # fully_shard over a 2-D mesh [rep, shard]: replicas of a sharded model
 
     @property
     def distributed(self) -> bool:
         """One process per rank (a world size), rather than one process."""
-        return self in (Layout.DDP, Layout.FSDP2)
+        return self in (Layout.DDP, Layout.FSDP2, *MESHES)
+
+    @property
+    def tensor_parallel(self) -> bool:
+        """The model's tensor-parallel plan shards its layers (a model without one has none)."""
+        return self in (Layout.TP, Layout.FSDP2_TP)
+
+    def mesh(self, world: int) -> tuple[tuple[str, int], ...]:
+        """The device mesh of ``world`` ranks, as (dimension, size) pairs, outermost first:
+        ``[dp:2, tp:2]`` for fsdp2_tp at 4 ranks. A 2-D mesh keeps 2 ranks on its inner
+        dimension (tensor parallelism within a node, as trainers place it) and needs at least 2
+        on its outer one. Raises ValueError for a world size it cannot shape
+        (:func:`mesh_skip_reason` says it as a reason)."""
+        if self in (Layout.FSDP2_TP, Layout.HSDP):
+            if world < 4 or world % 2:
+                raise ValueError(
+                    f"a 2-D mesh needs an even world size of at least 4 (2 or more ranks on "
+                    f"each dimension), not {world}"
+                )
+            outer, inner = ("dp", "tp") if self is Layout.FSDP2_TP else ("rep", "shard")
+            return ((outer, world // 2), (inner, 2))
+        if self is Layout.TP:
+            return (("tp", world),)
+        if self.distributed:
+            return (("dp", world),)
+        return ()
+
+
+# The layouts named by their device mesh in cell ids (``fsdp2[dp2,tp2]``), beyond FSDP2's 1-D one.
+MESHES = (Layout.TP, Layout.FSDP2_TP, Layout.HSDP)
+
+
+def mesh_skip_reason(layout: Layout, world: int) -> str | None:
+    """Why ``layout`` has no mesh of ``world`` ranks, or None."""
+    try:
+        layout.mesh(world)
+    except ValueError as exc:
+        return f"{layout}: {exc}"
+    return None
+
+
+def tensor_parallel_ranks(layout: Layout, world: int) -> int:
+    """Over how many ranks the layout splits each layer's product (1: none)."""
+    if not layout.tensor_parallel or mesh_skip_reason(layout, world) is not None:
+        return 1
+    return dict(layout.mesh(world))["tp"]
 
 
 class Wrapper(StrEnum):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from harness.core.axes import Format, Layout, SaveVariant, Wrapper
+from harness.core.axes import Format, Layout, SaveVariant, Wrapper, mesh_skip_reason
 from harness.core.devices import DEFAULT_DEVICE, cuda_index, resolve_device
 from harness.core.recipes import RECIPES, Recipe
 from harness.core.zoo import ModelSpec, model_spec
@@ -26,9 +26,14 @@ def visibility_label(visibility: Visibility) -> str:
 
 def layout_label(layout: Layout, world: int, wrapper: Wrapper = Wrapper.NONE) -> str:
     """``fsdp2x2``: a distributed layout names its world size; the others run one process (a
-    combination that gives one of them more is left out, and named ``singlex3``). A wrapper
-    inside the layout follows it: ``dp+compile`` is DataParallel(torch.compile(model))."""
-    label = f"{layout}x{world}" if layout.distributed or world != 1 else str(layout)
+    combination that gives one of them more is left out, and named ``singlex3``). A 2-D mesh
+    names its dimensions: ``fsdp2[dp2,tp2]`` (fsdp2_tp), ``hsdp[rep2,shard2]``. A wrapper inside
+    the layout follows it: ``dp+compile`` is DataParallel(torch.compile(model))."""
+    if layout in (Layout.FSDP2_TP, Layout.HSDP) and mesh_skip_reason(layout, world) is None:
+        dims = ",".join(f"{name}{size}" for name, size in layout.mesh(world))
+        label = f"{'fsdp2' if layout is Layout.FSDP2_TP else layout}[{dims}]"
+    else:
+        label = f"{layout}x{world}" if layout.distributed or world != 1 else str(layout)
     return label if wrapper is Wrapper.NONE else f"{label}+{wrapper}"
 
 

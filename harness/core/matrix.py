@@ -7,13 +7,14 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from harness.core.axes import Layout
+from harness.core.axes import Layout, mesh_skip_reason
 from harness.core.cell import Cell, Visibility, visibility_label
 from harness.core.devices import cuda_index, resolve_device
 from harness.core.recipes import RECIPES
 from harness.core.scenarios import Scenario
 from harness.core.selection import selector
 from harness.core.visibility import pairs_for_mode
+from harness.core.zoo import MODELS
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -115,7 +116,16 @@ def world_skip_reason(cell: Cell) -> str | None:
         ("load", cell.load_layout, cell.load_world, cell.load_visibility),
     ):
         if not layout.distributed and world != 1:
-            return f"{role} layout {layout} runs one process; world sizes apply to ddp and fsdp2"
+            spread = ", ".join(str(each) for each in Layout if each.distributed)
+            return f"{role} layout {layout} runs one process; world sizes apply to {spread}"
+        if (reason := mesh_skip_reason(layout, world)) is not None:
+            return f"{role} layout {reason}"
+        if layout.tensor_parallel and not cell.model_spec.tensor_parallel:
+            planned = ", ".join(name for name, spec in MODELS.items() if spec.tensor_parallel)
+            return (
+                f"{role} layout {layout} shards a model by its tensor-parallel plan; "
+                f"{cell.model} has none (the zoo's {planned} has)"
+            )
         if layout.distributed and visibility and len(visibility) != world:
             return (
                 f"{role} layout {layout} at {world} ranks runs one rank per GPU (NCCL); the "

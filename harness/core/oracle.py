@@ -167,15 +167,24 @@ def _resume(_: Cell, __: TorchVersion, _traits: ModelTraits) -> Prediction:
 
 @rule("dcp_reshard")
 def _dcp_reshard(cell: Cell, _: TorchVersion, _traits: ModelTraits) -> Prediction:
+    if cell.save_layout is cell.load_layout is Layout.FSDP2:
+        return None, (
+            f"DCP reshards the model and optimizer state saved at {cell.save_world} ranks "
+            f"to {cell.load_world}"
+        )
     return None, (
-        f"DCP reshards the model and optimizer state saved at {cell.save_world} ranks "
-        f"to {cell.load_world}"
+        "DCP reshards the model and optimizer state saved on "
+        f"{layout_label(cell.save_layout, cell.save_world)} to "
+        f"{layout_label(cell.load_layout, cell.load_world)}"
     )
 
 
 @rule("dcp_no_dist", "dcp_to_torch_save")
 def _into_one_process(cell: Cell, _: TorchVersion, _traits: ModelTraits) -> Prediction:
-    return None, f"the state of FSDP2 at {cell.save_world} ranks loads into one plain model"
+    if cell.save_layout is Layout.FSDP2:
+        return None, f"the state of FSDP2 at {cell.save_world} ranks loads into one plain model"
+    saved = layout_label(cell.save_layout, cell.save_world)
+    return None, f"the state of {saved} loads into one plain model"
 
 
 @rule("full_state_dict", "ddp_module_state_dict", "ddp_strip_prefix")

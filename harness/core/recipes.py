@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TypeVar
 
-from harness.core.axes import Format, Layout, SaveVariant, Wrapper
+from harness.core.axes import MESHES, Format, Layout, SaveVariant, Wrapper
 from harness.core.errors import ConfigError
 
 
@@ -111,6 +111,8 @@ TRAININGS: dict[str, str] = {
 _DP = frozenset({Layout.DP})
 _SINGLE = frozenset({Layout.SINGLE})
 _FSDP2 = frozenset({Layout.FSDP2})
+# the layouts whose ranks each hold shards (DTensors): FSDP2 and the other device meshes
+_SHARDED = frozenset({Layout.FSDP2, *MESHES})
 _DDP = frozenset({Layout.DDP})
 _EVERY = frozenset(Layout)
 _ANY_WRAPPER = frozenset(Wrapper)
@@ -186,8 +188,8 @@ RECIPES: dict[str, Recipe] = {
             name="dcp_reshard",
             kind=RecipeKind.CORRECT,
             save_variant=SaveVariant.DCP,
-            save_layouts=_FSDP2,
-            load_layouts=_FSDP2,
+            save_layouts=_SHARDED,
+            load_layouts=_SHARDED,
             restores_optimizer=True,
             wrappers=_ANY_WRAPPER,
             summary="FSDP2 at N ranks: dcp.save(get_state_dict(model, optimizer)); at M ranks: "
@@ -218,7 +220,7 @@ RECIPES: dict[str, Recipe] = {
             name="dcp_no_dist",
             kind=RecipeKind.CORRECT,
             save_variant=SaveVariant.DCP,
-            save_layouts=_FSDP2,
+            save_layouts=_SHARDED,
             load_layouts=_SINGLE,
             summary="a DCP checkpoint of FSDP2 at N ranks into a plain model in one process: "
             "dcp.load({'model': model.state_dict()}, no_dist=True), then load_state_dict",
@@ -227,7 +229,7 @@ RECIPES: dict[str, Recipe] = {
             name="dcp_to_torch_save",
             kind=RecipeKind.CORRECT,
             save_variant=SaveVariant.DCP,
-            save_layouts=_FSDP2,
+            save_layouts=_SHARDED,
             load_layouts=_SINGLE,
             summary="a DCP checkpoint of FSDP2 at N ranks converted with format_utils."
             "dcp_to_torch_save, then torch.load(weights_only=True)['model'] into a plain model",
@@ -251,7 +253,7 @@ RECIPES: dict[str, Recipe] = {
             kind=RecipeKind.CORRECT,
             save_variant=SaveVariant.STATE_DICT,
             save_layouts=_SINGLE,
-            load_layouts=_FSDP2,
+            load_layouts=_SHARDED,
             summary="a plain model's torch.save file converted by format_utils.torch_save_to_dcp "
             "(rank 0), then dcp.load into get_model_state_dict of FSDP2 at M ranks and "
             "set_model_state_dict",

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from harness.core.axes import Wrapper
+from harness.core.axes import Wrapper, tensor_parallel_ranks
 from harness.core.cell import Cell, Visibility
 from harness.core.devices import DeviceMap, normalise_uuid
 from harness.core.jobs import JobRun
@@ -265,11 +265,11 @@ def judge(
         observed_class, detail = compare_tensors(
             saved_tensors, loaded, device=expectation.tensor_device
         )
-        output_equal = outputs_agree(save_report, report)
+        output_equal = outputs_agree(cell, save_report, report)
         if observed_class is None and output_equal is False:
             observed_class, detail = ErrorClass.OUTPUT_DIFFERS, "forward output differs"
         elif output_equal is None:
-            detail += f"; forward output not compared ({not_compared(save_report, report)})"
+            detail += f"; forward output not compared ({not_compared(cell, save_report, report)})"
         observed.update(
             tensors=len(loaded),
             devices=sorted({t["device"] for t in loaded.values()}),
@@ -309,24 +309,37 @@ def judge(
     )
 
 
-def outputs_agree(save_report: dict[str, Any], load_report: dict[str, Any]) -> bool | None:
+def outputs_agree(
+    cell: Cell, save_report: dict[str, Any], load_report: dict[str, Any]
+) -> bool | None:
     """Whether the forward outputs are bitwise equal; None where they are not comparable: run on
-    different device types, or under different torch versions (kernels may change between
-    releases; the tensors themselves must still be bitwise equal)."""
+    different device types, under different torch versions (kernels may change between
+    releases), or split across another number of tensor-parallel ranks (each rank sums its own
+    part of a row-split product, then the parts are summed: another split rounds otherwise).
+    The tensors themselves must still be bitwise equal."""
+    return (
+        None
+        if not_compared(cell, save_report, load_report)
+        else bool(load_report["output_digest"] == save_report["output_digest"])
+    )
+
+
+def not_compared(cell: Cell, save_report: dict[str, Any], load_report: dict[str, Any]) -> str:
+    """Why :func:`outputs_agree` compares nothing, or an empty string where it compares."""
     if save_report.get("output_digest") is None or load_report.get("output_digest") is None:
-        return None
+        return "the model gives no example_input"
     saved_on = str(save_report.get("output_device", "cpu")).split(":")[0]
     loaded_on = str(load_report.get("output_device", "cpu")).split(":")[0]
     if saved_on != loaded_on or save_report.get("torch") != load_report.get("torch"):
-        return None
-    return bool(load_report["output_digest"] == save_report["output_digest"])
-
-
-def not_compared(save_report: dict[str, Any], load_report: dict[str, Any]) -> str:
-    """Why :func:`outputs_agree` compared nothing."""
-    if save_report.get("output_digest") is None or load_report.get("output_digest") is None:
-        return "the model gives no example_input"
-    return "other device type or torch version"
+        return "other device type or torch version"
+    saved_split = tensor_parallel_ranks(cell.save_layout, cell.save_world)
+    loaded_split = tensor_parallel_ranks(cell.load_layout, cell.load_world)
+    if saved_split != loaded_split:
+        return (
+            f"tensor parallel over {saved_split} rank(s) at the save, {loaded_split} at the "
+            "load: the products are summed in other parts"
+        )
+    return ""
 
 
 def _one_line(message: str, limit: int = 300) -> str:

@@ -74,6 +74,8 @@ class ModelSpec:
     declared: ModelTraits | None  # the zoo's own; None for a user's model (measured only)
     needs_torchvision: bool = False
     in_default_run: bool = True
+    # it gives a tensor-parallel plan (harness.worker.meshes.TP_PLANS), which the tp layouts need
+    tensor_parallel: bool = False
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -116,6 +118,13 @@ MODELS: dict[str, ModelSpec] = {
             declared=ModelTraits(
                 top_level_module_attr=False, nested_module_dot=False, parametrized=True
             ),
+        ),
+        ModelSpec(
+            name="block",
+            summary="a transformer block (RMSNorm, causal attention with 4 heads, a SwiGLU MLP) "
+            "whose attention and MLP take a tensor-parallel plan, as torchtitan writes them",
+            declared=ModelTraits(top_level_module_attr=False, nested_module_dot=False),
+            tensor_parallel=True,
         ),
         ModelSpec(
             name="resnet18",

@@ -32,8 +32,7 @@ from torch.distributed.checkpoint.state_dict import (
     get_state_dict,
 )
 from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
-from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.distributed.fsdp import FSDPModule
 
 from harness.core.axes import Layout, SaveVariant, Wrapper
 from harness.core.devices import distributed_backend, rank_device
@@ -47,6 +46,7 @@ from harness.core.jobspec import (
     rank_path,
 )
 from harness.worker.fingerprint import forward_digest, nested_tensors, tensor_record
+from harness.worker.meshes import device_mesh, place
 from harness.worker.models import (
     backward,
     build,
@@ -114,16 +114,20 @@ def built(name: str, seed: int, alter: Alteration | None) -> nn.Module:
 
 
 def sharded(
-    name: str, seed: int, alter: Alteration | None = None, wrapper: Wrapper = Wrapper.NONE
+    name: str,
+    seed: int,
+    alter: Alteration | None = None,
+    wrapper: Wrapper = Wrapper.NONE,
+    layout: Layout = Layout.FSDP2,
 ) -> nn.Module:
     """The model from ``seed`` (changed by ``alter`` first, where a recipe's model changed since
-    the save), fully sharded over all ranks. A wrapper goes where trainers put it:
-    checkpoint_wrapper before sharding, torch.compile of the sharded model."""
+    the save), sharded over all ranks on ``layout``'s device mesh (FSDP2's: fully sharded). A
+    wrapper goes where trainers put it: checkpoint_wrapper before sharding, torch.compile of the
+    sharded model."""
     model = built(name, seed, alter)
     if wrapper is Wrapper.CHECKPOINT:
         model = wrap(model, Layout.SINGLE, wrapper)
-    mesh = init_device_mesh(device().type, (dist.get_world_size(),))
-    fully_shard(model, mesh=mesh)
+    place(model, name, layout, device_mesh(device().type, layout, dist.get_world_size()))
     if wrapper is Wrapper.COMPILE:
         model = wrap(model, Layout.SINGLE, wrapper)
     return model
@@ -152,7 +156,7 @@ def distributed_model(
     if Layout(layout) is Layout.DDP:
         model = replicated(name, seed, alter, Wrapper(wrapper))
     else:
-        model = sharded(name, seed, alter, Wrapper(wrapper))
+        model = sharded(name, seed, alter, Wrapper(wrapper), Layout(layout))
     return model, torch.optim.AdamW(model.parameters(), lr=LR)
 
 

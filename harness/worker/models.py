@@ -128,6 +128,61 @@ class NormNet(nn.Module):
         return out
 
 
+class Attention(nn.Module):
+    """Causal self-attention whose projections a tensor-parallel plan splits by head: the heads
+    are counted from the projection's output (``view(..., -1, head_dim)``), so a rank holding
+    a column shard of ``wq``, ``wk`` and ``wv`` attends with its own heads."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.head_dim = dim // heads
+        self.wq = nn.Linear(dim, dim, bias=False)
+        self.wk = nn.Linear(dim, dim, bias=False)
+        self.wv = nn.Linear(dim, dim, bias=False)
+        self.wo = nn.Linear(dim, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, _ = x.shape
+        q, k, v = (
+            projection(x).view(batch, length, -1, self.head_dim).transpose(1, 2)
+            for projection in (self.wq, self.wk, self.wv)
+        )
+        attended = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        out: torch.Tensor = self.wo(attended.transpose(1, 2).reshape(batch, length, -1))
+        return out
+
+
+class FeedForward(nn.Module):
+    """A SwiGLU MLP: ``w2(silu(w1(x)) * w3(x))``."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, dim, bias=False)
+        self.w3 = nn.Linear(dim, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.w2(nn.functional.silu(self.w1(x)) * self.w3(x))
+        return out
+
+
+class Block(nn.Module):
+    """A transformer block as large models stack them: RMSNorm, attention, RMSNorm, MLP, each
+    with its residual. Its input is (batch, tokens, 16)."""
+
+    def __init__(self, dim: int = 16, heads: int = 4, hidden: int = 32) -> None:
+        super().__init__()
+        self.attention_norm = nn.RMSNorm(dim)
+        self.attention = Attention(dim, heads)
+        self.ffn_norm = nn.RMSNorm(dim)
+        self.feed_forward = FeedForward(dim, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x + self.attention(self.attention_norm(x))
+        out: torch.Tensor = h + self.feed_forward(self.ffn_norm(h))
+        return out
+
+
 def _resnet(depth: int) -> nn.Module:
     import torchvision  # only workers whose model needs it pay for the import
 
@@ -180,6 +235,8 @@ def build(name: str, *, seed: int) -> nn.Module:
         return MixedNet()
     if name == "weight_norm":
         return NormNet()
+    if name == "block":
+        return Block()
     if name == "resnet18":
         return _resnet(18)
     if name == "resnet152":
@@ -221,6 +278,8 @@ def example_input(name: str, device: torch.device | str = "cpu") -> Batch:
         return torch.randint(0, 16, (4, 5), generator=generator).to(device)
     if name.startswith("resnet"):
         batch = torch.randn(2, 3, 32, 32, generator=generator)
+    elif name == "block":
+        batch = torch.randn(2, 6, 16, generator=generator)
     else:
         batch = torch.randn(4, 8, generator=generator)
     return batch.to(device)

@@ -4,7 +4,8 @@ from collections import Counter
 
 import pytest
 
-from harness.core.axes import Format, Layout, Wrapper
+from harness.core.axes import MESHES, Format, Layout, Wrapper
+from harness.core.cell import layout_label
 from harness.core.errors import UserError
 from harness.core.matrix import Matrix, expand
 from harness.core.recipes import RecipeKind
@@ -44,13 +45,15 @@ def test_default_matrix_shape() -> None:
         "full_state_dict": 3,
         "sharded_state_dict": 3,
     }
-    # every save layout x every load layout has a full-state cell
+    # every save layout x every load layout has a full-state cell (the device meshes beyond
+    # FSDP2's have their own scenarios, scenarios/mesh)
     pairs = {
         (c.save_layout, c.load_layout)
         for c in distributed + list(matrix.cells)
         if c.recipe == "full_state_dict"
     }
-    assert pairs == {(save, load) for save in Layout for load in Layout}
+    layouts = set(Layout) - set(MESHES)
+    assert pairs == {(save, load) for save in layouts for load in layouts}
     # DDP at 1 and 2 ranks, 2 models: 3 recipes into a plain model, 2 into DataParallel, and 2
     # into DDP and fsdp2 at 1 and 3 ranks each
     ddp = Counter(
@@ -260,7 +263,7 @@ def test_world_sizes_apply_to_distributed_layouts_only() -> None:
         "model=trap-save=fsdp2x2[cpu]-load=fsdp2x2[cpu]-fmt=dcp-recipe=dcp_reshard",
     ]
     reasons = {o.reason for o in cpu.omitted}
-    assert "recipe=dcp_reshard needs save in {fsdp2}, got single" in reasons
+    assert "recipe=dcp_reshard needs save in {fsdp2,fsdp2_tp,hsdp,tp}, got single" in reasons
     plain = Scenario(
         name="p",
         description="",
@@ -276,7 +279,7 @@ def test_world_sizes_apply_to_distributed_layouts_only() -> None:
     assert len(one.cells) == 1
     [omitted] = one.omitted
     assert omitted.reason == (
-        "save layout single runs one process; world sizes apply to ddp and fsdp2"
+        "save layout single runs one process; world sizes apply to ddp, fsdp2, tp, fsdp2_tp, hsdp"
     )
 
 
@@ -375,3 +378,53 @@ def test_a_bad_select_expression_is_a_user_error(expression: str, where: str) ->
         f"-k {expression!r}: {where} (-k takes words (a cell is kept if its id contains the "
         "word, whatever its case) joined by and, or, not and parentheses, as pytest's -k does)"
     )
+
+
+def test_mesh_layouts_need_their_shape_and_a_tensor_parallel_plan() -> None:
+    scenario = Scenario(
+        name="m",
+        description="",
+        source="here",
+        models=("block", "trap"),
+        save_layouts=(Layout.TP, Layout.FSDP2_TP, Layout.HSDP),
+        load_layouts=(Layout.FSDP2,),
+        formats=(Format.DCP,),
+        recipes=("dcp_reshard",),
+        save_world_sizes=(2, 4),
+        load_world_sizes=(2,),
+    )
+    matrix = expand([scenario], subsets=[])
+    tail = "-load=fsdp2x2[cpu]-fmt=dcp-recipe=dcp_reshard"
+    assert [c.id for c in matrix.cells] == [
+        f"model=block-save=tpx2[cpu]{tail}",
+        f"model=block-save=tpx4[cpu]{tail}",
+        f"model=block-save=fsdp2[dp2,tp2][cpu]{tail}",
+        f"model=block-save=hsdp[rep2,shard2][cpu]{tail}",
+        f"model=trap-save=hsdp[rep2,shard2][cpu]{tail}",  # HSDP needs no plan
+    ]
+    reasons = {o.reason for o in matrix.omitted}
+    assert (
+        "save layout fsdp2_tp: a 2-D mesh needs an even world size of at least 4 (2 or more "
+        "ranks on each dimension), not 2"
+    ) in reasons
+    assert (
+        "save layout tp shards a model by its tensor-parallel plan; trap has none (the zoo's "
+        "block has)"
+    ) in reasons
+
+
+def test_the_mesh_scenarios_square_every_mesh_shape() -> None:
+    cells = expand(load_scenarios(default_scenarios_dir() / "mesh"), subsets=[]).cells
+    shapes = {"fsdp2x2", "fsdp2x4", "tpx2", "tpx4", "fsdp2[dp2,tp2]", "hsdp[rep2,shard2]"}
+    shape = layout_label
+    square = [
+        (shape(c.save_layout, c.save_world), shape(c.load_layout, c.load_world))
+        for c in cells
+        if c.recipe == "dcp_reshard"
+    ]
+    assert sorted(square) == sorted((a, b) for a in shapes for b in shapes)
+    into_one = {shape(c.save_layout, c.save_world) for c in cells if c.recipe == "dcp_no_dist"}
+    onto = {shape(c.load_layout, c.load_world) for c in cells if c.recipe == "torch_save_to_dcp"}
+    assert into_one == onto == shapes
+    assert len(cells) == 36 + 6 + 6
+    assert {c.model for c in cells} == {"block"}

@@ -37,8 +37,8 @@ def test_reads_a_scenario(tmp_path: Path) -> None:
         (('"trap"', '"vgg"'), r"s\.toml:2:scenario\[0\] \(mine\)\.models: unknown model 'vgg'"),
         (('"as_saved"', '"strip"'), r"\(mine\)\.recipes: unknown recipe 'strip'"),
         (
-            ('load_layouts = ["single"]', 'load_layouts = ["tp"]'),
-            r"\(mine\)\.load_layouts: unknown layout 'tp'",
+            ('load_layouts = ["single"]', 'load_layouts = ["megatron"]'),
+            r"\(mine\)\.load_layouts: unknown layout 'megatron'",
         ),
         (
             ('formats = ["weights"]', 'formats = "weights"'),

@@ -406,3 +406,36 @@ def test_a_save_that_raised_in_the_wrong_visibility_is_an_isolation_failure() ->
     judged = verdict(UNPICKLABLE, None, save=REFUSED | {"probe": seen_a_gpu})
     assert judged.outcome is Outcome.FAIL
     assert "isolation_mismatch" in judged.reason
+
+
+@pytest.mark.parametrize(
+    ("load_layout", "compared"),
+    [
+        (Layout.TP, "tensor parallel over 2 rank(s) at the save, 4 at the load"),
+        (Layout.FSDP2_TP, ""),  # the same split: the outputs must be equal
+    ],
+)
+def test_outputs_split_over_other_tensor_parallel_ranks_are_not_compared(
+    load_layout: Layout, compared: str
+) -> None:
+    cell = replace(
+        RESHARD,
+        model="block",
+        save_layout=Layout.FSDP2_TP,
+        load_layout=load_layout,
+        save_world=4,
+        load_world=4,
+    )
+    save = SAVE | {"probe": probe(10), "rank_probes": ranks(4, 10)}
+    load = loaded(probe=probe(20), rank_probes=ranks(4, 20), output_digest="summed otherwise")
+    judgement = judge(
+        cell, CLEAN, save_report=save, save_failure=None, load=run(load), orchestrator_pid=1
+    )
+    if compared:
+        assert judgement.outcome is Outcome.PASS, judgement.reason
+        assert f"forward output not compared ({compared}: the products" in judgement.reason
+        assert judgement.observed is not None
+        assert judgement.observed["output_equal"] is None
+    else:
+        assert judgement.outcome is Outcome.FAIL
+        assert "output_differs" in judgement.reason

@@ -12,7 +12,8 @@ def test_default_run_excludes_resnet152() -> None:
 
 def test_unknown_model_names_place_and_zoo() -> None:
     with pytest.raises(
-        ValueError, match=r"s\.toml\.models: unknown model 'vgg'; the zoo has dropout, mixed_dtypes"
+        ValueError,
+        match=r"s\.toml\.models: unknown model 'vgg'; the zoo has block, dropout, mixed_dtypes",
     ):
         model_spec("vgg", "s.toml.models")
 

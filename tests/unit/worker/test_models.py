@@ -27,7 +27,16 @@ from harness.worker.models import (
 )
 from harness.worker.probe import measure_model
 
-CHEAP = ["trap", "trap_module", "dropout", "resnet18", "tied", "mixed_dtypes", "weight_norm"]
+CHEAP = [
+    "trap",
+    "trap_module",
+    "dropout",
+    "resnet18",
+    "tied",
+    "mixed_dtypes",
+    "weight_norm",
+    "block",
+]
 
 
 USER_MODELS = Path(__file__).parents[2] / "data" / "user_model"
@@ -344,3 +353,19 @@ def test_a_model_whose_library_is_missing_is_unavailable_not_an_error() -> None:
     )
     # the user's own module not found is a mistake in the model's name: an error
     assert "error" in measure_model("ckpt_user_model_nowhere:build")
+
+
+def test_the_models_the_zoo_says_have_a_tensor_parallel_plan_have_one_of_their_layers() -> None:
+    from torch import nn
+
+    from harness.worker.meshes import STYLES, TP_PLANS
+
+    assert set(TP_PLANS) == {name for name, spec in MODELS.items() if spec.tensor_parallel}
+    for name, plan in TP_PLANS.items():
+        model = build(name, seed=0)
+        for path, style in plan.items():
+            assert isinstance(model.get_submodule(path), nn.Linear), (name, path)
+            assert style in STYLES
+        # every linear layer is split: none is left whole on every rank by mistake
+        linear = {path for path, module in model.named_modules() if isinstance(module, nn.Linear)}
+        assert linear == set(plan), name
