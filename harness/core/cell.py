@@ -7,6 +7,7 @@ saved file share one :class:`SaveKey`, so the plan saves it once and loads it ma
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from harness.core.axes import Format, Layout, SaveVariant, Wrapper, mesh_skip_reason
@@ -93,7 +94,7 @@ class Cell:
     save_wrapper: Wrapper = Wrapper.NONE  # inside the save layout
     load_wrapper: Wrapper = Wrapper.NONE
 
-    @property
+    @cached_property
     def id(self) -> str:
         if self.format is Format.GOLDEN:  # a team's own file: its path is its identity
             return f"golden={self.model}"
