@@ -117,6 +117,9 @@ class SaveVariant(StrEnum):
     SAFETENSORS_FILE = "safetensors_file"  # save_file(model.state_dict()) of the model as held
     SAFETENSORS_MODEL = "safetensors_model"  # save_model(the unwrapped model): ties deduplicated
     HELPER_STATE_DICT = "helper_state_dict"  # get_model_state_dict(model) (strips _orig_mod.)
+    # dcp.async_save (its thread executor) of get_state_dict(model, optimizer), awaited before
+    # the checkpoint is made visible
+    DCP_ASYNC = "dcp_async"
     GOLDEN = "golden"  # nothing: a team wrote the file (``ckpt-matrix golden``)
 
     @property
@@ -134,7 +137,12 @@ class SaveVariant(StrEnum):
             return Format.WHOLE
         if self is SaveVariant.GOLDEN:
             return Format.GOLDEN
-        if self in (SaveVariant.DCP, SaveVariant.DCP_RANK_STATE, SaveVariant.DCP_TRAIN_STATE):
+        if self in (
+            SaveVariant.DCP,
+            SaveVariant.DCP_RANK_STATE,
+            SaveVariant.DCP_TRAIN_STATE,
+            SaveVariant.DCP_ASYNC,
+        ):
             return Format.DCP
         if self in (SaveVariant.SAFETENSORS_FILE, SaveVariant.SAFETENSORS_MODEL):
             return Format.SAFETENSORS

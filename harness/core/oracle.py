@@ -179,6 +179,15 @@ def _dcp_reshard(cell: Cell, _: TorchVersion, _traits: ModelTraits) -> Predictio
     )
 
 
+@rule("dcp_async_reshard")
+def _dcp_async_reshard(cell: Cell, _: TorchVersion, _traits: ModelTraits) -> Prediction:
+    return None, (
+        "dcp.async_save wrote what dcp.save writes, and DCP reshards it from "
+        f"{layout_label(cell.save_layout, cell.save_world)} to "
+        f"{layout_label(cell.load_layout, cell.load_world)}"
+    )
+
+
 @rule("dcp_no_dist", "dcp_to_torch_save")
 def _into_one_process(cell: Cell, _: TorchVersion, _traits: ModelTraits) -> Prediction:
     if cell.save_layout is Layout.FSDP2:

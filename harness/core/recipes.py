@@ -196,6 +196,17 @@ RECIPES: dict[str, Recipe] = {
             "dcp.load into get_state_dict of a fresh model and optimizer, then set_state_dict",
         ),
         Recipe(
+            name="dcp_async_reshard",
+            kind=RecipeKind.CORRECT,
+            save_variant=SaveVariant.DCP_ASYNC,
+            save_layouts=_SHARDED,
+            load_layouts=_SHARDED,
+            restores_optimizer=True,
+            summary="dcp.async_save(get_state_dict(model, optimizer)) with the thread executor "
+            "on a process group of its own, the checkpoint made visible only once the future "
+            "completes, and byte for byte what dcp.save writes; loaded as dcp_reshard",
+        ),
+        Recipe(
             name="ddp_module_state_dict",
             kind=RecipeKind.CORRECT,
             save_variant=SaveVariant.MODULE_STATE_DICT,

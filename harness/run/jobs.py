@@ -58,7 +58,8 @@ class JobFactory:
 
     def artifact_path(self, key: SaveKey) -> Path:
         """The checkpoint: a file, or a directory for a distributed checkpoint (DCP)."""
-        name = "checkpoint.dcp" if key.variant is SaveVariant.DCP else "checkpoint.pt"
+        dcp = key.variant in (SaveVariant.DCP, SaveVariant.DCP_ASYNC)
+        name = "checkpoint.dcp" if dcp else "checkpoint.pt"
         return self.artifact_dir(key) / name
 
     def save_job(self, key: SaveKey) -> Job:

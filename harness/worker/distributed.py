@@ -31,6 +31,8 @@ from torch.distributed.checkpoint.state_dict import (
     get_model_state_dict,
     get_state_dict,
 )
+from torch.distributed.checkpoint.state_dict_saver import AsyncSaveResponse
+from torch.distributed.checkpoint.state_dict_saver import async_save as dcp_async_save
 from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 from torch.distributed.fsdp import FSDPModule
 
@@ -259,19 +261,58 @@ def output_digest(model: nn.Module, name: str) -> str | None:
         return forward_digest(call(model, example_input(name, device())), name)[0]
 
 
-def save_dcp(state: dict[str, Any], final: Path) -> None:
+def save_dcp(state: dict[str, Any], final: Path, *, asynchronous: bool = False) -> None:
     """dcp.save from every rank into a folder beside ``final``, renamed by rank 0 once every
-    shard is written: the checkpoint appears whole or not at all."""
+    shard is written: the checkpoint appears whole or not at all. ``asynchronous``: with
+    dcp.async_save (its thread executor, on a gloo process group of its own, as trainers give
+    it), renamed only once its future has completed on every rank; then dcp.save writes the same
+    state beside it, and every file must hold the same bytes (:func:`differences`)."""
     partial = final.with_name(final.name + ".partial")
+    synchronous = final.with_name(final.name + ".sync")
     if rank() == 0:
         shutil.rmtree(partial, ignore_errors=True)
+        shutil.rmtree(synchronous, ignore_errors=True)
     dist.barrier()
-    dcp_save(state, checkpoint_id=str(partial))
+    if asynchronous:
+        group = dist.new_group(backend="gloo")
+        if not isinstance(group, dist.ProcessGroup):  # every rank is a member
+            raise RuntimeError(f"rank {rank()} is outside the new process group")
+        response = dcp_async_save(state, checkpoint_id=str(partial), process_group=group)
+        done = response.upload_completion if isinstance(response, AsyncSaveResponse) else response
+        done.result()
+        dist.barrier()  # every rank's future has completed: the checkpoint is whole
+        dcp_save(state, checkpoint_id=str(synchronous))
+    else:
+        dcp_save(state, checkpoint_id=str(partial))
     dist.barrier()
     if rank() == 0:
+        if asynchronous:
+            found = differences(partial, synchronous)
+            shutil.rmtree(synchronous)
+            if found:
+                raise RuntimeError(f"dcp.async_save wrote other bytes than dcp.save: {found}")
         shutil.rmtree(final, ignore_errors=True)
         partial.rename(final)
     dist.barrier()
+
+
+def differences(written: Path, expected: Path) -> list[str]:
+    """How two DCP folders differ: files that only one holds, shards with other bytes, and
+    metadata that describes other tensors, storage or plans (its ``storage_meta`` names the
+    folder and a save id of its own: not compared). Both were written by this job."""
+    names = {path.name for path in written.iterdir()} | {path.name for path in expected.iterdir()}
+    found = []
+    for name in sorted(names - {".metadata"}):
+        a, b = written / name, expected / name
+        if not (a.is_file() and b.is_file()):
+            found.append(f"{name}: in one folder only")
+        elif a.read_bytes() != b.read_bytes():
+            found.append(f"{name}: other bytes")
+    ours, theirs = (FileSystemReader(str(path)).read_metadata() for path in (written, expected))
+    for part in ("state_dict_metadata", "storage_data", "planner_data"):
+        if getattr(ours, part) != getattr(theirs, part):
+            found.append(f".metadata: other {part}")
+    return found
 
 
 def model_and_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
@@ -424,6 +465,8 @@ def save_distributed(
         return gathered({key: tensor_record(value, "cpu") for key, value in own.items()})
     elif variant is SaveVariant.DCP:
         save_dcp(model_and_optimizer(model, optimizer), final)
+    elif variant is SaveVariant.DCP_ASYNC:
+        save_dcp(model_and_optimizer(model, optimizer), final, asynchronous=True)
     else:
         raise ValueError(f"{spec.cell_key}: a distributed layout does not save {variant}")
     return {}

@@ -146,7 +146,7 @@ def _ddp_strip_prefix(ctx: DistributedLoad) -> None:
     _full_state(ctx, strip=True)
 
 
-@performs("dcp_reshard", "dcp_extra_key", "dcp_missing_key")
+@performs("dcp_reshard", "dcp_async_reshard", "dcp_extra_key", "dcp_missing_key")
 def _dcp_reshard(ctx: DistributedLoad) -> None:
     _reshard(ctx)
 

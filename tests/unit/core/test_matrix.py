@@ -426,5 +426,9 @@ def test_the_mesh_scenarios_square_every_mesh_shape() -> None:
     into_one = {shape(c.save_layout, c.save_world) for c in cells if c.recipe == "dcp_no_dist"}
     onto = {shape(c.load_layout, c.load_world) for c in cells if c.recipe == "torch_save_to_dcp"}
     assert into_one == onto == shapes
-    assert len(cells) == 36 + 6 + 6
+    saved_async = {
+        shape(c.save_layout, c.save_world) for c in cells if c.recipe == "dcp_async_reshard"
+    }
+    assert saved_async == shapes
+    assert len(cells) == 36 + 6 + 6 + 6
     assert {c.model for c in cells} == {"block"}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -254,3 +255,41 @@ def test_a_failure_on_one_rank_is_raised_on_every_rank(tmp_path: Path) -> None:
         "disk full",
         "agree rank 1: ValueError: only rank 1",
     ]
+
+
+def test_an_async_save_is_checked_byte_for_byte_against_a_synchronous_one(tmp_path: Path) -> None:
+    saved = save(tmp_path, "dcp_async")
+    assert saved["status"] == "saved"
+    folder = Path(saved["path"])
+    assert (folder / ".metadata").is_file()
+    assert not folder.with_name(folder.name + ".sync").exists()  # the comparison's copy is gone
+    assert not folder.with_name(folder.name + ".partial").exists()
+    report = load(saved, "dcp_async_reshard")
+    assert report["status"] == "loaded", report.get("message")
+    assert report["tensors"] == saved["tensors"]
+
+
+def test_two_dcp_folders_that_differ_say_how(tmp_path: Path) -> None:
+    from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
+
+    def write(name: str, state: dict[str, torch.Tensor]) -> None:
+        with warnings.catch_warnings():  # "assuming the intent is to save in a single process"
+            warnings.filterwarnings("ignore", message=".*save in a single process")
+            dcp_save(state, checkpoint_id=str(tmp_path / name), no_dist=True)
+
+    state = {"w": torch.arange(6.0), "b": torch.ones(2)}
+    for name in ("a", "b", "c"):
+        write(name, state)
+    assert distributed.differences(tmp_path / "a", tmp_path / "b") == []  # ids and paths aside
+    [shard] = [p.name for p in (tmp_path / "b").iterdir() if p.suffix == ".distcp"]
+    data = bytearray((tmp_path / "b" / shard).read_bytes())
+    data[-1] ^= 1
+    (tmp_path / "b" / shard).write_bytes(bytes(data))
+    assert distributed.differences(tmp_path / "a", tmp_path / "b") == [f"{shard}: other bytes"]
+    (tmp_path / "c" / "extra.distcp").write_bytes(b"")
+    assert distributed.differences(tmp_path / "a", tmp_path / "c") == [
+        "extra.distcp: in one folder only"
+    ]
+    write("d", {"w": torch.arange(7.0), "b": torch.ones(2)})
+    found = distributed.differences(tmp_path / "a", tmp_path / "d")
+    assert ".metadata: other state_dict_metadata" in found
