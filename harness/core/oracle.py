@@ -253,6 +253,14 @@ def _dcp_missing_key(_: Cell, __: TorchVersion, _traits: ModelTraits) -> Predict
     )
 
 
+@rule("dcp_dtype_template")
+def _dcp_dtype_template(_: Cell, __: TorchVersion, _traits: ModelTraits) -> Prediction:
+    return ErrorClass.DTYPE_CHANGED, (
+        "dcp.load copies into the template it is given: a bfloat16 model gets the float32 "
+        "checkpoint cast to bfloat16, without a word"
+    )
+
+
 @rule("dcp_rank_state")
 def _dcp_rank_state(cell: Cell, _: TorchVersion, _traits: ModelTraits) -> Prediction:
     saved, loading = cell.save_world, cell.load_world

@@ -46,6 +46,7 @@ class ErrorClass(StrEnum):
     OPTIMIZER_STATE_DEVICE = "optimizer_state_device"
     # Found by comparing the loaded model with the saver's record (the load raised nothing).
     TENSOR_SET_DIFFERS = "tensor_set_differs"
+    DTYPE_CHANGED = "dtype_changed"
     WEIGHTS_DIFFER = "weights_differ"
     DEVICE_MISMATCH = "device_mismatch"
     OUTPUT_DIFFERS = "output_differs"
@@ -76,6 +77,9 @@ _DESCRIPTIONS = {
     ErrorClass.CHECKSUM_MISMATCH: "the file's sha256 differs from the one its saver recorded",
     ErrorClass.OPTIMIZER_STATE_DEVICE: "an optimizer state tensor is not on its parameter's device",
     ErrorClass.TENSOR_SET_DIFFERS: "the loaded model has missing or extra tensors",
+    ErrorClass.DTYPE_CHANGED: (
+        "the load raised nothing but a tensor came back in another dtype than it was saved in"
+    ),
     ErrorClass.WEIGHTS_DIFFER: "the load raised nothing but tensors differ from what was saved",
     ErrorClass.DEVICE_MISMATCH: "a loaded tensor is not on the expected device",
     ErrorClass.OUTPUT_DIFFERS: "the loaded model's forward output differs from the saver's",

@@ -451,6 +451,17 @@ RECIPES: dict[str, Recipe] = {
             "registers): dcp.load reads only the keys the model asks for and says nothing",
         ),
         Recipe(
+            name="dcp_dtype_template",
+            kind=RecipeKind.KNOWN_BAD,
+            save_variant=SaveVariant.DCP,
+            save_layouts=_SHARDED,
+            load_layouts=_SHARDED,
+            restores_optimizer=True,
+            summary="the loading model is in bfloat16 where float32 was saved (a template of "
+            "another dtype): dcp.load casts every tensor into the template's dtype and says "
+            "nothing",
+        ),
+        Recipe(
             name="dcp_rank_state",
             kind=RecipeKind.KNOWN_BAD,
             save_variant=SaveVariant.DCP_RANK_STATE,

@@ -93,6 +93,13 @@ def compare_tensors(
             ErrorClass.TENSOR_SET_DIFFERS,
             f"missing {missing[:NAMES_SHOWN]}, extra {extra[:NAMES_SHOWN]}",
         )
+    retyped = sorted(name for name in saved if saved[name]["dtype"] != loaded[name]["dtype"])
+    if retyped:
+        casts = [f"{name} {saved[name]['dtype']} -> {loaded[name]['dtype']}" for name in retyped]
+        return (
+            ErrorClass.DTYPE_CHANGED,
+            f"{len(retyped)} of {len(saved)} tensors changed dtype: {casts[:NAMES_SHOWN]}",
+        )
     differ = sorted(name for name in saved if saved[name]["digest"] != loaded[name]["digest"])
     if differ:
         return (

@@ -146,7 +146,9 @@ def _ddp_strip_prefix(ctx: DistributedLoad) -> None:
     _full_state(ctx, strip=True)
 
 
-@performs("dcp_reshard", "dcp_async_reshard", "dcp_extra_key", "dcp_missing_key")
+@performs(
+    "dcp_reshard", "dcp_async_reshard", "dcp_extra_key", "dcp_missing_key", "dcp_dtype_template"
+)
 def _dcp_reshard(ctx: DistributedLoad) -> None:
     _reshard(ctx)
 
@@ -252,11 +254,28 @@ def _dcp_resume(ctx: DistributedLoad) -> None:
     ctx.optimizer = regime[0]
 
 
+def _in_bfloat16(model: nn.Module) -> None:
+    """The loading model in bfloat16 (its floating-point tensors; integer buffers stay), fed
+    bfloat16 as such a model is."""
+
+    def cast(_: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        return tuple(
+            value.to(torch.bfloat16)
+            if isinstance(value, torch.Tensor) and value.is_floating_point()
+            else value
+            for value in args
+        )
+
+    model.to(torch.bfloat16)
+    model.register_forward_pre_hook(cast)
+
+
 # Recipes whose loading model changed since the save: applied before it is wrapped or sharded.
 ALTER: dict[str, Alteration] = {
     "dcp_extra_key": _add_buffer,
     "dcp_partial_load": _add_buffer,
     "dcp_missing_key": _drop_a_parameter,
+    "dcp_dtype_template": _in_bfloat16,
 }
 
 

@@ -439,3 +439,15 @@ def test_outputs_split_over_other_tensor_parallel_ranks_are_not_compared(
     else:
         assert judgement.outcome is Outcome.FAIL
         assert "output_differs" in judgement.reason
+
+
+def test_a_tensor_loaded_in_another_dtype_is_a_dtype_change_before_its_bits() -> None:
+    cast = loaded(
+        tensors=tensors(a="1", b="2") | {"b": {**tensors(b="3")["b"], "dtype": "bfloat16"}}
+    )
+    judgement = verdict(CLEAN, run(cast))
+    assert judgement.outcome is Outcome.FAIL
+    assert "expected a clean load; observed dtype_changed: 1 of 2 tensors changed dtype" in (
+        judgement.reason
+    )
+    assert "'b float32 -> bfloat16'" in judgement.reason
