@@ -21,9 +21,14 @@ from harness.core.zoo import MODELS
 class Omitted:
     """A combination a scenario named that is not a cell, and why."""
 
-    combination: str
+    cell: Cell  # the combination, as a cell that is not run
     reason: str
     scenario: str
+
+    @property
+    def combination(self) -> str:
+        """Its id (built when asked: most listings never show what was left out)."""
+        return self.cell.id
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,7 +69,7 @@ def expand(
                 save_wrapper=axes["save_wrapper"],
                 load_wrapper=axes["load_wrapper"],
             )
-            if not keep(cell.id):
+            if select and not keep(cell.id):
                 continue
             reason = RECIPES[cell.recipe].skip_reason(
                 save=cell.save_layout,
@@ -80,7 +85,7 @@ def expand(
                 or resume_skip_reason(cell)
             )
             if reason is not None:
-                omitted.append(Omitted(combination=cell.id, reason=reason, scenario=scenario.name))
+                omitted.append(Omitted(cell=cell, reason=reason, scenario=scenario.name))
                 continue
             cells.setdefault(cell.id, cell)
     return Matrix(cells=tuple(cells.values()), omitted=tuple(omitted))
