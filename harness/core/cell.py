@@ -30,7 +30,7 @@ def layout_label(layout: Layout, world: int, wrapper: Wrapper = Wrapper.NONE) ->
     combination that gives one of them more is left out, and named ``singlex3``). A 2-D mesh
     names its dimensions: ``fsdp2[dp2,tp2]`` (fsdp2_tp), ``hsdp[rep2,shard2]``. A wrapper inside
     the layout follows it: ``dp+compile`` is DataParallel(torch.compile(model))."""
-    if layout in (Layout.FSDP2_TP, Layout.HSDP) and mesh_skip_reason(layout, world) is None:
+    if mesh_skip_reason(layout, world) is None and len(layout.mesh(world)) == 2:
         dims = ",".join(f"{name}{size}" for name, size in layout.mesh(world))
         label = f"{'fsdp2' if layout is Layout.FSDP2_TP else layout}[{dims}]"
     else:

@@ -285,12 +285,15 @@ def save_dcp(state: dict[str, Any], final: Path, *, asynchronous: bool = False) 
     else:
         dcp_save(state, checkpoint_id=str(partial))
     dist.barrier()
-    if rank() == 0:
-        if asynchronous:
-            found = differences(partial, synchronous)
+    if asynchronous:
+        # rank 0 compares; every rank learns what it found and raises with it, so that none
+        # waits in a collective that rank 0 will never join
+        found = from_every_rank(differences(partial, synchronous) if rank() == 0 else [])[0]
+        if rank() == 0:
             shutil.rmtree(synchronous)
-            if found:
-                raise RuntimeError(f"dcp.async_save wrote other bytes than dcp.save: {found}")
+        if found:
+            raise RuntimeError(f"dcp.async_save wrote other bytes than dcp.save: {found}")
+    if rank() == 0:
         shutil.rmtree(final, ignore_errors=True)
         partial.rename(final)
     dist.barrier()
