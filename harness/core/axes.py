@@ -112,6 +112,8 @@ class SaveVariant(StrEnum):
     # or DDP (rank 0), FSDP2's gathered by get_model_state_dict(full_state_dict=True) on rank 0
     FULL_STATE_DICT = "full_state_dict"
     SHARDED_STATE_DICT = "sharded_state_dict"  # each rank's own model.state_dict() (DTensors)
+    # each rank's own pieces of model.state_dict(): DTensors' local shards, other tensors whole
+    LOCAL_SHARDS = "local_shards"
     DCP_RANK_STATE = "dcp_rank_state"  # DCP, plus each rank's own entry under a rank-indexed key
     DCP_TRAIN_STATE = "dcp_train_state"  # DCP of model, optimizer, scheduler and step
     SAFETENSORS_FILE = "safetensors_file"  # save_file(model.state_dict()) of the model as held

@@ -20,6 +20,11 @@ class OptimizerStateDeviceError(Exception):
     """After loading, an optimizer state tensor is not on the device of its parameter."""
 
 
+class MeshForwardError(Exception):
+    """The loaded model's forward pass failed on its device mesh (the layers' tensor-parallel
+    split does not fit the model)."""
+
+
 # (exception type, or the name of one this module cannot import without torch; message; class)
 _RULES: tuple[tuple[type[BaseException] | str, re.Pattern[str], ErrorClass], ...] = (
     (pickle.UnpicklingError, re.compile(r"Weights only load failed"), ErrorClass.UNSAFE_GLOBAL),
@@ -77,6 +82,7 @@ _RULES: tuple[tuple[type[BaseException] | str, re.Pattern[str], ErrorClass], ...
     (RuntimeError, re.compile(r"invalid device ordinal"), ErrorClass.DP_DEVICE_MISSING),
     (ChecksumMismatchError, re.compile(""), ErrorClass.CHECKSUM_MISMATCH),
     (OptimizerStateDeviceError, re.compile(""), ErrorClass.OPTIMIZER_STATE_DEVICE),
+    (MeshForwardError, re.compile(""), ErrorClass.MESH_FORWARD_FAILED),
 )
 
 

@@ -7,8 +7,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from harness.core.axes import Layout, mesh_skip_reason
-from harness.core.cell import Cell, Visibility, visibility_label
+from harness.core.axes import Layout, mesh_skip_reason, tensor_parallel_ranks
+from harness.core.cell import Cell, Visibility, layout_label, visibility_label
 from harness.core.devices import cuda_index, resolve_device
 from harness.core.recipes import RECIPES
 from harness.core.scenarios import Scenario
@@ -131,11 +131,36 @@ def world_skip_reason(cell: Cell) -> str | None:
                 f"{role} layout {layout} shards a model by its tensor-parallel plan; "
                 f"{cell.model} has none (the zoo's {planned} has)"
             )
+        if (reason := split_skip_reason(cell, role, layout, world)) is not None:
+            return reason
         if layout.distributed and visibility and len(visibility) != world:
             return (
                 f"{role} layout {layout} at {world} ranks runs one rank per GPU (NCCL); the "
                 f"subset [{visibility_label(visibility)}] has {len(visibility)}"
             )
+    return None
+
+
+def split_skip_reason(cell: Cell, role: str, layout: Layout, world: int) -> str | None:
+    """A tensor-parallel degree must divide the model's layers (its attention heads); the one
+    recipe about a degree that does not (``uneven_split``) takes its loader there, and only
+    there."""
+    units = cell.model_spec.tensor_parallel_units
+    degree = tensor_parallel_ranks(layout, world)
+    uneven = units % degree != 0
+    label = layout_label(layout, world)
+    recipe = cell.recipe_spec
+    if recipe.uneven_split and role == "load" and not uneven:
+        return (
+            f"recipe={recipe.name} is about a tensor-parallel degree that does not divide "
+            f"{cell.model}'s {units} heads; load={label} divides them"
+        )
+    if uneven and not (recipe.uneven_split and role == "load"):
+        about = ", ".join(name for name, each in RECIPES.items() if each.uneven_split)
+        return (
+            f"{role} layout {label} splits {cell.model}'s {units} heads over {degree} ranks, "
+            f"unevenly (recipe={about} is the cell for that)"
+        )
     return None
 
 

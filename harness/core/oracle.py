@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from harness.core.axes import Format, Layout, SaveVariant
+from harness.core.axes import Format, Layout, SaveVariant, tensor_parallel_ranks
 from harness.core.cell import Cell, layout_label
 from harness.core.devices import DEFAULT_DEVICE, resolve_device, restore_error, restore_target
 from harness.core.errors import UserError
@@ -258,6 +258,42 @@ def _dcp_dtype_template(_: Cell, __: TorchVersion, _traits: ModelTraits) -> Pred
     return ErrorClass.DTYPE_CHANGED, (
         "dcp.load copies into the template it is given: a bfloat16 model gets the float32 "
         "checkpoint cast to bfloat16, without a word"
+    )
+
+
+@rule("dcp_other_plan")
+def _dcp_other_plan(cell: Cell, _: TorchVersion, _traits: ModelTraits) -> Prediction:
+    loading = layout_label(cell.load_layout, cell.load_world)
+    return ErrorClass.MESH_FORWARD_FAILED, (
+        "DCP holds each tensor whole and loads it under any plan; with colwise and rowwise "
+        f"swapped, {cell.model}'s forward on {loading} fails: each layer gets its input split "
+        "as the other plan splits it"
+    )
+
+
+@rule("dcp_uneven_split")
+def _dcp_uneven_split(cell: Cell, _: TorchVersion, _traits: ModelTraits) -> Prediction:
+    units = cell.model_spec.tensor_parallel_units
+    degree = tensor_parallel_ranks(cell.load_layout, cell.load_world)
+    return ErrorClass.MESH_FORWARD_FAILED, (
+        f"the checkpoint loads, but {degree} tensor-parallel ranks split {cell.model}'s {units} "
+        "heads unevenly: a rank's projection holds a part of a head, and the forward fails"
+    )
+
+
+@rule("local_shards_stitched")
+def _local_shards_stitched(cell: Cell, _: TorchVersion, _traits: ModelTraits) -> Prediction:
+    saved = layout_label(cell.save_layout, cell.save_world)
+    if cell.save_layout is Layout.FSDP2_TP:
+        return ErrorClass.WEIGHTS_DIFFER, (
+            f"on {saved} rank order is not the tensors' order: a layer the plan leaves whole is "
+            "split by dp alone (ranks 0 and 1 hold the same rows), and a colwise layer is split "
+            "by tp, then by dp within each tp piece (a strided shard); stitched in rank order, "
+            "rows land in the wrong places without an error"
+        )
+    return None, (
+        f"on {saved} each tensor's pieces lie in rank order along the dimensions they split "
+        "(fragile: not on a 2-D mesh [dp, tp])"
     )
 
 

@@ -41,6 +41,7 @@ class ErrorClass(StrEnum):
     # Raised by PyTorch in the loaded model's forward pass.
     DP_DEVICE_MISSING = "dp_device_missing"
     SHARDED_TENSOR = "sharded_tensor"
+    MESH_FORWARD_FAILED = "mesh_forward_failed"
     # Raised by the harness before loading.
     CHECKSUM_MISMATCH = "checksum_mismatch"
     OPTIMIZER_STATE_DEVICE = "optimizer_state_device"
@@ -73,6 +74,10 @@ _DESCRIPTIONS = {
     ),
     ErrorClass.SHARDED_TENSOR: (
         "a DTensor shard (an FSDP2 model's own state_dict) was copied into a plain tensor"
+    ),
+    ErrorClass.MESH_FORWARD_FAILED: (
+        "the loaded model's forward pass failed on its device mesh: its tensor-parallel split "
+        "does not fit the model (another plan, or a degree that does not divide its layers)"
     ),
     ErrorClass.CHECKSUM_MISMATCH: "the file's sha256 differs from the one its saver recorded",
     ErrorClass.OPTIMIZER_STATE_DEVICE: "an optimizer state tensor is not on its parameter's device",

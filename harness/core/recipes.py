@@ -51,6 +51,9 @@ class Recipe:
     # whether it is about a wrapper on one side that the other side lacks.
     wrappers: frozenset[Wrapper] = frozenset({Wrapper.NONE})
     crosses_wrappers: bool = False
+    # It is about a tensor-parallel degree that does not divide the model's layers (its loader's);
+    # every other recipe needs one that does (harness.core.matrix.world_skip_reason).
+    uneven_split: bool = False
 
     @property
     def format(self) -> Format:
@@ -114,6 +117,7 @@ _FSDP2 = frozenset({Layout.FSDP2})
 # the layouts whose ranks each hold shards (DTensors): FSDP2 and the other device meshes
 _SHARDED = frozenset({Layout.FSDP2, *MESHES})
 _DDP = frozenset({Layout.DDP})
+_TENSOR_PARALLEL = frozenset(layout for layout in Layout if layout.tensor_parallel)
 _EVERY = frozenset(Layout)
 _ANY_WRAPPER = frozenset(Wrapper)
 
@@ -460,6 +464,37 @@ RECIPES: dict[str, Recipe] = {
             summary="the loading model is in bfloat16 where float32 was saved (a template of "
             "another dtype): dcp.load casts every tensor into the template's dtype and says "
             "nothing",
+        ),
+        Recipe(
+            name="dcp_other_plan",
+            kind=RecipeKind.KNOWN_BAD,
+            save_variant=SaveVariant.DCP,
+            save_layouts=_TENSOR_PARALLEL,
+            load_layouts=_TENSOR_PARALLEL,
+            restores_optimizer=True,
+            summary="a tensor-parallel checkpoint loaded as dcp_reshard into a model "
+            "parallelized with another plan (colwise where rowwise was saved, and back)",
+        ),
+        Recipe(
+            name="dcp_uneven_split",
+            kind=RecipeKind.KNOWN_BAD,
+            save_variant=SaveVariant.DCP,
+            save_layouts=_SHARDED,
+            load_layouts=frozenset({Layout.TP}),
+            restores_optimizer=True,
+            uneven_split=True,
+            summary="loaded as dcp_reshard onto a tensor-parallel degree that does not divide "
+            "the model's attention heads (the block's 4 over 3 ranks)",
+        ),
+        Recipe(
+            name="local_shards_stitched",
+            kind=RecipeKind.KNOWN_BAD,
+            save_variant=SaveVariant.LOCAL_SHARDS,
+            save_layouts=_SHARDED,
+            load_layouts=_SINGLE,
+            summary="each rank torch.saves its own pieces of model.state_dict() (a DTensor's "
+            "to_local()); one process stitches each tensor from the rank files in rank order, "
+            "cutting the full shape into a grid by the pieces' size (weights_only=True)",
         ),
         Recipe(
             name="dcp_rank_state",

@@ -76,6 +76,9 @@ class ModelSpec:
     in_default_run: bool = True
     # it gives a tensor-parallel plan (harness.worker.meshes.TP_PLANS), which the tp layouts need
     tensor_parallel: bool = False
+    # what a tensor-parallel degree must divide for the plan's splits to fit (the attention's
+    # heads: a rank attends with whole heads)
+    tensor_parallel_units: int = 1
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -125,6 +128,7 @@ MODELS: dict[str, ModelSpec] = {
             "whose attention and MLP take a tensor-parallel plan, as torchtitan writes them",
             declared=ModelTraits(top_level_module_attr=False, nested_module_dot=False),
             tensor_parallel=True,
+            tensor_parallel_units=4,
         ),
         ModelSpec(
             name="resnet18",

@@ -35,6 +35,7 @@ from torch.distributed.checkpoint.state_dict_saver import AsyncSaveResponse
 from torch.distributed.checkpoint.state_dict_saver import async_save as dcp_async_save
 from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 from torch.distributed.fsdp import FSDPModule
+from torch.distributed.tensor import DTensor
 
 from harness.core.axes import Layout, SaveVariant, Wrapper
 from harness.core.devices import distributed_backend, rank_device
@@ -121,15 +122,19 @@ def sharded(
     alter: Alteration | None = None,
     wrapper: Wrapper = Wrapper.NONE,
     layout: Layout = Layout.FSDP2,
+    *,
+    other_plan: bool = False,
 ) -> nn.Module:
     """The model from ``seed`` (changed by ``alter`` first, where a recipe's model changed since
-    the save), sharded over all ranks on ``layout``'s device mesh (FSDP2's: fully sharded). A
+    the save), sharded over all ranks on ``layout``'s device mesh (FSDP2's: fully sharded; a
+    tensor-parallel layout's by the model's plan, or ``other_plan``: its styles swapped). A
     wrapper goes where trainers put it: checkpoint_wrapper before sharding, torch.compile of the
     sharded model."""
     model = built(name, seed, alter)
     if wrapper is Wrapper.CHECKPOINT:
         model = wrap(model, Layout.SINGLE, wrapper)
-    place(model, name, layout, device_mesh(device().type, layout, dist.get_world_size()))
+    mesh = device_mesh(device().type, layout, dist.get_world_size())
+    place(model, name, layout, mesh, swapped=other_plan)
     if wrapper is Wrapper.COMPILE:
         model = wrap(model, Layout.SINGLE, wrapper)
     return model
@@ -153,12 +158,14 @@ def distributed_model(
     seed: int,
     alter: Alteration | None = None,
     wrapper: str = "none",
+    *,
+    other_plan: bool = False,
 ) -> tuple[nn.Module, torch.optim.Optimizer]:
     """The model in ``layout`` at the job's world size, ``wrapper`` applied, and its AdamW."""
     if Layout(layout) is Layout.DDP:
         model = replicated(name, seed, alter, Wrapper(wrapper))
     else:
-        model = sharded(name, seed, alter, Wrapper(wrapper), Layout(layout))
+        model = sharded(name, seed, alter, Wrapper(wrapper), Layout(layout), other_plan=other_plan)
     return model, torch.optim.AdamW(model.parameters(), lr=LR)
 
 
@@ -462,6 +469,12 @@ def save_distributed(
             save_atomic(state, final)
     elif variant is SaveVariant.SHARDED_STATE_DICT:  # the mistake under test: each rank
         save_atomic(model.state_dict(), rank_path(final, rank()))
+    elif variant is SaveVariant.LOCAL_SHARDS:  # each rank its own pieces, as plain tensors
+        pieces = {
+            key: (value.to_local() if isinstance(value, DTensor) else value).detach().clone()
+            for key, value in model.state_dict().items()
+        }
+        save_atomic(pieces, rank_path(final, rank()))
     elif variant is SaveVariant.DCP_RANK_STATE:
         own = rank_state(fresh=False)
         save_dcp(model_and_optimizer(model, optimizer) | own, final)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
@@ -29,6 +30,9 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
+from harness.core.axes import Layout
+from harness.core.cell import layout_label
+from harness.core.classify import MeshForwardError
 from harness.core.jobspec import (
     LOAD_SEED,
     LoadSpec,
@@ -147,7 +151,13 @@ def _ddp_strip_prefix(ctx: DistributedLoad) -> None:
 
 
 @performs(
-    "dcp_reshard", "dcp_async_reshard", "dcp_extra_key", "dcp_missing_key", "dcp_dtype_template"
+    "dcp_reshard",
+    "dcp_async_reshard",
+    "dcp_extra_key",
+    "dcp_missing_key",
+    "dcp_dtype_template",
+    "dcp_other_plan",
+    "dcp_uneven_split",
 )
 def _dcp_reshard(ctx: DistributedLoad) -> None:
     _reshard(ctx)
@@ -277,6 +287,24 @@ ALTER: dict[str, Alteration] = {
     "dcp_missing_key": _drop_a_parameter,
     "dcp_dtype_template": _in_bfloat16,
 }
+# Recipes whose loading model is parallelized with another plan than the saver's.
+OTHER_PLAN = frozenset({"dcp_other_plan"})
+
+
+def forward_on_mesh(spec: LoadSpec, model: nn.Module) -> str | None:
+    """The loaded model's output digest; on a tensor-parallel layout a failing forward is
+    reported as failing on its mesh (:class:`MeshForwardError`), with the error it raised."""
+    layout = Layout(spec.layout)
+    if not layout.tensor_parallel:
+        return output_digest(model, spec.model)
+    try:
+        return output_digest(model, spec.model)
+    except Exception as exc:
+        where = layout_label(layout, dist.get_world_size())
+        raise MeshForwardError(
+            f"rank {rank()}: the forward pass on {where} failed: {type(exc).__name__}: "
+            f"{describe(exc)}"
+        ) from exc
 
 
 def run_load(spec: LoadSpec) -> dict[str, Any]:
@@ -290,7 +318,12 @@ def run_load(spec: LoadSpec) -> dict[str, Any]:
     with process_group():
         report["rank_probes"] = rank_probes()
         model, optimizer = distributed_model(
-            spec.layout, spec.model, LOAD_SEED, ALTER.get(spec.recipe), spec.wrapper
+            spec.layout,
+            spec.model,
+            LOAD_SEED,
+            ALTER.get(spec.recipe),
+            spec.wrapper,
+            other_plan=spec.recipe in OTHER_PLAN,
         )
         before = full_tensors(model, None)
         ctx = DistributedLoad(spec=spec, path=path, model=model, optimizer=optimizer)
@@ -306,7 +339,7 @@ def run_load(spec: LoadSpec) -> dict[str, Any]:
             tensors = full_tensors(model, restored) | ctx.extra
             for key in ctx.unsaved:
                 tensors.pop(key, None)
-            output = output_digest(model, spec.model)
+            output = forward_on_mesh(spec, model)
         except LOAD_ERRORS as exc:
             report.update(raised(exc))
         else:

@@ -35,13 +35,18 @@ TP_PLANS: dict[str, dict[str, str]] = {
 STYLES: dict[str, type[ParallelStyle]] = {"colwise": ColwiseParallel, "rowwise": RowwiseParallel}
 
 
-def plan(name: str) -> dict[str, ParallelStyle]:
-    """The model's tensor-parallel plan as parallelize_module takes it."""
+# Another plan than the one a checkpoint was saved with: each style swapped for the other.
+SWAPPED = {"colwise": "rowwise", "rowwise": "colwise"}
+
+
+def plan(name: str, *, swapped: bool = False) -> dict[str, ParallelStyle]:
+    """The model's tensor-parallel plan as parallelize_module takes it; ``swapped``: colwise
+    where the model's plan says rowwise and back (a known-bad recipe's)."""
     try:
         styles = TP_PLANS[name]
     except KeyError:
         raise ValueError(f"model {name!r} has no tensor-parallel plan") from None
-    return {path: STYLES[style]() for path, style in styles.items()}
+    return {path: STYLES[SWAPPED[style] if swapped else style]() for path, style in styles.items()}
 
 
 def device_mesh(device_type: str, layout: Layout, world: int) -> DeviceMesh:
@@ -57,13 +62,16 @@ def device_mesh(device_type: str, layout: Layout, world: int) -> DeviceMesh:
     )
 
 
-def place(model: nn.Module, name: str, layout: Layout, mesh: DeviceMesh) -> None:
+def place(
+    model: nn.Module, name: str, layout: Layout, mesh: DeviceMesh, *, swapped: bool = False
+) -> None:
     """Shard ``model`` (model ``name`` of the zoo) over ``mesh`` as ``layout`` does, in place:
-    tensor parallelism first, then fully_shard over the data-parallel dimension."""
+    tensor parallelism first (its plan ``swapped`` where a recipe says so), then fully_shard
+    over the data-parallel dimension."""
     if layout is Layout.TP:
-        parallelize_module(model, mesh, plan(name))
+        parallelize_module(model, mesh, plan(name, swapped=swapped))
     elif layout is Layout.FSDP2_TP:
-        parallelize_module(model, mesh["tp"], plan(name))
+        parallelize_module(model, mesh["tp"], plan(name, swapped=swapped))
         fully_shard(model, mesh=mesh["dp"])
     elif layout in (Layout.FSDP2, Layout.HSDP):  # a 2-D mesh: replicate over rep, shard over shard
         fully_shard(model, mesh=mesh)

@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from harness.core.axes import Layout, Wrapper
-from harness.core.jobspec import LOAD_SEED, LoadSpec
+from harness.core.jobspec import LOAD_SEED, LoadSpec, rank_path
 from harness.core.recipes import registrar
 from harness.worker.fingerprint import fingerprint
 from harness.worker.models import build, unwrap, wrap
@@ -112,6 +112,49 @@ def _sharded_state_dict(ctx: LoadContext) -> nn.Module:
     import torch.distributed.tensor  # noqa: F401  (what the first error asks for)
 
     return _as_saved(ctx)
+
+
+@performs("local_shards_stitched")
+def _local_shards_stitched(ctx: LoadContext) -> nn.Module:
+    """Every rank's file of local pieces, in rank order, each tensor stitched back as a
+    hand-written merge does it (:func:`stitched`); weights_only: plain tensors."""
+    files: list[Path] = []
+    while (path := rank_path(ctx.path, len(files))).is_file():
+        files.append(path)
+    parts = [torch.load(path, map_location=ctx.map_location, weights_only=True) for path in files]
+    model = ctx.fresh()
+    shapes = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    model.load_state_dict(
+        {
+            key: stitched(shapes.get(key, tuple(value.shape)), [part[key] for part in parts])
+            for key, value in parts[0].items()
+        }
+    )
+    return model
+
+
+def stitched(shape: tuple[int, ...], pieces: list[torch.Tensor]) -> torch.Tensor:
+    """A tensor of ``shape`` from its pieces in rank order: each dimension cut into as many
+    parts as rank 0's piece fits into it, the first parts taken as a row-major grid (a piece as
+    large as the tensor: rank 0's alone). Right where ranks split in that order (a 1-D mesh; a
+    replicate x shard mesh); on a 2-D [dp, tp] mesh the order is not rank order."""
+    grid = [
+        -(-size // part) if part else 1 for size, part in zip(shape, pieces[0].shape, strict=False)
+    ]
+    needed = 1
+    for count in grid:
+        needed *= count
+    if len(pieces) < needed:
+        raise ValueError(f"{needed} pieces make a tensor of {shape}, found {len(pieces)}")
+
+    def join(parts: list[torch.Tensor], dim: int) -> torch.Tensor:
+        if dim == len(grid):
+            return parts[0]
+        step = len(parts) // grid[dim]
+        rows = [join(parts[i * step : (i + 1) * step], dim + 1) for i in range(grid[dim])]
+        return rows[0] if len(rows) == 1 else torch.cat(rows, dim=dim)
+
+    return join(pieces[:needed], 0)
 
 
 @performs("dcp_to_torch_save")

@@ -1,7 +1,9 @@
 """The device-mesh scenarios (scenarios/mesh) in the suite: tensor parallelism saves and FSDP2
 with it on a 2-D mesh loads; that saves, and HSDP and one plain process load, through DCP, on the
-matrix's zygote. ``nox -s mesh`` runs the whole square (every shape of 2 and 4 ranks into every
-other, into one process and from it, asynchronous saves)."""
+matrix's zygote; and two known-bad recipes fail as predicted: another plan's forward, and local
+shards stitched in rank order, which is not the order of a [dp, tp] mesh. ``nox -s mesh`` runs
+the whole square (every shape of 2 and 4 ranks into every other, into one process and from it,
+asynchronous saves) and every known-bad mesh recipe."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import pytest
 
 from harness.core.cell import Cell, layout_label
 from harness.core.matrix import expand
-from harness.core.outcomes import Outcome
+from harness.core.outcomes import ErrorClass, Outcome
 from harness.core.scenarios import default_scenarios_dir, load_scenarios
 from harness.run.runner import CellRunner
 
@@ -21,6 +23,10 @@ CELLS = {
     ("dcp_reshard", "tpx2", "fsdp2[dp2,tp2]"),
     ("dcp_reshard", "fsdp2[dp2,tp2]", "hsdp[rep2,shard2]"),
     ("dcp_no_dist", "fsdp2[dp2,tp2]", "single"),
+}
+KNOWN_BAD = {
+    ("dcp_other_plan", "fsdp2[dp2,tp2]", "tpx2"): ErrorClass.MESH_FORWARD_FAILED,
+    ("local_shards_stitched", "fsdp2[dp2,tp2]", "single"): ErrorClass.WEIGHTS_DIFFER,
 }
 
 
@@ -34,10 +40,17 @@ def shapes(cell: Cell) -> tuple[str, str]:
 @pytest.mark.slow
 def test_mesh_shapes_save_and_load_on_others_bitwise(ckpt_runner: CellRunner) -> None:
     matrix = expand(load_scenarios(default_scenarios_dir() / "mesh"), subsets=[])
-    cells = [c for c in matrix.cells if (c.recipe, *shapes(c)) in CELLS]
-    assert len(cells) == len(CELLS)
+    cells = [c for c in matrix.cells if (c.recipe, *shapes(c)) in CELLS | KNOWN_BAD.keys()]
+    assert len(cells) == len(CELLS) + len(KNOWN_BAD)
     with ThreadPoolExecutor(max_workers=2) as pool:
-        results = {shapes(r.cell): r for r in pool.map(ckpt_runner.run_cell, cells)}
+        ran = list(pool.map(ckpt_runner.run_cell, cells))
+    for result in ran:
+        bad = KNOWN_BAD.get((result.cell.recipe, *shapes(result.cell)))
+        if bad is not None:
+            assert result.outcome is Outcome.XFAIL, result.describe()
+            assert result.observed is not None
+            assert result.observed["error_class"] == bad
+    results = {shapes(r.cell): r for r in ran if r.cell.recipe in {c[0] for c in CELLS}}
     for result in results.values():
         assert result.outcome is Outcome.PASS, result.describe()
         assert result.observed is not None

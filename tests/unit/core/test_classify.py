@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.core.classify import ChecksumMismatchError, classify_exception
+from harness.core.classify import ChecksumMismatchError, MeshForwardError, classify_exception
 from harness.core.outcomes import ErrorClass
 
 RECORDED = json.loads(
@@ -87,3 +87,10 @@ def test_a_checkpoint_exception_for_a_missing_key_is_a_key_mismatch() -> None:
 )
 def test_what_a_save_refuses_is_named(message: str, error_class: ErrorClass) -> None:
     assert classify_exception(RuntimeError(message)) is error_class
+
+
+def test_a_forward_that_fails_on_a_device_mesh_is_named_so() -> None:
+    failed = MeshForwardError("rank 0: the forward pass on tpx3 failed: RuntimeError: shape")
+    assert classify_exception(failed) is ErrorClass.MESH_FORWARD_FAILED
+    # the same words from anything else are not
+    assert classify_exception(RuntimeError(str(failed))) is ErrorClass.UNCLASSIFIED

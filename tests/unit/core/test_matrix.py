@@ -431,5 +431,50 @@ def test_the_mesh_scenarios_square_every_mesh_shape() -> None:
         shape(c.save_layout, c.save_world) for c in cells if c.recipe == "dcp_async_reshard"
     }
     assert saved_async == shapes
-    assert len(cells) == 36 + 6 + 6 + 6 + 1  # and a bfloat16 template on another mesh
+    # a bfloat16 template on another mesh, another plan (6), an uneven split (2), local shards
+    # stitched (6)
+    assert len(cells) == 36 + 6 + 6 + 6 + 1 + 6 + 2 + 6
     assert {c.model for c in cells} == {"block"}
+    stitched = {
+        shape(c.save_layout, c.save_world) for c in cells if c.recipe == "local_shards_stitched"
+    }
+    assert stitched == shapes
+
+
+def test_only_the_uneven_split_recipe_loads_onto_a_degree_that_does_not_divide_the_heads() -> None:
+    scenario = Scenario(
+        name="m",
+        description="",
+        source="here",
+        models=("block",),
+        save_layouts=(Layout.FSDP2, Layout.TP),
+        load_layouts=(Layout.TP,),
+        formats=(Format.DCP,),
+        recipes=("dcp_reshard", "dcp_uneven_split"),
+        save_world_sizes=(2, 3),
+        load_world_sizes=(2, 3),
+    )
+    matrix = expand([scenario], subsets=[])
+    kept = {
+        (c.recipe, layout_label(c.save_layout, c.save_world), layout_label(c.load_layout, 2))
+        for c in matrix.cells
+        if c.load_world == 2
+    }
+    uneven = {
+        (c.recipe, layout_label(c.save_layout, c.save_world))
+        for c in matrix.cells
+        if c.load_world == 3
+    }
+    # saving on tpx3 is left out for both; dcp_reshard loads onto tpx2 only, the uneven one
+    # onto tpx3 only
+    assert kept == {("dcp_reshard", save, "tpx2") for save in ("fsdp2x2", "fsdp2x3", "tpx2")}
+    assert uneven == {("dcp_uneven_split", save) for save in ("fsdp2x2", "fsdp2x3", "tpx2")}
+    reasons = {o.reason for o in matrix.omitted}
+    assert (
+        "save layout tpx3 splits block's 4 heads over 3 ranks, unevenly "
+        "(recipe=dcp_uneven_split is the cell for that)"
+    ) in reasons
+    assert (
+        "recipe=dcp_uneven_split is about a tensor-parallel degree that does not divide "
+        "block's 4 heads; load=tpx2 divides them"
+    ) in reasons

@@ -307,6 +307,61 @@ def test_distributed_oracle_table(
     assert expectation.tensor_device == "cpu"
 
 
+TP, F2TP, HSDP = Layout.TP, Layout.FSDP2_TP, Layout.HSDP
+MESH_FAILED = ErrorClass.MESH_FORWARD_FAILED
+
+# The zoo's block on device meshes: (save layout, N, load layout, M, format, recipe, error)
+MESH_TABLE = [
+    (TP, 4, F2TP, 4, DCP, "dcp_reshard", None),
+    (TP, 2, TP, 2, DCP, "dcp_other_plan", MESH_FAILED),
+    (F2TP, 4, TP, 2, DCP, "dcp_other_plan", MESH_FAILED),
+    (F2, 2, TP, 3, DCP, "dcp_uneven_split", MESH_FAILED),
+    # rank order is each tensor's order on a 1-D mesh and under HSDP, not on [dp, tp]
+    (F2, 3, S, 1, W, "local_shards_stitched", None),
+    (TP, 4, S, 1, W, "local_shards_stitched", None),
+    (HSDP, 4, S, 1, W, "local_shards_stitched", None),
+    (F2TP, 4, S, 1, W, "local_shards_stitched", ErrorClass.WEIGHTS_DIFFER),
+]
+
+
+@pytest.mark.parametrize(
+    ("save", "save_world", "load", "load_world", "fmt", "recipe", "error"), MESH_TABLE
+)
+def test_mesh_oracle_table(
+    save: Layout,
+    save_world: int,
+    load: Layout,
+    load_world: int,
+    fmt: Format,
+    recipe: str,
+    error: ErrorClass | None,
+) -> None:
+    c = Cell(
+        model="block",
+        save_layout=save,
+        load_layout=load,
+        format=fmt,
+        recipe=recipe,
+        save_world=save_world,
+        load_world=load_world,
+    )
+    expectation = expect(c, torch_version=NEW)
+    assert expectation.error is error, expectation.reason
+
+
+def test_an_uneven_split_names_the_heads_and_the_degree() -> None:
+    c = Cell(
+        model="block",
+        save_layout=F2,
+        load_layout=TP,
+        format=DCP,
+        recipe="dcp_uneven_split",
+        save_world=2,
+        load_world=3,
+    )
+    assert "3 tensor-parallel ranks split block's 4 heads" in expect(c, torch_version=NEW).reason
+
+
 def test_rank_state_names_the_ranks_whose_state_is_dropped() -> None:
     c = Cell(
         model="trap",

@@ -369,3 +369,23 @@ def test_the_models_the_zoo_says_have_a_tensor_parallel_plan_have_one_of_their_l
         # every linear layer is split: none is left whole on every rank by mistake
         linear = {path for path, module in model.named_modules() if isinstance(module, nn.Linear)}
         assert linear == set(plan), name
+
+
+def test_the_block_declares_the_heads_a_tensor_parallel_degree_must_divide() -> None:
+    model = build("block", seed=0)
+    attention = model.get_submodule("attention")
+    heads = attention.wq.out_features // attention.head_dim
+    assert MODELS["block"].tensor_parallel_units == heads == 4
+
+
+def test_another_plan_swaps_every_style_of_the_models_own() -> None:
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
+
+    from harness.worker.meshes import TP_PLANS, plan
+
+    own, other = plan("block"), plan("block", swapped=True)
+    assert own.keys() == other.keys() == TP_PLANS["block"].keys()
+    for path, style in TP_PLANS["block"].items():
+        expected = RowwiseParallel if style == "colwise" else ColwiseParallel
+        assert type(other[path]) is expected, path
+        assert type(own[path]) is not expected, path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,7 @@ from harness.core.jobspec import LoadSpec, SaveSpec, spec_from_json
 from harness.worker.entry import main
 from harness.worker.models import build
 from harness.worker.one_process import configure_torch, run_load, run_save
-from harness.worker.one_process_recipes import PERFORM, LoadContext
+from harness.worker.one_process_recipes import PERFORM, LoadContext, stitched
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -215,3 +216,45 @@ def test_the_loader_names_what_broke_an_artifact_and_never_runs_a_payload(
     report = load(saved, "single", "as_saved")
     assert report["error_class"] == "unsafe_global"
     assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("shape", "cut"),
+    [
+        ((16, 8), [(0, 2)]),  # FSDP2 over 2, or colwise over 2
+        ((16, 8), [(1, 4)]),  # rowwise over 4
+        ((16,), [(0, 3)]),  # 16 over 3: pieces of 6, 6 and 4, as torch.chunk cuts them
+        ((3,), [(0, 4)]),  # fewer rows than ranks: the last piece is empty
+        ((16, 8), [(0, 2), (1, 2)]),  # a 2 x 2 grid in row-major rank order
+    ],
+)
+def test_local_pieces_in_rank_order_stitch_back_into_the_tensor(
+    shape: tuple[int, ...], cut: list[tuple[int, int]]
+) -> None:
+    tensor = torch.arange(math.prod(shape), dtype=torch.float32).reshape(shape)
+    pieces = [tensor]
+    for dim, parts in cut:
+        pieces = [
+            piece
+            for whole in pieces
+            for piece in (list(whole.chunk(parts, dim)) + [whole.narrow(dim, 0, 0)] * parts)[:parts]
+        ]
+    assert torch.equal(stitched(shape, pieces), tensor)
+    # whole on every rank (a layer the plan leaves alone): rank 0's is taken
+    assert torch.equal(stitched(shape, [tensor, tensor]), tensor)
+
+
+def test_pieces_in_another_order_than_rank_order_stitch_rows_out_of_place() -> None:
+    """A colwise layer on a [dp2, tp2] mesh: tp splits the rows first, dp splits each tp piece;
+    rank (dp i, tp j) is rank 2i + j. Rank order is not row order: the stitch is wrong."""
+    tensor = torch.arange(16.0).reshape(16, 1)
+    by_rank = [tensor[8 * j + 4 * i : 8 * j + 4 * i + 4] for i in (0, 1) for j in (0, 1)]
+    result = stitched((16, 1), by_rank)
+    assert result.shape == tensor.shape
+    assert not torch.equal(result, tensor)
+    assert result[4:8].flatten().tolist() == [8.0, 9.0, 10.0, 11.0]
+
+
+def test_too_few_pieces_for_the_grid_are_named() -> None:
+    with pytest.raises(ValueError, match=r"4 pieces make a tensor of \(16,\), found 2"):
+        stitched((16,), [torch.zeros(4), torch.zeros(4)])
