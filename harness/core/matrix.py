@@ -181,6 +181,14 @@ def resume_skip_reason(cell: Cell) -> str | None:
             "resume equivalence needs the same training arithmetic: DataParallel over several "
             "GPUs splits batches (per-replica BatchNorm statistics)"
         )
+    saved = tensor_parallel_ranks(cell.save_layout, cell.save_world)
+    loading = tensor_parallel_ranks(cell.load_layout, cell.load_world)
+    if saved != loading:
+        return (
+            "resume equivalence needs the same training arithmetic: tensor parallelism over "
+            f"{saved} rank(s) at the save and {loading} at the load sums each layer's products "
+            "in other parts (the checkpoint itself reshards between them bitwise: dcp_reshard)"
+        )
     return None
 
 

@@ -212,9 +212,15 @@ def _torch_save_to_dcp(cell: Cell, _: TorchVersion, _traits: ModelTraits) -> Pre
 
 @rule("dcp_resume")
 def _dcp_resume(cell: Cell, _: TorchVersion, _traits: ModelTraits) -> Prediction:
+    if cell.save_layout is cell.load_layout is Layout.FSDP2:
+        return None, (
+            f"training resumed at {cell.load_world} ranks is bitwise equal to the run at "
+            f"{cell.save_world} that never stopped"
+        )
     return None, (
-        f"training resumed at {cell.load_world} ranks is bitwise equal to the run at "
-        f"{cell.save_world} that never stopped"
+        f"training resumed on {layout_label(cell.load_layout, cell.load_world)} is bitwise "
+        f"equal to the run on {layout_label(cell.save_layout, cell.save_world)} that never "
+        "stopped (the same tensor-parallel degree: the same arithmetic)"
     )
 
 

@@ -288,13 +288,14 @@ RECIPES: dict[str, Recipe] = {
             name="dcp_resume",
             kind=RecipeKind.CORRECT,
             save_variant=SaveVariant.DCP_TRAIN_STATE,
-            save_layouts=_FSDP2,
-            load_layouts=_FSDP2,
+            save_layouts=_SHARDED,
+            load_layouts=_SHARDED,
             restores_optimizer=True,
-            summary="FSDP2 at N ranks: dcp.save of model, optimizer, scheduler, step, the data "
-            "order and every rank's random-number generators; at M ranks dcp.load, "
-            "set_state_dict, the scheduler's load_state_dict, rank r restores saved rank r mod N's"
-            " generators, and train on: bitwise equal to the run at N that never stopped",
+            summary="FSDP2 (or another mesh) at N ranks: dcp.save of model, optimizer, scheduler,"
+            " step, the data order and every rank's random-number generators; at M ranks (on a "
+            "mesh of the same tensor-parallel degree) dcp.load, set_state_dict, the scheduler's "
+            "load_state_dict, rank r restores saved rank r mod N's generators, and train on: "
+            "bitwise equal to the run at N that never stopped",
         ),
         Recipe(
             name="safetensors_model",

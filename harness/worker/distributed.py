@@ -37,7 +37,7 @@ from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 
-from harness.core.axes import Layout, SaveVariant, Wrapper
+from harness.core.axes import Layout, SaveVariant, Wrapper, tensor_parallel_ranks
 from harness.core.devices import distributed_backend, rank_device
 from harness.core.jobspec import (
     OPTIMIZER_PREFIX,
@@ -186,18 +186,30 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, name: str) -> None
 
 
 def invariant_steps(
-    model: nn.Module, regime: Regime, data: torch.Generator, name: str, steps: int
+    model: nn.Module,
+    regime: Regime,
+    data: torch.Generator,
+    name: str,
+    steps: int,
+    layout: Layout = Layout.FSDP2,
 ) -> None:
-    """Training steps whose arithmetic does not depend on the world size, so that a run resumed
-    at M ranks can be compared bitwise with one at N: every rank draws the same batch, only rank
-    0's loss counts (the others' is multiplied by 0), and the gradients are summed, not averaged
-    (:func:`summed_gradients`). Averaging identical gradients over 3 ranks rounds differently
-    from 1, 2 or 4: that would say nothing about the checkpoint."""
-    train_steps(model, regime, data, name, steps, loss_weight=1.0 if rank() == 0 else 0.0)
+    """Training steps whose arithmetic does not depend on the data-parallel degree, so that a run
+    resumed at M ranks can be compared bitwise with one at N: every rank draws the same batch,
+    only the first data-parallel replica's loss counts (the others' is multiplied by 0; the
+    tensor-parallel ranks of that replica share its loss), and the gradients are summed, not
+    averaged (:func:`summed_gradients`). Averaging identical gradients over 3 ranks rounds
+    differently from 1, 2 or 4: that would say nothing about the checkpoint. A tensor-parallel
+    degree does change the arithmetic (a layer's products are summed in other parts): the
+    matrix resumes only between meshes of the same degree."""
+    replica = rank() // tensor_parallel_ranks(layout, dist.get_world_size())
+    train_steps(model, regime, data, name, steps, loss_weight=1.0 if replica == 0 else 0.0)
 
 
-def summed_gradients(model: nn.Module) -> None:
-    """FSDP2 reduces gradients by a plain sum (gloo has no pre-multiplied sum)."""
+def summed_gradients(model: nn.Module, layout: Layout = Layout.FSDP2) -> None:
+    """FSDP2 reduces gradients by a plain sum (gloo has no pre-multiplied sum); tensor
+    parallelism alone reduces none across replicas (it has one)."""
+    if layout is Layout.TP:
+        return
     if not isinstance(model, FSDPModule):
         raise TypeError(f"summed gradients need an FSDP2 model, not {type(model).__name__}")
     model.set_force_sum_reduction_for_comms(True)
@@ -400,16 +412,17 @@ def run_save(spec: SaveSpec) -> dict[str, Any]:
     with process_group():
         probes = rank_probes()
         if variant is SaveVariant.DCP_TRAIN_STATE:
-            model = sharded(spec.model, SAVE_SEED)
-            summed_gradients(model)  # see invariant_steps
+            layout = Layout(spec.layout)
+            model = sharded(spec.model, SAVE_SEED, layout=layout)
+            summed_gradients(model, layout)  # see invariant_steps
             regime = make_regime(spec.training, model)
             data = torch.Generator().manual_seed(DATA_SEED)
-            invariant_steps(model, regime, data, spec.model, RESUME_AT)
+            invariant_steps(model, regime, data, spec.model, RESUME_AT, layout)
             state = train_state(model, regime, data, RESUME_AT)
             state["rng"]["ranks"] = every_ranks_rng()
             save_dcp(state, final)
             # what a resume must reach: this same run, never stopped
-            invariant_steps(model, regime, data, spec.model, RESUME_MORE)
+            invariant_steps(model, regime, data, spec.model, RESUME_MORE, layout)
             optimizer = regime[0]
         else:
             model, optimizer = distributed_model(

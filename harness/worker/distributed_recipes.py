@@ -241,11 +241,12 @@ def _torch_save_to_dcp(ctx: DistributedLoad) -> None:
 
 @performs("dcp_resume", "dcp_resume_without_rng")
 def _dcp_resume(ctx: DistributedLoad) -> None:
-    """The training state into a fresh FSDP2 model at M ranks, then the remaining steps. The
-    correct recipe restores the random-number generators too (:func:`restore_rng`); the
-    known-bad one leaves them as the fresh process has them."""
+    """The training state into a fresh model on the loader's mesh at M ranks, then the remaining
+    steps. The correct recipe restores the random-number generators too (:func:`restore_rng`);
+    the known-bad one leaves them as the fresh process has them."""
     model = ctx.model
-    summed_gradients(model)  # see invariant_steps
+    layout = Layout(ctx.spec.layout)
+    summed_gradients(model, layout)  # see invariant_steps
     regime = make_regime(ctx.spec.training, model)
     data = torch.Generator()
     state = train_state(model, regime, data, 0)
@@ -260,7 +261,8 @@ def _dcp_resume(ctx: DistributedLoad) -> None:
     data.set_state(state["rng"]["data"])
     if with_rng:
         restore_rng(state["rng"]["ranks"])
-    invariant_steps(model, regime, data, ctx.spec.model, TOTAL_STEPS - int(state["step"]))
+    steps = TOTAL_STEPS - int(state["step"])
+    invariant_steps(model, regime, data, ctx.spec.model, steps, layout)
     ctx.optimizer = regime[0]
 
 

@@ -23,6 +23,8 @@ CELLS = {
     ("dcp_reshard", "tpx2", "fsdp2[dp2,tp2]"),
     ("dcp_reshard", "fsdp2[dp2,tp2]", "hsdp[rep2,shard2]"),
     ("dcp_no_dist", "fsdp2[dp2,tp2]", "single"),
+    # training resumed on another mesh of the same tensor-parallel degree
+    ("dcp_resume", "tpx2", "fsdp2[dp2,tp2]"),
 }
 KNOWN_BAD = {
     ("dcp_other_plan", "fsdp2[dp2,tp2]", "tpx2"): ErrorClass.MESH_FORWARD_FAILED,
@@ -50,12 +52,14 @@ def test_mesh_shapes_save_and_load_on_others_bitwise(ckpt_runner: CellRunner) ->
             assert result.outcome is Outcome.XFAIL, result.describe()
             assert result.observed is not None
             assert result.observed["error_class"] == bad
-    results = {shapes(r.cell): r for r in ran if r.cell.recipe in {c[0] for c in CELLS}}
+    results = {shapes(r.cell): r for r in ran if r.cell.recipe in ("dcp_reshard", "dcp_no_dist")}
+    resumed = [r for r in ran if r.cell.recipe == "dcp_resume"]
+    assert [r.outcome for r in resumed] == [Outcome.PASS], [r.describe() for r in resumed]
     for result in results.values():
         assert result.outcome is Outcome.PASS, result.describe()
         assert result.observed is not None
         # the block's 9 tensors, and with DCP between meshes AdamW's 3 for each of them
-        resharded = result.cell.recipe == "dcp_reshard"
+        resharded = result.cell.recipe in ("dcp_reshard", "dcp_resume")
         assert result.observed["tensors"] == (36 if resharded else 9)
     # the same split: the outputs are compared, and equal; another split: not compared, said why
     same = results[("tpx2", "fsdp2[dp2,tp2]")].observed

@@ -432,8 +432,19 @@ def test_the_mesh_scenarios_square_every_mesh_shape() -> None:
     }
     assert saved_async == shapes
     # a bfloat16 template on another mesh, another plan (6), an uneven split (2), local shards
-    # stitched (6)
-    assert len(cells) == 36 + 6 + 6 + 6 + 1 + 6 + 2 + 6
+    # stitched (6), training resumed between the shapes of one tensor-parallel degree (14)
+    assert len(cells) == 36 + 6 + 6 + 6 + 1 + 6 + 2 + 6 + 14
+    resumed = {
+        (shape(c.save_layout, c.save_world), shape(c.load_layout, c.load_world))
+        for c in cells
+        if c.recipe == "dcp_resume"
+    }
+    degrees = [
+        {"fsdp2x2", "fsdp2x4", "hsdp[rep2,shard2]"},
+        {"tpx2", "fsdp2[dp2,tp2]"},
+        {"tpx4"},
+    ]
+    assert resumed == {(a, b) for degree in degrees for a in degree for b in degree}
     assert {c.model for c in cells} == {"block"}
     stitched = {
         shape(c.save_layout, c.save_world) for c in cells if c.recipe == "local_shards_stitched"
@@ -478,3 +489,26 @@ def test_only_the_uneven_split_recipe_loads_onto_a_degree_that_does_not_divide_t
         "recipe=dcp_uneven_split is about a tensor-parallel degree that does not divide "
         "block's 4 heads; load=tpx2 divides them"
     ) in reasons
+
+
+def test_training_resumes_only_between_meshes_of_one_tensor_parallel_degree() -> None:
+    scenario = Scenario(
+        name="m",
+        description="",
+        source="here",
+        models=("block",),
+        save_layouts=(Layout.TP,),
+        load_layouts=(Layout.TP, Layout.FSDP2_TP),
+        formats=(Format.DCP,),
+        recipes=("dcp_resume",),
+        trainings=("adamw_onecycle",),
+        save_world_sizes=(2,),
+        load_world_sizes=(4,),
+    )
+    matrix = expand([scenario], subsets=[])
+    assert [layout_label(c.load_layout, c.load_world) for c in matrix.cells] == ["fsdp2[dp2,tp2]"]
+    assert (
+        "resume equivalence needs the same training arithmetic: tensor parallelism over 2 "
+        "rank(s) at the save and 4 at the load sums each layer's products in other parts (the "
+        "checkpoint itself reshards between them bitwise: dcp_reshard)"
+    ) in {o.reason for o in matrix.omitted}

@@ -322,6 +322,26 @@ MESH_TABLE = [
     (HSDP, 4, S, 1, W, "local_shards_stitched", None),
     (F2TP, 4, S, 1, W, "local_shards_stitched", ErrorClass.WEIGHTS_DIFFER),
 ]
+MESH_RESUMED = [(TP, 2, F2TP, 4), (HSDP, 4, F2, 2), (F2, 4, HSDP, 4)]
+
+
+@pytest.mark.parametrize(("save", "save_world", "load", "load_world"), MESH_RESUMED)
+def test_training_resumed_on_another_mesh_passes(
+    save: Layout, save_world: int, load: Layout, load_world: int
+) -> None:
+    c = Cell(
+        model="block",
+        save_layout=save,
+        load_layout=load,
+        format=DCP,
+        recipe="dcp_resume",
+        training="adamw_onecycle",
+        save_world=save_world,
+        load_world=load_world,
+    )
+    expectation = expect(c, torch_version=NEW)
+    assert expectation.passes
+    assert "the same tensor-parallel degree" in expectation.reason
 
 
 @pytest.mark.parametrize(

@@ -372,8 +372,10 @@ def test_the_models_the_zoo_says_have_a_tensor_parallel_plan_have_one_of_their_l
 
 
 def test_the_block_declares_the_heads_a_tensor_parallel_degree_must_divide() -> None:
-    model = build("block", seed=0)
-    attention = model.get_submodule("attention")
+    from harness.worker.models import Attention
+
+    attention = build("block", seed=0).get_submodule("attention")
+    assert isinstance(attention, Attention)
     heads = attention.wq.out_features // attention.head_dim
     assert MODELS["block"].tensor_parallel_units == heads == 4
 
