@@ -3,8 +3,9 @@ and how to load them. Nothing here unpickles for real or imports a file's code.
 
 ``inspect_path`` picks the reader (:mod:`~harness.inspect.reader`'s ``Reader``) by the file's
 first bytes: a zip archive (``torch.save`` and ``torch.jit.save``), a tar archive (``torch.save``
-of torch <= 0.1.x), a pickle stream (legacy ``torch.save``), a safetensors header, or a directory
-with ``.metadata`` (DCP).
+of torch <= 0.1.x), a pickle stream (legacy ``torch.save``), a safetensors header, a directory
+with ``.metadata`` (DCP), or a sharded safetensors checkpoint (``save_pretrained``'s): its folder
+with one ``*.safetensors.index.json`` and no ``.metadata``, or that index file itself.
 
 May import: ``core`` (device names) alone; the readers serve the command line, golden files and
 the workers alike.
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.inspect.advice import PrefixFinding, prefixes, recommendations
-from harness.inspect.dcp_dir import DcpReader
+from harness.inspect.dcp_dir import METADATA, DcpReader
 from harness.inspect.legacy_tar import LegacyTarReader
 from harness.inspect.legacy_tar import looks_like as looks_like_tar
 from harness.inspect.pickles import runs_code
@@ -31,6 +32,7 @@ from harness.inspect.reader import (
     TensorEntry,
 )
 from harness.inspect.safetensors_file import SafetensorsReader, looks_like
+from harness.inspect.safetensors_index import ShardedSafetensorsReader, indexes_in, is_index
 from harness.inspect.torchfile import LegacyReader, ZipReader, pickle_stream_start
 
 INTACT, NEEDS_GLOBALS, BROKEN = 0, 1, 2
@@ -54,7 +56,11 @@ __all__ = [
 def reader_for(path: Path) -> Reader | Defect:
     """The reader for ``path`` by its first bytes, or the defect that leaves none."""
     if path.is_dir():
+        if not (path / METADATA).exists() and indexes_in(path):
+            return ShardedSafetensorsReader()
         return DcpReader()
+    if is_index(path):
+        return ShardedSafetensorsReader()
     try:
         with open(path, "rb") as handle:
             head = handle.read(512)
@@ -74,7 +80,8 @@ def reader_for(path: Path) -> Reader | Defect:
         kind=DefectKind.UNKNOWN_FORMAT,
         where=str(path),
         message=f"{path.stat().st_size} bytes starting {head[:8].hex(' ')}: not a torch.save "
-        "zip or pickle, a TorchScript archive, safetensors, or a DCP directory",
+        "zip or pickle, a TorchScript archive, safetensors (or its *.safetensors.index.json), "
+        "or a DCP directory",
     )
 
 
@@ -92,6 +99,7 @@ def read_contents(path: Path) -> Contents:
     except Exception as exc:  # a hostile file the reader could not finish: a defect, never a crash
         kind = {
             SafetensorsReader: DefectKind.BAD_HEADER,
+            ShardedSafetensorsReader: DefectKind.BAD_INDEX,
             DcpReader: DefectKind.CORRUPT_METADATA,
         }.get(type(reader), DefectKind.CORRUPT_PICKLE)
         return Contents(format=FileFormat.UNKNOWN).defect(
@@ -141,12 +149,16 @@ class Inspection:
         if contents.tensors:
             lines.append(f"\n{len(contents.tensors)} tensors, {total:,} bytes:")
             width = max(len(tensor.path) for tensor in contents.tensors)
+            sharded = contents.format is FileFormat.SAFETENSORS_SHARDED
             for tensor in contents.tensors:
                 shape = "x".join(map(str, tensor.shape)) or "scalar"
                 size = "?" if tensor.bytes is None else f"{tensor.bytes:,}"
+                # a sharded folder's tensors all say "none": the shard holding each says more
+                where = tensor.storage if sharded else tensor.location
+                split = f": {tensor.split}" if tensor.split else ""
                 lines.append(
                     f"  {tensor.path:<{width}}  {tensor.dtype:<9} {shape:<16} {size:>14} B  "
-                    f"{tensor.location}"
+                    f"{where}{split}"
                 )
         if contents.others:
             lines.append(f"\n{len(contents.others)} other entries:")

@@ -1,13 +1,21 @@
 """torch.distributed.checkpoint directories: ``.metadata`` (a plain pickle of ``Metadata``:
 every entry's dtype and size, and which shard file holds which bytes) and the shard files.
 
+How each tensor was split is read from its chunks (``TensorStorageMetadata.chunks``: each
+chunk's offsets and sizes): "2 chunks along dim 0", "2x2 (dim 0 in 2, dim 1 in 2)", "whole (one
+chunk)". DCP records no placements and no mesh: ``Shard(0)`` over 4 ranks and
+``[Shard(0), Shard(0)]`` over a 2x2 mesh leave the same chunks, and a replicated tensor is saved
+once, whole.
+
 ``.metadata`` is read inertly (:mod:`harness.inspect.pickles`): ``dcp.load`` unpickles it with
 ``pickle.load``, so a global it names that DCP never writes is listed as refused."""
 
 from __future__ import annotations
 
 import io
+import itertools
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +30,7 @@ from harness.inspect.reader import (
 )
 
 METADATA = ".metadata"
+SHARD_FILE = re.compile(r"__(\d+)_(\d+)\.distcp")  # __RANK_THREAD.distcp: one per saving rank
 # What DCP's own .metadata names, as (module, name) pairs: its dataclasses, torch.Size, dtypes,
 # a layout and a path. Matched exactly: a name with a dot would reach through attributes.
 _DCP_GLOBALS = frozenset(
@@ -76,6 +85,57 @@ def _shape(size: Any) -> tuple[int, ...] | None:
     return tuple(size) if isinstance(size, list | tuple) else None
 
 
+Chunk = tuple[tuple[int, ...], tuple[int, ...]]  # offsets, sizes
+
+
+def _chunks(value: Any, rank: int) -> list[Chunk] | None:
+    """``ChunkStorageMetadata`` stand-ins as (offsets, sizes); None where one cannot be read."""
+    if not isinstance(value, list | tuple):
+        return None
+    found = []
+    for chunk in value:
+        fields = state_of(chunk)
+        offsets, sizes = _shape(fields.get("offsets")), _shape(fields.get("sizes"))
+        if offsets is None or sizes is None or not len(offsets) == len(sizes) == rank:
+            return None
+        found.append((offsets, sizes))
+    return found
+
+
+def split_of(shape: tuple[int, ...], chunks: list[Chunk]) -> str:
+    """How the chunks split a tensor of ``shape``: whole, along one dimension, as a grid over
+    several, or (hand-made metadata; DCP's save checks that its chunks tile the tensor) chunks
+    that do not tile it."""
+    if chunks == [((0,) * len(shape), shape)]:
+        return "whole (one chunk)"
+    # each dimension's distinct spans (offset, size), in order
+    spans = [sorted({(at[d], n[d]) for at, n in chunks}) for d in range(len(shape))]
+    split = [d for d, found in enumerate(spans) if len(found) > 1]
+    tiled = all(
+        found[0][0] == 0
+        and found[-1][0] + found[-1][1] == shape[d]
+        and all(a + n == b for (a, n), (b, _) in itertools.pairwise(found))
+        for d, found in enumerate(spans)
+    )
+    grid = math.prod(len(spans[d]) for d in split)
+    if not split or not tiled or grid != len(chunks) or len(set(chunks)) != len(chunks):
+        covered = sum(math.prod(sizes) for _, sizes in chunks)
+        count = "1 chunk that does" if len(chunks) == 1 else f"{len(chunks)} chunks that do"
+        return (
+            f"{count} not tile the tensor ({covered} elements in the chunks, "
+            f"{math.prod(shape)} in the tensor)"
+        )
+
+    def along(d: int) -> str:
+        sizes = [n for _, n in spans[d]]
+        return "" if len(set(sizes)) == 1 else f" of unequal size ({'+'.join(map(str, sizes))})"
+
+    if len(split) == 1:
+        return f"{len(chunks)} chunks along dim {split[0]}{along(split[0])}"
+    dims = ", ".join(f"dim {d} in {len(spans[d])}{along(d)}" for d in split)
+    return f"{'x'.join(str(len(spans[d])) for d in split)} ({dims})"
+
+
 class DcpReader:
     def read(self, path: Path) -> Contents:
         contents = Contents(format=FileFormat.DCP)
@@ -85,7 +145,8 @@ class DcpReader:
             return contents.defect(
                 DefectKind.UNKNOWN_FORMAT,
                 str(path),
-                f"a directory without {METADATA}: not a torch.distributed.checkpoint",
+                f"a directory without {METADATA}: not a torch.distributed.checkpoint (nor a "
+                "sharded safetensors checkpoint: no *.safetensors.index.json)",
             )
         data = (path / METADATA).read_bytes()
         try:
@@ -120,6 +181,7 @@ class DcpReader:
                 fields = state_of(entry)
                 dtype, shape = _dtype(fields.get("properties")), _shape(fields.get("size"))
                 element = ELEMENT_SIZES.get(dtype, 0)
+                chunks = None if shape is None else _chunks(fields.get("chunks"), len(shape))
                 contents.tensors.append(
                     TensorEntry(
                         path=str(fqn),
@@ -128,6 +190,7 @@ class DcpReader:
                         bytes=math.prod(shape) * element if shape is not None and element else None,
                         location="sharded",
                         storage=", ".join(shards),
+                        split=split_of(shape, chunks) if shape is not None and chunks else None,
                     )
                 )
             else:
@@ -135,6 +198,8 @@ class DcpReader:
                     OtherEntry(path=str(fqn), type="bytes (a pickled object dcp.load unpickles)")
                 )
         self._check_shards(path, files, contents)
+        if any(tensor.split for tensor in contents.tensors):
+            contents.notes.append(_ranks(files))
         return contents
 
     @staticmethod
@@ -177,3 +242,19 @@ class DcpReader:
                     str(shard),
                     f"{shard.stat().st_size} bytes, but {named} reach byte {end}",
                 )
+
+
+def _ranks(files: dict[str, dict[str, int]]) -> str:
+    """What the shard files' names say of the save: DCP names each saving rank's file
+    ``__RANK_THREAD.distcp``."""
+    names = sorted({relative for shards in files.values() for relative in shards})
+    ranks = sorted({int(m[1]) for name in names if (m := SHARD_FILE.fullmatch(name))})
+    saved = ""
+    if ranks:
+        wrote = f"rank {ranks[0]}" if len(ranks) == 1 else f"ranks {ranks[0]}..{ranks[-1]}"
+        saved = f": saved by at least {ranks[-1] + 1} rank(s) ({wrote} wrote data)"
+    return (
+        f"{len(names)} shard file(s) ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+        f"{saved}; each tensor's split is inferred from its chunks: DCP does not record the "
+        "placements or the mesh"
+    )

@@ -41,6 +41,8 @@ class FileFormat(StrEnum):
     LEGACY_TAR = "torch_legacy_tar"  # torch.save, torch <= 0.1.x: a tar of four pickled parts
     TORCHSCRIPT = "torchscript"  # torch.jit.save
     SAFETENSORS = "safetensors"
+    # save_pretrained's sharded folder: *.safetensors.index.json and the shards it names
+    SAFETENSORS_SHARDED = "safetensors_sharded"
     DCP = "dcp"  # a torch.distributed.checkpoint directory: .metadata and shards
     UNKNOWN = "unknown"
 
@@ -62,10 +64,13 @@ class DefectKind(StrEnum):
     SHORT_RECORD = "short_record"  # a record smaller than the tensors stored in it
     CORRUPT_PICKLE = "corrupt_pickle"  # the pickle itself cannot be read
     BAD_HEADER = "bad_header"  # a safetensors header that does not match the file
-    MISSING_SHARD = "missing_shard"  # a DCP shard file named by .metadata is absent
+    MISSING_SHARD = "missing_shard"  # a shard file named by DCP's .metadata or an index is absent
     SHORT_SHARD = "short_shard"  # a DCP shard smaller than the entries .metadata puts in it
     CORRUPT_METADATA = "corrupt_metadata"  # DCP's .metadata cannot be read
     UNLISTED_STORAGE = "unlisted_storage"  # tensor bytes that no entry listed accounts for
+    BAD_INDEX = "bad_index"  # a safetensors index that is not JSON or has no weight_map
+    STALE_INDEX = "stale_index"  # the index puts a tensor in a shard that does not hold it
+    UNINDEXED_TENSOR = "unindexed_tensor"  # a shard holds a tensor the index does not name
 
     @property
     def fix(self) -> str:
@@ -87,13 +92,21 @@ _FIXES = {
     DefectKind.CORRUPT_PICKLE: "the pickle inside is damaged: restore the file from a good copy",
     DefectKind.BAD_HEADER: "the safetensors header does not describe the file: restore it from "
     "a good copy or write it again with safetensors",
-    DefectKind.MISSING_SHARD: "copy the whole checkpoint directory, every shard with .metadata",
+    DefectKind.MISSING_SHARD: "copy the whole checkpoint directory: every shard file with the "
+    ".metadata or index that names it",
     DefectKind.SHORT_SHARD: "a shard was cut short: copy the directory again",
     DefectKind.CORRUPT_METADATA: "the directory's .metadata is damaged: restore it from a good "
     "copy (it cannot be rebuilt from the shards)",
     DefectKind.UNLISTED_STORAGE: "the pickle builds these tensors in a way this reader does not "
     "follow, so what it lists is incomplete: list them with torch.load(path, weights_only=True, "
     "map_location='cpu') and report the file's globals to ckpt-matrix",
+    DefectKind.BAD_INDEX: "the index is damaged: restore it from a good copy, or write the "
+    "checkpoint again with save_pretrained",
+    DefectKind.STALE_INDEX: "the index and the shards come from different saves: copy the index "
+    "with the shards it was written with, or rebuild its weight_map from the shards' headers "
+    "(each shard lists the tensors it holds)",
+    DefectKind.UNINDEXED_TENSOR: "a loader that follows the index never loads these tensors: "
+    "copy the index written with the shards, or rebuild its weight_map from the shards' headers",
 }
 
 
@@ -117,7 +130,9 @@ class TensorEntry:
     shape: tuple[int, ...]
     bytes: int | None  # None where the dtype's size is unknown
     location: str  # where it was saved: cpu, cuda:1 (a DCP directory: the shard file)
-    storage: str = ""  # the record or byte range that holds it
+    storage: str = ""  # the record or byte range that holds it (and the shard file, if sharded)
+    # how a DCP directory's chunks split it ("2 chunks along dim 0", "whole"); None elsewhere
+    split: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
