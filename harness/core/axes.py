@@ -122,6 +122,12 @@ class SaveVariant(StrEnum):
     # dcp.async_save (its thread executor) of get_state_dict(model, optimizer), awaited before
     # the checkpoint is made visible
     DCP_ASYNC = "dcp_async"
+    DCP_ASYNC_PROCESS = "dcp_async_process"  # ... with its process executor
+    # a run folder: step 1 saved and marked latest, step 2's dcp.async_save interrupted after its
+    # shards, before its metadata; the "latest" marker written once the future completes, or
+    # (the known-bad early marker) as soon as the save is issued
+    DCP_ASYNC_INTERRUPTED = "dcp_async_interrupted"
+    DCP_ASYNC_EARLY_MARKER = "dcp_async_early_marker"
     GOLDEN = "golden"  # nothing: a team wrote the file (``ckpt-matrix golden``)
 
     @property
@@ -144,6 +150,9 @@ class SaveVariant(StrEnum):
             SaveVariant.DCP_RANK_STATE,
             SaveVariant.DCP_TRAIN_STATE,
             SaveVariant.DCP_ASYNC,
+            SaveVariant.DCP_ASYNC_PROCESS,
+            SaveVariant.DCP_ASYNC_INTERRUPTED,
+            SaveVariant.DCP_ASYNC_EARLY_MARKER,
         ):
             return Format.DCP
         if self in (SaveVariant.SAFETENSORS_FILE, SaveVariant.SAFETENSORS_MODEL):

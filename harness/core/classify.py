@@ -20,6 +20,10 @@ class OptimizerStateDeviceError(Exception):
     """After loading, an optimizer state tensor is not on the device of its parameter."""
 
 
+class IncompleteCheckpointError(Exception):
+    """The checkpoint a load was pointed at was never finished (no DCP ``.metadata``)."""
+
+
 class MeshForwardError(Exception):
     """The loaded model's forward pass failed on its device mesh (the layers' tensor-parallel
     split does not fit the model)."""
@@ -83,6 +87,7 @@ _RULES: tuple[tuple[type[BaseException] | str, re.Pattern[str], ErrorClass], ...
     (ChecksumMismatchError, re.compile(""), ErrorClass.CHECKSUM_MISMATCH),
     (OptimizerStateDeviceError, re.compile(""), ErrorClass.OPTIMIZER_STATE_DEVICE),
     (MeshForwardError, re.compile(""), ErrorClass.MESH_FORWARD_FAILED),
+    (IncompleteCheckpointError, re.compile(""), ErrorClass.INCOMPLETE_CHECKPOINT),
 )
 
 

@@ -179,12 +179,30 @@ def _dcp_reshard(cell: Cell, _: TorchVersion, _traits: ModelTraits) -> Predictio
     )
 
 
-@rule("dcp_async_reshard")
+@rule("dcp_async_reshard", "dcp_async_process_reshard")
 def _dcp_async_reshard(cell: Cell, _: TorchVersion, _traits: ModelTraits) -> Prediction:
+    executor = "process" if cell.recipe == "dcp_async_process_reshard" else "thread"
     return None, (
-        "dcp.async_save wrote what dcp.save writes, and DCP reshards it from "
+        f"dcp.async_save ({executor} executor) wrote what dcp.save writes, and DCP reshards it "
+        "from "
         f"{layout_label(cell.save_layout, cell.save_world)} to "
         f"{layout_label(cell.load_layout, cell.load_world)}"
+    )
+
+
+@rule("dcp_async_interrupted")
+def _dcp_async_interrupted(cell: Cell, _: TorchVersion, _traits: ModelTraits) -> Prediction:
+    return None, (
+        "the latest marker moves only once dcp.async_save's future completes: after a crash "
+        "while step 2 was in flight it still names step 1, which loads whole"
+    )
+
+
+@rule("dcp_async_early_marker")
+def _dcp_async_early_marker(cell: Cell, _: TorchVersion, _traits: ModelTraits) -> Prediction:
+    return ErrorClass.INCOMPLETE_CHECKPOINT, (
+        "the marker moved to step 2 when its save was issued; the crash came before its "
+        "metadata was written, so the checkpoint it names never finished"
     )
 
 

@@ -42,6 +42,7 @@ class ErrorClass(StrEnum):
     DP_DEVICE_MISSING = "dp_device_missing"
     SHARDED_TENSOR = "sharded_tensor"
     MESH_FORWARD_FAILED = "mesh_forward_failed"
+    INCOMPLETE_CHECKPOINT = "incomplete_checkpoint"
     # Raised by the harness before loading.
     CHECKSUM_MISMATCH = "checksum_mismatch"
     OPTIMIZER_STATE_DEVICE = "optimizer_state_device"
@@ -78,6 +79,10 @@ _DESCRIPTIONS = {
     ErrorClass.MESH_FORWARD_FAILED: (
         "the loaded model's forward pass failed on its device mesh: its tensor-parallel split "
         "does not fit the model (another plan, or a degree that does not divide its layers)"
+    ),
+    ErrorClass.INCOMPLETE_CHECKPOINT: (
+        "the checkpoint a load was pointed at was never finished: its save was in flight (no "
+        "DCP .metadata)"
     ),
     ErrorClass.CHECKSUM_MISMATCH: "the file's sha256 differs from the one its saver recorded",
     ErrorClass.OPTIMIZER_STATE_DEVICE: "an optimizer state tensor is not on its parameter's device",

@@ -211,6 +211,28 @@ RECIPES: dict[str, Recipe] = {
             "completes, and byte for byte what dcp.save writes; loaded as dcp_reshard",
         ),
         Recipe(
+            name="dcp_async_process_reshard",
+            kind=RecipeKind.CORRECT,
+            save_variant=SaveVariant.DCP_ASYNC_PROCESS,
+            save_layouts=_SHARDED,
+            load_layouts=_SHARDED,
+            restores_optimizer=True,
+            summary="dcp_async_reshard with the process executor (async_checkpointer_type="
+            "PROCESS: a background process per rank that writes the staged state)",
+        ),
+        Recipe(
+            name="dcp_async_interrupted",
+            kind=RecipeKind.CORRECT,
+            save_variant=SaveVariant.DCP_ASYNC_INTERRUPTED,
+            save_layouts=_SHARDED,
+            load_layouts=_SHARDED,
+            restores_optimizer=True,
+            summary="a run folder: step 1 saved and marked latest; step 2's dcp.async_save "
+            "interrupted after its shards, before its metadata (the disk as a crash then leaves "
+            "it), the marker written only once the future completes: the loader follows the "
+            "marker to step 1 and loads it as dcp_reshard",
+        ),
+        Recipe(
             name="ddp_module_state_dict",
             kind=RecipeKind.CORRECT,
             save_variant=SaveVariant.MODULE_STATE_DICT,
@@ -496,6 +518,18 @@ RECIPES: dict[str, Recipe] = {
             summary="each rank torch.saves its own pieces of model.state_dict() (a DTensor's "
             "to_local()); one process stitches each tensor from the rank files in rank order, "
             "cutting the full shape into a grid by the pieces' size (weights_only=True)",
+        ),
+        Recipe(
+            name="dcp_async_early_marker",
+            kind=RecipeKind.KNOWN_BAD,
+            save_variant=SaveVariant.DCP_ASYNC_EARLY_MARKER,
+            save_layouts=_SHARDED,
+            load_layouts=_SHARDED,
+            restores_optimizer=True,
+            summary="dcp_async_interrupted with the latest marker written as soon as "
+            "dcp.async_save returns, before its future completes: the marker names step 2, "
+            "whose save never finished (a load issued before the future completes reads the "
+            "same folder)",
         ),
         Recipe(
             name="dcp_rank_state",

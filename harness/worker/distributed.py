@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,16 +25,17 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.checkpoint.filesystem import FileSystemReader
-from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+from torch.distributed.checkpoint.filesystem import FileSystemReader, FileSystemWriter
+from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
     get_state_dict,
 )
-from torch.distributed.checkpoint.state_dict_saver import AsyncSaveResponse
+from torch.distributed.checkpoint.state_dict_saver import AsyncCheckpointerType, AsyncSaveResponse
 from torch.distributed.checkpoint.state_dict_saver import async_save as dcp_async_save
 from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
+from torch.distributed.checkpoint.storage import WriteResult
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 
@@ -70,6 +72,9 @@ from harness.worker.probe import isolation_probe
 from harness.worker.training import DATA_SEED, Regime, make_regime, train_steps
 
 LR = 0.01
+# dcp.async_save's executors, and the save variant of each
+EXECUTORS = {"thread": AsyncCheckpointerType.THREAD, "process": AsyncCheckpointerType.PROCESS}
+ASYNC_EXECUTORS = {SaveVariant.DCP_ASYNC: "thread", SaveVariant.DCP_ASYNC_PROCESS: "process"}
 # Where a training state keeps every rank's generator states (``rng.ranks.rank0.cpu``, ...).
 RNG_KEY = "rng.ranks"
 T = TypeVar("T")
@@ -280,23 +285,29 @@ def output_digest(model: nn.Module, name: str) -> str | None:
         return forward_digest(call(model, example_input(name, device())), name)[0]
 
 
-def save_dcp(state: dict[str, Any], final: Path, *, asynchronous: bool = False) -> None:
+def save_dcp(state: dict[str, Any], final: Path, *, executor: str | None = None) -> None:
     """dcp.save from every rank into a folder beside ``final``, renamed by rank 0 once every
-    shard is written: the checkpoint appears whole or not at all. ``asynchronous``: with
-    dcp.async_save (its thread executor, on a gloo process group of its own, as trainers give
-    it), renamed only once its future has completed on every rank; then dcp.save writes the same
-    state beside it, and every file must hold the same bytes (:func:`differences`)."""
+    shard is written: the checkpoint appears whole or not at all. ``executor`` (``thread`` or
+    ``process``): with dcp.async_save and that executor, on a gloo process group of its own, as
+    trainers give it, renamed only once its future has completed on every rank; then dcp.save
+    writes the same state beside it, and every file must hold the same bytes
+    (:func:`differences`)."""
     partial = final.with_name(final.name + ".partial")
     synchronous = final.with_name(final.name + ".sync")
     if rank() == 0:
         shutil.rmtree(partial, ignore_errors=True)
         shutil.rmtree(synchronous, ignore_errors=True)
     dist.barrier()
-    if asynchronous:
+    if executor is not None:
         group = dist.new_group(backend="gloo")
         if not isinstance(group, dist.ProcessGroup):  # every rank is a member
             raise RuntimeError(f"rank {rank()} is outside the new process group")
-        response = dcp_async_save(state, checkpoint_id=str(partial), process_group=group)
+        response = dcp_async_save(
+            state,
+            checkpoint_id=str(partial),
+            process_group=group,
+            async_checkpointer_type=EXECUTORS[executor],
+        )
         done = response.upload_completion if isinstance(response, AsyncSaveResponse) else response
         done.result()
         dist.barrier()  # every rank's future has completed: the checkpoint is whole
@@ -304,17 +315,98 @@ def save_dcp(state: dict[str, Any], final: Path, *, asynchronous: bool = False) 
     else:
         dcp_save(state, checkpoint_id=str(partial))
     dist.barrier()
-    if asynchronous:
+    if executor is not None:
         # rank 0 compares; every rank learns what it found and raises with it, so that none
         # waits in a collective that rank 0 will never join
         found = from_every_rank(differences(partial, synchronous) if rank() == 0 else [])[0]
         if rank() == 0:
             shutil.rmtree(synchronous)
         if found:
-            raise RuntimeError(f"dcp.async_save wrote other bytes than dcp.save: {found}")
+            raise RuntimeError(
+                f"dcp.async_save ({executor}) wrote other bytes than dcp.save: {found}"
+            )
     if rank() == 0:
         shutil.rmtree(final, ignore_errors=True)
         partial.rename(final)
+    dist.barrier()
+
+
+# A run folder of interrupted saves: a step's checkpoint per subfolder, and the marker file that
+# names the latest complete one (as trainers keep a "latest" pointer).
+LATEST = "latest"
+STEPS = ("step-1", "step-2")
+
+
+class GatedWriter(FileSystemWriter):
+    """A FileSystemWriter that stops before writing the metadata (the coordinator's ``finish``,
+    after every rank's shards) until ``gate`` opens, having set ``reached``: the disk as a crash
+    while the save is in flight leaves it, held still long enough to copy."""
+
+    def __init__(self, path: Path, reached: threading.Event, gate: threading.Event) -> None:
+        super().__init__(str(path))
+        self.reached, self.gate = reached, gate
+
+    def finish(self, metadata: Metadata, results: list[list[WriteResult]]) -> None:
+        self.reached.set()
+        if not self.gate.wait(timeout=GATE_S):
+            raise TimeoutError(f"the save's gate stayed shut for {GATE_S} s")
+        super().finish(metadata, results)
+
+
+GATE_S = 60.0
+
+
+def mark_latest(run: Path, step: str) -> None:
+    """Rank 0 points the run's marker at ``step`` (written beside it, then renamed)."""
+    if rank() == 0:
+        written = run / f".{LATEST}.tmp"
+        written.write_text(step + "\n")
+        written.replace(run / LATEST)
+
+
+def save_interrupted(state: dict[str, Any], final: Path, *, early_marker: bool) -> None:
+    """Step 1 saved with dcp.save and marked latest; step 2 with dcp.async_save (the thread
+    executor, a process group of its own), stopped after its shards, before its metadata. What
+    the run folder holds at that moment is copied to ``final``: what a crash there leaves on
+    disk. The correct order moves the marker once the future has completed; ``early_marker``
+    moves it as soon as the save is issued. The save then completes in the live folder, which
+    is removed."""
+    live = final.with_name(final.name + ".live")
+    if rank() == 0:
+        shutil.rmtree(live, ignore_errors=True)
+        live.mkdir(parents=True)
+    dist.barrier()
+    first, second = STEPS
+    dcp_save(state, checkpoint_id=str(live / first))
+    dist.barrier()
+    mark_latest(live, first)
+    group = dist.new_group(backend="gloo")
+    if not isinstance(group, dist.ProcessGroup):  # every rank is a member
+        raise RuntimeError(f"rank {rank()} is outside the new process group")
+    reached, gate = threading.Event(), threading.Event()
+    writer = GatedWriter(live / second, reached, gate)
+    response = dcp_async_save(state, storage_writer=writer, process_group=group)
+    if early_marker:
+        mark_latest(live, second)
+    if rank() == 0:  # the coordinator writes the metadata: its writer holds the gate
+        try:
+            if not reached.wait(timeout=GATE_S):
+                raise TimeoutError(f"step 2's shards were not all written within {GATE_S} s")
+            shutil.rmtree(final, ignore_errors=True)
+            copy = final.with_name(final.name + ".copy")
+            shutil.rmtree(copy, ignore_errors=True)
+            shutil.copytree(live, copy)
+            copy.rename(final)
+        finally:
+            gate.set()
+    done = response.upload_completion if isinstance(response, AsyncSaveResponse) else response
+    done.result()
+    dist.barrier()
+    if not early_marker:
+        mark_latest(live, second)
+    dist.barrier()
+    if rank() == 0:
+        shutil.rmtree(live)
     dist.barrier()
 
 
@@ -494,8 +586,11 @@ def save_distributed(
         return gathered({key: tensor_record(value, "cpu") for key, value in own.items()})
     elif variant is SaveVariant.DCP:
         save_dcp(model_and_optimizer(model, optimizer), final)
-    elif variant is SaveVariant.DCP_ASYNC:
-        save_dcp(model_and_optimizer(model, optimizer), final, asynchronous=True)
+    elif variant in (SaveVariant.DCP_ASYNC_INTERRUPTED, SaveVariant.DCP_ASYNC_EARLY_MARKER):
+        early = variant is SaveVariant.DCP_ASYNC_EARLY_MARKER
+        save_interrupted(model_and_optimizer(model, optimizer), final, early_marker=early)
+    elif variant in ASYNC_EXECUTORS:
+        save_dcp(model_and_optimizer(model, optimizer), final, executor=ASYNC_EXECUTORS[variant])
     else:
         raise ValueError(f"{spec.cell_key}: a distributed layout does not save {variant}")
     return {}

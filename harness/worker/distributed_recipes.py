@@ -32,13 +32,16 @@ from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from harness.core.axes import Layout
 from harness.core.cell import layout_label
-from harness.core.classify import MeshForwardError
+from harness.core.classify import IncompleteCheckpointError, MeshForwardError
 from harness.core.jobspec import (
     LOAD_SEED,
     LoadSpec,
 )
 from harness.core.recipes import RECIPES, registrar
+from harness.inspect.dcp_dir import METADATA
 from harness.worker.distributed import (
+    LATEST,
+    STEPS,
     Alteration,
     T,
     device,
@@ -153,6 +156,7 @@ def _ddp_strip_prefix(ctx: DistributedLoad) -> None:
 @performs(
     "dcp_reshard",
     "dcp_async_reshard",
+    "dcp_async_process_reshard",
     "dcp_extra_key",
     "dcp_missing_key",
     "dcp_dtype_template",
@@ -173,6 +177,28 @@ def _reshard(ctx: DistributedLoad, planner: DefaultLoadPlanner | None = None) ->
         model_state_dict=state["model"],
         optim_state_dict=state["optimizer"],
     )
+
+
+@performs("dcp_async_interrupted", "dcp_async_early_marker")
+def _latest(ctx: DistributedLoad) -> None:
+    """The step the run folder's marker names, loaded as dcp_reshard. A step whose save never
+    finished has shards and no metadata; dcp.load fails on it with a missing file, which is
+    named here for what it means (:class:`IncompleteCheckpointError`)."""
+    step = (ctx.path / LATEST).read_text().strip()
+    if step not in STEPS:
+        raise ValueError(f"{ctx.path / LATEST} names {step!r}, not one of {STEPS}")
+    folder = ctx.path / step
+    ctx.path = folder
+    try:
+        _reshard(ctx)
+    except LOAD_ERRORS as exc:
+        if (folder / METADATA).is_file():
+            raise
+        raise IncompleteCheckpointError(
+            f"{folder.parent / LATEST} names {step}, whose save never finished: {folder} holds "
+            f"{len(list(folder.glob('*.distcp')))} shard file(s) and no {METADATA}; dcp.load "
+            f"raised {type(exc).__name__}: {describe(exc)}"
+        ) from exc
 
 
 ADDED_BUFFER = "added_since_save"

@@ -7,7 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from harness.core.classify import ChecksumMismatchError, MeshForwardError, classify_exception
+from harness.core.classify import (
+    ChecksumMismatchError,
+    IncompleteCheckpointError,
+    MeshForwardError,
+    classify_exception,
+)
 from harness.core.outcomes import ErrorClass
 
 RECORDED = json.loads(
@@ -94,3 +99,8 @@ def test_a_forward_that_fails_on_a_device_mesh_is_named_so() -> None:
     assert classify_exception(failed) is ErrorClass.MESH_FORWARD_FAILED
     # the same words from anything else are not
     assert classify_exception(RuntimeError(str(failed))) is ErrorClass.UNCLASSIFIED
+
+
+def test_a_checkpoint_whose_save_never_finished_is_named_so() -> None:
+    unfinished = IncompleteCheckpointError("latest names step-2, whose save never finished")
+    assert classify_exception(unfinished) is ErrorClass.INCOMPLETE_CHECKPOINT

@@ -321,6 +321,10 @@ MESH_TABLE = [
     (TP, 4, S, 1, W, "local_shards_stitched", None),
     (HSDP, 4, S, 1, W, "local_shards_stitched", None),
     (F2TP, 4, S, 1, W, "local_shards_stitched", ErrorClass.WEIGHTS_DIFFER),
+    # an asynchronous save interrupted in flight: the marker decides
+    (F2, 2, F2, 2, DCP, "dcp_async_interrupted", None),
+    (F2TP, 4, F2, 2, DCP, "dcp_async_early_marker", ErrorClass.INCOMPLETE_CHECKPOINT),
+    (F2TP, 4, F2, 2, DCP, "dcp_async_process_reshard", None),
 ]
 MESH_RESUMED = [(TP, 2, F2TP, 4), (HSDP, 4, F2, 2), (F2, 4, HSDP, 4)]
 

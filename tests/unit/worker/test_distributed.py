@@ -269,6 +269,30 @@ def test_an_async_save_is_checked_byte_for_byte_against_a_synchronous_one(tmp_pa
     assert report["tensors"] == saved["tensors"]
 
 
+@pytest.mark.parametrize("early", [False, True])
+def test_an_interrupted_async_save_leaves_what_its_marker_says(tmp_path: Path, early: bool) -> None:
+    """The copy taken while step 2's save waits before its metadata: step 1 whole, step 2's
+    shards without metadata, and the marker where the recipe wrote it."""
+    variant = "dcp_async_early_marker" if early else "dcp_async_interrupted"
+    saved = save(tmp_path, variant)
+    assert saved["status"] == "saved"
+    run = Path(saved["path"])
+    assert sorted(p.name for p in run.iterdir()) == ["latest", "step-1", "step-2"]
+    assert (run / "step-1" / ".metadata").is_file()
+    assert list((run / "step-2").glob("*.distcp"))  # the shards were written
+    assert not (run / "step-2" / ".metadata").exists()  # the metadata was not
+    assert (run / "latest").read_text() == ("step-2\n" if early else "step-1\n")
+    assert not run.with_name(run.name + ".live").exists()  # the save completed, and was removed
+    report = load(saved, variant)
+    if early:
+        assert report["status"] == "raised"
+        assert report["error_class"] == "incomplete_checkpoint"
+        assert "latest names step-2, whose save never finished" in report["message"]
+    else:
+        assert report["status"] == "loaded", report.get("message")
+        assert report["tensors"] == saved["tensors"]
+
+
 def test_two_dcp_folders_that_differ_say_how(tmp_path: Path) -> None:
     from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 
