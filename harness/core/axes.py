@@ -118,6 +118,14 @@ class SaveVariant(StrEnum):
     DCP_TRAIN_STATE = "dcp_train_state"  # DCP of model, optimizer, scheduler and step
     SAFETENSORS_FILE = "safetensors_file"  # save_file(model.state_dict()) of the model as held
     SAFETENSORS_MODEL = "safetensors_model"  # save_model(the unwrapped model): ties deduplicated
+    # the save_pretrained layout: shards and model.safetensors.index.json, ties kept once; written
+    # with the safetensors library, or by DCP's HuggingFaceStorageWriter from FSDP2's ranks
+    # (consolidated); or with its last shard lost, as an interrupted upload leaves it
+    SAFETENSORS_SHARDED = "safetensors_sharded"
+    SAFETENSORS_DCP_HF = "safetensors_dcp_hf"
+    # ... consolidated in place, in the cell's own folder, whose name holds "[cpu]"
+    SAFETENSORS_DCP_HF_IN_PLACE = "safetensors_dcp_hf_in_place"
+    SAFETENSORS_LOST_SHARD = "safetensors_lost_shard"
     HELPER_STATE_DICT = "helper_state_dict"  # get_model_state_dict(model) (strips _orig_mod.)
     # dcp.async_save (its thread executor) of get_state_dict(model, optimizer), awaited before
     # the checkpoint is made visible
@@ -155,7 +163,14 @@ class SaveVariant(StrEnum):
             SaveVariant.DCP_ASYNC_EARLY_MARKER,
         ):
             return Format.DCP
-        if self in (SaveVariant.SAFETENSORS_FILE, SaveVariant.SAFETENSORS_MODEL):
+        if self in (
+            SaveVariant.SAFETENSORS_FILE,
+            SaveVariant.SAFETENSORS_MODEL,
+            SaveVariant.SAFETENSORS_SHARDED,
+            SaveVariant.SAFETENSORS_DCP_HF,
+            SaveVariant.SAFETENSORS_DCP_HF_IN_PLACE,
+            SaveVariant.SAFETENSORS_LOST_SHARD,
+        ):
             return Format.SAFETENSORS
         if self in (SaveVariant.TRAIN_STATE, SaveVariant.TRAIN_STATE_NAMESPACE):
             return Format.TRAIN_STATE

@@ -84,6 +84,19 @@ _RULES: tuple[tuple[type[BaseException] | str, re.Pattern[str], ErrorClass], ...
     # reaches a device beyond those its storages were restored to. (Newer torch raises CUDA
     # errors as torch.AcceleratorError, a RuntimeError.)
     (RuntimeError, re.compile(r"invalid device ordinal"), ErrorClass.DP_DEVICE_MISSING),
+    # DCP's Hugging Face consolidation sizes every dtype with torch.finfo, which refuses integers
+    # (raised on every rank inside a CheckpointException)
+    (
+        "CheckpointException",
+        re.compile(r"torch\.finfo\(\) requires a floating point input type"),
+        ErrorClass.UNSUPPORTED_DTYPE,
+    ),
+    # safetensors refuses a header it cannot parse (one written with empty dtypes and shapes)
+    (
+        "SafetensorError",
+        re.compile(r"Error while deserializing header"),
+        ErrorClass.CORRUPT_FILE,
+    ),
     (ChecksumMismatchError, re.compile(""), ErrorClass.CHECKSUM_MISMATCH),
     (OptimizerStateDeviceError, re.compile(""), ErrorClass.OPTIMIZER_STATE_DEVICE),
     (MeshForwardError, re.compile(""), ErrorClass.MESH_FORWARD_FAILED),

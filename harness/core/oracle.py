@@ -24,6 +24,10 @@ TorchVersion = tuple[int, int]
 # What the saver hands torch.save that pickles the module object itself.
 PICKLES_THE_MODULE = frozenset({SaveVariant.WHOLE, SaveVariant.BOUND_METHOD})
 
+# What DCP's Hugging Face writer consolidates from the shards it finds (torch 2.14: torch.finfo
+# of every dtype). In place, under a folder named '[cpu]', it finds none and reads no dtype.
+CONSOLIDATES_WITH_FINFO = frozenset({SaveVariant.SAFETENSORS_DCP_HF})
+
 # torch.load's weights_only default flipped from False to True in PyTorch 2.6.
 WEIGHTS_ONLY_DEFAULT_SINCE: TorchVersion = (2, 6)
 
@@ -203,6 +207,43 @@ def _dcp_async_early_marker(cell: Cell, _: TorchVersion, _traits: ModelTraits) -
     return ErrorClass.INCOMPLETE_CHECKPOINT, (
         "the marker moved to step 2 when its save was issued; the crash came before its "
         "metadata was written, so the checkpoint it names never finished"
+    )
+
+
+@rule("safetensors_index", "safetensors_dcp_hf")
+def _safetensors_index(cell: Cell, _: TorchVersion, _traits: ModelTraits) -> Prediction:
+    if cell.recipe == "safetensors_dcp_hf":
+        return None, (
+            f"DCP's Hugging Face writer consolidates FSDP2's shards at {cell.save_world} ranks "
+            "into the save_pretrained layout, which loads by its index"
+        )
+    return None, "every shard the index names loads, and the ties are restored"
+
+
+@rule("safetensors_dcp_hf_in_place")
+def _safetensors_dcp_hf_in_place(cell: Cell, _: TorchVersion, _traits: ModelTraits) -> Prediction:
+    return ErrorClass.CORRUPT_FILE, (
+        "DCP's consolidation lists its shards with glob.glob of the folder's path unescaped: "
+        "under a folder named '...[cpu]...' it matches none, and writes each consolidated tensor "
+        "with an empty dtype and shape, without a word (whatever the dtypes: it reads none); "
+        "safetensors refuses the header"
+    )
+
+
+@rule("safetensors_index_strict")
+def _safetensors_index_strict(cell: Cell, _: TorchVersion, traits: ModelTraits) -> Prediction:
+    if traits.tied:
+        return ErrorClass.KEY_MISMATCH, (
+            f"{cell.model}'s tied tensor is in the shards once: strict=True misses its other name"
+        )
+    return None, f"{cell.model} ties no tensors, so strict=True misses none (fragile)"
+
+
+@rule("safetensors_shards_lenient")
+def _safetensors_shards_lenient(_: Cell, __: TorchVersion, _traits: ModelTraits) -> Prediction:
+    return ErrorClass.WEIGHTS_DIFFER, (
+        "without the index nothing says a shard is missing; strict=False leaves the lost "
+        "shard's tensors as the fresh model built them"
     )
 
 
@@ -423,6 +464,12 @@ def save_error(cell: Cell, traits: ModelTraits) -> Prediction | None:
         return ErrorClass.NOT_PICKLABLE, (
             "torch.save pickles the module itself, and a parametrized module refuses to be "
             "pickled: only its state_dict() serializes"
+        )
+    if traits.integer_tensors and variant in CONSOLIDATES_WITH_FINFO:
+        return ErrorClass.UNSUPPORTED_DTYPE, (
+            "DCP's Hugging Face consolidation sizes each tensor with torch.finfo, which refuses "
+            f"an integer dtype: {cell.model} has an integer tensor (as BatchNorm's "
+            "num_batches_tracked)"
         )
     if traits.tied and variant is SaveVariant.SAFETENSORS_FILE:
         return ErrorClass.SHARED_TENSORS, (

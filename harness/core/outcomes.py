@@ -32,6 +32,7 @@ class ErrorClass(StrEnum):
     # Raised by PyTorch during the save.
     NOT_PICKLABLE = "not_picklable"
     SHARED_TENSORS = "shared_tensors"
+    UNSUPPORTED_DTYPE = "unsupported_dtype"
     # Raised by PyTorch during the load.
     KEY_MISMATCH = "key_mismatch"
     UNSAFE_GLOBAL = "unsafe_global"
@@ -43,6 +44,7 @@ class ErrorClass(StrEnum):
     SHARDED_TENSOR = "sharded_tensor"
     MESH_FORWARD_FAILED = "mesh_forward_failed"
     INCOMPLETE_CHECKPOINT = "incomplete_checkpoint"
+    CORRUPT_FILE = "corrupt_file"
     # Raised by the harness before loading.
     CHECKSUM_MISMATCH = "checksum_mismatch"
     OPTIMIZER_STATE_DEVICE = "optimizer_state_device"
@@ -64,6 +66,10 @@ class ErrorClass(StrEnum):
 _DESCRIPTIONS = {
     ErrorClass.NOT_PICKLABLE: "torch.save could not pickle the object (a parametrized module)",
     ErrorClass.SHARED_TENSORS: "safetensors' save_file refused tensors that share memory (ties)",
+    ErrorClass.UNSUPPORTED_DTYPE: (
+        "the writer refused a tensor for its dtype (DCP's Hugging Face consolidation and an "
+        "integer tensor)"
+    ),
     ErrorClass.KEY_MISMATCH: "state_dict keys do not match the model (missing/unexpected keys)",
     ErrorClass.UNSAFE_GLOBAL: "torch.load(weights_only=True) refused a pickled global",
     ErrorClass.NOT_A_STATE_DICT: "load_state_dict was given something that is not a mapping",
@@ -83,6 +89,10 @@ _DESCRIPTIONS = {
     ErrorClass.INCOMPLETE_CHECKPOINT: (
         "the checkpoint a load was pointed at was never finished: its save was in flight (no "
         "DCP .metadata)"
+    ),
+    ErrorClass.CORRUPT_FILE: (
+        "a file the load reads is not what its format says (a safetensors header that does not "
+        "parse): the save wrote it wrong"
     ),
     ErrorClass.CHECKSUM_MISMATCH: "the file's sha256 differs from the one its saver recorded",
     ErrorClass.OPTIMIZER_STATE_DEVICE: "an optimizer state tensor is not on its parameter's device",

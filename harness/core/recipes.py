@@ -327,6 +327,29 @@ RECIPES: dict[str, Recipe] = {
             "deduplicated); load_model(fresh model, path, device=...) into the unwrapped model",
         ),
         Recipe(
+            name="safetensors_index",
+            kind=RecipeKind.CORRECT,
+            save_variant=SaveVariant.SAFETENSORS_SHARDED,
+            save_layouts=_SINGLE,
+            load_layouts=_SINGLE,
+            summary="the save_pretrained layout written with the safetensors library (shards of "
+            "a third of the model each, model.safetensors.index.json, a tied tensor once): "
+            "every shard the index names, each holding exactly the keys it maps there "
+            "(safe_open), load_state_dict(strict=False), every key the checkpoint lacks tied to "
+            "one it holds",
+        ),
+        Recipe(
+            name="safetensors_dcp_hf",
+            kind=RecipeKind.CORRECT,
+            save_variant=SaveVariant.SAFETENSORS_DCP_HF,
+            save_layouts=_FSDP2,
+            load_layouts=_SINGLE,
+            summary="FSDP2 at N ranks: dcp.save(get_model_state_dict(model), storage_writer="
+            "HuggingFaceStorageWriter(save_distributed=True, enable_consolidation=True), two "
+            "files) into a folder whose path holds no glob metacharacter; into one plain model "
+            "as safetensors_index",
+        ),
+        Recipe(
             name="safetensors_strip_prefix",
             kind=RecipeKind.CORRECT,
             save_variant=SaveVariant.SAFETENSORS_FILE,
@@ -530,6 +553,34 @@ RECIPES: dict[str, Recipe] = {
             "dcp.async_save returns, before its future completes: the marker names step 2, "
             "whose save never finished (a load issued before the future completes reads the "
             "same folder)",
+        ),
+        Recipe(
+            name="safetensors_index_strict",
+            kind=RecipeKind.KNOWN_BAD,
+            save_variant=SaveVariant.SAFETENSORS_SHARDED,
+            save_layouts=_SINGLE,
+            load_layouts=_SINGLE,
+            summary="safetensors_index with load_state_dict(strict=True): a tied tensor the "
+            "shards hold once is a missing key",
+        ),
+        Recipe(
+            name="safetensors_shards_lenient",
+            kind=RecipeKind.KNOWN_BAD,
+            save_variant=SaveVariant.SAFETENSORS_LOST_SHARD,
+            save_layouts=_SINGLE,
+            load_layouts=_SINGLE,
+            summary="every *.safetensors file in the folder, the index unread, "
+            "load_state_dict(strict=False), of a folder whose last shard was lost (an upload "
+            "that stopped early)",
+        ),
+        Recipe(
+            name="safetensors_dcp_hf_in_place",
+            kind=RecipeKind.KNOWN_BAD,
+            save_variant=SaveVariant.SAFETENSORS_DCP_HF_IN_PLACE,
+            save_layouts=_FSDP2,
+            load_layouts=_SINGLE,
+            summary="safetensors_dcp_hf consolidated in the cell's own folder, whose name holds "
+            "'[cpu]': the consolidation finds its shards with an unescaped glob",
         ),
         Recipe(
             name="dcp_rank_state",

@@ -33,6 +33,8 @@ class ModelTraits:
     # Its forward in train mode draws random numbers (dropout): a resumed training reaches the
     # uninterrupted run's weights only if the checkpoint carries the generators' states.
     stochastic: bool = False
+    # Some entry is an integer tensor (BatchNorm's num_batches_tracked, an index buffer).
+    integer_tensors: bool = False
     # The entries its construction fixes: equal across builds from different seeds and unchanged
     # by the saver's training (a constant buffer such as ``position_ids``). They are compared as
     # every entry is, but cannot tell a load from none.
@@ -49,6 +51,7 @@ class ModelTraits:
             "tied": self.tied,
             "parametrized": self.parametrized,
             "stochastic": self.stochastic,
+            "integer_tensors": self.integer_tensors,
             "constants": list(self.constants),
             **({"unavailable": self.unavailable} if self.unavailable else {}),
         }
@@ -62,6 +65,7 @@ class ModelTraits:
             tied=bool(data.get("tied", False)),
             parametrized=bool(data.get("parametrized", False)),
             stochastic=bool(data.get("stochastic", False)),
+            integer_tensors=bool(data.get("integer_tensors", False)),
             constants=tuple(str(entry) for entry in data.get("constants", ())),
             unavailable=str(data.get("unavailable", "")),
         )
@@ -87,18 +91,25 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec(
             name="trap",
             summary="tiny net: BatchNorm buffers, a layer named 'submodule', a float64 buffer",
-            declared=ModelTraits(top_level_module_attr=False, nested_module_dot=True),
+            declared=ModelTraits(
+                top_level_module_attr=False, nested_module_dot=True, integer_tensors=True
+            ),
         ),
         ModelSpec(
             name="trap_module",
             summary="the trap net with its own top-level attribute literally named 'module'",
-            declared=ModelTraits(top_level_module_attr=True, nested_module_dot=True),
+            declared=ModelTraits(
+                top_level_module_attr=True, nested_module_dot=True, integer_tensors=True
+            ),
         ),
         ModelSpec(
             name="dropout",
             summary="the trap net with dropout: its training draws random numbers",
             declared=ModelTraits(
-                top_level_module_attr=False, nested_module_dot=True, stochastic=True
+                top_level_module_attr=False,
+                nested_module_dot=True,
+                stochastic=True,
+                integer_tensors=True,
             ),
         ),
         ModelSpec(
@@ -112,7 +123,10 @@ MODELS: dict[str, ModelSpec] = {
             "non-persistent buffer",
             # its non-persistent buffer is derived from the configuration, as such caches are
             declared=ModelTraits(
-                top_level_module_attr=False, nested_module_dot=False, constants=("cache",)
+                top_level_module_attr=False,
+                nested_module_dot=False,
+                constants=("cache",),
+                integer_tensors=True,
             ),
         ),
         ModelSpec(
@@ -133,13 +147,17 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec(
             name="resnet18",
             summary="torchvision resnet18(weights=None), seeded",
-            declared=ModelTraits(top_level_module_attr=False, nested_module_dot=False),
+            declared=ModelTraits(
+                top_level_module_attr=False, nested_module_dot=False, integer_tensors=True
+            ),
             needs_torchvision=True,
         ),
         ModelSpec(
             name="resnet152",
             summary="torchvision resnet152(weights=None), seeded (241 MB; not in the default run)",
-            declared=ModelTraits(top_level_module_attr=False, nested_module_dot=False),
+            declared=ModelTraits(
+                top_level_module_attr=False, nested_module_dot=False, integer_tensors=True
+            ),
             needs_torchvision=True,
             in_default_run=False,
         ),

@@ -14,8 +14,10 @@ like any other cell's. Where the job's subset holds GPUs, each rank takes its ow
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,7 +27,9 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.filesystem import FileSystemReader, FileSystemWriter
+from torch.distributed.checkpoint.hf_storage import HuggingFaceStorageWriter
 from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -40,6 +44,7 @@ from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 
 from harness.core.axes import Layout, SaveVariant, Wrapper, tensor_parallel_ranks
+from harness.core.classify import classify_exception
 from harness.core.devices import distributed_backend, rank_device
 from harness.core.jobspec import (
     OPTIMIZER_PREFIX,
@@ -50,6 +55,7 @@ from harness.core.jobspec import (
     SaveSpec,
     rank_path,
 )
+from harness.core.outcomes import ErrorClass
 from harness.worker.fingerprint import forward_digest, nested_tensors, tensor_record
 from harness.worker.meshes import device_mesh, place
 from harness.worker.models import (
@@ -66,6 +72,7 @@ from harness.worker.models import (
 )
 from harness.worker.one_process import (
     artifact_sha256,
+    raised,
     save_atomic,
 )
 from harness.worker.probe import isolation_probe
@@ -331,6 +338,38 @@ def save_dcp(state: dict[str, Any], final: Path, *, executor: str | None = None)
     dist.barrier()
 
 
+def save_hf(state: dict[str, Any], final: Path, *, in_place: bool = False) -> None:
+    """DCP's HuggingFaceStorageWriter from every rank (each its own shards, then consolidated
+    by the coordinator into the save_pretrained layout: two files, the state's first half and
+    its second, and model.safetensors.index.json) into a folder renamed once it is whole. Its
+    consolidation finds the shards with an unescaped glob of the folder's path (torch 2.14),
+    which a cell's folder name ('[cpu]') defeats: the folder is written where the path holds
+    no glob metacharacter, then moved, unless ``in_place`` (the known-bad recipe's)."""
+    partial = final.with_name(final.name + ".partial")
+    if not in_place and glob.escape(str(partial)) != str(partial):
+        made = tempfile.mkdtemp(prefix="hf-") if rank() == 0 else ""
+        partial = Path(from_every_rank(made)[0]) / "checkpoint"
+    if rank() == 0:
+        shutil.rmtree(partial, ignore_errors=True)
+    dist.barrier()
+    keys = list(state)
+    mapping = {key: 1 if position < len(keys) / 2 else 2 for position, key in enumerate(keys)}
+    writer = HuggingFaceStorageWriter(
+        str(partial),
+        fqn_to_index_mapping=mapping,
+        save_distributed=True,
+        enable_consolidation=True,
+    )
+    dcp_save(state, storage_writer=writer)
+    dist.barrier()
+    if rank() == 0:
+        shutil.rmtree(final, ignore_errors=True)
+        shutil.move(partial, final)
+        if partial.parent != final.parent:
+            shutil.rmtree(partial.parent)
+    dist.barrier()
+
+
 # A run folder of interrupted saves: a step's checkpoint per subfolder, and the marker file that
 # names the latest complete one (as trainers keep a "latest" pointer).
 LATEST = "latest"
@@ -521,7 +560,19 @@ def run_save(spec: SaveSpec) -> dict[str, Any]:
                 spec.layout, spec.model, SAVE_SEED, wrapper=spec.wrapper
             )
             train(model, optimizer, spec.model)
-            extra = save_distributed(spec, variant, model, optimizer, final)
+            try:
+                extra = save_distributed(spec, variant, model, optimizer, final)
+            except (Exception, CheckpointException) as exc:
+                if classify_exception(exc) is ErrorClass.UNCLASSIFIED:
+                    raise  # not a refusal the oracle knows: the save crashed
+                # the writer refused the state on every rank (DCP raises on all of them)
+                return raised(exc) | {
+                    "rank": rank(),
+                    "probe": isolation_probe(),
+                    "rank_probes": probes,
+                    "torch": torch.__version__,
+                    "work_s": time.perf_counter() - started,
+                }
         tensors = full_tensors(model, optimizer) | extra
         output = output_digest(model, spec.model)
         dist.barrier()
@@ -589,6 +640,9 @@ def save_distributed(
     elif variant in (SaveVariant.DCP_ASYNC_INTERRUPTED, SaveVariant.DCP_ASYNC_EARLY_MARKER):
         early = variant is SaveVariant.DCP_ASYNC_EARLY_MARKER
         save_interrupted(model_and_optimizer(model, optimizer), final, early_marker=early)
+    elif variant in (SaveVariant.SAFETENSORS_DCP_HF, SaveVariant.SAFETENSORS_DCP_HF_IN_PLACE):
+        in_place = variant is SaveVariant.SAFETENSORS_DCP_HF_IN_PLACE
+        save_hf(get_model_state_dict(model), final, in_place=in_place)
     elif variant in ASYNC_EXECUTORS:
         save_dcp(model_and_optimizer(model, optimizer), final, executor=ASYNC_EXECUTORS[variant])
     else:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import json
 import os
+import shutil
 import time
 import traceback
 from collections.abc import Iterator
@@ -20,7 +22,7 @@ from harness.core.jobspec import RESUME_AT, RESUME_MORE, SAVE_SEED, TRAIN_STEPS,
 from harness.core.outcomes import ErrorClass
 from harness.worker.fingerprint import fingerprint, output_digest
 from harness.worker.models import build, train, unwrap, wrap
-from harness.worker.one_process_recipes import PERFORM, LoadContext
+from harness.worker.one_process_recipes import INDEX, PERFORM, LoadContext
 from harness.worker.probe import isolation_probe
 from harness.worker.training import DATA_SEED, checkpoint, make_regime, train_steps
 
@@ -86,11 +88,59 @@ def save_atomic(obj: Any, path: Path, *, legacy: bool = False) -> None:
         raise
 
 
+SHARDS = 3  # how many shards of about equal size the sharded layout cuts a model into
+
+
+def save_sharded(module: torch.nn.Module, folder: Path, *, lose_last: bool = False) -> None:
+    """The save_pretrained layout, written with the safetensors library into a folder beside
+    ``folder``, then renamed: the module's tensors (a tied tensor once, under its first name) in
+    shards of about a third each, in state_dict order, and ``model.safetensors.index.json``
+    (``total_size``, ``weight_map``). ``lose_last``: the last shard is then deleted, as an
+    upload that stopped before it leaves the folder."""
+    from safetensors.torch import save_file
+
+    state: dict[str, torch.Tensor] = {}
+    kept: set[int] = set()
+    for name, tensor in module.state_dict().items():
+        if tensor.numel() and tensor.data_ptr() in kept:
+            continue  # tied to a tensor already kept
+        kept.add(tensor.data_ptr())
+        state[name] = tensor.detach().contiguous().cpu()
+    total = sum(t.numel() * t.element_size() for t in state.values())
+    limit = max(1, -(-total // SHARDS))
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    filled = 0
+    for name, tensor in state.items():
+        size = tensor.numel() * tensor.element_size()
+        if shards[-1] and filled + size > limit:
+            shards.append({})
+            filled = 0
+        shards[-1][name] = tensor
+        filled += size
+    names = [f"model-{i:05d}-of-{len(shards):05d}.safetensors" for i in range(1, len(shards) + 1)]
+    partial = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    for file, shard in zip(names, shards, strict=True):
+        save_file(shard, str(partial / file), metadata={"format": "pt"})
+    weight_map = {key: file for file, shard in zip(names, shards, strict=True) for key in shard}
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (partial / INDEX).write_text(json.dumps(index, indent=2) + "\n")
+    if lose_last:
+        (partial / names[-1]).unlink()
+    shutil.rmtree(folder, ignore_errors=True)
+    partial.rename(folder)
+
+
 def save_safetensors(obj: Any, path: Path, variant: SaveVariant) -> None:
     """``save_file`` of a state_dict, or ``save_model`` of a module, to a temporary file beside
-    ``path``, then renamed."""
+    ``path``, then renamed; the sharded layout of a module (:func:`save_sharded`)."""
     from safetensors.torch import save_file, save_model
 
+    if variant in (SaveVariant.SAFETENSORS_SHARDED, SaveVariant.SAFETENSORS_LOST_SHARD):
+        lose = variant is SaveVariant.SAFETENSORS_LOST_SHARD
+        save_sharded(obj, path, lose_last=lose)
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -160,7 +210,11 @@ def run_save(spec: SaveSpec) -> dict[str, Any]:
         obj = get_model_state_dict(model)  # takes torch.compile's _orig_mod. out
     elif variant is SaveVariant.SAFETENSORS_FILE:
         obj = model.state_dict()  # as held: DataParallel's keys carry 'module.'
-    elif variant is SaveVariant.SAFETENSORS_MODEL:
+    elif variant in (
+        SaveVariant.SAFETENSORS_MODEL,
+        SaveVariant.SAFETENSORS_SHARDED,
+        SaveVariant.SAFETENSORS_LOST_SHARD,
+    ):
         obj = unwrap(model)
     elif variant is SaveVariant.BOUND_METHOD:
         obj = model.state_dict  # the mistake under test: the method, not its result
@@ -201,8 +255,10 @@ def saved_report(
     output, output_device = output_digest(model, spec.model)
     return {
         "status": "saved",
-        "sha256": file_sha256(path),
-        "bytes": path.stat().st_size,
+        "sha256": artifact_sha256(path),
+        "bytes": sum(f.stat().st_size for f in path.rglob("*"))
+        if path.is_dir()
+        else path.stat().st_size,
         "tensors": fingerprint(model),
         "output_digest": output,
         "output_device": output_device,

@@ -9,6 +9,7 @@ pickled models, and every file's sha256 is verified against the saver's record b
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,9 @@ from harness.core.recipes import registrar
 from harness.worker.fingerprint import fingerprint
 from harness.worker.models import build, unwrap, wrap
 from harness.worker.training import resume
+
+# The save_pretrained layout's index, beside its shards.
+INDEX = "model.safetensors.index.json"
 
 
 def map_location_arg(policy: str, saved_tag: str) -> Any:
@@ -279,6 +283,70 @@ def _safetensors_model(ctx: LoadContext) -> nn.Module:
 
     model = ctx.fresh()
     load_model(unwrap(model), ctx.path, device=ctx.device)
+    return model
+
+
+@performs("safetensors_index", "safetensors_dcp_hf", "safetensors_dcp_hf_in_place")
+def _safetensors_index(ctx: LoadContext) -> nn.Module:
+    return _sharded_safetensors(ctx, strict=False)
+
+
+@performs("safetensors_index_strict")
+def _safetensors_index_strict(ctx: LoadContext) -> nn.Module:
+    return _sharded_safetensors(ctx, strict=True)
+
+
+def _sharded_safetensors(ctx: LoadContext, *, strict: bool) -> nn.Module:
+    """Every shard the index names, each holding exactly the keys the index maps to it, into
+    the unwrapped model; with ``strict=False`` every key the model has and the checkpoint lacks
+    must be tied to one it holds (a tie the shards keep once), or the load fails as
+    load_state_dict's own check does."""
+    from safetensors import safe_open
+
+    index = json.loads((ctx.path / INDEX).read_text())
+    mapped: dict[str, set[str]] = {}
+    for key, shard in index["weight_map"].items():
+        mapped.setdefault(shard, set()).add(key)
+    state: dict[str, torch.Tensor] = {}
+    for shard, keys in sorted(mapped.items()):
+        with safe_open(str(ctx.path / shard), framework="pt", device=ctx.device) as opened:
+            held = set(opened.keys())
+            if held != keys:
+                raise ValueError(
+                    f"{ctx.path / shard}: {INDEX} maps {len(keys)} key(s) here and the shard "
+                    f"holds {len(held)}; these differ: {sorted(held ^ keys)[:4]} (a stale index)"
+                )
+            state.update({key: opened.get_tensor(key) for key in sorted(keys)})
+    model = ctx.fresh()
+    target = unwrap(model)
+    if strict:
+        target.load_state_dict(state)
+        return model
+    missing, unexpected = target.load_state_dict(state, strict=False)
+    tensors = {
+        name: tensor
+        for named in (target.named_parameters(remove_duplicate=False), target.named_buffers())
+        for name, tensor in named
+    }
+    loaded = {id(tensors[key]) for key in state if key in tensors}
+    untied = [key for key in missing if id(tensors.get(key)) not in loaded]
+    if untied or unexpected:
+        raise RuntimeError(
+            f"Error(s) in loading state_dict for {type(target).__name__}: Missing key(s) in the "
+            f"shards, tied to none they hold: {untied}; Unexpected key(s): {unexpected}"
+        )
+    return model
+
+
+@performs("safetensors_shards_lenient")
+def _safetensors_shards_lenient(ctx: LoadContext) -> nn.Module:
+    from safetensors.torch import load_file
+
+    state: dict[str, torch.Tensor] = {}
+    for shard in sorted(ctx.path.glob("*.safetensors")):
+        state.update(load_file(shard, device=ctx.device))
+    model = ctx.fresh()
+    unwrap(model).load_state_dict(state, strict=False)
     return model
 
 

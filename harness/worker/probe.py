@@ -59,6 +59,7 @@ def measure_model(name: str) -> dict[str, Any]:
         storages = {t.untyped_storage().data_ptr() for t in tensors if t.numel()}
         tied = len(storages) < sum(1 for t in tensors if t.numel())
         parametrized = any(".parametrizations." in f".{key}" for key in keys)
+        integers = any(not (t.is_floating_point() or t.is_complex()) for t in tensors)
         given = has_example_input(name)
         built = fingerprint(model)
         other = fingerprint(build(name, seed=1))
@@ -99,6 +100,7 @@ def measure_model(name: str) -> dict[str, Any]:
         example_input=given,
         tied=tied,
         parametrized=parametrized,
+        integer_tensors=integers,
         stochastic=stochastic,
         constants=tuple(constants),
     )

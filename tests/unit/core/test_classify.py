@@ -104,3 +104,19 @@ def test_a_forward_that_fails_on_a_device_mesh_is_named_so() -> None:
 def test_a_checkpoint_whose_save_never_finished_is_named_so() -> None:
     unfinished = IncompleteCheckpointError("latest names step-2, whose save never finished")
     assert classify_exception(unfinished) is ErrorClass.INCOMPLETE_CHECKPOINT
+
+
+def test_what_dcps_hugging_face_writer_breaks_is_named() -> None:
+    # the exception types these come as, by name (the classifier imports neither package)
+    CheckpointException = type("CheckpointException", (BaseException,), {})
+    SafetensorError = type("SafetensorError", (Exception,), {})
+    refused = CheckpointException(
+        "CheckpointException ranks:dict_keys([0])\nTypeError: torch.finfo() requires a floating "
+        "point input type. Use torch.iinfo to handle 'torch.finfo'"
+    )
+    assert classify_exception(refused) is ErrorClass.UNSUPPORTED_DTYPE
+    empty = SafetensorError(
+        "Error while deserializing header: invalid JSON in header: unknown variant ``"
+    )
+    assert classify_exception(empty) is ErrorClass.CORRUPT_FILE
+    assert classify_exception(RuntimeError(str(empty))) is ErrorClass.UNCLASSIFIED

@@ -19,12 +19,12 @@ def default() -> Matrix:
 
 def test_default_matrix_shape() -> None:
     scenarios = load_scenarios(default_scenarios_dir())
-    assert len(expand(scenarios).cells) == 539
+    assert len(expand(scenarios).cells) == 549
     # without GPUs, the distributed-on-gpus scenario runs its ranks with gloo on the CPU: 12 cells
     # the other scenarios lack (ddp and fsdp2 at 1 and 2 ranks); the rest is counted below
     matrix = expand([s for s in scenarios if s.name != "distributed-on-gpus"])
     ids = [cell.id for cell in matrix.cells]
-    assert len(ids) == len(set(ids)) == 527
+    assert len(ids) == len(set(ids)) == 537
     # the DCP square: fsdp2 saved at N ranks, loaded by fsdp2 at M, N and M in 1..4; and fsdp2
     # at 1..3 ranks into one plain model by 3 recipes
     distributed = [
@@ -40,6 +40,9 @@ def test_default_matrix_shape() -> None:
         and c.save_wrapper == "none"
     )
     assert into_one == {
+        # trap and tied, FSDP2 at 2 ranks through DCP's Hugging Face writer
+        "safetensors_dcp_hf": 2,
+        "safetensors_dcp_hf_in_place": 2,
         "dcp_no_dist": 3,
         "dcp_to_torch_save": 3,
         "full_state_dict": 3,
@@ -131,9 +134,9 @@ def test_default_matrix_shape() -> None:
     ]
     assert len(full_state) == 4  # single and dp into single and dp
     # safetensors, 5 models: save_model at 4 layout pairs, save_file at the 2 same and the 2
-    # crossed pairs, the prefix stripped from dp into 2
-    safetensors = [c for c in matrix.cells if c.format == "safetensors"]
-    assert len(safetensors) == 5 * (4 + 2 + 2 + 2)
+    # crossed pairs, the prefix stripped from dp into 2; and the sharded layout, 2 models x 3
+    safetensors = [c for c in matrix.cells if c.format == "safetensors" and c not in distributed]
+    assert len(safetensors) == 5 * (4 + 2 + 2 + 2) + 2 * 3
     counted = len(prefix) + len(training) + len(legacy) + len(distributed) + len(full_state)
     counted += len(safetensors)
     # wrappers: torch.compile and checkpoint_wrapper, at save (2 x 9 recipes and layout pairs) and
@@ -208,7 +211,7 @@ def test_without_gpus_cuda_devices_are_simulated_tags() -> None:
     tagged = [c for c in matrix.cells if c.save_device != "cpu"]
     assert tagged
     assert all(c.save_key.simulated_tag == c.save_device for c in tagged)
-    assert len(matrix.cells) == 539
+    assert len(matrix.cells) == 549
 
 
 def test_resume_across_a_multi_gpu_dataparallel_split_is_left_out() -> None:

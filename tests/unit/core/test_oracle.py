@@ -88,12 +88,15 @@ def test_correct_recipes_fail_only_where_a_storage_cannot_be_restored() -> None:
         expectation = expect(c, torch_version=NEW)
         if c.recipe_spec.kind is RecipeKind.CORRECT and not expectation.passes:
             # or where the model itself cannot be saved that way: a parametrized model pickled
-            # whole, tied weights through safetensors' save_file
+            # whole, tied weights through safetensors' save_file, an integer tensor through
+            # DCP's Hugging Face consolidation
             variant = c.recipe_spec.save_variant
             model_errors = {
                 ErrorClass.NOT_PICKLABLE: c.model == "weight_norm" and variant is SaveVariant.WHOLE,
                 ErrorClass.SHARED_TENSORS: c.model == "tied"
                 and variant is SaveVariant.SAFETENSORS_FILE,
+                ErrorClass.UNSUPPORTED_DTYPE: c.model == "trap"
+                and variant is SaveVariant.SAFETENSORS_DCP_HF,
             }
             if expectation.error in model_errors:
                 assert model_errors[expectation.error], c.id
@@ -326,6 +329,36 @@ MESH_TABLE = [
     (F2TP, 4, F2, 2, DCP, "dcp_async_early_marker", ErrorClass.INCOMPLETE_CHECKPOINT),
     (F2TP, 4, F2, 2, DCP, "dcp_async_process_reshard", None),
 ]
+
+ST = Format.SAFETENSORS
+# (model, save layout, N, recipe, expected error or None): the save_pretrained layout
+SHARDED_SAFETENSORS = [
+    ("tied", S, 1, "safetensors_index", None),
+    ("tied", S, 1, "safetensors_index_strict", KEY),
+    ("trap", S, 1, "safetensors_index_strict", None),  # no tie to miss (fragile)
+    ("trap", S, 1, "safetensors_shards_lenient", ErrorClass.WEIGHTS_DIFFER),
+    ("tied", F2, 2, "safetensors_dcp_hf", None),
+    ("trap", F2, 2, "safetensors_dcp_hf", ErrorClass.UNSUPPORTED_DTYPE),  # BatchNorm's int64
+    ("tied", F2, 2, "safetensors_dcp_hf_in_place", ErrorClass.CORRUPT_FILE),
+    ("trap", F2, 2, "safetensors_dcp_hf_in_place", ErrorClass.CORRUPT_FILE),  # no dtype read
+]
+
+
+@pytest.mark.parametrize(("model", "save", "save_world", "recipe", "error"), SHARDED_SAFETENSORS)
+def test_sharded_safetensors_oracle_table(
+    model: str, save: Layout, save_world: int, recipe: str, error: ErrorClass | None
+) -> None:
+    c = Cell(
+        model=model,
+        save_layout=save,
+        load_layout=S,
+        format=ST,
+        recipe=recipe,
+        save_world=save_world,
+    )
+    assert expect(c, torch_version=NEW).error is error
+
+
 MESH_RESUMED = [(TP, 2, F2TP, 4), (HSDP, 4, F2, 2), (F2, 4, HSDP, 4)]
 
 

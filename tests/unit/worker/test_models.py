@@ -64,6 +64,7 @@ def test_a_users_model_is_measured_from_its_real_keys() -> None:
         "tied": True,
         "parametrized": False,
         "stochastic": False,
+        "integer_tensors": True,  # BatchNorm's num_batches_tracked, its int32 buffers
         "constants": [],
     }
     model = build("ckpt_user_model:build", seed=0)

@@ -258,3 +258,54 @@ def test_pieces_in_another_order_than_rank_order_stitch_rows_out_of_place() -> N
 def test_too_few_pieces_for_the_grid_are_named() -> None:
     with pytest.raises(ValueError, match=r"4 pieces make a tensor of \(16,\), found 2"):
         stitched((16,), [torch.zeros(4), torch.zeros(4)])
+
+
+def test_the_sharded_layout_keeps_a_tie_once_in_shards_of_about_a_third(tmp_path: Path) -> None:
+    from safetensors import safe_open
+
+    from harness.worker.one_process import save_sharded
+    from harness.worker.one_process_recipes import INDEX
+
+    model = build("tied", seed=0)
+    save_sharded(model, tmp_path / "saved")
+    index = json.loads((tmp_path / "saved" / INDEX).read_text())
+    files = sorted(p.name for p in (tmp_path / "saved").glob("*.safetensors"))
+    assert files == sorted(set(index["weight_map"].values()))
+    assert len(files) > 1  # a third of the model each, a large tensor alone
+    held: dict[str, torch.Tensor] = {}
+    for file in files:
+        with safe_open(str(tmp_path / "saved" / file), framework="pt") as opened:
+            held |= {key: opened.get_tensor(key) for key in opened.keys()}  # noqa: SIM118
+    state = model.state_dict()
+    assert set(held) == set(index["weight_map"]) == set(state) - {"out.weight"}  # tied: once
+    assert all(torch.equal(held[key], state[key]) for key in held)
+    assert index["metadata"]["total_size"] == sum(
+        t.numel() * t.element_size() for t in held.values()
+    )
+    save_sharded(model, tmp_path / "lost", lose_last=True)
+    assert sorted(p.name for p in (tmp_path / "lost").glob("*.safetensors")) == files[:-1]
+
+
+def test_a_stale_index_is_named_with_its_shard(tmp_path: Path) -> None:
+    from harness.worker.one_process import save_sharded
+    from harness.worker.one_process_recipes import INDEX
+
+    save_sharded(build("trap", seed=0), tmp_path / "saved")
+    index_path = tmp_path / "saved" / INDEX
+    index = json.loads(index_path.read_text())
+    first = next(iter(index["weight_map"]))
+    shards = sorted(set(index["weight_map"].values()))
+    index["weight_map"][first] = next(s for s in shards if s != index["weight_map"][first])
+    index_path.write_text(json.dumps(index))
+    spec = LoadSpec(
+        cell_id="c",
+        model="trap",
+        layout="single",
+        recipe="safetensors_index",
+        artifact_path=str(tmp_path / "saved"),
+        artifact_sha256="",
+        report_path=str(tmp_path / "load-report.json"),
+    )
+    with pytest.raises(ValueError, match=r"a stale index") as raised:
+        PERFORM["safetensors_index"](LoadContext(spec))
+    assert first in str(raised.value)
