@@ -24,6 +24,10 @@ class IncompleteCheckpointError(Exception):
     """The checkpoint a load was pointed at was never finished (no DCP ``.metadata``)."""
 
 
+class MetaTemplateError(Exception):
+    """dcp.load could not place the tensors of a template on the meta device."""
+
+
 class MeshForwardError(Exception):
     """The loaded model's forward pass failed on its device mesh (the layers' tensor-parallel
     split does not fit the model)."""
@@ -101,6 +105,7 @@ _RULES: tuple[tuple[type[BaseException] | str, re.Pattern[str], ErrorClass], ...
     (OptimizerStateDeviceError, re.compile(""), ErrorClass.OPTIMIZER_STATE_DEVICE),
     (MeshForwardError, re.compile(""), ErrorClass.MESH_FORWARD_FAILED),
     (IncompleteCheckpointError, re.compile(""), ErrorClass.INCOMPLETE_CHECKPOINT),
+    (MetaTemplateError, re.compile(""), ErrorClass.META_TEMPLATE),
 )
 
 

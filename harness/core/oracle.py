@@ -247,7 +247,15 @@ def _safetensors_shards_lenient(_: Cell, __: TorchVersion, _traits: ModelTraits)
     )
 
 
-@rule("dcp_no_dist", "dcp_to_torch_save")
+@rule("dcp_meta_template")
+def _dcp_meta_template(_: Cell, __: TorchVersion, _traits: ModelTraits) -> Prediction:
+    return ErrorClass.META_TEMPLATE, (
+        "dcp.load gives a meta template's tensors storage on the process group's device; "
+        "with no_dist there is no process group to ask, and it raises; to_empty first"
+    )
+
+
+@rule("dcp_no_dist", "dcp_to_torch_save", "dcp_meta_to_empty")
 def _into_one_process(cell: Cell, _: TorchVersion, _traits: ModelTraits) -> Prediction:
     if cell.save_layout is Layout.FSDP2:
         return None, f"the state of FSDP2 at {cell.save_world} ranks loads into one plain model"

@@ -45,6 +45,7 @@ class ErrorClass(StrEnum):
     MESH_FORWARD_FAILED = "mesh_forward_failed"
     INCOMPLETE_CHECKPOINT = "incomplete_checkpoint"
     CORRUPT_FILE = "corrupt_file"
+    META_TEMPLATE = "meta_template"
     # Raised by the harness before loading.
     CHECKSUM_MISMATCH = "checksum_mismatch"
     OPTIMIZER_STATE_DEVICE = "optimizer_state_device"
@@ -93,6 +94,10 @@ _DESCRIPTIONS = {
     ErrorClass.CORRUPT_FILE: (
         "a file the load reads is not what its format says (a safetensors header that does not "
         "parse): the save wrote it wrong"
+    ),
+    ErrorClass.META_TEMPLATE: (
+        "dcp.load was handed a template on the meta device (a model not yet materialized) and "
+        "could not place its tensors"
     ),
     ErrorClass.CHECKSUM_MISMATCH: "the file's sha256 differs from the one its saver recorded",
     ErrorClass.OPTIMIZER_STATE_DEVICE: "an optimizer state tensor is not on its parameter's device",

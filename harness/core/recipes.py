@@ -263,6 +263,16 @@ RECIPES: dict[str, Recipe] = {
             "dcp.load({'model': model.state_dict()}, no_dist=True), then load_state_dict",
         ),
         Recipe(
+            name="dcp_meta_to_empty",
+            kind=RecipeKind.CORRECT,
+            save_variant=SaveVariant.DCP,
+            save_layouts=_SHARDED,
+            load_layouts=_SINGLE,
+            summary="a model built on the meta device (no memory, no initialization, as large "
+            "models are built), to_empty(device) to give its tensors storage, then as "
+            "dcp_no_dist",
+        ),
+        Recipe(
             name="dcp_to_torch_save",
             kind=RecipeKind.CORRECT,
             save_variant=SaveVariant.DCP,
@@ -581,6 +591,15 @@ RECIPES: dict[str, Recipe] = {
             load_layouts=_SINGLE,
             summary="safetensors_dcp_hf consolidated in the cell's own folder, whose name holds "
             "'[cpu]': the consolidation finds its shards with an unescaped glob",
+        ),
+        Recipe(
+            name="dcp_meta_template",
+            kind=RecipeKind.KNOWN_BAD,
+            save_variant=SaveVariant.DCP,
+            save_layouts=_SHARDED,
+            load_layouts=_SINGLE,
+            summary="a model built on the meta device handed to dcp.load(no_dist=True) as its "
+            "own template, for DCP to give its tensors storage",
         ),
         Recipe(
             name="dcp_rank_state",

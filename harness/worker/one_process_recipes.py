@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from harness.core.axes import Layout, Wrapper
+from harness.core.classify import MetaTemplateError
 from harness.core.jobspec import LOAD_SEED, LoadSpec, rank_path
 from harness.core.recipes import registrar
 from harness.worker.fingerprint import fingerprint
@@ -108,6 +109,33 @@ def _dcp_no_dist(ctx: LoadContext) -> nn.Module:
     state = {"model": model.state_dict()}
     dcp_load(state, checkpoint_id=str(ctx.path), no_dist=True)  # fills the tensors in place
     model.load_state_dict(state["model"])
+    return model
+
+
+@performs("dcp_meta_to_empty", "dcp_meta_template")
+def _dcp_meta(ctx: LoadContext) -> nn.Module:
+    """The model built on the meta device; the correct recipe gives it storage (to_empty)
+    before dcp.load, the known-bad one hands dcp.load the meta template."""
+    from torch.distributed.checkpoint.api import CheckpointException
+    from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
+
+    with torch.device("meta"):
+        model = wrap(build(ctx.spec.model, seed=LOAD_SEED), ctx.layout, Wrapper(ctx.spec.wrapper))
+    if ctx.spec.recipe == "dcp_meta_to_empty":
+        model.to_empty(device=ctx.device)
+    state = {"model": model.state_dict()}
+    try:
+        dcp_load(state, checkpoint_id=str(ctx.path), no_dist=True)
+    except (ValueError, CheckpointException) as exc:  # CheckpointException: a BaseException
+        meta = [key for key, value in state["model"].items() if value.is_meta]
+        if not meta:
+            raise
+        raise MetaTemplateError(
+            f"dcp.load(no_dist=True) of a template with {len(meta)} tensor(s) on the meta "
+            f"device ({meta[0]}, ...): {str(exc).strip().splitlines()[-1]} (give the model "
+            "storage first: model.to_empty(device=...))"
+        ) from exc
+    model.load_state_dict(state["model"], assign=True)
     return model
 
 

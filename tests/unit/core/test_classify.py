@@ -11,6 +11,7 @@ from harness.core.classify import (
     ChecksumMismatchError,
     IncompleteCheckpointError,
     MeshForwardError,
+    MetaTemplateError,
     classify_exception,
 )
 from harness.core.outcomes import ErrorClass
@@ -104,6 +105,8 @@ def test_a_forward_that_fails_on_a_device_mesh_is_named_so() -> None:
 def test_a_checkpoint_whose_save_never_finished_is_named_so() -> None:
     unfinished = IncompleteCheckpointError("latest names step-2, whose save never finished")
     assert classify_exception(unfinished) is ErrorClass.INCOMPLETE_CHECKPOINT
+    meta = MetaTemplateError("dcp.load(no_dist=True) of a template with 10 tensor(s) on meta")
+    assert classify_exception(meta) is ErrorClass.META_TEMPLATE
 
 
 def test_what_dcps_hugging_face_writer_breaks_is_named() -> None:

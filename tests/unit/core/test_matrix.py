@@ -437,7 +437,7 @@ def test_the_mesh_scenarios_square_every_mesh_shape() -> None:
     # a bfloat16 template on another mesh, another plan (6), an uneven split (2), local shards
     # stitched (6), training resumed between the shapes of one tensor-parallel degree (14)
     # the process executor (3), async saves interrupted in flight, marked after or before (6)
-    assert len(cells) == 36 + 6 + 6 + 6 + 1 + 6 + 2 + 6 + 14 + 3 + 6
+    assert len(cells) == 36 + 6 + 6 + 6 + 1 + 6 + 2 + 6 + 14 + 3 + 6 + 6  # meta models: 6
     resumed = {
         (shape(c.save_layout, c.save_world), shape(c.load_layout, c.load_world))
         for c in cells

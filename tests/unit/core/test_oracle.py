@@ -328,6 +328,9 @@ MESH_TABLE = [
     (F2, 2, F2, 2, DCP, "dcp_async_interrupted", None),
     (F2TP, 4, F2, 2, DCP, "dcp_async_early_marker", ErrorClass.INCOMPLETE_CHECKPOINT),
     (F2TP, 4, F2, 2, DCP, "dcp_async_process_reshard", None),
+    # a model built on the meta device, into one process
+    (F2TP, 4, S, 1, DCP, "dcp_meta_to_empty", None),
+    (TP, 2, S, 1, DCP, "dcp_meta_template", ErrorClass.META_TEMPLATE),
 ]
 
 ST = Format.SAFETENSORS
