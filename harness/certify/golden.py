@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from harness.core.recipes import GOLDEN
 from harness.core.results import CellResult, ResultsFile, read_results
 from harness.inspect.dcp_dir import METADATA
 from harness.inspect.pickles import runs_code
+from harness.inspect.safetensors_index import checkpoint_files, indexes_in
 from harness.launchers.protocol import Launcher
 from harness.run.environment import describe, torch_environment
 from harness.run.inventory import Inventory
@@ -85,8 +87,12 @@ def verify_out(recording: Path) -> Path:
 
 
 def golden_files(paths: Sequence[Path]) -> list[Path]:
-    """The files to certify: each path given, and every file under a folder given (a folder
-    holding ``.metadata`` is one DCP checkpoint), sorted, each once."""
+    """The files to certify: each path given, and every file under a folder given, sorted, each
+    once. A folder holding ``.metadata`` is one DCP checkpoint; a folder holding a
+    ``*.safetensors.index.json`` (and no ``.metadata``) is one sharded safetensors checkpoint,
+    its index and shards one cell (each index its own where it holds several), the JSON files
+    ``save_pretrained`` writes beside them (config.json) its configuration, not cells; the
+    folder's other files and folders are cells as anywhere."""
     found: list[Path] = []
     for path in paths:
         if not path.exists():
@@ -94,11 +100,21 @@ def golden_files(paths: Sequence[Path]) -> list[Path]:
         if path.is_file() or (path / METADATA).is_file():
             found.append(path)
             continue
-        for child in sorted(path.rglob("*")):
-            inside_dcp = any((parent / METADATA).is_file() for parent in child.parents)
-            dcp = (child / METADATA).is_file()
-            if not inside_dcp and (dcp or (child.is_file() and child.name != METADATA)):
-                found.append(child)
+        sharded: set[Path] = set()  # the files a sharded checkpoint's cell stands for
+        walked: list[Path] = []
+        for child in [path, *sorted(path.rglob("*"))]:
+            if any((parent / METADATA).is_file() for parent in child.parents):
+                continue  # inside a DCP checkpoint
+            if child.is_dir() and (child / METADATA).is_file():
+                walked.append(child)
+            elif child.is_dir() and (indexes := indexes_in(child)):
+                cells = [child] if len(indexes) == 1 else indexes
+                walked += cells
+                sharded |= {f for index in indexes for f in checkpoint_files(index)}
+                sharded |= {f for f in child.glob("*.json") if f.is_file()} - set(cells)
+            elif child.is_file() and child.name != METADATA and child not in sharded:
+                walked.append(child)
+        found += sorted(walked)
     unique = list(dict.fromkeys(found))
     if not unique:
         raise GoldenError(f"no files under {', '.join(map(str, paths))}")
@@ -303,6 +319,10 @@ def judge_record(label: str, path: Path, run: JobRun) -> Judged:
         )
     records = [t for t in tensors.values() if isinstance(t, dict)]
     saved = ", ".join(sorted({str(t.get("saved")) for t in records}))
+    splits = Counter(str(t["split"]) for t in records if t.get("split"))
+    if splits:  # a DCP directory's: how its chunks split each tensor
+        counted = [f"{how} ({n} tensor{'s' * (n > 1)})" for how, n in sorted(splits.items())]
+        saved += f" (split from the chunks: {'; '.join(counted)})"
     loaded = ", ".join(sorted({str(t.get("device")) for t in records}))
     return (
         Outcome.PASS,
@@ -328,7 +348,7 @@ def judge_verify(label: str, record: dict[str, Any], run: JobRun) -> Judged:
             Outcome.ERROR,
             f"sha256 {report.get('sha256')} differs from the recorded {record.get('sha256')}: "
             "the file changed since `golden record`, so this run proves nothing about torch; "
-            "restore the file, or record it again",
+            f"restore the file, or record it again{what_changed(record, report)}",
             {"path": label, "sha256": report.get("sha256")},
         )
     stopped = _not_loaded(report, label)
@@ -359,6 +379,22 @@ def judge_verify(label: str, record: dict[str, Any], run: JobRun) -> Judged:
         f"{report.get('torch')}){moved}",
         observed,
     )
+
+
+def what_changed(record: dict[str, Any], report: dict[str, Any]) -> str:
+    """Which tensors differ in a changed file that was loaded all the same (safetensors: bytes
+    only); nothing for one that was not (a torch file)."""
+    tensors = report.get("tensors")
+    if report.get("status") != "changed" or not isinstance(tensors, dict):
+        return ""
+    problems = tensor_problems(
+        record.get("tensors") or {},
+        tensors,
+        same_policy=report.get("map_location") == record.get("map_location"),
+    )
+    if not problems:
+        return "; every tensor loads bitwise as recorded: the change is outside them"
+    return f"; what changed: {'; '.join(problems)}"
 
 
 def _names(names: list[str]) -> str:

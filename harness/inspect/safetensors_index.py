@@ -28,6 +28,40 @@ def indexes_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.glob(f"*{INDEX_SUFFIX}") if p.is_file())
 
 
+def index_of(path: Path) -> Path | None:
+    """The index of the sharded checkpoint at ``path``: ``path`` itself where it is an index,
+    else the one index the folder holds; None where it holds none or several."""
+    if is_index(path):
+        return path
+    found = indexes_in(path) if path.is_dir() else []
+    return found[0] if len(found) == 1 else None
+
+
+def shard_pattern(index: Path) -> re.Pattern[str]:
+    """The names ``save_pretrained`` gives the shards of ``index``: ``model-00001-of-00003``."""
+    prefix = index.name.removesuffix(INDEX_SUFFIX)
+    return re.compile(rf"{re.escape(prefix)}-\d+-of-\d+\.safetensors")
+
+
+def checkpoint_files(index: Path) -> list[Path]:
+    """The files the checkpoint of ``index`` is made of, as the reader reads it: the index, the
+    shard files beside it that its weight_map names, and the unnamed ones that the shards' name
+    pattern matches; those that exist, sorted. A weight_map that cannot be read names none."""
+    try:
+        weight_map = json.loads(index.read_bytes()).get("weight_map")
+        named_shards = {str(shard) for shard in weight_map.values()}
+    except (OSError, ValueError, RecursionError, AttributeError, TypeError):
+        named_shards = set()
+    pattern = shard_pattern(index)
+    shards = {
+        index.parent / shard
+        for shard in named_shards
+        if shard not in ("", ".", "..") and Path(shard).name == shard
+    }
+    shards |= {p for p in index.parent.glob("*.safetensors") if pattern.fullmatch(p.name)}
+    return sorted({index, *(shard for shard in shards if shard.is_file())})
+
+
 def named(names: list[str]) -> str:
     """The first few names, then how many more."""
     more = len(names) - SHOWN
@@ -78,7 +112,7 @@ class ShardedSafetensorsReader:
             if (names_held := self._add_shard(folder / shard, contents)) is not None:
                 held[shard] = names_held
         prefix = path.name.removesuffix(INDEX_SUFFIX)
-        pattern = re.compile(rf"{re.escape(prefix)}-\d+-of-\d+\.safetensors")
+        pattern = shard_pattern(path)
         for extra in sorted(folder.glob(f"{prefix}-*.safetensors")):
             unnamed = extra.name not in by_shard and pattern.fullmatch(extra.name)
             if unnamed and (names_held := self._add_shard(extra, contents)) is not None:

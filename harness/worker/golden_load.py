@@ -2,18 +2,22 @@
 digest, dtype, shape, saved location and the device it landed on.
 
 Nothing is unpickled with ``weights_only=False``: torch files load with ``weights_only=True``
-(inside ``safe_globals`` for the globals the user named), safetensors with ``safe_open``, a DCP
-directory with ``dcp.load`` of its tensors only (``.metadata`` through a restricted unpickler
-that builds DCP's own classes and nothing else; the pickled non-tensor entries are never read),
-a TorchScript archive with ``torch.jit.load``: the one loader here that runs what the file
-carries (TorchScript, not Python; its pickles may name only TorchScript's own classes). A file
-that names a global which runs code is never loaded, whatever the user allows.
+(inside ``safe_globals`` for the globals the user named), safetensors with ``safe_open`` (a
+sharded checkpoint shard by shard as its index maps them, one checkpoint whose index and shards
+are digested together), a DCP directory with ``dcp.load`` of its tensors only (``.metadata``
+through a restricted unpickler that builds DCP's own classes and nothing else; the pickled
+non-tensor entries are never read), a TorchScript archive with ``torch.jit.load``: the one loader
+here that runs what the file carries (TorchScript, not Python; its pickles may name only
+TorchScript's own classes). A file that names a global which runs code is never loaded, whatever
+the user allows.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import io
+import json
 import os
 import pickle
 import resource
@@ -32,11 +36,15 @@ from harness.core.recipes import GOLDEN, registrar
 from harness.inspect import FileFormat, read_contents
 from harness.inspect.dcp_dir import METADATA, dcp_global
 from harness.inspect.pickles import runs_code
+from harness.inspect.safetensors_index import checkpoint_files, index_of, named
 from harness.worker.fingerprint import tensor_record
-from harness.worker.one_process import artifact_sha256, raised
+from harness.worker.one_process import artifact_sha256, file_sha256, raised
 from harness.worker.probe import isolation_probe
 
 GOLDEN_PERFORM: dict[str, Callable[[GoldenSpec], dict[str, Any]]] = {}
+# formats read by safe_open, bytes only: a changed file is still loaded, to name what changed
+# (a torch file is not: the globals its recording allowed were allowed for the recorded file)
+BYTES_ONLY = frozenset({FileFormat.SAFETENSORS, FileFormat.SAFETENSORS_SHARDED})
 performs = registrar(GOLDEN_PERFORM, "harness.worker.golden_load")
 
 
@@ -140,8 +148,7 @@ def run_golden(spec: GoldenSpec) -> dict[str, Any]:
         refused=contents.refused,
     )
     try:
-        report["sha256"] = artifact_sha256(path)
-        files = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
+        report["sha256"], files = checkpoint_digest(path, contents.format)
         report["bytes"] = sum(file.stat().st_size for file in files)
     except OSError:
         pass  # unreadable: read_contents says so
@@ -151,7 +158,8 @@ def run_golden(spec: GoldenSpec) -> dict[str, Any]:
             message="; ".join(defect.describe() for defect in contents.defects),
         )
         return report
-    if spec.expected_sha256 and report["sha256"] != spec.expected_sha256:
+    changed = bool(spec.expected_sha256) and report.get("sha256") != spec.expected_sha256
+    if changed and contents.format not in BYTES_ONLY:
         report.update(status="changed")
         return report
     code = [name for name in contents.globals if runs_code(name)]
@@ -181,10 +189,13 @@ def run_golden(spec: GoldenSpec) -> dict[str, Any]:
     except BaseException as exc:  # DCP's CheckpointException is a BaseException
         report.update(raised(exc))
         return report
+    split = {tensor.path: tensor.split for tensor in contents.tensors if tensor.split}
     for name, record in records.items():
         record["saved"] = saved.get(name, "?")
+        if name in split:  # a DCP directory's: how its chunks split the tensor
+            record["split"] = split[name]
     report.update(
-        status="loaded",
+        status="changed" if changed else "loaded",
         tensors=records,
         work_s=time.perf_counter() - started,
         # the worker's resident memory before the load and its peak (a fork of the zygote
@@ -192,6 +203,22 @@ def run_golden(spec: GoldenSpec) -> dict[str, Any]:
         memory={"rss_before_mb": before, "peak_rss_mb": peak_mb()},
     )
     return report
+
+
+def checkpoint_digest(path: Path, fmt: FileFormat) -> tuple[str, list[Path]]:
+    """The checkpoint's sha256 and its files. A sharded safetensors checkpoint is its index and
+    shards (the folder's other files, its config.json, are not: they hold no tensor), digested
+    as a directory is: each file's name and sha256, so a changed, missing or added shard changes
+    it; a directory is every file in it; a file, its bytes."""
+    index = index_of(path) if fmt is FileFormat.SAFETENSORS_SHARDED else None
+    if index is not None:
+        files = checkpoint_files(index)
+        digest = hashlib.sha256()
+        for file in files:
+            digest.update(f"{file.name}\0{file_sha256(file)}\n".encode())
+        return digest.hexdigest(), files
+    files = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
+    return artifact_sha256(path), files
 
 
 def resident_mb() -> float | None:
@@ -220,6 +247,8 @@ def _load(
             for name in handle.keys():  # noqa: SIM118 (safe_open is not a mapping)
                 records[name] = tensor_record(handle.get_tensor(name))
         return records
+    if contents.format is FileFormat.SAFETENSORS_SHARDED:
+        return _load_sharded(path, location)
     if contents.format is FileFormat.DCP:
         wanted = {t.path: (t.dtype, t.shape) for t in contents.tensors}
         with warnings.catch_warnings():
@@ -246,6 +275,31 @@ def _load(
             **extra,
         )
     return unique_records(tensors_of(loaded))
+
+
+def _load_sharded(path: Path, location: str | None) -> dict[str, dict[str, Any]]:
+    """Every tensor of every shard the index names, shard by shard. ``inspect`` found no defect,
+    so each tensor the index maps is in the shard it names and no shard holds one it does not
+    map; a file that changed since then is caught here, never loaded in part."""
+    from safetensors import safe_open
+
+    index = index_of(path)
+    if index is None:  # the reader found one, or the contents would be broken
+        raise FileNotFoundError(f"{path}: no single *.safetensors.index.json to load by")
+    weight_map: dict[str, str] = json.loads(index.read_bytes())["weight_map"]
+    records: dict[str, dict[str, Any]] = {}
+    for shard in sorted(set(weight_map.values())):
+        with safe_open(str(index.parent / shard), framework="pt", device=location or "cpu") as f:
+            for name in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                records[name] = tensor_record(f.get_tensor(name))
+    lost, extra = sorted(set(weight_map) - set(records)), sorted(set(records) - set(weight_map))
+    if lost or extra:
+        raise ValueError(
+            f"{index}: the shards no longer match the index checked a moment before (indexed, "
+            f"not in them: {named(lost) or 'none'}; in them, not indexed: {named(extra) or 'none'})"
+            ": the folder changed while it was read; let it settle, then run golden again"
+        )
+    return records
 
 
 def unique_records(named: Iterator[tuple[str, torch.Tensor]]) -> dict[str, dict[str, Any]]:

@@ -4,6 +4,7 @@ recorded worker reports), and the commands end to end in real workers."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from harness.core.outcomes import Outcome
 from harness.core.results import read_results
 from tests.unit.core.test_results import ENV, result, write
 from tests.unit.inspect import checkpoints
+from tests.unit.inspect.pretrained import INDEX, save_gpt2
 
 W = {"digest": "aa", "dtype": "float32", "shape": [2], "device": "cpu", "saved": "cpu"}
 LOADED = {
@@ -245,3 +247,153 @@ def test_record_then_verify_in_workers(tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["diff", str(golden), str(again)]) == 1
     assert "regression" in capsys.readouterr().out.lower()
     assert not marker.exists()
+
+
+def test_golden_files_keeps_a_sharded_safetensors_folder_whole(tmp_path: Path) -> None:
+    folder = tmp_path / "gpt2"
+    folder.mkdir()
+    for name in ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"):
+        checkpoints.safetensors_file(folder).rename(folder / name)
+    weight_map = {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}
+    (folder / INDEX).write_text(json.dumps({"weight_map": weight_map}))
+    (folder / "config.json").write_text("{}")
+    (folder / "optimizer.pt").write_bytes(b"")  # not the index's: a cell of its own
+    (folder / "checkpoint-500").mkdir()
+    checkpoints.zip_file(folder / "checkpoint-500")
+    assert golden_files([tmp_path]) == [
+        folder,
+        folder / "checkpoint-500" / "weights.pt",
+        folder / "optimizer.pt",
+    ]
+    assert golden_files([folder])[0] == folder
+    assert golden_files([folder / INDEX]) == [folder / INDEX]
+    # two indexes in one folder: each is a checkpoint, named by its index
+    (folder / "other.safetensors.index.json").write_text(json.dumps({"weight_map": {}}))
+    assert golden_files([folder]) == [
+        folder / "checkpoint-500" / "weights.pt",
+        folder / INDEX,
+        folder / "optimizer.pt",
+        folder / "other.safetensors.index.json",
+    ]
+
+
+def test_a_changed_safetensors_file_names_the_tensors_that_differ() -> None:
+    before = {**LOADED, "tensors": {"w": W, "v": W}}
+    changed = {**before, "status": "changed", "sha256": "s2"}
+    changed["tensors"] = {"w": {**W, "digest": "bb"}, "v": W}
+    outcome, reason, _ = judge_verify("f", before, run(changed))
+    assert outcome is Outcome.ERROR
+    assert "the file changed since `golden record`" in reason
+    what = "1 tensor(s) differ in bytes: w (w: aa recorded, bb now)"
+    assert reason.endswith(f"; what changed: {what}")
+    outcome, reason, _ = judge_verify("f", before, run({**before, "status": "changed"}))
+    assert outcome is Outcome.PASS  # the recorded digest: not changed whatever the status says
+    same = {**before, "status": "changed", "sha256": "s2"}
+    _, reason, _ = judge_verify("f", before, run(same))
+    assert reason.endswith("every tensor loads bitwise as recorded: the change is outside them")
+
+
+def test_a_dcp_record_says_how_its_chunks_split_the_tensors() -> None:
+    split = {
+        "rows": {**W, "saved": "sharded", "split": "4 chunks along dim 0"},
+        "cols": {**W, "saved": "sharded", "split": "4 chunks along dim 1"},
+        "rows_twice": {**W, "saved": "sharded", "split": "4 chunks along dim 0"},
+    }
+    report = {**LOADED, "format": "dcp", "tensors": split}
+    outcome, reason, observed = judge_record("c", Path("c"), run(report))
+    assert outcome is Outcome.PASS
+    assert (
+        "saved at sharded (split from the chunks: 4 chunks along dim 0 (2 tensors); "
+        "4 chunks along dim 1 (1 tensor)), loaded on cpu"
+    ) in reason
+    assert observed is not None
+    assert observed["tensors"]["cols"]["split"] == "4 chunks along dim 1"
+
+
+@pytest.fixture(scope="module")
+def gpt2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_gpt2(tmp_path_factory.mktemp("gpt2"))
+
+
+@pytest.mark.slow
+def test_a_sharded_safetensors_folder_records_and_verifies_in_workers(
+    gpt2: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """save_pretrained's folder, one cell; then a tensor changed in one shard, and a shard
+    deleted, each named by `golden verify`."""
+    from safetensors.torch import load_file, save_file
+
+    folder = Path(shutil.copytree(gpt2, tmp_path / "gpt2"))
+    golden = tmp_path / "golden.jsonl"
+    args = ["--jobs", "1", "--timeout", "60"]
+    assert main(["golden", "record", str(folder), "--out", str(golden), *args]) == 0
+    (recorded,) = read_results(golden).results
+    assert recorded.outcome is Outcome.PASS, recorded.reason
+    assert recorded.cell.model == str(folder)
+    assert "tensors recorded from a safetensors_sharded file" in recorded.reason
+    assert recorded.observed is not None
+    names = set(recorded.observed["tensors"])
+    assert "transformer.h.1.mlp.c_proj.weight" in names
+    verified = tmp_path / "verified.jsonl"
+    assert main(["golden", "verify", str(golden), "--out", str(verified), *args]) == 0
+    (again,) = read_results(verified).results
+    assert again.outcome is Outcome.PASS, again.reason
+    assert f"{len(names)} tensors bitwise equal to the record" in again.reason
+    # one tensor changed in one shard
+    weight_map = json.loads((folder / INDEX).read_text())["weight_map"]
+    name = "transformer.h.1.mlp.c_proj.weight"
+    tensors = load_file(str(folder / weight_map[name]))
+    tensors[name][0, 0] += 1
+    save_file(tensors, str(folder / weight_map[name]), metadata={"format": "pt"})
+    changed = tmp_path / "changed.jsonl"
+    assert main(["golden", "verify", str(golden), "--out", str(changed), *args]) == 1
+    (result,) = read_results(changed).results
+    assert result.outcome is Outcome.ERROR
+    assert "changed since `golden record`" in result.reason
+    assert f"what changed: 1 tensor(s) differ in bytes: {name} (" in result.reason
+    # a shard deleted
+    (folder / weight_map[name]).unlink()
+    deleted = tmp_path / "deleted.jsonl"
+    assert main(["golden", "verify", str(golden), "--out", str(deleted), *args]) == 1
+    (result,) = read_results(deleted).results
+    assert result.outcome is Outcome.ERROR
+    assert f"the file is broken: {folder / weight_map[name]}: missing_shard: " in result.reason
+    assert "its sha256 differs from the record" in result.reason
+    capsys.readouterr()
+
+
+@pytest.mark.slow
+def test_a_dcp_checkpoint_saved_split_over_meshes_records_its_full_tensors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """4 gloo ranks save DTensors split over a 1-D mesh of 4 (Shard(0), Shard(1), unevenly) and
+    a 2x2 mesh ([Shard(0), Shard(1)]): one process records every tensor whole, bitwise the
+    tensor the ranks split, and verifies it."""
+    from harness.worker.fingerprint import tensor_digest
+    from tests.unit.inspect import dcp_ranks
+
+    checkpoint = dcp_ranks.save(tmp_path / "ranks")
+    golden = tmp_path / "golden.jsonl"
+    args = ["--jobs", "1", "--timeout", "60"]
+    assert main(["golden", "record", str(checkpoint), "--out", str(golden), *args]) == 0
+    (recorded,) = read_results(golden).results
+    assert recorded.outcome is Outcome.PASS, recorded.reason
+    assert recorded.observed is not None
+    tensors = recorded.observed["tensors"]
+    full = dcp_ranks.full_tensors()
+    assert {name: t["digest"] for name, t in tensors.items()} == {
+        name: tensor_digest(tensor) for name, tensor in full.items()
+    }
+    assert {name: t["shape"] for name, t in tensors.items()} == {
+        name: list(tensor.shape) for name, tensor in full.items()
+    }
+    assert tensors["grid"]["split"] == "2x2 (dim 0 in 2, dim 1 in 2)"
+    assert tensors["cols"]["split"] == "4 chunks along dim 1"
+    assert tensors["plain"]["split"] == "whole (one chunk)"
+    assert "2x2 (dim 0 in 2, dim 1 in 2) (1 tensor)" in recorded.reason
+    verified = tmp_path / "verified.jsonl"
+    assert main(["golden", "verify", str(golden), "--out", str(verified), *args]) == 0
+    (again,) = read_results(verified).results
+    assert again.outcome is Outcome.PASS, again.reason
+    assert f"{len(full)} tensors bitwise equal to the record" in again.reason
+    capsys.readouterr()

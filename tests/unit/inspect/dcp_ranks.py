@@ -22,6 +22,13 @@ TENSORS: dict[str, tuple[tuple[int, ...], tuple[str, ...]]] = {
 }
 
 
+def full_tensors() -> dict[str, torch.Tensor]:
+    """The whole tensors the ranks split and save, by name; "plain" is saved as it is."""
+    generator = torch.Generator().manual_seed(0)
+    full = {name: torch.randn(shape, generator=generator) for name, (shape, _) in TENSORS.items()}
+    return {**full, "plain": torch.arange(3.0)}
+
+
 def _rank(rank: int, folder: str) -> None:
     import torch.distributed as dist
     from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
@@ -35,14 +42,12 @@ def _rank(rank: int, folder: str) -> None:
     )
     meshes = {1: init_device_mesh("cpu", (RANKS,)), 2: init_device_mesh("cpu", (2, 2))}
     placements = {"Shard(0)": Shard(0), "Shard(1)": Shard(1), "Replicate()": Replicate()}
-    torch.manual_seed(0)  # every rank starts from the same full tensors
+    full = full_tensors()  # every rank starts from the same full tensors
     state: dict[str, torch.Tensor] = {
-        name: distribute_tensor(
-            torch.randn(shape), meshes[len(names)], [placements[n] for n in names]
-        )
-        for name, (shape, names) in TENSORS.items()
+        name: distribute_tensor(full[name], meshes[len(names)], [placements[n] for n in names])
+        for name, (_, names) in TENSORS.items()
     }
-    state["plain"] = torch.arange(3.0)  # a plain tensor every rank holds: saved once
+    state["plain"] = full["plain"]  # a plain tensor every rank holds: saved once
     dcp_save(state, checkpoint_id=f"{folder}/checkpoint")
     dist.destroy_process_group()
 

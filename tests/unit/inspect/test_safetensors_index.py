@@ -13,27 +13,12 @@ import pytest
 
 from harness.inspect import BROKEN, INTACT, DefectKind, FileFormat, inspect_path, read_contents
 
-INDEX = "model.safetensors.index.json"
+from .pretrained import INDEX, save_gpt2
 
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny GPT-2 (tied embeddings, random weights) in shards of 20 KB at most."""
-    transformers = pytest.importorskip(
-        "transformers", reason="transformers (the real dependency group) writes the shards"
-    )
-    folder = tmp_path_factory.mktemp("gpt2")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("HF_HUB_OFFLINE", "1")
-        patch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-        config = transformers.GPT2Config(
-            n_embd=32, n_layer=2, n_head=2, vocab_size=99, n_positions=16, bos_token_id=0,
-            eos_token_id=0,
-        )  # fmt: skip
-        model = transformers.GPT2LMHeadModel(config)
-        model.save_pretrained(folder, max_shard_size="20KB", safe_serialization=True)
-    assert len(list(folder.glob("model-*-of-*.safetensors"))) > 2, "too few shards to break"
-    return folder
+    return save_gpt2(tmp_path_factory.mktemp("gpt2"))
 
 
 def copy(saved: Path, tmp_path: Path) -> Path:

@@ -4,7 +4,10 @@ tensor recorded under the name ``inspect`` lists it by, nothing hostile ever run
 from __future__ import annotations
 
 import io
+import json
 import pickle
+import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,7 @@ from harness.core.jobspec import GoldenSpec
 from harness.inspect import read_contents
 from harness.worker.fingerprint import tensor_digest
 from harness.worker.golden_load import (
+    _load_sharded,
     _MetadataUnpickler,
     map_policy,
     placement,
@@ -22,6 +26,7 @@ from harness.worker.golden_load import (
     run_golden,
 )
 from tests.unit.inspect import checkpoints
+from tests.unit.inspect.pretrained import INDEX, save_gpt2
 
 
 def golden(path: Path, **fields: object) -> dict[str, Any]:
@@ -174,3 +179,104 @@ def test_files_a_weights_only_load_cannot_read_are_not_loaded(tmp_path: Path) ->
     long = golden(py2_save(OrderedDict([("x" * 300, torch.ones(1))]), tmp_path / "long.pt"))
     assert long["status"] == "unreadable"
     assert "BINSTRING" in long["message"]
+
+
+@pytest.fixture(scope="module")
+def gpt2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_gpt2(tmp_path_factory.mktemp("gpt2"))
+
+
+def shard_digests(folder: Path) -> dict[str, tuple[str, str]]:
+    """Each tensor of each shard, read by safetensors itself: its shard and digest."""
+    from safetensors import safe_open
+
+    found = {}
+    for shard in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(shard), framework="pt") as handle:
+            for name in handle.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                found[name] = (shard.name, tensor_digest(handle.get_tensor(name)))
+    return found
+
+
+def test_a_sharded_safetensors_folder_is_one_checkpoint(gpt2: Path, tmp_path: Path) -> None:
+    report = golden(gpt2)
+    assert report["status"] == "loaded", report
+    assert report["format"] == "safetensors_sharded"
+    expected = shard_digests(gpt2)
+    assert len({shard for shard, _ in expected.values()}) > 2
+    assert {name: t["digest"] for name, t in report["tensors"].items()} == {
+        name: digest for name, (_, digest) in expected.items()
+    }
+    assert {t["saved"] for t in report["tensors"].values()} == {
+        "none (safetensors records no device)"
+    }
+    # its bytes are the index's and the shards', not the config's beside them
+    parts = [gpt2 / INDEX, *gpt2.glob("model-*-of-*.safetensors")]
+    assert report["bytes"] == sum(part.stat().st_size for part in parts)
+    # the index named instead of its folder: the same checkpoint
+    by_index = golden(gpt2 / INDEX)
+    assert (by_index["tensors"], by_index["sha256"]) == (report["tensors"], report["sha256"])
+    # the digest covers the shards, not the configuration
+    folder = Path(shutil.copytree(gpt2, tmp_path / "copy"))
+    (folder / "config.json").write_text("{}")
+    assert golden(folder)["sha256"] == report["sha256"]
+    shard = next(folder.glob("model-*-of-*.safetensors"))
+    shard.write_bytes(shard.read_bytes())  # the same bytes: the same digest
+    assert golden(folder)["sha256"] == report["sha256"]
+
+
+def test_a_changed_shard_is_loaded_to_name_the_tensor_that_changed(
+    gpt2: Path, tmp_path: Path
+) -> None:
+    from safetensors.torch import load_file, save_file
+
+    recorded = golden(gpt2)
+    folder = Path(shutil.copytree(gpt2, tmp_path / "copy"))
+    name, (shard, _) = sorted(shard_digests(folder).items())[-1]
+    tensors = load_file(str(folder / shard))
+    tensors[name] = tensors[name] + 1
+    save_file(tensors, str(folder / shard), metadata={"format": "pt"})
+    report = golden(folder, expected_sha256=recorded["sha256"])
+    assert report["status"] == "changed"
+    assert report["sha256"] != recorded["sha256"]
+    differ = [n for n, t in report["tensors"].items() if t != recorded["tensors"][n]]
+    assert differ == [name]
+
+
+@pytest.mark.parametrize("defect", ["missing_shard", "stale_index", "unindexed_tensor"])
+def test_a_sharded_checkpoint_inspect_finds_broken_is_not_loaded(
+    gpt2: Path, tmp_path: Path, defect: str
+) -> None:
+    folder = Path(shutil.copytree(gpt2, tmp_path / "copy"))
+    index = json.loads((folder / INDEX).read_text())
+    weight_map: dict[str, str] = index["weight_map"]
+    shards = sorted(set(weight_map.values()))
+    name = next(n for n, shard in weight_map.items() if shard == shards[0])
+    if defect == "missing_shard":
+        (folder / shards[0]).unlink()
+    elif defect == "stale_index":
+        weight_map[name] = shards[1]
+    else:
+        del weight_map[name]
+    (folder / INDEX).write_text(json.dumps(index))
+    report = golden(folder)
+    assert report["status"] == "broken"
+    assert "tensors" not in report
+    (found,) = report["defects"]
+    assert found["kind"] == defect
+    where = shards[1] if defect == "stale_index" else shards[0]
+    assert found["where"] == str(folder / where)
+    assert f"{folder / where}: {defect}: " in report["message"]
+
+
+def test_shards_that_no_longer_match_the_index_are_never_loaded_in_part(
+    gpt2: Path, tmp_path: Path
+) -> None:
+    """The index inspect checked, changed before the load read it: the load raises."""
+    folder = Path(shutil.copytree(gpt2, tmp_path / "copy"))
+    index = json.loads((folder / INDEX).read_text())
+    name = sorted(index["weight_map"])[0]
+    del index["weight_map"][name]
+    (folder / INDEX).write_text(json.dumps(index))
+    with pytest.raises(ValueError, match=rf"in them, not indexed: {re.escape(name)}\)"):
+        _load_sharded(folder, None)
