@@ -115,6 +115,8 @@ class SaveVariant(StrEnum):
     # each rank's own pieces of model.state_dict(): DTensors' local shards, other tensors whole
     LOCAL_SHARDS = "local_shards"
     DCP_RANK_STATE = "dcp_rank_state"  # DCP, plus each rank's own entry under a rank-indexed key
+    # DCP, plus every rank's entry, gathered, under every rank's name: any loader reads them all
+    DCP_RANK_STATE_ALL = "dcp_rank_state_all"
     DCP_TRAIN_STATE = "dcp_train_state"  # DCP of model, optimizer, scheduler and step
     SAFETENSORS_FILE = "safetensors_file"  # save_file(model.state_dict()) of the model as held
     SAFETENSORS_MODEL = "safetensors_model"  # save_model(the unwrapped model): ties deduplicated
@@ -156,6 +158,7 @@ class SaveVariant(StrEnum):
         if self in (
             SaveVariant.DCP,
             SaveVariant.DCP_RANK_STATE,
+            SaveVariant.DCP_RANK_STATE_ALL,
             SaveVariant.DCP_TRAIN_STATE,
             SaveVariant.DCP_ASYNC,
             SaveVariant.DCP_ASYNC_PROCESS,

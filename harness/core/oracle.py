@@ -370,6 +370,14 @@ def _local_shards_stitched(cell: Cell, _: TorchVersion, _traits: ModelTraits) ->
     )
 
 
+@rule("dcp_rank_state_all")
+def _dcp_rank_state_all(cell: Cell, _: TorchVersion, _traits: ModelTraits) -> Prediction:
+    return None, (
+        f"every one of the {cell.save_world} saving ranks' states is read back at "
+        f"{cell.load_world} ranks: none is dropped, none is missing"
+    )
+
+
 @rule("dcp_rank_state")
 def _dcp_rank_state(cell: Cell, _: TorchVersion, _traits: ModelTraits) -> Prediction:
     saved, loading = cell.save_world, cell.load_world

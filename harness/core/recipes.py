@@ -317,6 +317,17 @@ RECIPES: dict[str, Recipe] = {
             "new one as built",
         ),
         Recipe(
+            name="dcp_rank_state_all",
+            kind=RecipeKind.CORRECT,
+            save_variant=SaveVariant.DCP_RANK_STATE_ALL,
+            save_layouts=_FSDP2,
+            load_layouts=_FSDP2,
+            restores_optimizer=True,
+            summary="every rank's data-loader state gathered to every rank and saved under "
+            "each saving rank's name (DCP writes each once); at M ranks every rank reads all N "
+            "entries, named from the checkpoint's metadata: none is dropped when ranks go away",
+        ),
+        Recipe(
             name="dcp_resume",
             kind=RecipeKind.CORRECT,
             save_variant=SaveVariant.DCP_TRAIN_STATE,

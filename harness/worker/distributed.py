@@ -262,6 +262,32 @@ def rank_state(fresh: bool) -> dict[str, torch.Tensor]:
     return {RANK_KEY.format(rank()): value}
 
 
+# Every rank's per-rank state, gathered (``dataloader.ranks.rank0``, ...).
+ALL_RANKS_KEY = "dataloader.ranks"
+
+
+def every_ranks_state() -> dict[str, torch.Tensor]:
+    """Every rank's own entry (:func:`rank_state`), gathered to every rank under the saving
+    rank's name: the same entries on every rank, so DCP writes each once and a loader at any
+    world size can read them all."""
+    return {
+        f"{ALL_RANKS_KEY}.rank{index}": next(iter(own.values()))
+        for index, own in enumerate(from_every_rank(rank_state(fresh=False)))
+    }
+
+
+def saved_entries(path: Path, prefix: str) -> dict[str, torch.Tensor]:
+    """Templates for the tensors a checkpoint holds under ``prefix``, from its metadata (the
+    loader does not know the saver's world size). The directory's checksum was verified before
+    this reads its pickled ``.metadata``."""
+    metadata = FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    return {
+        key: torch.empty(tuple(entry.size), dtype=entry.properties.dtype)
+        for key, entry in metadata.items()
+        if key.startswith(f"{prefix}.") and isinstance(entry, TensorStorageMetadata)
+    }
+
+
 def full_tensors(
     model: nn.Module, optimizer: torch.optim.Optimizer | None
 ) -> dict[str, dict[str, Any]]:
@@ -503,18 +529,12 @@ def every_ranks_rng() -> dict[str, dict[str, torch.Tensor]]:
 
 
 def saved_rng(path: Path) -> dict[str, dict[str, torch.Tensor]]:
-    """Templates for the generator states a checkpoint holds, from its metadata (the loader
-    does not know the saver's world size). The directory's checksum was verified before this
-    reads its pickled ``.metadata``."""
-    metadata = FileSystemReader(str(path)).read_metadata().state_dict_metadata
-    prefix = f"{RNG_KEY}."
+    """Templates for the generator states a checkpoint holds, by saving rank and kind
+    (:func:`saved_entries`)."""
     found: dict[str, dict[str, torch.Tensor]] = {}
-    for key, entry in metadata.items():
-        if key.startswith(prefix) and isinstance(entry, TensorStorageMetadata):
-            owner, _, kind = key.removeprefix(prefix).partition(".")
-            found.setdefault(owner, {})[kind] = torch.empty(
-                tuple(entry.size), dtype=entry.properties.dtype
-            )
+    for key, template in saved_entries(path, RNG_KEY).items():
+        owner, _, kind = key.removeprefix(f"{RNG_KEY}.").partition(".")
+        found.setdefault(owner, {})[kind] = template
     return found
 
 
@@ -635,6 +655,10 @@ def save_distributed(
         own = rank_state(fresh=False)
         save_dcp(model_and_optimizer(model, optimizer) | own, final)
         return gathered({key: tensor_record(value, "cpu") for key, value in own.items()})
+    elif variant is SaveVariant.DCP_RANK_STATE_ALL:
+        everyone = every_ranks_state()
+        save_dcp(model_and_optimizer(model, optimizer) | everyone, final)
+        return {key: tensor_record(value, "cpu") for key, value in everyone.items()}
     elif variant is SaveVariant.DCP:
         save_dcp(model_and_optimizer(model, optimizer), final)
     elif variant in (SaveVariant.DCP_ASYNC_INTERRUPTED, SaveVariant.DCP_ASYNC_EARLY_MARKER):

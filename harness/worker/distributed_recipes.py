@@ -40,6 +40,7 @@ from harness.core.jobspec import (
 from harness.core.recipes import RECIPES, registrar
 from harness.inspect.dcp_dir import METADATA
 from harness.worker.distributed import (
+    ALL_RANKS_KEY,
     LATEST,
     STEPS,
     Alteration,
@@ -57,6 +58,7 @@ from harness.worker.distributed import (
     rank_probes,
     rank_state,
     restore_rng,
+    saved_entries,
     saved_rng,
     summed_gradients,
     train_state,
@@ -247,6 +249,20 @@ def _dcp_rank_state(ctx: DistributedLoad) -> None:
         optim_state_dict=state["optimizer"],
     )
     ctx.extra = gathered({key: tensor_record(state[key], "cpu") for key in own})
+
+
+@performs("dcp_rank_state_all")
+def _dcp_rank_state_all(ctx: DistributedLoad) -> None:
+    saved = saved_entries(ctx.path, ALL_RANKS_KEY)
+    state = model_and_optimizer(ctx.model, ctx.optimizer) | saved
+    dcp_load(state, checkpoint_id=str(ctx.path))
+    set_state_dict(
+        ctx.model,
+        ctx.optimizer,
+        model_state_dict=state["model"],
+        optim_state_dict=state["optimizer"],
+    )
+    ctx.extra = {key: tensor_record(state[key], "cpu") for key in saved}
 
 
 @performs("torch_save_to_dcp")

@@ -19,12 +19,12 @@ def default() -> Matrix:
 
 def test_default_matrix_shape() -> None:
     scenarios = load_scenarios(default_scenarios_dir())
-    assert len(expand(scenarios).cells) == 549
+    assert len(expand(scenarios).cells) == 553
     # without GPUs, the distributed-on-gpus scenario runs its ranks with gloo on the CPU: 12 cells
     # the other scenarios lack (ddp and fsdp2 at 1 and 2 ranks); the rest is counted below
     matrix = expand([s for s in scenarios if s.name != "distributed-on-gpus"])
     ids = [cell.id for cell in matrix.cells]
-    assert len(ids) == len(set(ids)) == 537
+    assert len(ids) == len(set(ids)) == 541
     # the DCP square: fsdp2 saved at N ranks, loaded by fsdp2 at M, N and M in 1..4; and fsdp2
     # at 1..3 ranks into one plain model by 3 recipes
     distributed = [
@@ -89,6 +89,7 @@ def test_default_matrix_shape() -> None:
         "dcp_dtype_template": 1,
         "dcp_partial_load": 1,
         "dcp_rank_state": 4,
+        "dcp_rank_state_all": 4,
         # trap: 2 trainings x saved at 1, 3 x loaded at 2, 4; dropout: adamw, 3 -> 2, 4
         "dcp_resume": 2 * 2 * 2 + 2,
         "dcp_resume_without_rng": 2 * 2,  # trap and dropout, 3 -> 2, 4
@@ -211,7 +212,7 @@ def test_without_gpus_cuda_devices_are_simulated_tags() -> None:
     tagged = [c for c in matrix.cells if c.save_device != "cpu"]
     assert tagged
     assert all(c.save_key.simulated_tag == c.save_device for c in tagged)
-    assert len(matrix.cells) == 549
+    assert len(matrix.cells) == 553
 
 
 def test_resume_across_a_multi_gpu_dataparallel_split_is_left_out() -> None:

@@ -281,6 +281,9 @@ DISTRIBUTED_TABLE = [
     (F2, 2, F2, 2, DCP, "dcp_rank_state", None),
     (F2, 4, F2, 2, DCP, "dcp_rank_state", SET_DIFFERS),
     (F2, 2, F2, 3, DCP, "dcp_rank_state", KEY),
+    # every rank's state under every rank's name: all of it read back at any world size
+    (F2, 3, F2, 2, DCP, "dcp_rank_state_all", None),
+    (F2, 2, F2, 3, DCP, "dcp_rank_state_all", None),
 ]
 
 

@@ -293,6 +293,17 @@ def test_an_interrupted_async_save_leaves_what_its_marker_says(tmp_path: Path, e
         assert report["tensors"] == saved["tensors"]
 
 
+def test_every_ranks_state_is_saved_under_its_name_and_read_back(tmp_path: Path) -> None:
+    saved = save(tmp_path, "dcp_rank_state_all")
+    assert saved["status"] == "saved"
+    assert "dataloader.ranks.rank0" in saved["tensors"]
+    templates = distributed.saved_entries(Path(saved["path"]), distributed.ALL_RANKS_KEY)
+    assert list(templates) == ["dataloader.ranks.rank0"]
+    report = load(saved, "dcp_rank_state_all")
+    assert report["status"] == "loaded", report.get("message")
+    assert report["tensors"] == saved["tensors"]
+
+
 def test_two_dcp_folders_that_differ_say_how(tmp_path: Path) -> None:
     from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 
