@@ -19,12 +19,12 @@ def default() -> Matrix:
 
 def test_default_matrix_shape() -> None:
     scenarios = load_scenarios(default_scenarios_dir())
-    assert len(expand(scenarios).cells) == 553
+    assert len(expand(scenarios).cells) == 555
     # without GPUs, the distributed-on-gpus scenario runs its ranks with gloo on the CPU: 12 cells
     # the other scenarios lack (ddp and fsdp2 at 1 and 2 ranks); the rest is counted below
     matrix = expand([s for s in scenarios if s.name != "distributed-on-gpus"])
     ids = [cell.id for cell in matrix.cells]
-    assert len(ids) == len(set(ids)) == 541
+    assert len(ids) == len(set(ids)) == 543
     # the DCP square: fsdp2 saved at N ranks, loaded by fsdp2 at M, N and M in 1..4; and fsdp2
     # at 1..3 ranks into one plain model by 3 recipes
     distributed = [
@@ -81,7 +81,9 @@ def test_default_matrix_shape() -> None:
         and c.save_wrapper == c.load_wrapper == "none"
     )
     assert others == {
-        "dcp_reshard": 16,
+        # the square's 16, and the cross-version scenario's fsdp2[dp2,tp2] -> tpx2
+        "dcp_reshard": 16 + 1,
+        "dcp_async_reshard": 1,  # the cross-version scenario's
         "dcp_no_dist": 3,
         "dcp_to_torch_save": 3,
         "dcp_extra_key": 1,
@@ -212,7 +214,7 @@ def test_without_gpus_cuda_devices_are_simulated_tags() -> None:
     tagged = [c for c in matrix.cells if c.save_device != "cpu"]
     assert tagged
     assert all(c.save_key.simulated_tag == c.save_device for c in tagged)
-    assert len(matrix.cells) == 553
+    assert len(matrix.cells) == 555
 
 
 def test_resume_across_a_multi_gpu_dataparallel_split_is_left_out() -> None:
