@@ -8,6 +8,7 @@ Each session installs the torch under certification first (default: the pins bel
 from __future__ import annotations
 
 import ast
+import json
 import os
 import shutil
 from pathlib import Path
@@ -192,6 +193,25 @@ def lint(session: nox.Session) -> None:
     session.run("mypy")
 
 
+def crossed(session: nox.Session, out: Path, saved: str, loaded: str) -> None:
+    """Every cell of ``out`` was saved under torch ``saved`` and loaded under ``loaded``, as its
+    results say, or the session fails: a cross-version run that saved again under the loading
+    torch would certify nothing."""
+    wrong = []
+    for line in out.read_text().splitlines():
+        record = json.loads(line)
+        observed = record.get("observed") or {}
+        if "id" not in record or "saved_with_torch" not in observed:
+            continue  # the header, the last line, a cell whose save failed
+        pair = (observed["saved_with_torch"], observed.get("loaded_with_torch", ""))
+        if not (pair[0].startswith(saved) and pair[1].startswith(loaded)):
+            wrong.append(f"{record['id']}: saved with {pair[0]}, loaded with {pair[1]}")
+    if wrong:
+        session.error(
+            f"{out}: {len(wrong)} cell(s) did not cross from torch {saved} to {loaded}: {wrong[:3]}"
+        )
+
+
 @nox.session
 def cross_version(session: nox.Session) -> None:
     """Save under one torch, load under the other, both ways (CKPT_MATRIX_CROSS="OLD,NEW").
@@ -213,13 +233,25 @@ def cross_version(session: nox.Session) -> None:
     def run(saved: str, loaded: str) -> None:
         out = f"results-cross-{saved}-to-{loaded}.jsonl"
         workdir = work / f"saved-with-{saved}"
+        keep = []
         if saved == loaded:
             # the saving run starts afresh: the store would reuse an earlier session's records,
             # failed saves included
             shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            keep = ["--keep-saves"]  # the loading run loads the saving run's checkpoints
         session.run(
-            "ckpt-matrix", "run", *scenarios, "--workdir", str(workdir), "--out", out, "--overwrite"
+            "ckpt-matrix",
+            "run",
+            *scenarios,
+            "--workdir",
+            str(workdir),
+            *keep,
+            "--out",
+            out,
+            "--overwrite",
         )
+        crossed(session, Path(out), saved, loaded)
 
     use(older)
     run(older, older)  # saves under the older torch

@@ -67,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="keep checkpoints, specs and worker logs here (default: a temporary folder)",
     )
+    run.add_argument(
+        "--keep-saves",
+        action="store_true",
+        help="load the checkpoints an earlier run saved in --workdir instead of saving again "
+        "(save under one torch, load under another; each result names both)",
+    )
     add_options(run.add_argument, "cli", ("rerun_errors",))
     existing = run.add_mutually_exclusive_group()
     existing.add_argument(
@@ -302,7 +308,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     options = run_options(args)
     work = MatrixWork(planned=plan_matrix(options), options=options, out=args.out)
     destination = Destination(
-        out=args.out, resume=args.resume, overwrite=args.overwrite, workdir=args.workdir
+        out=args.out,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        workdir=args.workdir,
+        keep_saves=args.keep_saves,
     )
     finished = execute(work, options, destination)
     print(summary_table(list(finished.results)))

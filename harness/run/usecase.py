@@ -55,9 +55,16 @@ class Destination:
     overwrite: bool = False
     workdir: Path | None = None  # keep checkpoints, specs and logs here; None: a temporary one
     workdir_prefix: str = "ckpt-matrix-"
+    # load the checkpoints an earlier run saved in the workdir instead of saving again
+    keep_saves: bool = False
     resumable: bool = True  # whether --resume is an option of this command (for the message)
 
     def check(self) -> None:
+        if self.keep_saves and self.workdir is None:
+            raise OptionError(
+                "--keep-saves loads the checkpoints an earlier run left in its --workdir; give "
+                "that run's --workdir too"
+            )
         if self.out.exists() and not (self.resume or self.overwrite):
             also = "--resume to continue it or " if self.resumable else ""
             raise OptionError(f"{self.out} exists; pass {also}--overwrite to replace it")
@@ -106,7 +113,11 @@ def execute(
     # the signals are caught over the cleanup too: a second Ctrl-C cannot cut it short
     with (
         stop_on_signals(),
-        work_folder(destination.workdir, prefix=destination.workdir_prefix) as workdir,
+        work_folder(
+            destination.workdir,
+            prefix=destination.workdir_prefix,
+            keep=("artifacts",) if destination.keep_saves else (),
+        ) as workdir,
     ):
         launcher = work.open_launcher(workdir)
         try:

@@ -61,9 +61,12 @@ def clean_stale(folder: Path | None = None) -> list[Path]:
 
 
 @contextlib.contextmanager
-def work_folder(given: Path | None, *, prefix: str = PREFIX) -> Iterator[Path]:
+def work_folder(
+    given: Path | None, *, prefix: str = PREFIX, keep: tuple[str, ...] = ()
+) -> Iterator[Path]:
     """The run's work folder, held for the run: a temporary one (removed at the end), or the
-    given one (kept), with what an earlier run created there removed first."""
+    given one (kept), with what an earlier run created there removed first, except the folders
+    named in ``keep`` (``artifacts``: load the checkpoints an earlier run saved)."""
     clean_stale()
     if given is None:
         made = Path(tempfile.mkdtemp(prefix=prefix))
@@ -90,8 +93,9 @@ def work_folder(given: Path | None, *, prefix: str = PREFIX) -> Iterator[Path]:
                 f"--workdir {given}: another run is using it ({marker.read().strip()[:200]}); "
                 "give each run its own folder"
             )
-        _clear_earlier(given, marker)
-        created = [name for name in OURS if not (given / name).exists()]
+        kept = _clear_earlier(given, marker, keep)
+        # a kept folder stays the harness's: the next run that does not keep it removes it
+        created = [name for name in OURS if name in kept or not (given / name).exists()]
         reruns = not any(given.glob("rerun-*"))
         marker.seek(0)
         marker.truncate()
@@ -101,19 +105,22 @@ def work_folder(given: Path | None, *, prefix: str = PREFIX) -> Iterator[Path]:
         yield given
 
 
-def _clear_earlier(given: Path, marker: IO[str]) -> None:
-    """Remove what the earlier run's marker says it created, and nothing else."""
+def _clear_earlier(given: Path, marker: IO[str], keep: tuple[str, ...] = ()) -> list[str]:
+    """Remove what the earlier run's marker says it created, and nothing else; never what
+    ``keep`` names. Returns what it kept of the earlier run's."""
     marker.seek(0)
     try:
         earlier = json.loads(marker.read() or "{}")
     except ValueError:
-        return
+        return []
     if not isinstance(earlier, dict):
-        return
-    names = [n for n in earlier.get("created") or [] if n in OURS]
+        return []
+    made = [n for n in earlier.get("created") or [] if n in OURS]
+    names = [n for n in made if n not in keep]
     if earlier.get("reruns"):
         names += [path.name for path in given.glob("rerun-*")]
     for name in names:
         if (given / name).exists():
             print(f"ckpt-matrix: removing {given / name} (an earlier run's)", file=sys.stderr)
             shutil.rmtree(given / name, ignore_errors=True)
+    return [n for n in made if n in keep]

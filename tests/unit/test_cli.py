@@ -120,6 +120,17 @@ def test_run_refuses_to_replace_results_silently(
     assert out.read_text() == "precious\n"
 
 
+def test_keeping_saves_needs_the_workdir_that_holds_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "results.jsonl"
+    assert main(["run", "--out", str(out), "--keep-saves", "-k", "model=trap-"]) == 2
+    assert "--keep-saves loads the checkpoints an earlier run left in its --workdir" in (
+        capsys.readouterr().err
+    )
+    assert not out.exists()
+
+
 @pytest.mark.slow
 def test_run_writes_results_and_resumes(
     scenario: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]

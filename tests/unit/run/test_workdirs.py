@@ -81,6 +81,19 @@ def test_a_given_folder_loses_only_what_a_run_made(
     assert "removing" in capsys.readouterr().err
 
 
+def test_a_run_that_keeps_saves_loads_the_earlier_runs_checkpoints(tmp_path: Path) -> None:
+    given = tmp_path / "work"
+    with work_folder(given):  # the saving run (under one torch)
+        (given / "artifacts").mkdir()
+        (given / "artifacts" / "saved.pt").write_text("saved")
+        (given / "cells").mkdir()
+    with work_folder(given, keep=("artifacts",)):  # the loading run (under another)
+        assert (given / "artifacts" / "saved.pt").read_text() == "saved"
+        assert not (given / "cells").exists()  # the rest is cleared as ever
+    with work_folder(given):  # without keep, the artifacts the first run made go
+        assert not (given / "artifacts").exists()
+
+
 def test_two_runs_never_share_a_given_folder(tmp_path: Path) -> None:
     given = tmp_path / "work"
     with (
