@@ -169,8 +169,14 @@ def _dcp_reshard(ctx: DistributedLoad) -> None:
     _reshard(ctx)
 
 
-def _reshard(ctx: DistributedLoad, planner: DefaultLoadPlanner | None = None) -> None:
-    state = model_and_optimizer(ctx.model, ctx.optimizer)
+def _reshard(
+    ctx: DistributedLoad,
+    planner: DefaultLoadPlanner | None = None,
+    beside: dict[str, torch.Tensor] | None = None,
+) -> dict[str, Any]:
+    """Model and optimizer through dcp.load and set_state_dict, with the entries ``beside``
+    them (templates dcp.load fills in place too); returns what was loaded."""
+    state = model_and_optimizer(ctx.model, ctx.optimizer) | (beside or {})
     # dcp.load fills the sharded tensors of both dicts in place
     dcp_load(state, checkpoint_id=str(ctx.path), planner=planner)
     set_state_dict(
@@ -179,6 +185,7 @@ def _reshard(ctx: DistributedLoad, planner: DefaultLoadPlanner | None = None) ->
         model_state_dict=state["model"],
         optim_state_dict=state["optimizer"],
     )
+    return state
 
 
 @performs("dcp_async_interrupted", "dcp_async_early_marker")
@@ -240,28 +247,14 @@ def _dcp_partial_load(ctx: DistributedLoad) -> None:
 @performs("dcp_rank_state")
 def _dcp_rank_state(ctx: DistributedLoad) -> None:
     own = rank_state(fresh=True)
-    state = model_and_optimizer(ctx.model, ctx.optimizer) | own
-    dcp_load(state, checkpoint_id=str(ctx.path))
-    set_state_dict(
-        ctx.model,
-        ctx.optimizer,
-        model_state_dict=state["model"],
-        optim_state_dict=state["optimizer"],
-    )
+    state = _reshard(ctx, beside=own)
     ctx.extra = gathered({key: tensor_record(state[key], "cpu") for key in own})
 
 
 @performs("dcp_rank_state_all")
 def _dcp_rank_state_all(ctx: DistributedLoad) -> None:
     saved = saved_entries(ctx.path, ALL_RANKS_KEY)
-    state = model_and_optimizer(ctx.model, ctx.optimizer) | saved
-    dcp_load(state, checkpoint_id=str(ctx.path))
-    set_state_dict(
-        ctx.model,
-        ctx.optimizer,
-        model_state_dict=state["model"],
-        optim_state_dict=state["optimizer"],
-    )
+    state = _reshard(ctx, beside=saved)
     ctx.extra = {key: tensor_record(state[key], "cpu") for key in saved}
 
 

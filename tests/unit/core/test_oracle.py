@@ -287,32 +287,6 @@ DISTRIBUTED_TABLE = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("save", "save_world", "load", "load_world", "fmt", "recipe", "error"), DISTRIBUTED_TABLE
-)
-def test_distributed_oracle_table(
-    save: Layout,
-    save_world: int,
-    load: Layout,
-    load_world: int,
-    fmt: Format,
-    recipe: str,
-    error: ErrorClass | None,
-) -> None:
-    c = Cell(
-        model="trap",
-        save_layout=save,
-        load_layout=load,
-        format=fmt,
-        recipe=recipe,
-        save_world=save_world,
-        load_world=load_world,
-    )
-    expectation = expect(c, torch_version=NEW)
-    assert expectation.error is error, expectation.reason
-    assert expectation.tensor_device == "cpu"
-
-
 TP, F2TP, HSDP = Layout.TP, Layout.FSDP2_TP, Layout.HSDP
 MESH_FAILED = ErrorClass.MESH_FORWARD_FAILED
 
@@ -335,6 +309,35 @@ MESH_TABLE = [
     (F2TP, 4, S, 1, DCP, "dcp_meta_to_empty", None),
     (TP, 2, S, 1, DCP, "dcp_meta_template", ErrorClass.META_TEMPLATE),
 ]
+
+
+@pytest.mark.parametrize(
+    ("model", "save", "save_world", "load", "load_world", "fmt", "recipe", "error"),
+    [("trap", *row) for row in DISTRIBUTED_TABLE] + [("block", *row) for row in MESH_TABLE],
+)
+def test_distributed_oracle_table(
+    model: str,
+    save: Layout,
+    save_world: int,
+    load: Layout,
+    load_world: int,
+    fmt: Format,
+    recipe: str,
+    error: ErrorClass | None,
+) -> None:
+    c = Cell(
+        model=model,
+        save_layout=save,
+        load_layout=load,
+        format=fmt,
+        recipe=recipe,
+        save_world=save_world,
+        load_world=load_world,
+    )
+    expectation = expect(c, torch_version=NEW)
+    assert expectation.error is error, expectation.reason
+    assert expectation.tensor_device == "cpu"
+
 
 ST = Format.SAFETENSORS
 # (model, save layout, N, recipe, expected error or None): the save_pretrained layout
@@ -385,31 +388,6 @@ def test_training_resumed_on_another_mesh_passes(
     expectation = expect(c, torch_version=NEW)
     assert expectation.passes
     assert "the same tensor-parallel degree" in expectation.reason
-
-
-@pytest.mark.parametrize(
-    ("save", "save_world", "load", "load_world", "fmt", "recipe", "error"), MESH_TABLE
-)
-def test_mesh_oracle_table(
-    save: Layout,
-    save_world: int,
-    load: Layout,
-    load_world: int,
-    fmt: Format,
-    recipe: str,
-    error: ErrorClass | None,
-) -> None:
-    c = Cell(
-        model="block",
-        save_layout=save,
-        load_layout=load,
-        format=fmt,
-        recipe=recipe,
-        save_world=save_world,
-        load_world=load_world,
-    )
-    expectation = expect(c, torch_version=NEW)
-    assert expectation.error is error, expectation.reason
 
 
 def test_an_uneven_split_names_the_heads_and_the_degree() -> None:
