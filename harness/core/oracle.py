@@ -210,6 +210,13 @@ def _dcp_async_early_marker(cell: Cell, _: TorchVersion, _traits: ModelTraits) -
     )
 
 
+@rule("dcp_async_load_in_flight")
+def _dcp_async_load_in_flight(cell: Cell, _: TorchVersion, _traits: ModelTraits) -> Prediction:
+    return ErrorClass.INCOMPLETE_CHECKPOINT, (
+        "a load issued before the future completes finds step 2's shards and no metadata yet"
+    )
+
+
 @rule("safetensors_index", "safetensors_dcp_hf")
 def _safetensors_index(cell: Cell, _: TorchVersion, _traits: ModelTraits) -> Prediction:
     if cell.recipe == "safetensors_dcp_hf":

@@ -572,8 +572,7 @@ RECIPES: dict[str, Recipe] = {
             restores_optimizer=True,
             summary="dcp_async_interrupted with the latest marker written as soon as "
             "dcp.async_save returns, before its future completes: the marker names step 2, "
-            "whose save never finished (a load issued before the future completes reads the "
-            "same folder)",
+            "whose save never finished",
         ),
         Recipe(
             name="safetensors_index_strict",
@@ -611,6 +610,16 @@ RECIPES: dict[str, Recipe] = {
             load_layouts=_SINGLE,
             summary="a model built on the meta device handed to dcp.load(no_dist=True) as its "
             "own template, for DCP to give its tensors storage",
+        ),
+        Recipe(
+            name="dcp_async_load_in_flight",
+            kind=RecipeKind.KNOWN_BAD,
+            save_variant=SaveVariant.DCP_ASYNC_INTERRUPTED,
+            save_layouts=_SHARDED,
+            load_layouts=_SHARDED,
+            restores_optimizer=True,
+            summary="dcp.load of step 2 issued while its dcp.async_save is in flight (after its "
+            "shards, before its metadata), without waiting for the future",
         ),
         Recipe(
             name="dcp_rank_state",

@@ -188,12 +188,17 @@ def _reshard(
     return state
 
 
-@performs("dcp_async_interrupted", "dcp_async_early_marker")
+@performs("dcp_async_interrupted", "dcp_async_early_marker", "dcp_async_load_in_flight")
 def _latest(ctx: DistributedLoad) -> None:
-    """The step the run folder's marker names, loaded as dcp_reshard. A step whose save never
-    finished has shards and no metadata; dcp.load fails on it with a missing file, which is
-    named here for what it means (:class:`IncompleteCheckpointError`)."""
+    """The step the run folder's marker names (the known-bad load in flight: step 2, whatever
+    the marker says), loaded as dcp_reshard. A step whose save never finished has shards and no
+    metadata; dcp.load fails on it with a missing file, which is named here for what it means
+    (:class:`IncompleteCheckpointError`)."""
     step = (ctx.path / LATEST).read_text().strip()
+    named = f"{ctx.path / LATEST} names {step}"
+    if ctx.spec.recipe == "dcp_async_load_in_flight":
+        step = STEPS[-1]
+        named = f"a load of {step} issued before its save's future completed"
     if step not in STEPS:
         raise ValueError(f"{ctx.path / LATEST} names {step!r}, not one of {STEPS}")
     folder = ctx.path / step
@@ -204,7 +209,7 @@ def _latest(ctx: DistributedLoad) -> None:
         if (folder / METADATA).is_file():
             raise
         raise IncompleteCheckpointError(
-            f"{folder.parent / LATEST} names {step}, whose save never finished: {folder} holds "
+            f"{named}, whose save never finished: {folder} holds "
             f"{len(list(folder.glob('*.distcp')))} shard file(s) and no {METADATA}; dcp.load "
             f"raised {type(exc).__name__}: {describe(exc)}"
         ) from exc

@@ -25,6 +25,7 @@ from harness.core.axes import Layout, Wrapper
 from harness.core.cell import Cell, SaveKey
 from harness.core.jobs import Job, JobRun
 from harness.core.matrix import expand
+from harness.core.oracle import save_error
 from harness.core.results import CellResult, ResultsWriter
 from harness.core.scenarios import default_scenarios_dir, load_scenarios
 from harness.core.zoo import MODELS
@@ -59,13 +60,15 @@ def shared_s(layout: Layout, world: int, wrapper: Wrapper) -> float:
     return spawned_s(layout, world, wrapper) / 100
 
 
-def preference(cell: Cell) -> tuple[bool, str]:
-    """Among cells that cost the same: a model that draws random numbers for the recipes that
-    train (the RNG states they restore are a process's), the trap net for the others."""
+def preference(cell: Cell) -> tuple[bool, bool, str]:
+    """Among cells that cost the same: a model whose save is not refused (a refused save leaves
+    no load to compare), then a model that draws random numbers for the recipes that train (the
+    RNG states they restore are a process's), the trap net for the others."""
     declared = MODELS[cell.model].declared
+    refused = declared is not None and save_error(cell, declared) is not None
     if cell.training:
-        return not (declared is not None and declared.stochastic), cell.id
-    return cell.model != "trap", cell.id
+        return refused, not (declared is not None and declared.stochastic), cell.id
+    return refused, cell.model != "trap", cell.id
 
 
 def reshards(cell: Cell) -> bool:

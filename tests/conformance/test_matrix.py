@@ -5,7 +5,8 @@ tensors on the expected devices), XFAIL where it predicts a named error and PyTo
 that. A correct recipe fails only where a storage cannot be restored to its device (a CUDA
 checkpoint without a GPU, or a device index the loader cannot see), or where a whole DataParallel
 model's forward needs more GPUs than the loader sees, or where the model cannot be saved that way
-(a parametrized module refuses to be pickled whole, safetensors' save_file refuses tied weights).
+(a parametrized module refuses to be pickled whole, safetensors' save_file refuses tied weights,
+DCP's Hugging Face consolidation refuses an integer tensor).
 A known-bad recipe PASSes only
 where the oracle predicts that it works by accident (marked fragile).
 """
@@ -25,8 +26,9 @@ DEVICE_ERRORS = {
     ErrorClass.DP_DEVICE_MISSING,
 }
 # ... or where the model cannot be saved that way at all (a parametrized module pickled whole,
-# tied weights through safetensors' save_file)
-MODEL_ERRORS = {ErrorClass.NOT_PICKLABLE, ErrorClass.SHARED_TENSORS}
+# tied weights through safetensors' save_file, an integer tensor through DCP's Hugging Face
+# consolidation)
+MODEL_ERRORS = {ErrorClass.NOT_PICKLABLE, ErrorClass.SHARED_TENSORS, ErrorClass.UNSUPPORTED_DTYPE}
 
 
 @pytest.mark.slow

@@ -93,6 +93,7 @@ def test_a_users_model_runs_the_shipped_scenarios(tmp_path: Path) -> None:
         "tied": True,
         "parametrized": False,
         "stochastic": True,
+        "integer_tensors": True,  # BatchNorm's num_batches_tracked, its int32 buffers
         "constants": ["counts", "position_ids"],
     }
     outcomes = Counter(str(r.outcome) for r in results)

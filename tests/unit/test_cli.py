@@ -65,7 +65,7 @@ def test_inventory_and_simulated_listing(capsys: pytest.CaptureFixture[str]) -> 
     assert "model=trap-save=dp[0,1,2,3]-load=dp[0,1,2,3]-fmt=weights-recipe=as_saved" in ids
     # every save sees a GPU, but the cells of the CPU scenarios: distributed layouts' ranks with
     # gloo at every world size, and the every-layout-pair scenario that pairs them with the others
-    on_cpu = ("=fsdp2x", "=ddpx", "recipe=full_state_dict")
+    on_cpu = ("=fsdp2x", "=fsdp2[", "=tpx", "=hsdp[", "=ddpx", "recipe=full_state_dict")
     assert not any("[cpu]" in i.split("-load=")[0] for i in ids if not any(d in i for d in on_cpu))
     assert main(["list", "--simulate-gpus", "4", "--count"]) == 0
     counts = capsys.readouterr().out

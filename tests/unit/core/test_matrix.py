@@ -433,14 +433,14 @@ def test_the_mesh_scenarios_square_every_mesh_shape() -> None:
     into_one = {shape(c.save_layout, c.save_world) for c in cells if c.recipe == "dcp_no_dist"}
     onto = {shape(c.load_layout, c.load_world) for c in cells if c.recipe == "torch_save_to_dcp"}
     assert into_one == onto == shapes
-    saved_async = {
-        shape(c.save_layout, c.save_world) for c in cells if c.recipe == "dcp_async_reshard"
-    }
-    assert saved_async == shapes
+    for executor in ("dcp_async_reshard", "dcp_async_process_reshard"):
+        saved_async = {shape(c.save_layout, c.save_world) for c in cells if c.recipe == executor}
+        assert saved_async == shapes, executor
     # a bfloat16 template on another mesh, another plan (6), an uneven split (2), local shards
     # stitched (6), training resumed between the shapes of one tensor-parallel degree (14)
-    # the process executor (3), async saves interrupted in flight, marked after or before (6)
-    assert len(cells) == 36 + 6 + 6 + 6 + 1 + 6 + 2 + 6 + 14 + 3 + 6 + 6  # meta models: 6
+    # the process executor (6), async saves interrupted in flight: marked after or before, or
+    # loaded in flight (9)
+    assert len(cells) == 36 + 6 + 6 + 6 + 1 + 6 + 2 + 6 + 14 + 6 + 9 + 6  # meta models: 6
     resumed = {
         (shape(c.save_layout, c.save_world), shape(c.load_layout, c.load_world))
         for c in cells

@@ -304,6 +304,7 @@ MESH_TABLE = [
     # an asynchronous save interrupted in flight: the marker decides
     (F2, 2, F2, 2, DCP, "dcp_async_interrupted", None),
     (F2TP, 4, F2, 2, DCP, "dcp_async_early_marker", ErrorClass.INCOMPLETE_CHECKPOINT),
+    (F2, 2, F2, 2, DCP, "dcp_async_load_in_flight", ErrorClass.INCOMPLETE_CHECKPOINT),
     (F2TP, 4, F2, 2, DCP, "dcp_async_process_reshard", None),
     # a model built on the meta device, into one process
     (F2TP, 4, S, 1, DCP, "dcp_meta_to_empty", None),

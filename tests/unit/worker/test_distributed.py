@@ -291,6 +291,12 @@ def test_an_interrupted_async_save_leaves_what_its_marker_says(tmp_path: Path, e
     else:
         assert report["status"] == "loaded", report.get("message")
         assert report["tensors"] == saved["tensors"]
+        # the same folder, loaded before the future completes: step 2 as it stands
+        in_flight = load(saved, "dcp_async_load_in_flight")
+        assert in_flight["error_class"] == "incomplete_checkpoint"
+        assert (
+            "a load of step-2 issued before its save's future completed" in (in_flight["message"])
+        )
 
 
 def test_every_ranks_state_is_saved_under_its_name_and_read_back(tmp_path: Path) -> None:
