@@ -1,5 +1,5 @@
 """The user's entry points: ``nox -s tests``, ``nox -s matrix``, ``nox -s certify``,
-``nox -s golden``, ``nox -s cross_version``, ``nox -s real``, ``nox -s lint``.
+``nox -s golden``, ``nox -s cross_version``, ``nox -s upgrade``, ``nox -s real``, ``nox -s lint``.
 
 Each session installs the torch under certification first (default: the pins below; override with
 ``CKPT_MATRIX_TORCH="torch==X torchvision==Y"``), then this project, then its dependency group.
@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import nox
 
@@ -260,3 +261,171 @@ def cross_version(session: nox.Session) -> None:
     run(newer, newer)  # saves under the newer torch
     use(older)
     run(newer, older)  # loads the newer torch's files
+
+
+def _releases() -> Any:
+    """harness.core.releases, standard library only: read here, before anything is installed."""
+    import sys
+
+    root = str(Path(__file__).resolve().parent)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from harness.core import releases
+
+    return releases
+
+
+def refuse_a_capped_release(session: nox.Session, requirement: str) -> None:
+    """Stop, naming the cap and how to lift it, where this machine's pip configuration holds a
+    constraint that the release exceeds (pip would say only that no version matches)."""
+    import subprocess
+    import sys
+
+    releases = _releases()
+    version = releases.pinned_version(requirement)
+    if version is None:
+        return
+    listed = subprocess.run(
+        [sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True, check=False
+    ).stdout
+    for line in listed.splitlines():
+        key, _, value = line.partition("=")
+        if not key.endswith(".constraint"):
+            continue
+        for path in value.strip().strip("'\"").split():
+            try:
+                cap = releases.cap_of(Path(path).read_text(encoding="utf-8"), "torch")
+            except OSError:
+                continue
+            if cap is not None and releases.exceeds(version, cap):
+                session.error(
+                    f"{requirement}: this machine's pip configuration caps torch at {cap} (the "
+                    f"constraint file {path}, named by `pip config list` as {key}). Lift it for "
+                    "this session alone: PIP_CONFIG_FILE=/dev/null python3 -m nox -s "
+                    f"{session.name} -- {' '.join(session.posargs)}"
+                )
+
+
+@nox.session
+def upgrade(session: nox.Session) -> None:
+    """Certify a torch upgrade in one command: ``nox -s upgrade -- OLD NEW [run options]
+    [--golden RECORDING]`` (releases as ``2.15.0`` or ``"torch==X torchvision==Y"``).
+
+    Runs the matrix under OLD (reusing results-upgrade-OLD.jsonl where it is OLD's at this commit
+    and its checkpoints are still kept), under NEW, then loads under NEW every file OLD saved
+    (``run --keep-saves``) and, not gating, under OLD every file NEW saved; verifies a golden
+    recording under NEW if one is given; writes certification-upgrade.md and .html, whose first
+    line is the verdict, and fails unless it is CERTIFIED. A release without a torchvision
+    leaves the vision models' cells out, named in the verdict.
+    """
+    import subprocess
+
+    releases = _releases()
+    args = list(session.posargs)
+    golden = None
+    if "--golden" in args:
+        at = args.index("--golden")
+        if at + 1 >= len(args):
+            session.error("--golden needs a recording: --golden golden.jsonl")
+        golden = args[at + 1]
+        del args[at : at + 2]
+    if len(args) < 2:
+        session.error("give two releases, older first: nox -s upgrade -- 2.14.1 2.15.0")
+    try:
+        old, new = releases.release(args[0]), releases.release(args[1])
+    except ValueError as exc:
+        session.error(str(exc))
+    run_options = args[2:]
+    for chosen in (old, new):
+        refuse_a_capped_release(session, chosen.torch)
+    work = Path(session.create_tmp())
+    commit = subprocess.run(
+        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+
+    def name(chosen: Any) -> str:
+        return "".join(c if c.isalnum() or c in ".-" else "_" for c in chosen.label)
+
+    def use(chosen: Any) -> None:
+        session.install(*chosen.requirements)
+        if chosen.torchvision is None:  # an earlier release's torchvision would not import
+            session.run("python", "-m", "pip", "uninstall", "--yes", "torchvision")
+        session.install("-e", ".")
+
+    def matrix(out: str, workdir: Path, *, keep: bool = False) -> None:
+        kept = ["--keep-saves"] if keep else []
+        session.run(
+            "ckpt-matrix",
+            "run",
+            *run_options,
+            "--workdir",
+            str(workdir),
+            *kept,
+            "--out",
+            out,
+            "--overwrite",
+            success_codes=[0, 1],
+        )
+
+    before, after = name(old), name(new)
+    saved_old, saved_new = work / f"saved-with-{before}", work / f"saved-with-{after}"
+    out_old, out_new = f"results-upgrade-{before}.jsonl", f"results-upgrade-{after}.jsonl"
+    out_forward = f"results-upgrade-{before}-to-{after}.jsonl"
+    out_backward = f"results-upgrade-{after}-to-{before}.jsonl"
+    if baseline_is_kept(Path(out_old), saved_old, old.torch, commit):
+        session.log(f"{out_old}: {old.label}'s run at this commit, its checkpoints kept: reused")
+    else:
+        use(old)
+        matrix(out_old, saved_old)
+    use(new)
+    matrix(out_new, saved_new)
+    matrix(out_forward, saved_old, keep=True)
+    report_golden: list[str] = []
+    if golden is not None:
+        out_golden = f"results-upgrade-golden-{after}.jsonl"
+        session.run(
+            "ckpt-matrix",
+            "golden",
+            "verify",
+            golden,
+            "--out",
+            out_golden,
+            "--overwrite",
+            success_codes=[0, 1],
+        )
+        report_golden = ["--golden", out_golden]
+    use(old)
+    matrix(out_backward, saved_new, keep=True)
+    session.run(
+        "ckpt-matrix",
+        "upgrade-report",
+        out_old,
+        out_new,
+        out_forward,
+        "--backward",
+        out_backward,
+        *report_golden,
+        "--markdown",
+        "certification-upgrade.md",
+        "--html",
+        "certification-upgrade.html",
+        success_codes=[0, 1],
+    )
+    if not Path("certification-upgrade.md").read_text().startswith("# CERTIFIED"):
+        session.error("not certified: certification-upgrade.md says what changed")
+
+
+def baseline_is_kept(out: Path, saved: Path, torch: str, commit: str) -> bool:
+    """Whether ``out`` is a finished run of ``torch`` at ``commit`` whose checkpoints are still in
+    ``saved``: the older release's run need not be made again."""
+    if not (out.is_file() and (saved / "artifacts").is_dir()):
+        return False
+    try:
+        header = json.loads(out.read_text().splitlines()[0])
+    except (ValueError, IndexError):
+        return False
+    environment = header.get("environment", header)
+    version = torch.split("==", 1)[-1]
+    return str(environment.get("torch", "")).startswith(version) and (
+        environment.get("git_commit") == commit
+    )

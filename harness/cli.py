@@ -1,5 +1,5 @@
-"""The ``ckpt-matrix`` command: ``run``, ``list``, ``inventory``, ``report``, ``diff``, ``merge``,
-``inspect``, ``golden``."""
+"""The ``ckpt-matrix`` command: ``run``, ``list``, ``inventory``, ``report``, ``diff``,
+``upgrade-report``, ``merge``, ``inspect``, ``golden``."""
 
 from __future__ import annotations
 
@@ -16,8 +16,11 @@ from pathlib import Path
 from harness.certify.diff import compare
 from harness.certify.diff import to_markdown as diff_markdown
 from harness.certify.report import report_html, report_markdown
+from harness.certify.upgrade import certify_upgrade
+from harness.certify.upgrade import to_html as upgrade_html
+from harness.certify.upgrade import to_markdown as upgrade_markdown
 from harness.core.errors import UserError
-from harness.core.results import ResultsWriter, read_results
+from harness.core.results import ResultsFile, ResultsWriter, read_results
 from harness.core.results import merge as merge_results
 from harness.core.summary import summary_table
 from harness.launchers import LauncherBroken
@@ -109,6 +112,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="cells missing from the candidate, or skipped there, are not a regression (e.g. a "
         "torch without torchvision)",
     )
+
+    upgrade = commands.add_parser(
+        "upgrade-report",
+        help="certify a torch upgrade from the runs under each release and the files the older "
+        "saved, loaded by the newer: exit 0 certified, 1 not, 2 unusable input",
+    )
+    upgrade.add_argument("old", type=Path, help="the matrix run under the older torch")
+    upgrade.add_argument("new", type=Path, help="the matrix run under the newer torch")
+    upgrade.add_argument(
+        "crossed", type=Path, help="the newer torch's run loading the files the older saved"
+    )
+    upgrade.add_argument(
+        "--backward",
+        type=Path,
+        default=None,
+        help="the older torch's run loading the files the newer saved (told, never gating)",
+    )
+    upgrade.add_argument(
+        "--golden", type=Path, default=None, help="golden verify's results under the newer torch"
+    )
+    upgrade.add_argument("--markdown", type=Path, default=None, help="write the Markdown here")
+    upgrade.add_argument("--html", type=Path, default=None, help="write the HTML page here")
 
     merge = commands.add_parser("merge", help="merge results files of several runners into one")
     merge.add_argument("out", type=Path)
@@ -281,6 +306,26 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return result.exit_code(allow_missing=args.allow_missing, fail_on_flaky=args.fail_on_flaky)
 
 
+def cmd_upgrade_report(args: argparse.Namespace) -> int:
+    def optional(path: Path | None) -> ResultsFile | None:
+        return None if path is None else read_results(path)
+
+    upgrade = certify_upgrade(
+        read_results(args.old),
+        read_results(args.new),
+        read_results(args.crossed),
+        backward=optional(args.backward),
+        golden=optional(args.golden),
+    )
+    text = upgrade_markdown(upgrade)
+    print(text, end="")
+    if args.markdown is not None:
+        args.markdown.write_text(text, encoding="utf-8")
+    if args.html is not None:
+        args.html.write_text(upgrade_html(upgrade), encoding="utf-8")
+    return 0 if upgrade.certified else 1
+
+
 def cmd_merge(args: argparse.Namespace) -> int:
     if args.out.exists() and not args.overwrite:
         raise UsageError(f"{args.out} exists; pass --overwrite to replace it")
@@ -330,6 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "list": cmd_list,
         "inventory": cmd_inventory,
         "diff": cmd_diff,
+        "upgrade-report": cmd_upgrade_report,
         "report": cmd_report,
         "merge": cmd_merge,
         "inspect": cmd_inspect,

@@ -1,0 +1,85 @@
+"""PyTorch releases a session installs: the requirement strings for a release, the torchvision
+built for it, and whether a pip constraint caps it. Pure and standard-library only: the noxfile
+plans with it before anything is installed.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+# torchvision's release for each torch minor release (torchvision 0.(N+15) goes with torch 2.N;
+# its patch follows torch's). None known for a torch newer than this table.
+TORCHVISION_MINOR = {minor: minor + 15 for minor in range(4, 15)}
+
+
+@dataclass(frozen=True)
+class Release:
+    """What to install for one torch release: torch, and torchvision where one is built for it."""
+
+    label: str  # "2.15.0", or the requirement strings as given
+    torch: str  # "torch==2.15.0"
+    torchvision: str | None  # "torchvision==0.29.1"; None: no release is known for this torch
+
+    @property
+    def requirements(self) -> list[str]:
+        return [self.torch] + ([self.torchvision] if self.torchvision else [])
+
+    @property
+    def without_torchvision(self) -> str:
+        """Why the vision models' cells do not run under this release, or ""."""
+        if self.torchvision:
+            return ""
+        return f"no torchvision is known for {self.torch}: the vision models' cells are not run"
+
+
+_VERSION = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
+
+
+def release(text: str) -> Release:
+    """``"2.15.0"`` (torch and the torchvision built for it) or requirement strings as pip takes
+    them (``"torch==2.14.1 torchvision==0.29.1"``). Raises ValueError naming what it expected."""
+    text = text.strip()
+    match = _VERSION.match(text)
+    if match is not None:
+        major, minor, patch = (int(part) for part in match.groups())
+        vision_minor = TORCHVISION_MINOR.get(minor) if major == 2 else None
+        vision = None if vision_minor is None else f"torchvision==0.{vision_minor}.{patch}"
+        return Release(label=text, torch=f"torch=={text}", torchvision=vision)
+    words = text.split()
+    torch = [word for word in words if re.match(r"^torch\b(?!vision)", word)]
+    if len(torch) != 1:
+        raise ValueError(
+            f"{text!r}: give a torch version (2.15.0) or requirement strings with one torch "
+            'requirement ("torch==2.14.1 torchvision==0.29.1")'
+        )
+    visions = [word for word in words if word.startswith("torchvision")]
+    return Release(label=text, torch=torch[0], torchvision=visions[0] if visions else None)
+
+
+def pinned_version(requirement: str) -> str | None:
+    """The version ``torch==X`` pins, or None for any other requirement."""
+    match = re.match(r"^[A-Za-z0-9_.-]+==([0-9][^;\s]*)$", requirement.strip())
+    return match.group(1) if match else None
+
+
+def cap_of(constraints: str, package: str) -> str | None:
+    """The ``package<=X`` or ``package<X`` line of a pip constraints file, if it has one."""
+    for line in constraints.splitlines():
+        match = re.match(rf"^\s*{re.escape(package)}\s*(<=?)\s*([0-9][\w.]*)", line)
+        if match:
+            return f"{package}{match.group(1)}{match.group(2)}"
+    return None
+
+
+def _key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", version.split("+")[0])[:3])
+
+
+def exceeds(version: str, cap: str) -> bool:
+    """Whether ``version`` lies beyond a cap such as ``torch<=2.14.1`` (or ``<2.15``)."""
+    match = re.match(r"^[A-Za-z0-9_.-]+(<=?)([0-9][\w.]*)$", cap)
+    if match is None:
+        return False
+    operator, bound = match.groups()
+    return _key(version) > _key(bound) if operator == "<=" else _key(version) >= _key(bound)
