@@ -35,7 +35,7 @@ _NUMBER = re.compile(r"[0-9]+")
 # of it `import torch`; docs/performance.md, "One worker"). Powers of two and their halves, so sums
 # are exact in floating point whatever their order.
 TINY_MODEL = 1.0
-TORCHVISION_MODEL = 4.0  # torchvision's import (it pulls torch._dynamo in) and a real network
+LARGE_MODEL = 4.0  # a real network (resnet): its build, its forward passes, torchvision's import
 TRAIN_STATE = 1.5  # the saver trains with an optimizer and scheduler, the loader resumes them
 GPU_VISIBLE = 1.75  # a worker that sees a GPU initialises CUDA (docs/performance.md, "On one H200")
 
@@ -212,7 +212,7 @@ def _indexed(text: str, where: str, environ: Mapping[str, str]) -> Shard:
 
 
 def _worker_cost(cell: Cell, *, visible: bool) -> float:
-    cost = TORCHVISION_MODEL if cell.model_spec.needs_torchvision else TINY_MODEL
+    cost = LARGE_MODEL if cell.model_spec.large else TINY_MODEL
     if cell.training:
         cost *= TRAIN_STATE
     if visible:
@@ -223,9 +223,9 @@ def _worker_cost(cell: Cell, *, visible: bool) -> float:
 def estimate_cost(cell: Cell) -> float:
     """A rough relative cost of the cell's load worker, in units of one tiny-model CPU worker.
 
-    A worker's time is mostly interpreter start-up and imports, so a torchvision model (resnet:
-    torchvision's imports and a real network) costs :data:`TORCHVISION_MODEL` (4) units, a tiny
-    one 1; a train_state cell (an optimizer and scheduler to build and resume) costs
+    A worker's time is mostly interpreter start-up and imports, so a large model (a resnet: a
+    real network, and torchvision's imports where it needs them) costs :data:`LARGE_MODEL` (4)
+    units, a tiny one 1; a train_state cell (an optimizer and scheduler to build and resume) costs
     :data:`TRAIN_STATE` (1.5) times as much, and a worker that sees a GPU :data:`GPU_VISIBLE`
     (1.75) times. The save a cell shares with others is counted once per group, by
     :func:`save_cost` (a single cell cannot know how many share it).

@@ -77,6 +77,8 @@ class ModelSpec:
     summary: str
     declared: ModelTraits | None  # the zoo's own; None for a user's model (measured only)
     needs_torchvision: bool = False
+    # a real network (megabytes of weights, seconds to build and run): its cells cost more
+    large: bool = False
     in_default_run: bool = True
     # it gives a tensor-parallel plan (harness.worker.meshes.TP_PLANS), which the tp layouts need
     tensor_parallel: bool = False
@@ -146,11 +148,12 @@ MODELS: dict[str, ModelSpec] = {
         ),
         ModelSpec(
             name="resnet18",
-            summary="torchvision resnet18(weights=None), seeded",
+            summary="torchvision's resnet18(weights=None, num_classes=10) written with torch.nn "
+            "alone: bitwise torchvision's for the same seed, and no torchvision needed",
             declared=ModelTraits(
                 top_level_module_attr=False, nested_module_dot=False, integer_tensors=True
             ),
-            needs_torchvision=True,
+            large=True,
         ),
         ModelSpec(
             name="resnet152",
@@ -159,6 +162,7 @@ MODELS: dict[str, ModelSpec] = {
                 top_level_module_attr=False, nested_module_dot=False, integer_tensors=True
             ),
             needs_torchvision=True,
+            large=True,
             in_default_run=False,
         ),
     )

@@ -183,11 +183,70 @@ class Block(nn.Module):
         return out
 
 
-def _resnet(depth: int) -> nn.Module:
+class BasicBlock(nn.Module):
+    """torchvision's ResNet basic block: two 3x3 convolutions with batch norm, and a 1x1
+    projection where the block changes stride or width."""
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample: nn.Module | None = None
+        if stride != 1 or inplanes != planes:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(inplanes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        result: torch.Tensor = self.relu(out + identity)
+        return result
+
+
+class ResNet18(nn.Module):
+    """torchvision's ``resnet18(weights=None, num_classes=10)`` written with torch.nn alone: the
+    same modules built in the same order and initialised as torchvision initialises them, so the
+    same seed gives the same state_dict, key for key and bit for bit (tested where torchvision is
+    installed), and the vision cells run under a torch no torchvision is built for."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        widths, inplanes = (64, 128, 256, 512), 64
+        for index, planes in enumerate(widths, start=1):
+            stride = 1 if index == 1 else 2
+            layer = nn.Sequential(BasicBlock(inplanes, planes, stride), BasicBlock(planes, planes))
+            setattr(self, f"layer{index}", layer)
+            inplanes = planes
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(512, num_classes)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.constant_(module.weight, 1)
+                nn.init.constant_(module.bias, 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        for index in range(1, 5):
+            x = getattr(self, f"layer{index}")(x)
+        out: torch.Tensor = self.fc(torch.flatten(self.avgpool(x), 1))
+        return out
+
+
+def _resnet152() -> nn.Module:
     import torchvision  # only workers whose model needs it pay for the import
 
-    factory = {18: torchvision.models.resnet18, 152: torchvision.models.resnet152}[depth]
-    model: nn.Module = factory(weights=None, num_classes=10)
+    model: nn.Module = torchvision.models.resnet152(weights=None, num_classes=10)
     return model
 
 
@@ -238,9 +297,9 @@ def build(name: str, *, seed: int) -> nn.Module:
     if name == "block":
         return Block()
     if name == "resnet18":
-        return _resnet(18)
+        return ResNet18()
     if name == "resnet152":
-        return _resnet(152)
+        return _resnet152()
     raise ValueError(f"the worker cannot build model {name!r}")
 
 

@@ -119,7 +119,7 @@ def halves() -> dict[str, Plan]:
     """The cover in two halves of about the same cost under spawn, one per test, so that
     pytest-xdist runs them side by side; the cells that load one save stay together."""
     matrix = expand(load_scenarios(default_scenarios_dir()), subsets=[])
-    cells = [cell for cell in matrix.cells if not MODELS[cell.model].needs_torchvision]
+    cells = [cell for cell in matrix.cells if not MODELS[cell.model].large]
     cover = cheapest_cover(cells, LAUNCHER_AXES, spawned_s, shared_s, preference)
     groups: dict[SaveKey, list[Cell]] = defaultdict(list)
     for cell in cover:
@@ -192,7 +192,7 @@ def test_the_cover_has_every_recipe_format_and_wrapper_and_a_reshard() -> None:
     )
     assert {cell.save_wrapper for cell in cells} == set(Wrapper)
     assert any(map(reshards, cells))
-    assert not any(MODELS[cell.model].needs_torchvision for cell in cells)
+    assert not any(MODELS[cell.model].large for cell in cells)
     # a save of each kind of saving process is made under spawn, once
     first, second = (half.spawn_saves for half in halves().values())
     assert not first & second

@@ -243,9 +243,9 @@ def test_a_zoo_model_whose_package_is_missing_keeps_its_declared_traits(
     from harness.worker import probe
 
     monkeypatch.setattr(probe, "_installed", lambda package: package != "torchvision")
-    measured = measure_model("resnet18")
+    measured = measure_model("resnet152")  # torchvision's own (the zoo's resnet18 needs none)
     assert measured["declared"] is True
-    assert ModelTraits.from_json(measured["traits"]) == MODELS["resnet18"].declared
+    assert ModelTraits.from_json(measured["traits"]) == MODELS["resnet152"].declared
 
 
 @pytest.mark.usefixtures("user_models")
@@ -392,3 +392,21 @@ def test_another_plan_swaps_every_style_of_the_models_own() -> None:
         expected = RowwiseParallel if style == "colwise" else ColwiseParallel
         assert type(other[path]) is expected, path
         assert type(own[path]) is not expected, path
+
+
+def test_the_zoos_resnet18_is_torchvisions_bit_for_bit_without_torchvision() -> None:
+    """The same seed gives torchvision's resnet18 state_dict, key for key and bit for bit, and
+    the same forward output; the zoo's needs no torchvision to build it."""
+    torchvision = pytest.importorskip("torchvision", reason="compared with torchvision's own")
+
+    ours = build("resnet18", seed=3).eval()
+    torch.manual_seed(3)
+    theirs = torchvision.models.resnet18(weights=None, num_classes=10).eval()
+    mine, reference = ours.state_dict(), theirs.state_dict()
+    assert list(mine) == list(reference)
+    assert all(torch.equal(mine[key], reference[key]) for key in mine)
+    batch = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(ours(batch), theirs(batch))
+    assert not MODELS["resnet18"].needs_torchvision
+    assert type(ours).__module__ == "harness.worker.models"
