@@ -27,6 +27,7 @@ class Crossing:
     crossed: list[CellResult] = field(default_factory=list)  # saved under one, loaded under other
     unexpected: list[CellResult] = field(default_factory=list)  # crossed, and FAIL/XPASS/ERROR
     saved_again: list[CellResult] = field(default_factory=list)  # the loading torch saved it
+    broken: list[CellResult] = field(default_factory=list)  # a job broke before naming a torch
     not_run: list[CellResult] = field(default_factory=list)  # SKIP, with the reason
 
 
@@ -38,7 +39,8 @@ def _torch(result: CellResult, key: str) -> str:
 def crossing(results: ResultsFile, saved: str, loaded: str) -> Crossing:
     """Each cell of ``results`` by what it shows: loaded under ``loaded`` from a file saved under
     ``saved`` (crossed: as predicted or not), saved again by the loading torch (it did not
-    cross), or not run. A version matches by its release (``2.15.0`` is ``2.15.0+cu132``)."""
+    cross), broken before its result named a torch (an ERROR: a job that crashed), or not run.
+    A version matches by its release (``2.15.0`` is ``2.15.0+cu132``)."""
     found = Crossing(saved=saved, loaded=loaded)
     for result in results.results:
         if result.outcome is Outcome.SKIP:
@@ -49,8 +51,10 @@ def crossing(results: ResultsFile, saved: str, loaded: str) -> Crossing:
             found.crossed.append(result)
             if result.outcome.fails_run:
                 found.unexpected.append(result)
-        elif before.startswith(loaded) or result.outcome.fails_run:
+        elif before.startswith(loaded):
             found.saved_again.append(result)
+        elif result.outcome.fails_run:
+            found.broken.append(result)
         else:  # a save refused under the older torch: no file to load, its refusal crossed
             found.crossed.append(result)
     return found
@@ -96,6 +100,7 @@ class Upgrade:
             or self.lost()
             or self.forward.unexpected
             or self.forward.saved_again
+            or self.forward.broken
             or self.golden_failures
         )
 
@@ -122,6 +127,8 @@ class Upgrade:
                 )
             if self.forward.saved_again:
                 found.append(f"{len(self.forward.saved_again)} cell(s) did not cross")
+            if self.forward.broken:
+                found.append(f"{len(self.forward.broken)} crossing job(s) broke")
             if self.golden_failures:
                 found.append(f"{len(self.golden_failures)} golden file(s) failed")
             text = f"NOT CERTIFIED: {head}: {', '.join(found)}; {ran}"
@@ -177,12 +184,14 @@ def _crossing_lines(found: Crossing, title: str) -> list[str]:
         "",
         f"{len(found.crossed)} cells saved under {found.saved} and loaded under {found.loaded}: "
         + ", ".join(f"{count} {outcome}" for outcome, count in counts.items() if count)
-        + f"; {len(found.saved_again)} did not cross, {len(found.not_run)} not run.",
+        + f"; {len(found.saved_again)} did not cross, {len(found.broken)} broke before naming a "
+        f"torch, {len(found.not_run)} not run.",
         "",
     ]
     for cells, heading in (
         (found.unexpected, "Not as predicted"),
         (found.saved_again, "Saved again by the loading torch (did not cross)"),
+        (found.broken, "Broken before naming a torch (a job crashed)"),
     ):
         if cells:
             lines += [f"{heading} ({len(cells)}):", "", "| cell | outcome | reason |"]

@@ -8,8 +8,10 @@ more jobs, and the run must stop (its results so far are kept; ``--resume`` cont
 
 from __future__ import annotations
 
+import collections
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -98,9 +100,46 @@ def torchrun_failures(log: str) -> list[tuple[int, int | None]]:
     return failed
 
 
+# Ports this process has handed out lately: never handed out again while another job may hold it.
+_HANDED: collections.deque[int] = collections.deque(maxlen=512)
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def rendezvous_ports(ephemeral: tuple[int, int] | None) -> range:
+    """Where a job's rendezvous port is chosen: below the range the kernel hands client sockets
+    from (``ip_local_port_range``), so that no connection another job opens can take it between
+    the probe and the rank 0 that listens on it; the whole unprivileged range where the kernel's
+    is not known, or leaves too little below it."""
+    low = 10000
+    if ephemeral is not None and ephemeral[0] - low >= 1000:
+        return range(low, ephemeral[0])
+    return range(1024, 65536)
+
+
+def _ephemeral_range() -> tuple[int, int] | None:
+    try:
+        low, high = (int(part) for part in EPHEMERAL_RANGE.read_text().split())
+    except (OSError, ValueError):
+        return None
+    return low, high
+
+
 def free_port() -> int:
-    """A TCP port on the loopback that was free a moment ago, for one job's rendezvous."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+    """A TCP port on the loopback, free a moment ago, for one job's rendezvous: drawn from
+    :func:`rendezvous_ports`, probed, and not one this process handed out lately."""
+    ports = rendezvous_ports(_ephemeral_range())
+    for _ in range(200):
+        port = random.choice(ports)
+        if port in _HANDED:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED.append(port)
+        return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:  # a crowded machine
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
 

@@ -310,6 +310,19 @@ def describe(exc: BaseException) -> str:
     return f"{ranks}\n{exc}"
 
 
+def _checkpoint_exception() -> type[BaseException]:
+    """torch.distributed.checkpoint's CheckpointException, a BaseException a load of one process
+    raises too (dcp.load with no_dist), where this torch has it."""
+    try:
+        from torch.distributed.checkpoint.api import CheckpointException
+    except ImportError:  # a torch built without torch.distributed
+        return Exception
+    return CheckpointException
+
+
+CheckpointError = _checkpoint_exception()
+
+
 def run_load(spec: LoadSpec) -> dict[str, Any]:
     started = time.perf_counter()
     ctx = LoadContext(spec)
@@ -322,7 +335,7 @@ def run_load(spec: LoadSpec) -> dict[str, Any]:
             report["dp_device_ids"] = list(model.device_ids)
         tensors = fingerprint(model)
         output, output_device = output_digest(model, spec.model)
-    except Exception as exc:
+    except (Exception, CheckpointError) as exc:
         report.update(raised(exc))
     else:
         report.update(

@@ -139,6 +139,7 @@ def test_crossing_sorts_each_cell_by_the_torches_it_names(tmp_path: Path) -> Non
                 result("tied", saved=NEW, loaded=NEW),
                 result("block", Outcome.SKIP),
                 result("dropout", Outcome.XPASS),
+                replace(result("mixed_dtypes", Outcome.ERROR), observed=None),  # a job crashed
             ],
         )
     )
@@ -146,4 +147,5 @@ def test_crossing_sorts_each_cell_by_the_torches_it_names(tmp_path: Path) -> Non
     assert [r.cell.model for r in found.crossed] == ["trap", "dropout"]
     assert [r.cell.model for r in found.unexpected] == ["dropout"]
     assert [r.cell.model for r in found.saved_again] == ["tied"]
+    assert [r.cell.model for r in found.broken] == ["mixed_dtypes"]
     assert [r.cell.model for r in found.not_run] == ["block"]

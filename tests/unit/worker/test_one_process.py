@@ -309,3 +309,35 @@ def test_a_stale_index_is_named_with_its_shard(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"a stale index") as raised:
         PERFORM["safetensors_index"](LoadContext(spec))
     assert first in str(raised.value)
+
+
+def test_a_checkpoint_exception_of_one_process_is_a_raised_load_not_a_crash(tmp_path: Path) -> None:
+    """dcp.load(no_dist=True) raises CheckpointException, a BaseException (here: a folder whose
+    .metadata is gone, as a torch that writes another metadata fails to read it)."""
+    import warnings
+
+    from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
+
+    from harness.worker.one_process import artifact_sha256
+
+    folder = tmp_path / "dcp"
+    with warnings.catch_warnings():  # "assuming the intent is to save in a single process"
+        warnings.simplefilter("ignore")
+        dcp_save(
+            {"model": build("trap", seed=0).state_dict()}, checkpoint_id=str(folder), no_dist=True
+        )
+    (folder / ".metadata").unlink()
+    spec = LoadSpec(
+        cell_id="c",
+        model="trap",
+        layout="single",
+        recipe="dcp_no_dist",
+        artifact_path=str(folder),
+        artifact_sha256=artifact_sha256(folder),
+        report_path=str(tmp_path / "load-report.json"),
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = run_load(spec)
+    assert report["status"] == "raised"
+    assert report["exception_type"].endswith("CheckpointException")
