@@ -311,12 +311,13 @@ def upgrade(session: nox.Session) -> None:
     """Certify a torch upgrade in one command: ``nox -s upgrade -- OLD NEW [run options]
     [--golden RECORDING]`` (releases as ``2.15.0`` or ``"torch==X torchvision==Y"``).
 
-    Runs the matrix under OLD (reusing results-upgrade-OLD.jsonl where it is OLD's at this commit
-    and its checkpoints are still kept), under NEW, then loads under NEW every file OLD saved
+    Each release has its own environment, kept in .nox/releases between sessions. Runs the
+    matrix under OLD (reusing results-upgrade-OLD.jsonl where it is OLD's at this commit and its
+    checkpoints are still kept), under NEW, then loads under NEW every file OLD saved
     (``run --keep-saves``) and, not gating, under OLD every file NEW saved; verifies a golden
     recording under NEW if one is given; writes certification-upgrade.md and .html, whose first
-    line is the verdict, and fails unless it is CERTIFIED. A release without a torchvision
-    leaves the vision models' cells out, named in the verdict.
+    line is the verdict, and fails unless it is CERTIFIED. A release without a torchvision (the
+    zoo's resnet18 needs none) leaves torchvision's models out, named in the verdict.
     """
     import subprocess
 
@@ -346,16 +347,26 @@ def upgrade(session: nox.Session) -> None:
     def name(chosen: Any) -> str:
         return "".join(c if c.isalnum() or c in ".-" else "_" for c in chosen.label)
 
-    def use(chosen: Any) -> None:
-        session.install(*chosen.requirements)
-        if chosen.torchvision is None:  # an earlier release's torchvision would not import
-            session.run("python", "-m", "pip", "uninstall", "--yes", "torchvision")
-        session.install("-e", ".")
+    def use(chosen: Any) -> Path:
+        """The release's own environment (.nox/releases/LABEL), kept between sessions: made and
+        filled the first time, reused after (this checkout installed in it, editable)."""
+        root = Path(".nox") / "releases" / name(chosen)
+        python = root / "bin" / "python"
+        installed = root / "ckpt-matrix-requirements.txt"
+        if not python.exists():
+            session.run("python", "-m", "venv", str(root))
+        wanted = "\n".join(chosen.requirements) + "\n"
+        if not installed.exists() or installed.read_text() != wanted:
+            pip = [str(python), "-m", "pip", "install", "--quiet"]
+            session.run(*pip, *chosen.requirements, external=True)
+            session.run(*pip, "-e", ".", external=True)
+            installed.write_text(wanted)
+        return root / "bin"
 
-    def matrix(out: str, workdir: Path, *, keep: bool = False) -> None:
+    def matrix(tools: Path, out: str, workdir: Path, *, keep: bool = False) -> None:
         kept = ["--keep-saves"] if keep else []
         session.run(
-            "ckpt-matrix",
+            str(tools / "ckpt-matrix"),
             "run",
             "--rerun-errors",  # a job the machine broke (a port taken) once more; told as flaky
             "1",
@@ -367,6 +378,7 @@ def upgrade(session: nox.Session) -> None:
             out,
             "--overwrite",
             success_codes=[0, 1],
+            external=True,
         )
 
     before, after = name(old), name(new)
@@ -374,19 +386,18 @@ def upgrade(session: nox.Session) -> None:
     out_old, out_new = f"results-upgrade-{before}.jsonl", f"results-upgrade-{after}.jsonl"
     out_forward = f"results-upgrade-{before}-to-{after}.jsonl"
     out_backward = f"results-upgrade-{after}-to-{before}.jsonl"
+    older, newer = use(old), use(new)
     if baseline_is_kept(Path(out_old), saved_old, old.torch, commit):
         session.log(f"{out_old}: {old.label}'s run at this commit, its checkpoints kept: reused")
     else:
-        use(old)
-        matrix(out_old, saved_old)
-    use(new)
-    matrix(out_new, saved_new)
-    matrix(out_forward, saved_old, keep=True)
+        matrix(older, out_old, saved_old)
+    matrix(newer, out_new, saved_new)
+    matrix(newer, out_forward, saved_old, keep=True)
     report_golden: list[str] = []
     if golden is not None:
         out_golden = f"results-upgrade-golden-{after}.jsonl"
         session.run(
-            "ckpt-matrix",
+            str(newer / "ckpt-matrix"),
             "golden",
             "verify",
             golden,
@@ -394,12 +405,12 @@ def upgrade(session: nox.Session) -> None:
             out_golden,
             "--overwrite",
             success_codes=[0, 1],
+            external=True,
         )
         report_golden = ["--golden", out_golden]
-    use(old)
-    matrix(out_backward, saved_new, keep=True)
+    matrix(older, out_backward, saved_new, keep=True)
     session.run(
-        "ckpt-matrix",
+        str(newer / "ckpt-matrix"),
         "upgrade-report",
         out_old,
         out_new,
@@ -412,6 +423,16 @@ def upgrade(session: nox.Session) -> None:
         "--html",
         "certification-upgrade.html",
         success_codes=[0, 1],
+        external=True,
+    )
+    kept = {
+        path.name: sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        for path in (Path(".nox") / "releases").iterdir()
+    }
+    session.log(
+        "kept for the next session: "
+        + ", ".join(f"{label} {size / 2**30:.1f} GiB" for label, size in sorted(kept.items()))
+        + " in .nox/releases (remove a release's folder to free it)"
     )
     if not Path("certification-upgrade.md").read_text().startswith("# CERTIFIED"):
         session.error("not certified: certification-upgrade.md says what changed")
