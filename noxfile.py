@@ -387,7 +387,7 @@ def upgrade(session: nox.Session) -> None:
     out_forward = f"results-upgrade-{before}-to-{after}.jsonl"
     out_backward = f"results-upgrade-{after}-to-{before}.jsonl"
     older, newer = use(old), use(new)
-    if baseline_is_kept(Path(out_old), saved_old, old.torch, commit):
+    if releases.baseline_is_kept(Path(out_old), saved_old, old.torch, commit):
         session.log(f"{out_old}: {old.label}'s run at this commit, its checkpoints kept: reused")
     else:
         matrix(older, out_old, saved_old)
@@ -436,19 +436,3 @@ def upgrade(session: nox.Session) -> None:
     )
     if not Path("certification-upgrade.md").read_text().startswith("# CERTIFIED"):
         session.error("not certified: certification-upgrade.md says what changed")
-
-
-def baseline_is_kept(out: Path, saved: Path, torch: str, commit: str) -> bool:
-    """Whether ``out`` is a finished run of ``torch`` at ``commit`` whose checkpoints are still in
-    ``saved``: the older release's run need not be made again."""
-    if not (out.is_file() and (saved / "artifacts").is_dir()):
-        return False
-    try:
-        header = json.loads(out.read_text().splitlines()[0])
-    except (ValueError, IndexError):
-        return False
-    environment = header.get("environment", header)
-    version = torch.split("==", 1)[-1]
-    return str(environment.get("torch", "")).startswith(version) and (
-        environment.get("git_commit") == commit
-    )

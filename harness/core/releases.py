@@ -5,8 +5,10 @@ plans with it before anything is installed.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 # torchvision's release for each torch minor release (torchvision 0.(N+15) goes with torch 2.N;
 # its patch follows torch's). None known for a torch newer than this table.
@@ -83,3 +85,23 @@ def exceeds(version: str, cap: str) -> bool:
         return False
     operator, bound = match.groups()
     return _key(version) > _key(bound) if operator == "<=" else _key(version) >= _key(bound)
+
+
+def baseline_is_kept(out: Path, saved: Path, torch: str, commit: str) -> bool:
+    """Whether ``out`` is a finished run of ``torch`` at ``commit`` whose checkpoints are still in
+    ``saved``: the older release's run need not be made again."""
+    if not (out.is_file() and (saved / "artifacts").is_dir()):
+        return False
+    lines = out.read_text(encoding="utf-8").splitlines()
+    try:
+        environment, last = json.loads(lines[0]), json.loads(lines[-1])
+    except (ValueError, IndexError):
+        return False
+    if not (isinstance(environment, dict) and isinstance(last, dict)):
+        return False
+    version = torch.split("==", 1)[-1]
+    return (
+        last.get("kind") == "end"
+        and str(environment.get("torch", "")).startswith(version)
+        and environment.get("git_commit") == commit
+    )

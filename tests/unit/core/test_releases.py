@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
-from harness.core.releases import cap_of, exceeds, pinned_version, release
+from harness.core.releases import baseline_is_kept, cap_of, exceeds, pinned_version, release
 
 # The constraints file of a machine whose pip configuration caps torch (as the development
 # machines' does).
@@ -60,3 +63,19 @@ def test_a_cap_in_a_constraints_file_is_found_and_compared() -> None:
     assert not exceeds("2.14.9", "torch<2.15")
     assert pinned_version("torch==2.15.0") == "2.15.0"
     assert pinned_version("torch>=2.1") is None
+
+
+def test_the_older_releases_run_is_reused_only_where_it_is_whole_and_its_saves_kept(
+    tmp_path: Path,
+) -> None:
+    out, saved = tmp_path / "results-upgrade-2.14.1.jsonl", tmp_path / "saved"
+    environment = {"torch": "2.14.1+cu130", "git_commit": "abc"}
+    end = {"kind": "end", "cells_run": 1}
+    out.write_text(json.dumps(environment) + "\n" + json.dumps(end) + "\n")
+    assert not baseline_is_kept(out, saved, "torch==2.14.1", "abc")  # its checkpoints are gone
+    (saved / "artifacts").mkdir(parents=True)
+    assert baseline_is_kept(out, saved, "torch==2.14.1", "abc")
+    assert not baseline_is_kept(out, saved, "torch==2.14.1", "def")  # another commit
+    assert not baseline_is_kept(out, saved, "torch==2.13.0", "abc")  # another release
+    out.write_text(json.dumps(environment) + "\n")  # interrupted: no end line
+    assert not baseline_is_kept(out, saved, "torch==2.14.1", "abc")
