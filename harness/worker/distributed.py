@@ -21,6 +21,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,14 +30,12 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.filesystem import FileSystemReader, FileSystemWriter
-from torch.distributed.checkpoint.hf_storage import HuggingFaceStorageWriter
 from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
     get_state_dict,
 )
-from torch.distributed.checkpoint.state_dict_saver import AsyncCheckpointerType, AsyncSaveResponse
 from torch.distributed.checkpoint.state_dict_saver import async_save as dcp_async_save
 from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 from torch.distributed.checkpoint.storage import WriteResult
@@ -79,8 +78,9 @@ from harness.worker.probe import isolation_probe
 from harness.worker.training import DATA_SEED, Regime, make_regime, train_steps
 
 LR = 0.01
-# dcp.async_save's executors, and the save variant of each
-EXECUTORS = {"thread": AsyncCheckpointerType.THREAD, "process": AsyncCheckpointerType.PROCESS}
+# dcp.async_save's executor for each save variant (AsyncCheckpointerType's names); the newer
+# parts of torch.distributed.checkpoint are imported where they are used, so that a torch
+# without them still runs every other cell
 ASYNC_EXECUTORS = {SaveVariant.DCP_ASYNC: "thread", SaveVariant.DCP_ASYNC_PROCESS: "process"}
 # Where a training state keeps every rank's generator states (``rng.ranks.rank0.cpu``, ...).
 RNG_KEY = "rng.ranks"
@@ -318,6 +318,15 @@ def output_digest(model: nn.Module, name: str) -> str | None:
         return forward_digest(call(model, example_input(name, device())), name)[0]
 
 
+def upload(response: object) -> Future[Any]:
+    """The future that completes once an asynchronous save is written: an AsyncSaveResponse's
+    upload (newer torch: staging, then the upload), or the future dcp.async_save returns."""
+    done = getattr(response, "upload_completion", response)
+    if not isinstance(done, Future):
+        raise TypeError(f"dcp.async_save returned {type(response).__name__}, not a future")
+    return done
+
+
 def save_dcp(state: dict[str, Any], final: Path, *, executor: str | None = None) -> None:
     """dcp.save from every rank into a folder beside ``final``, renamed by rank 0 once every
     shard is written: the checkpoint appears whole or not at all. ``executor`` (``thread`` or
@@ -335,13 +344,15 @@ def save_dcp(state: dict[str, Any], final: Path, *, executor: str | None = None)
         group = dist.new_group(backend="gloo")
         if not isinstance(group, dist.ProcessGroup):  # every rank is a member
             raise RuntimeError(f"rank {rank()} is outside the new process group")
+        from torch.distributed.checkpoint.state_dict_saver import AsyncCheckpointerType
+
         response = dcp_async_save(
             state,
             checkpoint_id=str(partial),
             process_group=group,
-            async_checkpointer_type=EXECUTORS[executor],
+            async_checkpointer_type=AsyncCheckpointerType[executor.upper()],
         )
-        done = response.upload_completion if isinstance(response, AsyncSaveResponse) else response
+        done = upload(response)
         done.result()
         dist.barrier()  # every rank's future has completed: the checkpoint is whole
         dcp_save(state, checkpoint_id=str(synchronous))
@@ -371,6 +382,8 @@ def save_hf(state: dict[str, Any], final: Path, *, in_place: bool = False) -> No
     consolidation finds the shards with an unescaped glob of the folder's path (torch 2.14),
     which a cell's folder name ('[cpu]') defeats: the folder is written where the path holds
     no glob metacharacter, then moved, unless ``in_place`` (the known-bad recipe's)."""
+    from torch.distributed.checkpoint.hf_storage import HuggingFaceStorageWriter
+
     partial = final.with_name(final.name + ".partial")
     if not in_place and glob.escape(str(partial)) != str(partial):
         made = tempfile.mkdtemp(prefix="hf-") if rank() == 0 else ""
@@ -451,6 +464,7 @@ def save_interrupted(state: dict[str, Any], final: Path, *, early_marker: bool) 
     reached, gate = threading.Event(), threading.Event()
     writer = GatedWriter(live / second, reached, gate)
     response = dcp_async_save(state, storage_writer=writer, process_group=group)
+    done = upload(response)
     if early_marker:
         mark_latest(live, second)
     if rank() == 0:  # the coordinator writes the metadata: its writer holds the gate
@@ -464,7 +478,6 @@ def save_interrupted(state: dict[str, Any], final: Path, *, early_marker: bool) 
             copy.rename(final)
         finally:
             gate.set()
-    done = response.upload_completion if isinstance(response, AsyncSaveResponse) else response
     done.result()
     dist.barrier()
     if not early_marker:
