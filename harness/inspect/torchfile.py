@@ -287,7 +287,12 @@ def _walk_once(
     them (the tar format's ids are tensor keys)."""
     storages: dict[str, Storage] = {}
 
-    def persistent(pid: Any) -> PersistentRef:
+    def persistent(pid: Any) -> Any:
+        if isinstance(pid, tuple) and len(pid) > 1 and pid[0] == "module":
+            # the legacy format's id of a module's class, ("module", class, source file,
+            # source): a whole model's class, which NEWOBJ then calls (torch.load answers the
+            # class, as here its stand-in)
+            return pid[1]
         ref = PersistentRef(ident=tuple(pid) if isinstance(pid, tuple) else (pid,))
         storage = Storage(ref.ident)
         if storage.ok:

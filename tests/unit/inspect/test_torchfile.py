@@ -52,6 +52,21 @@ def test_a_whole_model_lists_module_names_and_its_classes_as_refused(tmp_path: P
     assert contents.others[0].type == "torch.nn.modules.container.Sequential"
 
 
+def test_a_whole_model_in_the_legacy_format_is_intact_not_corrupt(tmp_path: Path) -> None:
+    # the legacy format persists each module's class as ("module", class, file, source) and
+    # calls it with NEWOBJ: once read as a damaged pickle, a false alarm on every such file
+    path = tmp_path / "whole-legacy.pt"
+    torch.save(checkpoints.model(), path, _use_new_zipfile_serialization=False)
+    contents = read_contents(path)
+    zipped = read_contents(checkpoints.zip_file(tmp_path))
+    assert contents.format is FileFormat.LEGACY
+    assert not contents.defects
+    assert [t.path for t in contents.tensors][:2] == ["0.weight", "0.bias"]
+    assert len(contents.tensors) == len(zipped.tensors)
+    assert "torch.nn.modules.container.Sequential" in contents.refused
+    assert contents.others[0].type == "torch.nn.modules.container.Sequential"
+
+
 def test_saved_locations_come_from_the_file(tmp_path: Path) -> None:
     from harness.worker.one_process import save_atomic, tagged_as
 
