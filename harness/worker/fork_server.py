@@ -11,7 +11,9 @@ if either ever happened, the zygote refuses to fork, says why and exits):
 - It never runs a torch operation: once a process has computed anything, children forked from
   it can hang at their first operation (OpenMP after fork). It only imports. A
   ``TorchFunctionMode`` watches it from before the imports on: any torch function that takes or
-  returns a tensor counts as computing. A new thread (a thread pool started) counts too.
+  returns a tensor counts as computing, but for torch's own modules computing on small tensors
+  as they are imported (``torch_import_work``: some releases do). A new thread (a thread
+  pool started) counts too.
 - It never touches CUDA: CUDA reads ``CUDA_VISIBLE_DEVICES`` when a process first initialises
   it, so each child sets its own environment right after the fork and only then, in its job,
   initialises CUDA with the devices it was given. A child forked from a process that had
@@ -147,7 +149,15 @@ def watch_torch() -> Watch:
         ) -> Any:
             result = func(*args, **(kwargs or {}))
             tensors = [*args, *(kwargs or {}).values(), result]
-            if watch.computed is None and any(isinstance(t, torch.Tensor) for t in tensors):
+            if (
+                watch.computed is None
+                and any(isinstance(t, torch.Tensor) for t in tensors)
+                and not torch_import_work(
+                    _stack_files(),
+                    str(Path(torch.__file__).parent),
+                    max(t.numel() for t in tensors if isinstance(t, torch.Tensor)),
+                )
+            ):
                 watch.computed = f"{_name(func)}{_caller(torch.__file__)}"
             return result
 
@@ -197,6 +207,38 @@ def _name(func: Any) -> str:
         if name.startswith(inner):
             return outer + name.removeprefix(inner)
     return name
+
+
+# ATen's at::internal::GRAIN_SIZE: parallel_for runs a range smaller than this in the calling
+# thread, so an operation on tensors of fewer elements enters no parallel region
+GRAIN_SIZE = 32768
+
+
+def torch_import_work(files: Sequence[str], torch_dir: str, elements: int) -> bool:
+    """Whether a torch function called from these frames (their files, innermost first) on
+    tensors of at most ``elements`` elements is torch's own module computing as it is imported:
+    the innermost frame outside torch and this module is the import machinery's, and the tensors
+    are too small for a parallel region, so no thread pool starts (one would show as threads,
+    which the watch counts). Some releases do this (2.6.0's ``torch._dynamo`` fills a table by
+    applying operators to ``torch.ones(1)``). Any computation that code outside torch asked for,
+    at import or later, counts. Pure."""
+    if elements >= GRAIN_SIZE:
+        return False
+    for name in files:
+        if name.startswith(torch_dir) or name == __file__:
+            continue
+        return name.startswith("<frozen importlib")
+    return False
+
+
+def _stack_files() -> list[str]:
+    """The files of the calling frames, innermost first."""
+    files = []
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None:
+        files.append(frame.f_code.co_filename)
+        frame = frame.f_back
+    return files
 
 
 def _caller(torch_file: str) -> str:

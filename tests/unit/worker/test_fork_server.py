@@ -12,11 +12,13 @@ import pytest
 
 from harness.worker.entry import ZygoteOptions, zygote_options
 from harness.worker.fork_server import (
+    GRAIN_SIZE,
     UnsafeImport,
     Watch,
     fork_hazard,
     import_modules,
     thread_count,
+    torch_import_work,
     watch_torch,
 )
 
@@ -166,3 +168,50 @@ def test_a_module_that_asks_for_the_cuda_devices_at_import_is_unsafe(user_module
         caught.value.hazard
     )
     assert (torch.cuda.device_count, torch._C._cuda_getDeviceCount) == originals  # put back
+
+
+# The stack of torch 2.6.0's torch.ones(1) in torch._dynamo as the zygote's imports ran it
+# (recorded; innermost first, this module's handler left out, site-packages shortened).
+TORCH = "/venv/lib/python3.11/site-packages/torch"
+DYNAMO_AT_IMPORT = [
+    f"{TORCH}/_dynamo/variables/torch_function.py",
+    f"{TORCH}/_dynamo/variables/torch_function.py",
+    "<frozen importlib._bootstrap>",
+    "<frozen importlib._bootstrap_external>",
+    "<frozen importlib._bootstrap>",
+    f"{TORCH}/_dynamo/codegen.py",
+    "<frozen importlib._bootstrap>",
+    f"{TORCH}/distributed/fsdp/__init__.py",
+    "<frozen importlib._bootstrap>",
+    "/work/harness/worker/one_process.py",
+    "/work/harness/worker/fork_server.py",
+]
+
+
+def test_torch_computing_small_tensors_as_it_is_imported_is_not_a_hazard() -> None:
+    assert torch_import_work(DYNAMO_AT_IMPORT, TORCH, elements=1)
+
+
+@pytest.mark.parametrize(
+    ("files", "elements"),
+    [
+        # a tensor large enough for a parallel region, even in torch's own import
+        (DYNAMO_AT_IMPORT, GRAIN_SIZE),
+        # a user's module building a model at import: torch.nn's init called from its body
+        (
+            [
+                f"{TORCH}/nn/init.py",
+                f"{TORCH}/nn/modules/linear.py",
+                "/u/model.py",
+                *DYNAMO_AT_IMPORT[2:],
+            ],
+            1,
+        ),
+        # the harness or a user computing directly, after the imports
+        (["/work/harness/worker/job.py"], 1),
+        # nothing outside torch at all: not an import
+        ([f"{TORCH}/_dynamo/variables/torch_function.py"], 1),
+    ],
+)
+def test_any_other_computation_counts(files: list[str], elements: int) -> None:
+    assert not torch_import_work(files, TORCH, elements=elements)
