@@ -39,8 +39,6 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.checkpoint.state_dict_saver import async_save as dcp_async_save
 from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 from torch.distributed.checkpoint.storage import WriteResult
-from torch.distributed.fsdp import FSDPModule
-from torch.distributed.tensor import DTensor
 
 from harness.core.axes import Layout, SaveVariant, Wrapper, tensor_parallel_ranks
 from harness.core.classify import classify_exception
@@ -56,6 +54,7 @@ from harness.core.jobspec import (
 )
 from harness.core.outcomes import ErrorClass
 from harness.worker.fingerprint import forward_digest, nested_tensors, tensor_record
+from harness.worker.fsdp2_api import DTensor, FSDPModule
 from harness.worker.meshes import device_mesh, place
 from harness.worker.models import (
     backward,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
-from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor.parallel import (
     ColwiseParallel,
     ParallelStyle,
@@ -17,6 +16,7 @@ from torch.distributed.tensor.parallel import (
 )
 
 from harness.core.axes import Layout
+from harness.worker.fsdp2_api import fully_shard
 
 # A zoo model's tensor-parallel plan, as torchtitan writes a transformer's: the projections into
 # the heads and into the MLP's hidden layer split by columns (each rank computes its own heads
