@@ -5,6 +5,7 @@ plans with it before anything is installed.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from dataclasses import dataclass
@@ -105,3 +106,92 @@ def baseline_is_kept(out: Path, saved: Path, torch: str, commit: str) -> bool:
         and str(environment.get("torch", "")).startswith(version)
         and environment.get("git_commit") == commit
     )
+
+
+# The release ladder (``nox -s ladder``): what each release saves, as the columns of its table.
+# Each names the cells of scenarios/ladder.toml it holds; a release that cannot save a column's
+# files has its cells left out of its run (``ladder_selection``), and the table says why.
+LADDER_COLUMNS = (
+    "weights zip",
+    "weights legacy",
+    "whole zip",
+    "whole legacy",
+    "train_state zip",
+    "train_state legacy",
+    "safetensors",
+    "safetensors sharded",
+    "dcp fsdp2x1",
+    "dcp fsdp2x2",
+)
+# The oldest torch the harness runs under (pyproject's torch>=2.1), and the first whose FSDP2
+# runs on the CPU: fully_shard came with 2.4, but until 2.7 its forward asks the CPU stream for
+# record_event, which it lacks (pytorch#145935 added it). The ladder's FSDP2 ranks run on the CPU
+# (gloo) on every runner, so that its table is the same everywhere.
+OLDEST = "2.1.0"
+FIRST_FSDP2_ON_CPU = "2.7.0"
+
+
+def ladder_column(
+    file_format: str, serialization: str, recipe: str, save_layout: str, save_world: int
+) -> str:
+    """The ladder table's column of a cell: its file format, how torch.save wrote it (zip or
+    legacy), a sharded safetensors checkpoint apart, DCP by the FSDP2 world size that saved it."""
+    if file_format in ("weights", "whole", "train_state"):
+        return f"{file_format} {serialization or 'zip'}"
+    if file_format == "safetensors":
+        return "safetensors sharded" if recipe.startswith("safetensors_index") else "safetensors"
+    if file_format == "dcp":
+        return f"dcp {save_layout}x{save_world}"
+    return file_format
+
+
+def ladder_unsupported(version: str) -> dict[str, str]:
+    """The ladder's columns a torch release cannot save, each with why. Raises ValueError for a
+    release older than the harness runs under."""
+    if _key(version) < _key(OLDEST):
+        raise ValueError(
+            f"torch {version}: the harness runs under torch {OLDEST} or newer (pyproject's "
+            "torch requirement); give newer releases"
+        )
+    if _key(version) < _key(FIRST_FSDP2_ON_CPU):
+        why = (
+            f"torch {version}'s FSDP2 does not run on the CPU (record_event on the CPU stream "
+            f"came with {FIRST_FSDP2_ON_CPU}, pytorch#145935)"
+        )
+        return {column: why for column in LADDER_COLUMNS if column.startswith("dcp ")}
+    return {}
+
+
+def ladder_selection(version: str) -> str | None:
+    """The ``run -k`` expression that leaves out the cells ``version`` cannot save, or None."""
+    if any(column.startswith("dcp ") for column in ladder_unsupported(version)):
+        return "not fmt=dcp"
+    return None
+
+
+def ladder_plan(releases: list[str]) -> tuple[list[Release], Release]:
+    """The ladder's releases as given, oldest to newest: each older one saves, the last loads.
+    Raises ValueError for fewer than two, a release given twice, or one older than the harness
+    runs under."""
+    if len(releases) < 2:
+        raise ValueError(
+            "give two or more releases, the newest last: nox -s ladder -- 2.4.1 2.6.0 2.15.0"
+        )
+    # the ladder's models are the zoo's own (its resnet18 is written with torch.nn alone)
+    chosen = [Release(c.label, c.torch, None) for c in (release(text) for text in releases)]
+    labels = [c.label for c in chosen]
+    twice = sorted({label for label in labels if labels.count(label) > 1})
+    if twice:
+        raise ValueError(f"{', '.join(twice)}: given twice; give each release once")
+    versions = [(c.label, pinned_version(c.torch)) for c in chosen]
+    for _, version in versions:
+        if version is not None:
+            ladder_unsupported(version)
+    pinned = [(label, version) for label, version in versions if version is not None]
+    for (label, version), (next_label, next_version) in itertools.pairwise(pinned):
+        if _key(next_version) <= _key(version):
+            raise ValueError(
+                f"{next_label} is given after {label}: give the releases oldest first, the one "
+                "that loads them last"
+            )
+    return chosen[:-1], chosen[-1]

@@ -3,11 +3,25 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
-from harness.core.releases import baseline_is_kept, cap_of, exceeds, pinned_version, release
+from harness.core.matrix import expand
+from harness.core.releases import (
+    LADDER_COLUMNS,
+    baseline_is_kept,
+    cap_of,
+    exceeds,
+    ladder_column,
+    ladder_plan,
+    ladder_selection,
+    ladder_unsupported,
+    pinned_version,
+    release,
+)
+from harness.core.scenarios import load_scenarios
 
 # The constraints file of a machine whose pip configuration caps torch (as the development
 # machines' does).
@@ -79,3 +93,59 @@ def test_the_older_releases_run_is_reused_only_where_it_is_whole_and_its_saves_k
     assert not baseline_is_kept(out, saved, "torch==2.13.0", "abc")  # another release
     out.write_text(json.dumps(environment) + "\n")  # interrupted: no end line
     assert not baseline_is_kept(out, saved, "torch==2.14.1", "abc")
+
+
+# The release ladder's planning: which releases, which columns each can save, which cells run.
+
+
+def test_the_ladder_saves_under_each_older_release_and_loads_under_the_last() -> None:
+    older, newest = ladder_plan(["2.4.1", "2.6.0", "2.15.0"])
+    assert [r.torch for r in older] == ["torch==2.4.1", "torch==2.6.0"]
+    assert newest.torch == "torch==2.15.0"
+    # the zoo's own models only: no release needs a torchvision
+    assert all(r.torchvision is None for r in (*older, newest))
+
+
+@pytest.mark.parametrize(
+    ("given", "named"),
+    [
+        (["2.15.0"], "two or more releases"),
+        (["2.6.0", "2.4.1"], "2.4.1 is given after 2.6.0: give the releases oldest first"),
+        (["2.6.0", "2.6.0"], "2.6.0: given twice"),
+        (["2.0.1", "2.15.0"], "torch 2.0.1: the harness runs under torch 2.1.0 or newer"),
+        (["2.6", "2.15.0"], "give a torch version"),
+    ],
+)
+def test_a_ladder_that_cannot_be_climbed_is_refused_naming_why(
+    given: list[str], named: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(named)):
+        ladder_plan(given)
+
+
+def test_releases_before_fsdp2_runs_on_the_cpu_save_no_dcp_and_say_why() -> None:
+    for version in ("2.4.1", "2.6.0"):
+        missing = ladder_unsupported(version)
+        assert sorted(missing) == ["dcp fsdp2x1", "dcp fsdp2x2"]
+        assert "pytorch#145935" in missing["dcp fsdp2x1"]
+        assert ladder_selection(version) == "not fmt=dcp"
+    for version in ("2.7.0", "2.8.0", "2.15.0"):
+        assert ladder_unsupported(version) == {}
+        assert ladder_selection(version) is None
+
+
+def test_every_ladder_cell_falls_in_a_column_and_a_selection_leaves_out_just_its_columns() -> None:
+    scenarios = load_scenarios(Path(__file__).parents[3] / "scenarios" / "ladder")
+    cells = expand(scenarios).cells
+    column = {
+        c.id: ladder_column(
+            str(c.format), c.serialization, c.recipe, str(c.save_layout), c.save_world
+        )
+        for c in cells
+    }
+    # every column of the table has cells, and no cell falls outside the table
+    assert set(column.values()) == set(LADDER_COLUMNS)
+    kept = {c.id for c in expand(scenarios, select=ladder_selection("2.6.0")).cells}
+    left_out = {c.id for c in cells} - kept
+    assert left_out == {i for i, name in column.items() if name in ladder_unsupported("2.6.0")}
+    assert left_out
