@@ -1,5 +1,5 @@
 """The ``ckpt-matrix`` command: ``run``, ``list``, ``inventory``, ``report``, ``diff``,
-``upgrade-report``, ``merge``, ``inspect``, ``golden``."""
+``upgrade-report``, ``ladder-report``, ``merge``, ``inspect``, ``golden``."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from pathlib import Path
 
 from harness.certify.diff import compare
 from harness.certify.diff import to_markdown as diff_markdown
+from harness.certify.ladder import climb
+from harness.certify.ladder import to_markdown as ladder_markdown
 from harness.certify.report import report_html, report_markdown
 from harness.certify.upgrade import certify_upgrade
 from harness.certify.upgrade import to_html as upgrade_html
@@ -134,6 +136,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     upgrade.add_argument("--markdown", type=Path, default=None, help="write the Markdown here")
     upgrade.add_argument("--html", type=Path, default=None, help="write the HTML page here")
+
+    ladder = commands.add_parser(
+        "ladder-report",
+        help="the release ladder's table: each older release's files loaded under the newest, "
+        "by format: exit 0 every cell as predicted, 1 not, 2 unusable input",
+    )
+    ladder.add_argument(
+        "--rung",
+        nargs=2,
+        type=Path,
+        action="append",
+        required=True,
+        metavar=("OWN", "CROSSED"),
+        help="an older release's own run and the newest release's run loading its files "
+        "(repeatable, oldest first)",
+    )
+    ladder.add_argument(
+        "--golden",
+        type=Path,
+        action="append",
+        default=[],
+        help="golden verify's results of the corpus under the newest release (repeatable)",
+    )
+    ladder.add_argument("--markdown", type=Path, default=None, help="write the Markdown here")
 
     merge = commands.add_parser("merge", help="merge results files of several runners into one")
     merge.add_argument("out", type=Path)
@@ -326,6 +352,18 @@ def cmd_upgrade_report(args: argparse.Namespace) -> int:
     return 0 if upgrade.certified else 1
 
 
+def cmd_ladder_report(args: argparse.Namespace) -> int:
+    ladder = climb(
+        [(read_results(own), read_results(crossed)) for own, crossed in args.rung],
+        [read_results(path) for path in args.golden],
+    )
+    text = ladder_markdown(ladder)
+    print(text, end="")
+    if args.markdown is not None:
+        args.markdown.write_text(text, encoding="utf-8")
+    return 0 if ladder.holds else 1
+
+
 def cmd_merge(args: argparse.Namespace) -> int:
     if args.out.exists() and not args.overwrite:
         raise UsageError(f"{args.out} exists; pass --overwrite to replace it")
@@ -376,6 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "inventory": cmd_inventory,
         "diff": cmd_diff,
         "upgrade-report": cmd_upgrade_report,
+        "ladder-report": cmd_ladder_report,
         "report": cmd_report,
         "merge": cmd_merge,
         "inspect": cmd_inspect,
