@@ -306,6 +306,51 @@ def refuse_a_capped_release(session: nox.Session, requirement: str) -> None:
                 )
 
 
+RELEASES = Path(".nox") / "releases"
+
+
+def release_name(chosen: Any) -> str:
+    """A release's label as a folder or file name."""
+    return "".join(c if c.isalnum() or c in ".-" else "_" for c in chosen.label)
+
+
+def release_tools(session: nox.Session, chosen: Any) -> Path:
+    """The bin folder of the release's own environment (.nox/releases/LABEL), kept between
+    sessions: made and filled the first time, refilled only when its requirements change (this
+    checkout installed in it, editable)."""
+    root = RELEASES / release_name(chosen)
+    python = root / "bin" / "python"
+    installed = root / "ckpt-matrix-requirements.txt"
+    if not python.exists():
+        session.run("python", "-m", "venv", str(root))
+    wanted = "\n".join(chosen.requirements) + "\n"
+    if not installed.exists() or installed.read_text() != wanted:
+        pip = [str(python), "-m", "pip", "install", "--quiet"]
+        session.run(*pip, *chosen.requirements, external=True)
+        session.run(*pip, "-e", ".", external=True)
+        installed.write_text(wanted)
+    return root / "bin"
+
+
+def folder_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def log_kept_releases(session: nox.Session) -> None:
+    """Say what the release environments take on disk, and how to free it."""
+    kept = (
+        {path.name: folder_size(path) for path in RELEASES.iterdir()} if RELEASES.is_dir() else {}
+    )
+    session.log(
+        "kept for the next session: "
+        + (
+            ", ".join(f"{label} {size / 2**30:.1f} GiB" for label, size in sorted(kept.items()))
+            or "nothing"
+        )
+        + f" in {RELEASES} (remove a release's folder to free it)"
+    )
+
+
 @nox.session
 def upgrade(session: nox.Session) -> None:
     """Certify a torch upgrade in one command: ``nox -s upgrade -- OLD NEW [run options]
@@ -344,25 +389,6 @@ def upgrade(session: nox.Session) -> None:
         ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False
     ).stdout.strip()
 
-    def name(chosen: Any) -> str:
-        return "".join(c if c.isalnum() or c in ".-" else "_" for c in chosen.label)
-
-    def use(chosen: Any) -> Path:
-        """The release's own environment (.nox/releases/LABEL), kept between sessions: made and
-        filled the first time, reused after (this checkout installed in it, editable)."""
-        root = Path(".nox") / "releases" / name(chosen)
-        python = root / "bin" / "python"
-        installed = root / "ckpt-matrix-requirements.txt"
-        if not python.exists():
-            session.run("python", "-m", "venv", str(root))
-        wanted = "\n".join(chosen.requirements) + "\n"
-        if not installed.exists() or installed.read_text() != wanted:
-            pip = [str(python), "-m", "pip", "install", "--quiet"]
-            session.run(*pip, *chosen.requirements, external=True)
-            session.run(*pip, "-e", ".", external=True)
-            installed.write_text(wanted)
-        return root / "bin"
-
     def matrix(tools: Path, out: str, workdir: Path, *, keep: bool = False) -> None:
         kept = ["--keep-saves"] if keep else []
         session.run(
@@ -381,12 +407,12 @@ def upgrade(session: nox.Session) -> None:
             external=True,
         )
 
-    before, after = name(old), name(new)
+    before, after = release_name(old), release_name(new)
     saved_old, saved_new = work / f"saved-with-{before}", work / f"saved-with-{after}"
     out_old, out_new = f"results-upgrade-{before}.jsonl", f"results-upgrade-{after}.jsonl"
     out_forward = f"results-upgrade-{before}-to-{after}.jsonl"
     out_backward = f"results-upgrade-{after}-to-{before}.jsonl"
-    older, newer = use(old), use(new)
+    older, newer = release_tools(session, old), release_tools(session, new)
     if releases.baseline_is_kept(Path(out_old), saved_old, old.torch, commit):
         session.log(f"{out_old}: {old.label}'s run at this commit, its checkpoints kept: reused")
     else:
@@ -425,14 +451,143 @@ def upgrade(session: nox.Session) -> None:
         success_codes=[0, 1],
         external=True,
     )
-    kept = {
-        path.name: sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-        for path in (Path(".nox") / "releases").iterdir()
-    }
-    session.log(
-        "kept for the next session: "
-        + ", ".join(f"{label} {size / 2**30:.1f} GiB" for label, size in sorted(kept.items()))
-        + " in .nox/releases (remove a release's folder to free it)"
-    )
+    log_kept_releases(session)
     if not Path("certification-upgrade.md").read_text().startswith("# CERTIFIED"):
         session.error("not certified: certification-upgrade.md says what changed")
+
+
+def corpus_files(artifacts: Path, into: Path) -> int:
+    """Copy the checkpoints a run saved (each artifact's ``checkpoint.pt``, a file or a folder)
+    into ``into``, named for their artifact without the device tag (``trap-single-state_dict.pt``,
+    ``trap-fsdp2x2-dcp``); whole pickled models stay out: ``golden`` never unpickles a model, and
+    the ladder's own cells load those. Returns how many."""
+    copied = 0
+    for folder in sorted(artifacts.iterdir()):
+        saved = folder / "checkpoint.pt"
+        if not saved.exists() or "-whole" in folder.name:
+            continue
+        name = folder.name.replace("[cpu]", "")
+        if saved.is_dir():
+            shutil.copytree(saved, into / name)
+        else:
+            shutil.copy2(saved, into / f"{name}.pt")
+        copied += 1
+    return copied
+
+
+@nox.session
+def ladder(session: nox.Session) -> None:
+    """The release ladder: ``nox -s ladder -- 2.4.1 2.6.0 2.8.0 2.13.0 2.15.0 [run options]
+    [--corpus FOLDER] [--keep-envs]`` (oldest first; the last loads the others' files).
+
+    Under each older release, scenarios/ladder saves the zoo's checkpoints in every format that
+    release writes (harness.core.releases.ladder_unsupported says what it cannot, and why) and
+    loads them under itself; its files, less whole pickled models, go into the corpus
+    (FOLDER/torch-RELEASE, default ladder-corpus) with a ``golden record`` made under that
+    release (sha256 of each file, every tensor's digest, the release, Python and date). Under
+    the newest, the same cells load every older release's files, and ``golden verify`` checks
+    the corpus. Writes ladder.md (the release x format table, its first line the verdict) and
+    fails unless every cell is as predicted. An older release's environment is removed once it
+    has saved (several GB each) unless ``--keep-envs``; the newest's is kept.
+    """
+    releases = _releases()
+    args = list(session.posargs)
+    corpus, keep_envs = Path("ladder-corpus"), "--keep-envs" in args
+    if keep_envs:
+        args.remove("--keep-envs")
+    if "--corpus" in args:
+        at = args.index("--corpus")
+        if at + 1 >= len(args):
+            session.error("--corpus needs a folder: --corpus ladder-corpus")
+        corpus = Path(args[at + 1])
+        del args[at : at + 2]
+    at = next((i for i, arg in enumerate(args) if arg.startswith("-")), len(args))
+    named, run_options = args[:at], args[at:]
+    try:
+        older, newest = releases.ladder_plan(named)
+    except ValueError as exc:
+        session.error(str(exc))
+    for chosen in (*older, newest):
+        refuse_a_capped_release(session, chosen.torch)
+    work = Path(session.create_tmp())
+    scenarios = ["--scenarios", str(Path("scenarios") / "ladder")]
+
+    def run(tools: Path, workdir: Path, out: str, version: str | None, *, keep: bool) -> None:
+        selection = releases.ladder_selection(version) if version else None
+        session.run(
+            str(tools / "ckpt-matrix"),
+            "run",
+            *scenarios,
+            *(["-k", selection] if selection else []),
+            "--rerun-errors",
+            "1",
+            *run_options,
+            "--workdir",
+            str(workdir),
+            *(["--keep-saves"] if keep else []),
+            "--out",
+            out,
+            "--overwrite",
+            success_codes=[0, 1],
+            external=True,
+        )
+
+    rungs: list[tuple[str, str, Path, str | None]] = []  # own run, crossing run, corpus, version
+    for chosen in older:
+        label, version = release_name(chosen), releases.pinned_version(chosen.torch)
+        tools = release_tools(session, chosen)
+        workdir = work / f"saved-with-{label}"
+        shutil.rmtree(workdir, ignore_errors=True)  # saves afresh
+        own = f"results-ladder-{label}.jsonl"
+        run(tools, workdir, own, version, keep=False)
+        files = corpus / f"torch-{label}"
+        shutil.rmtree(files, ignore_errors=True)
+        files.mkdir(parents=True)
+        session.log(f"{files}: {corpus_files(workdir / 'artifacts', files)} checkpoint(s)")
+        session.run(
+            str(tools / "ckpt-matrix"),
+            "golden",
+            "record",
+            str(files),
+            "--out",
+            str(files / "golden.jsonl"),
+            "--overwrite",
+            success_codes=[0, 1],
+            external=True,
+        )
+        if not keep_envs:
+            size = folder_size(tools.parent)
+            shutil.rmtree(tools.parent)
+            session.log(f"removed {tools.parent} ({size / 2**30:.1f} GiB): --keep-envs keeps it")
+        rungs.append(
+            (own, f"results-ladder-{label}-to-{release_name(newest)}.jsonl", files, version)
+        )
+    tools = release_tools(session, newest)
+    report = ["ladder-report"]
+    for (own, crossing, files, version), chosen in zip(rungs, older, strict=True):
+        run(tools, work / f"saved-with-{release_name(chosen)}", crossing, version, keep=True)
+        verified = f"results-ladder-golden-{release_name(chosen)}.jsonl"
+        session.run(
+            str(tools / "ckpt-matrix"),
+            "golden",
+            "verify",
+            str(files / "golden.jsonl"),
+            "--out",
+            verified,
+            "--overwrite",
+            success_codes=[0, 1],
+            external=True,
+        )
+        report += ["--rung", own, crossing, "--golden", verified]
+    session.run(
+        str(tools / "ckpt-matrix"),
+        *report,
+        "--markdown",
+        "ladder.md",
+        success_codes=[0, 1],
+        external=True,
+    )
+    log_kept_releases(session)
+    session.log(f"the corpus: {corpus} ({folder_size(corpus) / 2**20:.1f} MiB)")
+    if not Path("ladder.md").read_text().startswith("# LADDER HOLDS"):
+        session.error("the ladder does not hold: ladder.md says where")
