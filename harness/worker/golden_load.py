@@ -14,6 +14,7 @@ the user allows.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import io
@@ -265,7 +266,7 @@ def _load(
     # Python 2 strings that are not UTF-8 need torch.load's encoding= (read by the weights-only
     # unpickler too, though torch warns that it is not)
     extra = {"encoding": contents.encoding} if contents.encoding else {}
-    with torch.serialization.safe_globals(allowed), warnings.catch_warnings():
+    with _allowing(allowed), warnings.catch_warnings():
         warnings.filterwarnings("ignore", "pickle_load_args only works", UserWarning)
         loaded = torch.load(
             path,
@@ -275,6 +276,17 @@ def _load(
             **extra,
         )
     return unique_records(tensors_of(loaded))
+
+
+def _allowing(allowed: list[Any]) -> contextlib.AbstractContextManager[Any]:
+    """``torch.serialization.safe_globals(allowed)``; before torch 2.5, which lacks it,
+    ``add_safe_globals`` (2.4) for the rest of this worker's one job; nothing to allow, nothing."""
+    if not allowed:
+        return contextlib.nullcontext()
+    if hasattr(torch.serialization, "safe_globals"):
+        return torch.serialization.safe_globals(allowed)
+    torch.serialization.add_safe_globals(allowed)
+    return contextlib.nullcontext()
 
 
 def _load_sharded(path: Path, location: str | None) -> dict[str, dict[str, Any]]:
