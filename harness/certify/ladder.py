@@ -55,18 +55,20 @@ class Ladder:
 
     def verdict(self) -> str:
         releases = ", ".join(rung.release for rung in self.rungs)
-        loaded = sum(len(rung.crossed.crossed) for rung in self.rungs)
+        loaded = sum(
+            len(rung.crossed.crossed) + len(rung.crossed.saved_again) + len(rung.crossed.broken)
+            for rung in self.rungs
+        )
         ran = f"{loaded} cells of files saved by {releases}, loaded under {self.newest}"
+        corpus = ""
         if self.golden:
             files = sum(len(part.results) for part in self.golden)
-            ran += f"; {files} corpus file(s) verified"
+            failed = len(self.golden_failures)
+            corpus = f"; the corpus: {files} file(s) verified, {failed} failed"
         if self.holds:
-            return f"LADDER HOLDS: {ran}, each as predicted"
+            return f"LADDER HOLDS: {ran}, each as predicted{corpus}"
         failing = sum(len(rung.failing()) for rung in self.rungs)
-        found = [f"{failing} cell(s) not as predicted"] if failing else []
-        if self.golden_failures:
-            found.append(f"{len(self.golden_failures)} corpus file(s) failed")
-        return f"LADDER BROKEN: {', '.join(found)}; {ran}"
+        return f"LADDER BROKEN: {ran}, {failing} not as predicted{corpus}"
 
 
 def _release(version: str) -> str:

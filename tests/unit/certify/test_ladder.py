@@ -139,7 +139,9 @@ def test_a_file_that_fails_under_the_newest_or_did_not_cross_breaks_the_ladder(
     own, crossing = rung(tmp_path, "2.8.0", [failed, again, bad])
     ladder = climb([(read_results(Path(own)), read_results(Path(crossing)))])
     assert not ladder.holds
-    assert ladder.verdict().startswith("LADDER BROKEN: 3 cell(s) not as predicted")
+    assert ladder.verdict() == (
+        "LADDER BROKEN: 3 cells of files saved by 2.8.0, loaded under 2.15.0, 3 not as predicted"
+    )
     assert entry(ladder.rungs[0], "weights zip") == "FAIL 2 (missing_keys 1, saved_again 1)"
     assert entry(ladder.rungs[0], "whole zip") == "FAIL 1 (xpass 1)"
     text = to_markdown(ladder)
@@ -154,8 +156,8 @@ def test_a_corpus_file_that_fails_verification_breaks_the_ladder(tmp_path: Path)
         [(read_results(Path(own)), read_results(Path(crossing)))], [read_results(verified)]
     )
     assert ladder.verdict() == (
-        "LADDER BROKEN: 1 corpus file(s) failed; 1 cells of files saved by 2.8.0, loaded under "
-        "2.15.0; 1 corpus file(s) verified"
+        "LADDER BROKEN: 1 cells of files saved by 2.8.0, loaded under 2.15.0, 0 not as "
+        "predicted; the corpus: 1 file(s) verified, 1 failed"
     )
 
 
