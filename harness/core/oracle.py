@@ -154,14 +154,14 @@ def _whole_default_load(_: Cell, version: TorchVersion, _traits: ModelTraits) ->
 
 
 @rule("resume_namespace_args")
-def _resume_namespace_args(_: Cell, version: TorchVersion, _traits: ModelTraits) -> Prediction:
-    if version >= WEIGHTS_ONLY_DEFAULT_SINCE:
-        return (
-            ErrorClass.UNSAFE_GLOBAL,
-            "weights_only refuses argparse.Namespace; save args as a dict, or load inside "
-            "safe_globals([argparse.Namespace])",
-        )
-    return None, "torch<2.6 loads with weights_only=False by default (fragile)"
+def _resume_namespace_args(_: Cell, __: TorchVersion, _traits: ModelTraits) -> Prediction:
+    # the load asks for weights_only=True itself: no release's default enters (2.4.1 refuses
+    # the Namespace as 2.15.0 does, measured by the release ladder)
+    return (
+        ErrorClass.UNSAFE_GLOBAL,
+        "weights_only refuses argparse.Namespace; save args as a dict, or load inside "
+        "safe_globals([argparse.Namespace])",
+    )
 
 
 @rule("resume", "resume_safe_globals")

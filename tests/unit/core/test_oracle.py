@@ -62,7 +62,8 @@ TABLE = [
     ("trap", S, D, T, "resume", NEW, None),
     ("trap", D, D, T, "resume_safe_globals", NEW, None),
     ("trap", S, S, T, "resume_namespace_args", NEW, UNSAFE),
-    ("trap", S, S, T, "resume_namespace_args", OLD, None),
+    # loaded with weights_only=True explicitly: refused under every release
+    ("trap", S, S, T, "resume_namespace_args", OLD, UNSAFE),
 ]
 
 
