@@ -354,26 +354,27 @@ def log_kept_releases(session: nox.Session) -> None:
 @nox.session
 def upgrade(session: nox.Session) -> None:
     """Certify a torch upgrade in one command: ``nox -s upgrade -- OLD NEW [run options]
-    [--golden RECORDING]`` (releases as ``2.15.0`` or ``"torch==X torchvision==Y"``).
+    [--golden RECORDING ...]`` (releases as ``2.15.0`` or ``"torch==X torchvision==Y"``).
 
     Each release has its own environment, kept in .nox/releases between sessions. Runs the
     matrix under OLD (reusing results-upgrade-OLD.jsonl where it is OLD's at this commit and its
     checkpoints are still kept), under NEW, then loads under NEW every file OLD saved
-    (``run --keep-saves``) and, not gating, under OLD every file NEW saved; verifies a golden
-    recording under NEW if one is given; writes certification-upgrade.md and .html, whose first
-    line is the verdict, and fails unless it is CERTIFIED. A release without a torchvision (the
-    zoo's resnet18 needs none) leaves torchvision's models out, named in the verdict.
+    (``run --keep-saves``) and, not gating, under OLD every file NEW saved; verifies each golden
+    recording given under NEW (``--golden``, repeatable: a ladder's corpus has one per release);
+    writes certification-upgrade.md and .html, whose first line is the verdict, and fails unless
+    it is CERTIFIED. A release without a torchvision (the zoo's resnet18 needs none) leaves
+    torchvision's models out, named in the verdict.
     """
     import subprocess
 
     releases = _releases()
     args = list(session.posargs)
-    golden = None
-    if "--golden" in args:
+    golden: list[str] = []  # recordings (repeatable: the ladder's corpus has one per release)
+    while "--golden" in args:
         at = args.index("--golden")
         if at + 1 >= len(args):
             session.error("--golden needs a recording: --golden golden.jsonl")
-        golden = args[at + 1]
+        golden.append(args[at + 1])
         del args[at : at + 2]
     if len(args) < 2:
         session.error("give two releases, older first: nox -s upgrade -- 2.14.1 2.15.0")
@@ -420,20 +421,20 @@ def upgrade(session: nox.Session) -> None:
     matrix(newer, out_new, saved_new)
     matrix(newer, out_forward, saved_old, keep=True)
     report_golden: list[str] = []
-    if golden is not None:
-        out_golden = f"results-upgrade-golden-{after}.jsonl"
+    for number, recording in enumerate(golden, start=1):
+        out_golden = f"results-upgrade-golden-{after}-{number}.jsonl"
         session.run(
             str(newer / "ckpt-matrix"),
             "golden",
             "verify",
-            golden,
+            recording,
             "--out",
             out_golden,
             "--overwrite",
             success_codes=[0, 1],
             external=True,
         )
-        report_golden = ["--golden", out_golden]
+        report_golden += ["--golden", out_golden]
     matrix(older, out_backward, saved_new, keep=True)
     session.run(
         str(newer / "ckpt-matrix"),

@@ -132,7 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="the older torch's run loading the files the newer saved (told, never gating)",
     )
     upgrade.add_argument(
-        "--golden", type=Path, default=None, help="golden verify's results under the newer torch"
+        "--golden",
+        type=Path,
+        action="append",
+        default=[],
+        help="golden verify's results under the newer torch (repeatable)",
     )
     upgrade.add_argument("--markdown", type=Path, default=None, help="write the Markdown here")
     upgrade.add_argument("--html", type=Path, default=None, help="write the HTML page here")
@@ -332,6 +336,14 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return result.exit_code(allow_missing=args.allow_missing, fail_on_flaky=args.fail_on_flaky)
 
 
+def verified_together(paths: Sequence[Path]) -> ResultsFile | None:
+    """Several ``golden verify`` results as one (their cells together), or None for none."""
+    if not paths:
+        return None
+    parts = [read_results(path) for path in paths]
+    return replace(parts[0], results=[r for part in parts for r in part.results])
+
+
 def cmd_upgrade_report(args: argparse.Namespace) -> int:
     def optional(path: Path | None) -> ResultsFile | None:
         return None if path is None else read_results(path)
@@ -341,7 +353,7 @@ def cmd_upgrade_report(args: argparse.Namespace) -> int:
         read_results(args.new),
         read_results(args.crossed),
         backward=optional(args.backward),
-        golden=optional(args.golden),
+        golden=verified_together(args.golden),
     )
     text = upgrade_markdown(upgrade)
     print(text, end="")

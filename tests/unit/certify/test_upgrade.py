@@ -149,3 +149,17 @@ def test_crossing_sorts_each_cell_by_the_torches_it_names(tmp_path: Path) -> Non
     assert [r.cell.model for r in found.saved_again] == ["tied"]
     assert [r.cell.model for r in found.broken] == ["mixed_dtypes"]
     assert [r.cell.model for r in found.not_run] == ["block"]
+
+
+def test_several_golden_recordings_are_verified_together(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # a ladder's corpus has one recording per release; each is verified under the newer torch
+    old, new, forward = runs(tmp_path, [result("trap")])
+    first = write(tmp_path / "g1.jsonl", NEW, [result("trap", saved=NEW, loaded=NEW)])
+    second = write(tmp_path / "g2.jsonl", NEW, [result("tied", Outcome.FAIL)])
+    args = [str(old), str(new), str(forward), "--golden", str(first), "--golden", str(second)]
+    assert main(["upgrade-report", *args]) == 1
+    out = capsys.readouterr().out
+    assert "1 golden file(s) failed" in out.splitlines()[0]
+    assert "2 file(s), 1 failed." in out
