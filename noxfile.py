@@ -458,14 +458,15 @@ def upgrade(session: nox.Session) -> None:
 
 
 def corpus_files(artifacts: Path, into: Path) -> int:
-    """Copy the checkpoints a run saved (each artifact's ``checkpoint.pt``, a file or a folder)
-    into ``into``, named for their artifact without the device tag (``trap-single-state_dict.pt``,
-    ``trap-fsdp2x2-dcp``); whole pickled models stay out: ``golden`` never unpickles a model, and
-    the ladder's own cells load those. Returns how many."""
+    """Copy the checkpoints a run saved (each artifact's ``checkpoint.pt``, a file or a folder,
+    or ``checkpoint.dcp``) into ``into``, named for their artifact without the device tag
+    (``trap-single-state_dict.pt``, ``trap-fsdp2x2-dcp``); whole pickled models stay out:
+    ``golden`` never unpickles a model, and the ladder's own cells load those. Returns how many."""
     copied = 0
     for folder in sorted(artifacts.iterdir()):
-        saved = folder / "checkpoint.pt"
-        if not saved.exists() or "-whole" in folder.name:
+        found = [folder / name for name in ("checkpoint.pt", "checkpoint.dcp")]
+        saved = next((path for path in found if path.exists()), None)
+        if saved is None or "-whole" in folder.name:
             continue
         name = folder.name.replace("[cpu]", "")
         if saved.is_dir():
