@@ -29,6 +29,7 @@ class Rung:
     release's run loading what it saved."""
 
     release: str  # "2.4.1"
+    build: str  # "2.4.1+cu121", as the release's own run names its torch
     python: str
     own: ResultsFile
     crossed: Crossing
@@ -100,6 +101,7 @@ def climb(
         built.append(
             Rung(
                 release=saved,
+                build=str(own.environment.get("torch", "")),
                 python=str(own.environment.get("python", "?")),
                 own=own,
                 crossed=crossing(crossing_run, saved, loaded),
@@ -197,7 +199,7 @@ def to_markdown(ladder: Ladder) -> str:
 
     for rung in ladder.rungs:
         lines.append(
-            f"| {rung.release} (Python {rung.python}) | "
+            f"| {rung.build} (Python {rung.python}) | "
             + " | ".join(noted(entry(rung, column)) for column in shown)
             + " |"
         )

@@ -116,16 +116,17 @@ def test_a_ladder_whose_files_load_as_predicted_holds_with_a_release_by_format_t
         "predicted"
     )
     rows = {line.split(" | ")[0]: line for line in text.splitlines() if line.startswith("| 2.")}
+    # each row names the release's torch build, as its own run did
     header = next(line for line in text.splitlines() if line.startswith("| saved under"))
     assert header == (
         "| saved under | weights zip | weights legacy | whole zip | dcp fsdp2x1 | dcp fsdp2x2 |"
     )
-    assert rows["| 2.6.0 (Python 3.11.7)"] == (
-        "| 2.6.0 (Python 3.11.7) | PASS 2 | PASS 1 | XFAIL 1 (not_picklable 1) | not saved [1] "
-        "| not saved [1] |"
+    assert rows["| 2.6.0+cu124 (Python 3.11.7)"] == (
+        "| 2.6.0+cu124 (Python 3.11.7) | PASS 2 | PASS 1 | XFAIL 1 (not_picklable 1) "
+        "| not saved [1] | not saved [1] |"
     )
-    assert rows["| 2.8.0 (Python 3.11.7)"] == (
-        "| 2.8.0 (Python 3.11.7) | PASS 1 | - | - | - | PASS 1 |"
+    assert rows["| 2.8.0+cu128 (Python 3.11.7)"] == (
+        "| 2.8.0+cu128 (Python 3.11.7) | PASS 1 | - | - | - | PASS 1 |"
     )
     assert "[1] torch 2.6.0's FSDP2 does not run on the CPU" in text
 
