@@ -351,6 +351,36 @@ def log_kept_releases(session: nox.Session) -> None:
     )
 
 
+def run_under(
+    session: nox.Session,
+    tools: Path,
+    options: list[str],
+    workdir: Path,
+    out: str,
+    *,
+    keep: bool = False,
+) -> None:
+    """``ckpt-matrix run`` of a release's environment (``tools``: its bin folder) into
+    ``workdir``, writing ``out`` afresh; ``keep``: load the checkpoints already there
+    (``--keep-saves``, another release's). FAIL cells do not stop the session: its report
+    judges them."""
+    session.run(
+        str(tools / "ckpt-matrix"),
+        "run",
+        "--rerun-errors",  # a job the machine broke (a port taken) once more; told as flaky
+        "1",
+        *options,
+        "--workdir",
+        str(workdir),
+        *(["--keep-saves"] if keep else []),
+        "--out",
+        out,
+        "--overwrite",
+        success_codes=[0, 1],
+        external=True,
+    )
+
+
 @nox.session
 def upgrade(session: nox.Session) -> None:
     """Certify a torch upgrade in one command: ``nox -s upgrade -- OLD NEW [run options]
@@ -391,22 +421,7 @@ def upgrade(session: nox.Session) -> None:
     ).stdout.strip()
 
     def matrix(tools: Path, out: str, workdir: Path, *, keep: bool = False) -> None:
-        kept = ["--keep-saves"] if keep else []
-        session.run(
-            str(tools / "ckpt-matrix"),
-            "run",
-            "--rerun-errors",  # a job the machine broke (a port taken) once more; told as flaky
-            "1",
-            *run_options,
-            "--workdir",
-            str(workdir),
-            *kept,
-            "--out",
-            out,
-            "--overwrite",
-            success_codes=[0, 1],
-            external=True,
-        )
+        run_under(session, tools, run_options, workdir, out, keep=keep)
 
     before, after = release_name(old), release_name(new)
     saved_old, saved_new = work / f"saved-with-{before}", work / f"saved-with-{after}"
@@ -516,23 +531,8 @@ def ladder(session: nox.Session) -> None:
 
     def run(tools: Path, workdir: Path, out: str, version: str | None, *, keep: bool) -> None:
         selection = releases.ladder_selection(version) if version else None
-        session.run(
-            str(tools / "ckpt-matrix"),
-            "run",
-            *scenarios,
-            *(["-k", selection] if selection else []),
-            "--rerun-errors",
-            "1",
-            *run_options,
-            "--workdir",
-            str(workdir),
-            *(["--keep-saves"] if keep else []),
-            "--out",
-            out,
-            "--overwrite",
-            success_codes=[0, 1],
-            external=True,
-        )
+        options = [*scenarios, *(["-k", selection] if selection else []), *run_options]
+        run_under(session, tools, options, workdir, out, keep=keep)
 
     rungs: list[tuple[str, str, Path, str | None]] = []  # own run, crossing run, corpus, version
     for chosen in older:
