@@ -147,15 +147,19 @@ def watch_torch() -> Watch:
             args: tuple[Any, ...] = (),
             kwargs: dict[str, Any] | None = None,
         ) -> Any:
+            threads = thread_count() if watch.computed is None else 0
             result = func(*args, **(kwargs or {}))
             tensors = [*args, *(kwargs or {}).values(), result]
             if (
                 watch.computed is None
                 and any(isinstance(t, torch.Tensor) for t in tensors)
-                and not torch_import_work(
-                    _stack_files(),
-                    str(Path(torch.__file__).parent),
-                    max(t.numel() for t in tensors if isinstance(t, torch.Tensor)),
+                and not (
+                    thread_count() == threads  # it started no thread (a BLAS pool would)
+                    and torch_import_work(
+                        _stack_files(),
+                        str(Path(torch.__file__).parent),
+                        max(t.numel() for t in tensors if isinstance(t, torch.Tensor)),
+                    )
                 )
             ):
                 watch.computed = f"{_name(func)}{_caller(torch.__file__)}"
@@ -216,16 +220,18 @@ GRAIN_SIZE = 32768
 
 def torch_import_work(files: Sequence[str], torch_dir: str, elements: int) -> bool:
     """Whether a torch function called from these frames (their files, innermost first) on
-    tensors of at most ``elements`` elements is torch's own module computing as it is imported:
-    the innermost frame outside torch and this module is the import machinery's, and the tensors
-    are too small for a parallel region, so no thread pool starts (one would show as threads,
-    which the watch counts). Some releases do this (2.6.0's ``torch._dynamo`` fills a table by
-    applying operators to ``torch.ones(1)``). Any computation that code outside torch asked for,
-    at import or later, counts. Pure."""
+    tensors of fewer than ``elements`` elements is torch's own module computing as it is
+    imported: the innermost frame outside torch's own folder and this module is the import
+    machinery's, and the tensors are too small for a parallel region. Some releases do this
+    (2.6.0's ``torch._dynamo`` fills a table by applying operators to ``torch.ones(1)``). The
+    watch excuses such a call only if it started no thread either. Any computation that code
+    outside torch asked for (torchvision's or any other package's included), at import or later,
+    counts. Pure."""
     if elements >= GRAIN_SIZE:
         return False
+    inside = torch_dir.rstrip(os.sep) + os.sep
     for name in files:
-        if name.startswith(torch_dir) or name == __file__:
+        if name.startswith(inside) or name == __file__:
             continue
         return name.startswith("<frozen importlib")
     return False

@@ -209,6 +209,8 @@ def test_torch_computing_small_tensors_as_it_is_imported_is_not_a_hazard() -> No
         ),
         # the harness or a user computing directly, after the imports
         (["/work/harness/worker/job.py"], 1),
+        # another package beside torch, whose folder's name starts like torch's, at its import
+        ([f"{TORCH}vision/models/resnet.py", *DYNAMO_AT_IMPORT[2:]], 1),
         # nothing outside torch at all: not an import
         ([f"{TORCH}/_dynamo/variables/torch_function.py"], 1),
     ],
