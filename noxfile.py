@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -481,7 +482,7 @@ def corpus_files(artifacts: Path, into: Path) -> int:
     for folder in sorted(artifacts.iterdir()):
         found = [folder / name for name in ("checkpoint.pt", "checkpoint.dcp")]
         saved = next((path for path in found if path.exists()), None)
-        if saved is None or "-whole" in folder.name:
+        if saved is None or re.search(r"-whole(-legacy)?$", folder.name):
             continue
         name = folder.name.replace("[cpu]", "")
         if saved.is_dir():
@@ -495,7 +496,8 @@ def corpus_files(artifacts: Path, into: Path) -> int:
 @nox.session
 def ladder(session: nox.Session) -> None:
     """The release ladder: ``nox -s ladder -- 2.4.1 2.6.0 2.8.0 2.13.0 2.15.0 [run options]
-    [--corpus FOLDER] [--keep-envs]`` (oldest first; the last loads the others' files).
+    [--corpus FOLDER] [--replace-corpus] [--keep-envs]`` (oldest first; the last loads the
+    others' files).
 
     Under each older release, scenarios/ladder saves the zoo's checkpoints in every format that
     release writes (harness.core.releases.ladder_unsupported says what it cannot, and why) and
@@ -504,14 +506,17 @@ def ladder(session: nox.Session) -> None:
     release (sha256 of each file, every tensor's digest, the release, Python and date). Under
     the newest, the same cells load every older release's files, and ``golden verify`` checks
     the corpus. Writes ladder.md (the release x format table, its first line the verdict) and
-    fails unless every cell is as predicted. An older release's environment is removed once it
-    has saved (several GB each) unless ``--keep-envs``; the newest's is kept.
+    fails unless every cell is as predicted. A corpus part recorded earlier is never replaced
+    unless ``--replace-corpus``. An older release's environment (.nox/releases/RELEASE, which
+    ``upgrade`` would reuse) is removed once it has saved (several GB each) unless
+    ``--keep-envs``; the newest's is kept. A ``-k`` among the run options keeps fewer cells under
+    every release.
     """
     releases = _releases()
     args = list(session.posargs)
-    corpus, keep_envs = Path("ladder-corpus"), "--keep-envs" in args
-    if keep_envs:
-        args.remove("--keep-envs")
+    corpus = Path("ladder-corpus")
+    keep_envs, replace_corpus = "--keep-envs" in args, "--replace-corpus" in args
+    args = [arg for arg in args if arg not in ("--keep-envs", "--replace-corpus")]
     if "--corpus" in args:
         at = args.index("--corpus")
         if at + 1 >= len(args):
@@ -520,17 +525,37 @@ def ladder(session: nox.Session) -> None:
         del args[at : at + 2]
     at = next((i for i, arg in enumerate(args) if arg.startswith("-")), len(args))
     named, run_options = args[:at], args[at:]
+    chosen_cells = ""  # the user's own -k, kept together with each release's
+    for flag in ("-k", "--select"):
+        while flag in run_options:
+            at = run_options.index(flag)
+            if at + 1 >= len(run_options):
+                session.error(f"{flag} needs an expression: {flag} weights")
+            chosen_cells = run_options[at + 1]
+            del run_options[at : at + 2]
     try:
         older, newest = releases.ladder_plan(named)
     except ValueError as exc:
         session.error(str(exc))
+    kept_parts = [
+        corpus / f"torch-{c.label}"
+        for c in older
+        if (corpus / f"torch-{c.label}").is_dir() and any((corpus / f"torch-{c.label}").iterdir())
+    ]
+    if kept_parts and not replace_corpus:
+        session.error(
+            f"{', '.join(map(str, kept_parts))}: a corpus recorded earlier is there; verify it "
+            "with nox -s upgrade -- OLD NEW --golden PART/golden.jsonl, give another --corpus, "
+            "or --replace-corpus to record it again"
+        )
     for chosen in (*older, newest):
         refuse_a_capped_release(session, chosen.torch)
     work = Path(session.create_tmp())
     scenarios = ["--scenarios", str(Path("scenarios") / "ladder")]
 
     def run(tools: Path, workdir: Path, out: str, version: str | None, *, keep: bool) -> None:
-        selection = releases.ladder_selection(version) if version else None
+        parts = [releases.ladder_selection(version) if version else None, chosen_cells]
+        selection = " and ".join(f"({part})" for part in parts if part)
         options = [*scenarios, *(["-k", selection] if selection else []), *run_options]
         run_under(session, tools, options, workdir, out, keep=keep)
 

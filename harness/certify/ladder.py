@@ -97,6 +97,15 @@ def climb(
                 f"{crossing_run.path}: loaded under torch {loaded}, the others under {newest}; a "
                 "ladder loads every release's files under one, the newest"
             )
+        if saved == loaded:
+            raise LadderError(
+                f"{crossing_run.path}: loaded under torch {loaded}, the release that saved "
+                f"({own.path}); a rung loads an older release's files under the newest"
+            )
+        try:
+            ladder_unsupported(saved)
+        except ValueError as exc:
+            raise LadderError(f"{own.path}: {exc}") from None
         newest = loaded
         built.append(
             Rung(
@@ -132,14 +141,12 @@ def _error_class(result: CellResult) -> str:
 def entry(rung: Rung, column: str) -> str:
     """The table's entry for one release and column: counts of PASS, known-bad (XFAIL as
     predicted) and FAIL with the error classes; what the release cannot save, and why."""
-    unsupported = ladder_unsupported(rung.release).get(column)
-    if unsupported is not None:
-        return NOT_SAVED + unsupported
     failing = {id(r) for r in rung.failing()}
     cells = list(rung.crossed.crossed + rung.crossed.saved_again + rung.crossed.broken)
     cells = [r for r in cells if _column(r) == column]
-    if not cells:
-        return "-"
+    if not cells:  # what the release cannot save ran no cell; one that did is shown as it ended
+        unsupported = ladder_unsupported(rung.release).get(column)
+        return "-" if unsupported is None else NOT_SAVED + unsupported
     passed = sum(1 for r in cells if r.outcome is Outcome.PASS and id(r) not in failing)
     predicted = [r for r in cells if r.outcome is Outcome.XFAIL and id(r) not in failing]
     known_bad = [r for r in predicted if r.recipe_kind is RecipeKind.KNOWN_BAD]

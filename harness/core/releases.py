@@ -76,7 +76,9 @@ def cap_of(constraints: str, package: str) -> str | None:
 
 
 def _key(version: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in re.findall(r"\d+", version.split("+")[0])[:3])
+    """``"2.6"`` and ``"2.6.0+cu124"`` both as (2, 6, 0)."""
+    parts = [int(part) for part in re.findall(r"\d+", version.split("+")[0])[:3]]
+    return tuple(parts + [0] * (3 - len(parts)))
 
 
 def exceeds(version: str, cap: str) -> bool:
@@ -109,8 +111,8 @@ def baseline_is_kept(out: Path, saved: Path, torch: str, commit: str) -> bool:
 
 
 # The release ladder (``nox -s ladder``): what each release saves, as the columns of its table.
-# Each names the cells of scenarios/ladder.toml it holds; a release that cannot save a column's
-# files has its cells left out of its run (``ladder_selection``), and the table says why.
+# Each names the cells of scenarios/ladder/ladder.toml it holds; a release that cannot save a
+# column's files has its cells left out of its run (``ladder_selection``), and the table says why.
 LADDER_COLUMNS = (
     "weights zip",
     "weights legacy",
@@ -123,11 +125,12 @@ LADDER_COLUMNS = (
     "dcp fsdp2x1",
     "dcp fsdp2x2",
 )
-# The oldest torch the harness runs under (pyproject's torch>=2.1), and the first whose FSDP2
-# runs on the CPU: fully_shard came with 2.4, but until 2.7 its forward asks the CPU stream for
-# record_event, which it lacks (pytorch#145935 added it). The ladder's FSDP2 ranks run on the CPU
-# (gloo) on every runner, so that its table is the same everywhere.
-OLDEST = "2.1.0"
+# The oldest torch the ladder takes: the workers import FSDP2 and DTensor from their homes of 2.4
+# on (harness/worker/fsdp2_api.py) and allow globals with add_safe_globals (2.4). And the first
+# whose FSDP2 runs on the CPU: fully_shard came with 2.4, but until 2.7 its forward asks the CPU
+# stream for record_event, which it lacks (pytorch#145935 added it). The ladder's FSDP2 ranks
+# run on the CPU (gloo) on every runner, so that its table is the same everywhere.
+OLDEST = "2.4.0"
 FIRST_FSDP2_ON_CPU = "2.7.0"
 
 
@@ -147,11 +150,13 @@ def ladder_column(
 
 def ladder_unsupported(version: str) -> dict[str, str]:
     """The ladder's columns a torch release cannot save, each with why. Raises ValueError for a
-    release older than the harness runs under."""
+    version it cannot read, or a release older than the ladder takes."""
+    if not re.match(r"^\d+\.\d+", version):
+        raise ValueError(f"torch {version!r}: not a release version such as 2.6.0")
     if _key(version) < _key(OLDEST):
         raise ValueError(
-            f"torch {version}: the harness runs under torch {OLDEST} or newer (pyproject's "
-            "torch requirement); give newer releases"
+            f"torch {version}: the ladder takes torch {OLDEST} or newer (the workers need "
+            "FSDP2's and add_safe_globals's homes of 2.4); give newer releases"
         )
     if _key(version) < _key(FIRST_FSDP2_ON_CPU):
         why = (
@@ -170,28 +175,33 @@ def ladder_selection(version: str) -> str | None:
 
 
 def ladder_plan(releases: list[str]) -> tuple[list[Release], Release]:
-    """The ladder's releases as given, oldest to newest: each older one saves, the last loads.
-    Raises ValueError for fewer than two, a release given twice, or one older than the harness
-    runs under."""
+    """The ladder's releases, oldest to newest: each older one saves, the last loads. Each is a
+    version (``2.6.0``) or ``torch==2.6.0``, and is installed alone, its label the version: the
+    ladder's models are the zoo's own (its resnet18 is written with torch.nn alone). Raises
+    ValueError for fewer than two, one not pinned to a version, one given twice, releases out of
+    order, or one older than the ladder takes."""
     if len(releases) < 2:
         raise ValueError(
             "give two or more releases, the newest last: nox -s ladder -- 2.4.1 2.6.0 2.15.0"
         )
-    # the ladder's models are the zoo's own (its resnet18 is written with torch.nn alone)
-    chosen = [Release(c.label, c.torch, None) for c in (release(text) for text in releases)]
-    labels = [c.label for c in chosen]
-    twice = sorted({label for label in labels if labels.count(label) > 1})
+    versions = []
+    for text in releases:
+        version = pinned_version(release(text).torch)
+        if version is None or not _VERSION.match(version.split("+")[0]):
+            raise ValueError(
+                f"{text!r}: the ladder needs each release pinned to one version (2.6.0 or "
+                "torch==2.6.0): its table and its corpus are named by it"
+            )
+        ladder_unsupported(version)
+        versions.append(version)
+    twice = sorted({version for version in versions if versions.count(version) > 1})
     if twice:
         raise ValueError(f"{', '.join(twice)}: given twice; give each release once")
-    versions = [(c.label, pinned_version(c.torch)) for c in chosen]
-    for _, version in versions:
-        if version is not None:
-            ladder_unsupported(version)
-    pinned = [(label, version) for label, version in versions if version is not None]
-    for (label, version), (next_label, next_version) in itertools.pairwise(pinned):
-        if _key(next_version) <= _key(version):
+    for before, after in itertools.pairwise(versions):
+        if _key(after) <= _key(before):
             raise ValueError(
-                f"{next_label} is given after {label}: give the releases oldest first, the one "
+                f"{after} is given after {before}: give the releases oldest first, the one "
                 "that loads them last"
             )
+    chosen = [Release(label=v, torch=f"torch=={v}", torchvision=None) for v in versions]
     return chosen[:-1], chosen[-1]

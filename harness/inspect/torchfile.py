@@ -267,31 +267,38 @@ class Walked:
     opcodes: list[str]
 
 
-def _walk_pickle(data: IO[bytes], persistent: Callable[[Any], Any] | None = None) -> Walked:
+def _walk_pickle(
+    data: IO[bytes], persistent: Callable[[Any], Any] | None = None, *, legacy: bool = False
+) -> Walked:
     """The next pickle in ``data``, its byte strings decoded as ``torch.load`` decodes them
     (UTF-8), or as Latin-1 where they are not UTF-8 (``torch.load(encoding='latin1')`` reads
     those; its default raises)."""
     start = data.tell()
     opcodes = sorted(unreadable_opcodes(data))
     try:
-        return _walk_once(data, TORCH_ENCODING, opcodes, persistent)
+        return _walk_once(data, TORCH_ENCODING, opcodes, persistent, legacy=legacy)
     except UnicodeDecodeError:
         data.seek(start)
-        return _walk_once(data, "latin1", opcodes, persistent)
+        return _walk_once(data, "latin1", opcodes, persistent, legacy=legacy)
 
 
 def _walk_once(
-    data: IO[bytes], encoding: str, opcodes: list[str], given: Callable[[Any], Any] | None
+    data: IO[bytes],
+    encoding: str,
+    opcodes: list[str],
+    given: Callable[[Any], Any] | None,
+    *,
+    legacy: bool = False,
 ) -> Walked:
     """One walk; the storages its persistent ids name are collected, unless ``given`` answers
     them (the tar format's ids are tensor keys)."""
     storages: dict[str, Storage] = {}
 
     def persistent(pid: Any) -> Any:
-        if isinstance(pid, tuple) and len(pid) > 1 and pid[0] == "module":
+        if legacy and isinstance(pid, tuple) and len(pid) > 1 and pid[0] == "module":
             # the legacy format's id of a module's class, ("module", class, source file,
             # source): a whole model's class, which NEWOBJ then calls (torch.load answers the
-            # class, as here its stand-in)
+            # class, as here its stand-in; the zip format has no such id)
             return pid[1]
         ref = PersistentRef(ident=tuple(pid) if isinstance(pid, tuple) else (pid,))
         storage = Storage(ref.ident)
@@ -549,7 +556,7 @@ class LegacyReader:
             try:
                 _walk_pickle(handle)  # protocol version
                 _walk_pickle(handle)  # system info
-                walked = _walk_pickle(handle)
+                walked = _walk_pickle(handle, legacy=True)
                 keys = _walk_pickle(handle).root
             except EOFError:
                 return contents.defect(

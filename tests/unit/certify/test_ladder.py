@@ -171,3 +171,30 @@ def test_releases_loaded_under_different_torches_are_not_one_ladder(
     code = main(["ladder-report", "--rung", *first, "--rung", str(own), str(elsewhere)])
     assert code == 2
     assert "loaded under torch 2.14.1, the others under 2.15.0" in capsys.readouterr().err
+
+
+def test_a_cell_in_a_column_its_release_cannot_save_is_shown_as_it_ended(tmp_path: Path) -> None:
+    # 2.6.0 saves no DCP on the CPU: a run that tried anyway shows its cells, not "not saved"
+    dcp = result("2.6.0", NEWEST, Outcome.ERROR, fmt=Format.DCP, recipe="dcp_no_dist")
+    own, crossing = rung(tmp_path, "2.6.0", [dcp])
+    ladder = climb([(read_results(Path(own)), read_results(Path(crossing)))])
+    assert entry(ladder.rungs[0], "dcp fsdp2x2") == "FAIL 1 (error 1)"
+    assert entry(ladder.rungs[0], "dcp fsdp2x1").startswith("not saved: torch 2.6.0's FSDP2")
+    assert not ladder.holds
+
+
+@pytest.mark.parametrize(
+    ("saved", "loaded", "named"),
+    [
+        ("2.15.0", NEWEST, "the release that saved"),
+        ("unknown", NEWEST, "not a release version"),
+        ("2.3.1", NEWEST, "the ladder takes torch 2.4.0 or newer"),
+    ],
+)
+def test_results_that_make_no_rung_are_refused_as_unusable(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], saved: str, loaded: str, named: str
+) -> None:
+    own = write(tmp_path / "own.jsonl", saved, [result(saved, saved)])
+    crossing = write(tmp_path / "cross.jsonl", loaded, [result(saved, loaded)])
+    assert main(["ladder-report", "--rung", str(own), str(crossing)]) == 2
+    assert named in capsys.readouterr().err

@@ -99,8 +99,10 @@ def test_the_older_releases_run_is_reused_only_where_it_is_whole_and_its_saves_k
 
 
 def test_the_ladder_saves_under_each_older_release_and_loads_under_the_last() -> None:
-    older, newest = ladder_plan(["2.4.1", "2.6.0", "2.15.0"])
+    older, newest = ladder_plan(["2.4.1", "torch==2.6.0 torchvision==0.21.0", "2.15.0"])
     assert [r.torch for r in older] == ["torch==2.4.1", "torch==2.6.0"]
+    # named by the version, whatever the requirement strings given
+    assert [r.label for r in older] == ["2.4.1", "2.6.0"]
     assert newest.torch == "torch==2.15.0"
     # the zoo's own models only: no release needs a torchvision
     assert all(r.torchvision is None for r in (*older, newest))
@@ -112,8 +114,10 @@ def test_the_ladder_saves_under_each_older_release_and_loads_under_the_last() ->
         (["2.15.0"], "two or more releases"),
         (["2.6.0", "2.4.1"], "2.4.1 is given after 2.6.0: give the releases oldest first"),
         (["2.6.0", "2.6.0"], "2.6.0: given twice"),
-        (["2.0.1", "2.15.0"], "torch 2.0.1: the harness runs under torch 2.1.0 or newer"),
+        (["2.3.1", "2.15.0"], "torch 2.3.1: the ladder takes torch 2.4.0 or newer"),
         (["2.6", "2.15.0"], "give a torch version"),
+        (["torch>=2.4,<2.5", "2.15.0"], "the ladder needs each release pinned to one version"),
+        (["torch==2.15.0", "2.15.0"], "2.15.0: given twice"),
     ],
 )
 def test_a_ladder_that_cannot_be_climbed_is_refused_naming_why(
@@ -121,6 +125,14 @@ def test_a_ladder_that_cannot_be_climbed_is_refused_naming_why(
 ) -> None:
     with pytest.raises(ValueError, match=re.escape(named)):
         ladder_plan(given)
+
+
+def test_a_version_the_ladder_cannot_read_or_take_is_refused() -> None:
+    for version in ("unknown", "2.3.1", "1.13.1"):
+        with pytest.raises(ValueError, match=re.escape(version)):
+            ladder_unsupported(version)
+    assert set(ladder_unsupported("2.4")) == set(ladder_unsupported("2.4.0"))
+    assert ladder_unsupported("2.7") == {}
 
 
 def test_releases_before_fsdp2_runs_on_the_cpu_save_no_dcp_and_say_why() -> None:
