@@ -98,10 +98,16 @@ def fork_hazard(
 
 
 def thread_count() -> int:
+    return len(thread_ids()) or 1
+
+
+def thread_ids() -> frozenset[int]:
+    """The ids of this process's threads (empty without /proc, as on macOS: the thread check is
+    not available there)."""
     try:
-        return sum(1 for _ in Path("/proc/self/task").iterdir())
-    except OSError:  # no /proc (macOS): this check is not available there
-        return 1
+        return frozenset(int(task.name) for task in Path("/proc/self/task").iterdir())
+    except (OSError, ValueError):
+        return frozenset()
 
 
 @dataclass
@@ -111,13 +117,23 @@ class Watch:
     computed: str | None = None
     cuda_queried: str | None = None  # where torch.cuda.is_available() or device_count() was called
     threads_at_start: int = 1
+    # the threads there after the imports, by id: a new one counts even where another ended
+    thread_ids_at_start: frozenset[int] = frozenset()
     _exit: Callable[[], None] = field(default=lambda: None)
 
+    def mark_threads(self) -> None:
+        """The threads there now are the zygote's own: only a thread started later counts."""
+        self.thread_ids_at_start = thread_ids()
+        self.threads_at_start = len(self.thread_ids_at_start) or 1
+
     def hazard(self) -> str | None:
+        threads = thread_count()
+        if self.thread_ids_at_start:
+            threads = self.threads_at_start + len(thread_ids() - self.thread_ids_at_start)
         return fork_hazard(
             cuda_initialized=_cuda_initialized(),
             computed=self.computed,
-            threads=thread_count(),
+            threads=threads,
             threads_at_start=self.threads_at_start,
             cuda_queried=self.cuda_queried,
         )
@@ -147,14 +163,14 @@ def watch_torch() -> Watch:
             args: tuple[Any, ...] = (),
             kwargs: dict[str, Any] | None = None,
         ) -> Any:
-            threads = thread_count() if watch.computed is None else 0
+            threads = thread_ids() if watch.computed is None else frozenset()
             result = func(*args, **(kwargs or {}))
             tensors = [*args, *(kwargs or {}).values(), result]
             if (
                 watch.computed is None
                 and any(isinstance(t, torch.Tensor) for t in tensors)
                 and not (
-                    thread_count() == threads  # it started no thread (a BLAS pool would)
+                    thread_ids() <= threads  # it started no thread (a BLAS pool would)
                     and torch_import_work(
                         _stack_files(),
                         str(Path(torch.__file__).parent),
@@ -287,7 +303,7 @@ def preload(
     if torchvision:
         with contextlib.suppress(ImportError):
             import torchvision as _  # noqa: F401
-    watch.threads_at_start = thread_count()
+    watch.mark_threads()
     import_modules(watch, modules)
     return watch
 

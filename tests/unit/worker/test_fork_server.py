@@ -17,7 +17,7 @@ from harness.worker.fork_server import (
     Watch,
     fork_hazard,
     import_modules,
-    thread_count,
+    thread_ids,
     torch_import_work,
     watch_torch,
 )
@@ -60,7 +60,7 @@ def test_the_watch_sees_a_computation_and_not_an_import() -> None:
 def test_a_started_thread_is_a_hazard() -> None:
     watch = watch_torch()
     watch.leave()
-    watch.threads_at_start = thread_count()
+    watch.mark_threads()
     assert watch.hazard() is None
     stop = threading.Event()
     extra = threading.Thread(target=stop.wait)
@@ -72,6 +72,29 @@ def test_a_started_thread_is_a_hazard() -> None:
     finally:
         stop.set()
         extra.join()
+
+
+def test_a_started_thread_counts_even_where_another_ended() -> None:
+    # counting alone would miss it: one thread more, one fewer
+    stop = threading.Event()
+    passing = threading.Thread(target=stop.wait)
+    passing.start()
+    watch = watch_torch()
+    watch.leave()
+    watch.mark_threads()
+    started = threading.Thread(target=stop.wait)
+    try:
+        started.start()
+        passing_id = passing.native_id
+        stop.set()
+        passing.join()
+        assert passing_id not in thread_ids()
+        reason = watch.hazard()
+        assert reason is not None
+        assert "threads" in reason
+    finally:
+        stop.set()
+        started.join()
 
 
 def test_the_zygote_options_name_the_modules_to_import() -> None:
@@ -95,7 +118,7 @@ def user_modules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pa
 
 def watched() -> Watch:
     watch = watch_torch()
-    watch.threads_at_start = thread_count()
+    watch.mark_threads()
     return watch
 
 
