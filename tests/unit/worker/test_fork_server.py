@@ -76,24 +76,26 @@ def test_a_started_thread_is_a_hazard() -> None:
 
 def test_a_started_thread_counts_even_where_another_ended() -> None:
     # counting alone would miss it: one thread more, one fewer
-    stop = threading.Event()
-    passing = threading.Thread(target=stop.wait)
+    end_passing, end_started = threading.Event(), threading.Event()
+    passing = threading.Thread(target=end_passing.wait)
     passing.start()
     watch = watch_torch()
     watch.leave()
     watch.mark_threads()
-    started = threading.Thread(target=stop.wait)
+    started = threading.Thread(target=end_started.wait)
     try:
         started.start()
         passing_id = passing.native_id
-        stop.set()
+        end_passing.set()
         passing.join()
         assert passing_id not in thread_ids()
+        assert started.native_id in thread_ids()
         reason = watch.hazard()
         assert reason is not None
         assert "threads" in reason
     finally:
-        stop.set()
+        end_passing.set()
+        end_started.set()
         started.join()
 
 
