@@ -127,9 +127,10 @@ class Watch:
         self.threads_at_start = len(self.thread_ids_at_start) or 1
 
     def hazard(self) -> str | None:
-        threads = thread_count()
+        now = thread_ids()
+        threads = len(now) or 1
         if self.thread_ids_at_start:
-            threads = self.threads_at_start + len(thread_ids() - self.thread_ids_at_start)
+            threads = self.threads_at_start + len(now - self.thread_ids_at_start)
         return fork_hazard(
             cuda_initialized=_cuda_initialized(),
             computed=self.computed,
@@ -245,12 +246,17 @@ def torch_import_work(files: Sequence[str], torch_dir: str, elements: int) -> bo
     counts. Pure."""
     if elements >= GRAIN_SIZE:
         return False
-    inside = torch_dir.rstrip(os.sep) + os.sep
     for name in files:
-        if name.startswith(inside) or name == __file__:
+        if _torch_or_here(name, torch_dir):
             continue
         return name.startswith("<frozen importlib")
     return False
+
+
+def _torch_or_here(file: str, torch_dir: str) -> bool:
+    """Whether a frame's file is torch's own (inside its folder: torchvision's beside it is not)
+    or this module's."""
+    return file.startswith(torch_dir.rstrip(os.sep) + os.sep) or file == __file__
 
 
 def _stack_files() -> list[str]:
@@ -266,9 +272,9 @@ def _stack_files() -> list[str]:
 def _caller(torch_file: str) -> str:
     """`` at FILE:LINE`` of the innermost frame outside torch and this module: what made the
     zygote compute (a user's module, at import), or nothing where every frame is torch's."""
-    skip = (str(Path(torch_file).parent), __file__)
+    torch_dir = str(Path(torch_file).parent)
     frame: FrameType | None = sys._getframe(2)
-    while frame is not None and frame.f_code.co_filename.startswith(skip):
+    while frame is not None and _torch_or_here(frame.f_code.co_filename, torch_dir):
         frame = frame.f_back
     return "" if frame is None else f" at {frame.f_code.co_filename}:{frame.f_lineno}"
 
