@@ -7,6 +7,7 @@ own run, and the newest's run loading its files); ``to_markdown`` opens with the
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from harness.certify.upgrade import Crossing, crossing
@@ -39,6 +40,16 @@ class Rung:
         not cross (saved again, or broken before naming a torch)."""
         return self.crossed.unexpected + self.crossed.saved_again + self.crossed.broken
 
+    def loaded(self) -> list[CellResult]:
+        """Every cell the newest release ran on this release's files (not those not run)."""
+        return self.crossed.crossed + self.crossed.saved_again + self.crossed.broken
+
+    def failure_class(self, result: CellResult) -> str:
+        """A failing cell's error class; one saved again by the newest, ``saved_again``."""
+        if any(result is again for again in self.crossed.saved_again):
+            return "saved_again"
+        return _error_class(result)
+
 
 @dataclass
 class Ladder:
@@ -56,10 +67,7 @@ class Ladder:
 
     def verdict(self) -> str:
         releases = ", ".join(rung.release for rung in self.rungs)
-        loaded = sum(
-            len(rung.crossed.crossed) + len(rung.crossed.saved_again) + len(rung.crossed.broken)
-            for rung in self.rungs
-        )
+        loaded = sum(len(rung.loaded()) for rung in self.rungs)
         ran = f"{loaded} cells of files saved by {releases}, loaded under {self.newest}"
         corpus = ""
         if self.golden:
@@ -142,8 +150,7 @@ def entry(rung: Rung, column: str) -> str:
     """The table's entry for one release and column: counts of PASS, known-bad (XFAIL as
     predicted) and FAIL with the error classes; what the release cannot save, and why."""
     failing = {id(r) for r in rung.failing()}
-    cells = list(rung.crossed.crossed + rung.crossed.saved_again + rung.crossed.broken)
-    cells = [r for r in cells if _column(r) == column]
+    cells = [r for r in rung.loaded() if _column(r) == column]
     if not cells:  # what the release cannot save ran no cell; one that did is shown as it ended
         unsupported = ladder_unsupported(rung.release).get(column)
         return "-" if unsupported is None else NOT_SAVED + unsupported
@@ -152,13 +159,9 @@ def entry(rung: Rung, column: str) -> str:
     known_bad = [r for r in predicted if r.recipe_kind is RecipeKind.KNOWN_BAD]
     held_back = [r for r in predicted if r.recipe_kind is not RecipeKind.KNOWN_BAD]
     failed = [r for r in cells if id(r) in failing]
-    again = {id(r) for r in rung.crossed.saved_again}
     parts = []
     if failed:
-        classes = Counter("saved_again" if id(r) in again else _error_class(r) for r in failed)
-        parts.append(
-            f"FAIL {len(failed)} ({', '.join(f'{name} {n}' for name, n in classes.items())})"
-        )
+        parts.append(f"FAIL {len(failed)} ({_classes(failed, rung.failure_class)})")
     if passed:
         parts.append(f"PASS {passed}")
     if known_bad:
@@ -168,17 +171,15 @@ def entry(rung: Rung, column: str) -> str:
     return ", ".join(parts)
 
 
-def _classes(results: list[CellResult]) -> str:
-    return ", ".join(f"{name} {n}" for name, n in Counter(map(_error_class, results)).items())
+def _classes(
+    results: list[CellResult], error_class: Callable[[CellResult], str] = _error_class
+) -> str:
+    return ", ".join(f"{name} {n}" for name, n in Counter(map(error_class, results)).items())
 
 
 def columns(ladder: Ladder) -> list[str]:
     """The columns any release has cells in or cannot save, in LADDER_COLUMNS's order."""
-    present = {
-        _column(r)
-        for rung in ladder.rungs
-        for r in rung.crossed.crossed + rung.crossed.saved_again + rung.crossed.broken
-    }
+    present = {_column(r) for rung in ladder.rungs for r in rung.loaded()}
     present |= {column for rung in ladder.rungs for column in ladder_unsupported(rung.release)}
     known = [column for column in LADDER_COLUMNS if column in present]
     return known + sorted(present - set(LADDER_COLUMNS))
@@ -239,7 +240,7 @@ def to_markdown(ladder: Ladder) -> str:
                 ]
                 lines.append("| --- | --- | --- | --- |")
                 lines += [
-                    f"| `{r.id}` | {r.outcome} | {_error_class(r)} | "
+                    f"| `{r.id}` | {r.outcome} | {rung.failure_class(r)} | "
                     f"{' '.join(r.reason.split())[:200]} |"
                     for r in cells
                 ]
