@@ -382,6 +382,23 @@ def run_under(
     )
 
 
+def verify_under(session: nox.Session, tools: Path, recording: str, out: str) -> None:
+    """``golden verify`` of a recording under a release's environment (``tools``: its bin
+    folder), writing ``out`` afresh; a failed file does not stop the session: its report judges
+    it."""
+    session.run(
+        str(tools / "ckpt-matrix"),
+        "golden",
+        "verify",
+        recording,
+        "--out",
+        out,
+        "--overwrite",
+        success_codes=[0, 1],
+        external=True,
+    )
+
+
 @nox.session
 def upgrade(session: nox.Session) -> None:
     """Certify a torch upgrade in one command: ``nox -s upgrade -- OLD NEW [run options]
@@ -439,17 +456,7 @@ def upgrade(session: nox.Session) -> None:
     report_golden: list[str] = []
     for number, recording in enumerate(golden, start=1):
         out_golden = f"results-upgrade-golden-{after}-{number}.jsonl"
-        session.run(
-            str(newer / "ckpt-matrix"),
-            "golden",
-            "verify",
-            recording,
-            "--out",
-            out_golden,
-            "--overwrite",
-            success_codes=[0, 1],
-            external=True,
-        )
+        verify_under(session, newer, recording, out_golden)
         report_golden += ["--golden", out_golden]
     matrix(older, out_backward, saved_new, keep=True)
     session.run(
@@ -598,17 +605,7 @@ def ladder(session: nox.Session) -> None:
     for (own, crossing, files, version), chosen in zip(rungs, older, strict=True):
         run(tools, work / f"saved-with-{release_name(chosen)}", crossing, version, keep=True)
         verified = f"results-ladder-golden-{release_name(chosen)}.jsonl"
-        session.run(
-            str(tools / "ckpt-matrix"),
-            "golden",
-            "verify",
-            str(files / "golden.jsonl"),
-            "--out",
-            verified,
-            "--overwrite",
-            success_codes=[0, 1],
-            external=True,
-        )
+        verify_under(session, tools, str(files / "golden.jsonl"), verified)
         report += ["--rung", own, crossing, "--golden", verified]
     session.run(
         str(tools / "ckpt-matrix"),
