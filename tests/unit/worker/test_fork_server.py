@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -74,6 +75,17 @@ def test_a_started_thread_is_a_hazard() -> None:
         extra.join()
 
 
+def _gone(native_id: int | None, within: float = 10.0) -> bool:
+    """Whether the thread has left /proc/self/task: join() returns once Python is done with a
+    thread, a moment before the kernel removes it, so a test that needs it gone waits for that."""
+    deadline = time.monotonic() + within
+    while native_id in thread_ids():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 def test_a_started_thread_counts_even_where_another_ended() -> None:
     # counting alone would miss it: one thread more, one fewer
     end_passing, end_started = threading.Event(), threading.Event()
@@ -88,7 +100,7 @@ def test_a_started_thread_counts_even_where_another_ended() -> None:
         passing_id = passing.native_id
         end_passing.set()
         passing.join()
-        assert passing_id not in thread_ids()
+        assert _gone(passing_id)
         assert started.native_id in thread_ids()
         reason = watch.hazard()
         assert reason is not None
