@@ -40,9 +40,10 @@ def crossing(results: ResultsFile, saved: str, loaded: str) -> Crossing:
     """Each cell of ``results`` by what it shows: loaded under ``loaded`` from a file saved under
     ``saved`` (crossed: as predicted or not), saved again by the loading torch (it did not
     cross), broken before its result named a torch (an ERROR: a job that crashed), or not run.
-    A version matches by its release (``2.15.0`` is ``2.15.0+cu132``)."""
+    A version matches by its release (``2.15.0`` is ``2.15.0+cu132``). Each list is in cell id
+    order, not the order the cells finished in, so two certifications of one commit read alike."""
     found = Crossing(saved=saved, loaded=loaded)
-    for result in results.results:
+    for result in sorted(results.results, key=lambda r: r.id):
         if result.outcome is Outcome.SKIP:
             found.not_run.append(result)
             continue

@@ -144,7 +144,7 @@ def test_crossing_sorts_each_cell_by_the_torches_it_names(tmp_path: Path) -> Non
         )
     )
     found = crossing(results, "2.14.1", "2.15.0")
-    assert [r.cell.model for r in found.crossed] == ["trap", "dropout"]
+    assert [r.cell.model for r in found.crossed] == ["dropout", "trap"]  # in id order
     assert [r.cell.model for r in found.unexpected] == ["dropout"]
     assert [r.cell.model for r in found.saved_again] == ["tied"]
     assert [r.cell.model for r in found.broken] == ["mixed_dtypes"]
@@ -163,3 +163,24 @@ def test_several_golden_recordings_are_verified_together(
     out = capsys.readouterr().out
     assert "1 golden file(s) failed" in out.splitlines()[0]
     assert "2 file(s), 1 failed." in out
+
+
+def test_a_crossing_reads_alike_whatever_order_the_cells_finished_in(tmp_path: Path) -> None:
+    # two jobs finish cells in any order; the certification lists them by id, as diff does
+    cells = [result(model, Outcome.FAIL) for model in ("trap", "block", "tied", "dropout")]
+    orders = [cells, cells[::-1], cells[1:] + cells[:1]]
+    tables = []
+    for number, order in enumerate(orders):
+        folder = tmp_path / str(number)
+        folder.mkdir()
+        old, new, forward = runs(folder, order)
+        upgrade = certify_upgrade(read_results(old), read_results(new), read_results(forward))
+        assert [r.cell.model for r in upgrade.forward.unexpected] == [
+            "block",
+            "dropout",
+            "tied",
+            "trap",
+        ]
+        assert f"(first {cells[1].id}: FAIL)" in upgrade.verdict()
+        tables.append(to_markdown(upgrade).split("### The ", 1)[0])
+    assert tables[0] == tables[1] == tables[2]
