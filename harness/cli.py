@@ -50,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     def matrix_options(sub: argparse.ArgumentParser) -> None:
         add_options(
-            sub.add_argument, "cli", ("scenarios", "select", "models", "visibility", "shard")
+            sub.add_argument,
+            "cli",
+            ("scenarios", "select", "models", "visibility", "min_gpus", "shard"),
         )
 
     def simulate_option(sub: argparse.ArgumentParser) -> None:

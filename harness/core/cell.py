@@ -115,6 +115,12 @@ class Cell:
         return self.id
 
     @property
+    def gpus(self) -> int:
+        """How many GPUs the cell's processes see between them (0: the CPU fallback): ``[0]`` ->
+        ``[1]`` needs two, ``[1,0]`` -> ``[0,1]`` two, ``[2]`` -> ``[2]`` one."""
+        return len(set(self.save_visibility) | set(self.load_visibility))
+
+    @property
     def recipe_spec(self) -> Recipe:
         return RECIPES[self.recipe]
 

@@ -196,7 +196,8 @@ def merge(files: list[ResultsFile]) -> tuple[dict[str, Any], list[CellResult]]:
             if result.id in seen:
                 raise ResultsError(
                     f"merge: cell {result.id} is in both {seen[result.id]} and {results.path}; "
-                    "merge runs of different cells (e.g. one per GPU count)"
+                    "merge runs of different cells: a runner with more GPUs runs every cell of "
+                    "a one-GPU runner too, unless given --min-gpus 2"
                 )
             seen[result.id] = results.path
             cells.append(result)

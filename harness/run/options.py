@@ -82,6 +82,7 @@ class RunOptions:
     models: tuple[str, ...] = ()
     visibility: str = "minimal"
     shard: str | None = None  # K/N, slurm, indexed:N
+    min_gpus: int = 0  # only the cells whose processes see at least this many GPUs together
     timeout_s: float = DEFAULT_TIMEOUT_S
     gpu_slots: int = 1
     launcher: str = DEFAULT_LAUNCHER
@@ -120,6 +121,8 @@ class RunOptions:
             raise OptionError(
                 f"{names['launcher']} {self.launcher!r}: expected one of {', '.join(LAUNCHERS)}"
             )
+        if self.min_gpus < 0:
+            raise OptionError(f"{names['min_gpus']} {self.min_gpus}: must be 0 or more")
         if self.jobs < 1:
             raise OptionError(f"{names.get('jobs', '--jobs')} {self.jobs}: must be at least 1")
         if self.rerun_errors < 0:
@@ -171,6 +174,16 @@ OPTIONS: tuple[Option, ...] = (
         help="only the K-th of N disjoint parts of the matrix (cells sharing a checkpoint stay "
         "together); 'slurm' reads a Slurm array's task id and count, 'indexed:N' a Kubernetes "
         "Indexed Job's JOB_COMPLETION_INDEX with N completions",
+    ),
+    Option(
+        field="min_gpus",
+        cli="--min-gpus",
+        plugin="--ckpt-min-gpus",
+        type=int,
+        metavar="N",
+        help="only the cells whose processes see N or more GPUs between them: on a runner "
+        "with more GPUs, 2 leaves the CPU and one-GPU cells to a one-GPU runner, so that the "
+        "two runners' results merge",
     ),
     Option(
         field="timeout_s",

@@ -37,6 +37,20 @@ def chosen_subsets(policy: Policy, inventory: Inventory) -> list[Visibility]:
     return subsets(policy, inventory.indices, single_only=single_only)
 
 
+def with_gpus(matrix: Matrix, options: RunOptions, machine_gpus: int) -> Matrix:
+    """The matrix's cells that see at least ``options.min_gpus`` GPUs (before sharding: the
+    shards' matrix is this one)."""
+    kept = tuple(cell for cell in matrix.cells if cell.gpus >= options.min_gpus)
+    if not kept:
+        most = max(cell.gpus for cell in matrix.cells)
+        raise OptionError(
+            f"{options.names['min_gpus']} {options.min_gpus}: no cell needs that many GPUs "
+            f"(this machine gives {machine_gpus}; its cells see at most {most}); lower it, or "
+            "run on a runner with more GPUs"
+        )
+    return replace(matrix, cells=kept)
+
+
 def plan_matrix(
     options: RunOptions,
     environ: Mapping[str, str] | None = None,
@@ -61,6 +75,8 @@ def plan_matrix(
     if not matrix.cells:
         matching = f" match -k {options.select!r}" if options.select else ""
         raise OptionError(f"no cells in {path}{matching}")
+    if options.min_gpus:
+        matrix = with_gpus(matrix, options, len(inventory.gpus))
     shard = None
     cells = matrix.cells
     if options.shard is not None:

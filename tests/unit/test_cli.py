@@ -4,7 +4,7 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,8 @@ from harness.core.results import read_results
 from harness.launchers import Launcher, LauncherBroken
 from harness.run.artifacts import ArtifactStore
 from harness.run.jobs import JobFactory
+from harness.run.options import RunOptions
+from harness.run.planning import plan_matrix
 from harness.run.runner import CellRunner
 from harness.run.usecase import MatrixWork
 from tests.unit.core.test_results import result, write
@@ -108,6 +110,40 @@ def test_merge_writes_one_file_and_refuses_to_overwrite(
     assert main(["merge", "--overwrite", str(out), str(one), str(one)]) == 2
     assert "is in both" in capsys.readouterr().err
     assert len(read_results(out).results) == 2  # a refused merge leaves OUT as it was
+
+
+def test_a_one_gpu_and_a_four_gpu_runner_merge_once_the_larger_takes_min_gpus(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # docs/certify.md's workflows: each runner kind runs the matrix, a last job merges the files
+    some = "model=trap- and fmt=weights"
+
+    def runner(name: str, gpus: int, min_gpus: int = 0) -> Path:
+        given = ["--simulate-gpus", str(gpus), "--min-gpus", str(min_gpus)]
+        assert main(["list", "-k", some, *given]) == 0
+        listed = capsys.readouterr().out.splitlines()
+        options = RunOptions(select=some, simulate_gpus=gpus, min_gpus=min_gpus)
+        cells = plan_matrix(options).cells
+        assert [cell.id for cell in cells] == listed
+        ran = [replace(result(), cell=cell) for cell in cells]
+        return write(tmp_path / f"{name}.jsonl", {"torch": "2.14.1"}, *ran)
+
+    one, four = runner("gpu-1x", 1), runner("gpu-4x", 4)
+    out = tmp_path / "merged.jsonl"
+    assert main(["merge", str(out), str(one), str(four)]) == 2  # the 4-GPU run has them all
+    assert "unless given --min-gpus 2" in capsys.readouterr().err
+    larger = runner("gpu-4x-min2", 4, min_gpus=2)
+    assert main(["merge", str(out), str(one), str(larger)]) == 0
+    ones, largers = read_results(one).results, read_results(larger).results
+    assert len(read_results(out).results) == len(ones) + len(largers)
+    assert {r.cell.gpus for r in ones} == {0, 1}
+    assert {r.cell.gpus for r in largers} == {2, 3, 4}  # pairs, a pair and a third, all four
+    assert main(["list", "-k", some, "--simulate-gpus", "1", "--min-gpus", "2"]) == 2
+    assert "--min-gpus 2: no cell needs that many GPUs (this machine gives 1" in (
+        capsys.readouterr().err
+    )
+    assert main(["list", "--min-gpus", "-1"]) == 2
+    assert "--min-gpus -1: must be 0 or more" in capsys.readouterr().err
 
 
 def test_run_refuses_to_replace_results_silently(

@@ -31,6 +31,15 @@ def test_id_is_readable_and_names_every_axis() -> None:
     assert make(save_visibility=(0,)).id.startswith("model=trap-save=dp[0]@cpu-load=")
 
 
+def test_a_cell_needs_the_gpus_its_processes_see_between_them() -> None:
+    assert make().gpus == 0  # the CPU fallback
+    assert make(save_visibility=(0,), load_visibility=()).gpus == 1
+    assert make(save_visibility=(2,), load_visibility=(2,)).gpus == 1
+    assert make(save_visibility=(0,), load_visibility=(1,)).gpus == 2
+    assert make(save_visibility=(1, 0), load_visibility=(0, 1)).gpus == 2
+    assert make(save_visibility=(0, 1, 2, 3), load_visibility=(3,)).gpus == 4
+
+
 def test_visibility_order_matters() -> None:
     assert make(save_visibility=(0, 1)).id != make(save_visibility=(1, 0)).id
     assert DeviceMap().env_value((1, 0)) == "1,0"
