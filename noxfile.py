@@ -352,6 +352,23 @@ def log_kept_releases(session: nox.Session) -> None:
     )
 
 
+def run_arguments(options: list[str], workdir: Path, out: str, *, keep: bool = False) -> list[str]:
+    """``ckpt-matrix``'s words for a run of a release (``run_under``), which its results file
+    records in its environment's ``argv``: a run is reused only where they are the same."""
+    return [
+        "run",
+        "--rerun-errors",  # a job the machine broke (a port taken) once more; told as flaky
+        "1",
+        *options,
+        "--workdir",
+        str(workdir),
+        *(["--keep-saves"] if keep else []),
+        "--out",
+        out,
+        "--overwrite",
+    ]
+
+
 def run_under(
     session: nox.Session,
     tools: Path,
@@ -367,16 +384,7 @@ def run_under(
     judges them."""
     session.run(
         str(tools / "ckpt-matrix"),
-        "run",
-        "--rerun-errors",  # a job the machine broke (a port taken) once more; told as flaky
-        "1",
-        *options,
-        "--workdir",
-        str(workdir),
-        *(["--keep-saves"] if keep else []),
-        "--out",
-        out,
-        "--overwrite",
+        *run_arguments(options, workdir, out, keep=keep),
         success_codes=[0, 1],
         external=True,
     )
@@ -405,13 +413,13 @@ def upgrade(session: nox.Session) -> None:
     [--golden RECORDING ...]`` (releases as ``2.15.0`` or ``"torch==X torchvision==Y"``).
 
     Each release has its own environment, kept in .nox/releases between sessions. Runs the
-    matrix under OLD (reusing results-upgrade-OLD.jsonl where it is OLD's at this commit and its
-    checkpoints are still kept), under NEW, then loads under NEW every file OLD saved
-    (``run --keep-saves``) and, not gating, under OLD every file NEW saved; verifies each golden
-    recording given under NEW (``--golden``, repeatable: a ladder's corpus has one per release);
-    writes certification-upgrade.md and .html, whose first line is the verdict, and fails unless
-    it is CERTIFIED. A release without a torchvision (the zoo's resnet18 needs none) leaves
-    torchvision's models out, named in the verdict.
+    matrix under OLD (reusing results-upgrade-OLD.jsonl where it is OLD's at this commit, run
+    with the same options, and its checkpoints are still kept), under NEW, then loads under NEW
+    every file OLD saved (``run --keep-saves``) and, not gating, under OLD every file NEW saved;
+    verifies each golden recording given under NEW (``--golden``, repeatable: a ladder's corpus
+    has one per release); writes certification-upgrade.md and .html, whose first line is the
+    verdict, and fails unless it is CERTIFIED. A release without a torchvision (the zoo's
+    resnet18 needs none) leaves torchvision's models out, named in the verdict.
     """
     import subprocess
 
@@ -447,8 +455,12 @@ def upgrade(session: nox.Session) -> None:
     out_forward = f"results-upgrade-{before}-to-{after}.jsonl"
     out_backward = f"results-upgrade-{after}-to-{before}.jsonl"
     older, newer = release_tools(session, old), release_tools(session, new)
-    if releases.baseline_is_kept(Path(out_old), saved_old, old.torch, commit):
-        session.log(f"{out_old}: {old.label}'s run at this commit, its checkpoints kept: reused")
+    arguments = run_arguments(run_options, saved_old, out_old)
+    if releases.baseline_is_kept(Path(out_old), saved_old, old.torch, commit, arguments):
+        session.log(
+            f"{out_old}: {old.label}'s run at this commit with these options, its checkpoints "
+            "kept: reused"
+        )
     else:
         matrix(older, out_old, saved_old)
     matrix(newer, out_new, saved_new)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,9 +91,13 @@ def exceeds(version: str, cap: str) -> bool:
     return _key(version) > _key(bound) if operator == "<=" else _key(version) >= _key(bound)
 
 
-def baseline_is_kept(out: Path, saved: Path, torch: str, commit: str) -> bool:
+def baseline_is_kept(
+    out: Path, saved: Path, torch: str, commit: str, arguments: Sequence[str]
+) -> bool:
     """Whether ``out`` is a finished run of ``torch`` at ``commit`` whose checkpoints are still in
-    ``saved``: the older release's run need not be made again."""
+    ``saved``, run with ``arguments`` (``ckpt-matrix``'s words, from ``run`` on): the older
+    release's run need not be made again. A run of other options (another ``-k``, another
+    ``--visibility``) holds other cells: it is made again."""
     if not (out.is_file() and (saved / "artifacts").is_dir()):
         return False
     lines = out.read_text(encoding="utf-8").splitlines()
@@ -103,10 +108,13 @@ def baseline_is_kept(out: Path, saved: Path, torch: str, commit: str) -> bool:
     if not (isinstance(environment, dict) and isinstance(last, dict)):
         return False
     version = torch.split("==", 1)[-1]
+    argv = environment.get("argv")
     return (
         last.get("kind") == "end"
-        and str(environment.get("torch", "")).startswith(version)
+        and str(environment.get("torch", "")).split("+", 1)[0] == version
         and environment.get("git_commit") == commit
+        and isinstance(argv, list)
+        and argv[1:] == list(arguments)
     )
 
 

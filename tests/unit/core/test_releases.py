@@ -83,16 +83,22 @@ def test_the_older_releases_run_is_reused_only_where_it_is_whole_and_its_saves_k
     tmp_path: Path,
 ) -> None:
     out, saved = tmp_path / "results-upgrade-2.14.1.jsonl", tmp_path / "saved"
-    environment = {"torch": "2.14.1+cu130", "git_commit": "abc"}
+    words = ["run", "--workdir", str(saved), "--out", str(out), "-k", "fsdp2"]
+    environment = {"torch": "2.14.1+cu130", "git_commit": "abc", "argv": ["ckpt-matrix", *words]}
     end = {"kind": "end", "cells_run": 1}
     out.write_text(json.dumps(environment) + "\n" + json.dumps(end) + "\n")
-    assert not baseline_is_kept(out, saved, "torch==2.14.1", "abc")  # its checkpoints are gone
+    assert not baseline_is_kept(out, saved, "torch==2.14.1", "abc", words)  # checkpoints gone
     (saved / "artifacts").mkdir(parents=True)
-    assert baseline_is_kept(out, saved, "torch==2.14.1", "abc")
-    assert not baseline_is_kept(out, saved, "torch==2.14.1", "def")  # another commit
-    assert not baseline_is_kept(out, saved, "torch==2.13.0", "abc")  # another release
+    assert baseline_is_kept(out, saved, "torch==2.14.1", "abc", words)
+    assert not baseline_is_kept(out, saved, "torch==2.14.1", "def", words)  # another commit
+    assert not baseline_is_kept(out, saved, "torch==2.13.0", "abc", words)  # another release
+    assert not baseline_is_kept(out, saved, "torch==2.14.10", "abc", words)  # not a prefix
+    # another -k, or none: other cells, which a reused run would not hold (the session's
+    # certification would call them lost, or not crossed)
+    assert not baseline_is_kept(out, saved, "torch==2.14.1", "abc", words[:-2])
+    assert not baseline_is_kept(out, saved, "torch==2.14.1", "abc", [*words[:-1], "dcp"])
     out.write_text(json.dumps(environment) + "\n")  # interrupted: no end line
-    assert not baseline_is_kept(out, saved, "torch==2.14.1", "abc")
+    assert not baseline_is_kept(out, saved, "torch==2.14.1", "abc", words)
 
 
 # The release ladder's planning: which releases, which columns each can save, which cells run.
