@@ -445,6 +445,8 @@ def upgrade(session: nox.Session) -> None:
     commit = subprocess.run(
         ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False
     ).stdout.strip()
+    # a tree with changes to tracked files is not what the commit names
+    changed = subprocess.run(["git", "diff", "--quiet", "HEAD"], check=False).returncode != 0
 
     def matrix(tools: Path, out: str, workdir: Path, *, keep: bool = False) -> None:
         run_under(session, tools, run_options, workdir, out, keep=keep)
@@ -455,13 +457,29 @@ def upgrade(session: nox.Session) -> None:
     out_forward = f"results-upgrade-{before}-to-{after}.jsonl"
     out_backward = f"results-upgrade-{after}-to-{before}.jsonl"
     older, newer = release_tools(session, old), release_tools(session, new)
-    arguments = run_arguments(run_options, saved_old, out_old)
-    if releases.baseline_is_kept(Path(out_old), saved_old, old.torch, commit, arguments):
+    inventory = subprocess.run(
+        [str(older / "ckpt-matrix"), "inventory", "--json"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    # the machine as the older release reads it (none read: nothing is reused)
+    machine = json.loads(inventory.stdout) if inventory.returncode == 0 else {}
+    why = releases.why_not_reused(
+        Path(out_old),
+        saved_old,
+        old.torch,
+        None if changed else commit,
+        run_arguments(run_options, saved_old, out_old),
+        machine,
+    )
+    if why is None:
         session.log(
-            f"{out_old}: {old.label}'s run at this commit with these options, its checkpoints "
-            "kept: reused"
+            f"{out_old}: {old.label}'s run at this commit, with these options on this machine, "
+            "its checkpoints kept: reused"
         )
     else:
+        session.log(f"{old.label}'s matrix is run: {why}")
         matrix(older, out_old, saved_old)
     matrix(newer, out_new, saved_new)
     matrix(newer, out_forward, saved_old, keep=True)

@@ -8,9 +8,10 @@ from __future__ import annotations
 import itertools
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 # torchvision's release for each torch minor release (torchvision 0.(N+15) goes with torch 2.N;
 # its patch follows torch's). None known for a torch newer than this table.
@@ -91,31 +92,51 @@ def exceeds(version: str, cap: str) -> bool:
     return _key(version) > _key(bound) if operator == "<=" else _key(version) >= _key(bound)
 
 
-def baseline_is_kept(
-    out: Path, saved: Path, torch: str, commit: str, arguments: Sequence[str]
-) -> bool:
-    """Whether ``out`` is a finished run of ``torch`` at ``commit`` whose checkpoints are still in
-    ``saved``, run with ``arguments`` (``ckpt-matrix``'s words, from ``run`` on): the older
-    release's run need not be made again. A run of other options (another ``-k``, another
-    ``--visibility``) holds other cells: it is made again."""
-    if not (out.is_file() and (saved / "artifacts").is_dir()):
-        return False
+# What a run's environment line records of the machine that decides its cells (its GPUs, as the
+# run was given them) and their outcomes (the driver).
+MACHINE_FIELDS = ("gpus", "outer_cuda_visible_devices", "driver_version")
+
+
+def why_not_reused(
+    out: Path,
+    saved: Path,
+    torch: str,
+    commit: str | None,
+    arguments: Sequence[str],
+    machine: Mapping[str, Any],
+) -> str | None:
+    """None where ``out`` can stand for the older release's run: a run of ``torch`` at
+    ``commit`` (None: the tree has changes no commit names) that finished, run with
+    ``arguments`` (``ckpt-matrix``'s words, from ``run`` on: another ``-k`` is other cells), on
+    the same ``machine`` (``ckpt-matrix inventory --json``: GPUs and driver), its checkpoints
+    still in ``saved``. Otherwise why it is made again."""
+    if not out.is_file():
+        return f"no {out} yet"
+    if not (saved / "artifacts").is_dir():
+        return f"its checkpoints are gone from {saved}"
     lines = out.read_text(encoding="utf-8").splitlines()
     try:
         environment, last = json.loads(lines[0]), json.loads(lines[-1])
     except (ValueError, IndexError):
-        return False
+        return f"{out} is not a results file"
     if not (isinstance(environment, dict) and isinstance(last, dict)):
-        return False
+        return f"{out} is not a results file"
+    if last.get("kind") != "end" or "stopped" in last:
+        return f"{out} is a run that did not finish"
     version = torch.split("==", 1)[-1]
+    if str(environment.get("torch", "")).split("+", 1)[0] != version:
+        return f"{out} is a run of torch {environment.get('torch')}, not {version}"
+    if commit is None:
+        return "the working tree has uncommitted changes"
+    if environment.get("git_commit") != commit:
+        return f"{out} was run at {environment.get('git_commit')}, this is {commit}"
     argv = environment.get("argv")
-    return (
-        last.get("kind") == "end"
-        and str(environment.get("torch", "")).split("+", 1)[0] == version
-        and environment.get("git_commit") == commit
-        and isinstance(argv, list)
-        and argv[1:] == list(arguments)
-    )
+    if not (isinstance(argv, list) and argv[1:] == list(arguments)):
+        return f"{out} was run with other options"
+    for key in MACHINE_FIELDS:
+        if environment.get(key) != machine.get(key):
+            return f"{out} was run with another {key.replace('_', ' ')}"
+    return None
 
 
 # The release ladder (``nox -s ladder``): what each release saves, as the columns of its table.

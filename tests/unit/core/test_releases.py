@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from harness.core.matrix import expand
 from harness.core.releases import (
     LADDER_COLUMNS,
-    baseline_is_kept,
     cap_of,
     exceeds,
     ladder_column,
@@ -20,6 +20,7 @@ from harness.core.releases import (
     ladder_unsupported,
     pinned_version,
     release,
+    why_not_reused,
 )
 from harness.core.scenarios import load_scenarios
 
@@ -79,26 +80,55 @@ def test_a_cap_in_a_constraints_file_is_found_and_compared() -> None:
     assert pinned_version("torch>=2.1") is None
 
 
-def test_the_older_releases_run_is_reused_only_where_it_is_whole_and_its_saves_kept(
+def test_the_older_releases_run_is_reused_only_where_it_stands_for_the_run_to_make(
     tmp_path: Path,
 ) -> None:
     out, saved = tmp_path / "results-upgrade-2.14.1.jsonl", tmp_path / "saved"
     words = ["run", "--workdir", str(saved), "--out", str(out), "-k", "fsdp2"]
-    environment = {"torch": "2.14.1+cu130", "git_commit": "abc", "argv": ["ckpt-matrix", *words]}
+    gpu = {"index": 0, "uuid": "GPU-1", "name": "H100", "memory_mib": 81559}
+    machine = {"gpus": [gpu], "outer_cuda_visible_devices": None, "driver_version": "580.1"}
+    environment = {
+        "torch": "2.14.1+cu130",
+        "git_commit": "abc",
+        "argv": [".nox/releases/2.14.1/bin/ckpt-matrix", *words],
+        **machine,
+    }
     end = {"kind": "end", "cells_run": 1}
+
+    def why(torch: str = "torch==2.14.1", commit: str | None = "abc", **changes: Any) -> Any:
+        given = {"arguments": words, "machine": machine, **changes}
+        return why_not_reused(out, saved, torch, commit, given["arguments"], given["machine"])
+
+    assert why() == f"no {out} yet"
     out.write_text(json.dumps(environment) + "\n" + json.dumps(end) + "\n")
-    assert not baseline_is_kept(out, saved, "torch==2.14.1", "abc", words)  # checkpoints gone
+    assert why() == f"its checkpoints are gone from {saved}"
     (saved / "artifacts").mkdir(parents=True)
-    assert baseline_is_kept(out, saved, "torch==2.14.1", "abc", words)
-    assert not baseline_is_kept(out, saved, "torch==2.14.1", "def", words)  # another commit
-    assert not baseline_is_kept(out, saved, "torch==2.13.0", "abc", words)  # another release
-    assert not baseline_is_kept(out, saved, "torch==2.14.10", "abc", words)  # not a prefix
-    # another -k, or none: other cells, which a reused run would not hold (the session's
-    # certification would call them lost, or not crossed)
-    assert not baseline_is_kept(out, saved, "torch==2.14.1", "abc", words[:-2])
-    assert not baseline_is_kept(out, saved, "torch==2.14.1", "abc", [*words[:-1], "dcp"])
-    out.write_text(json.dumps(environment) + "\n")  # interrupted: no end line
-    assert not baseline_is_kept(out, saved, "torch==2.14.1", "abc", words)
+    assert why() is None
+    assert why(commit="def") == f"{out} was run at abc, this is def"
+    assert why(commit=None) == "the working tree has uncommitted changes"
+    assert why("torch==2.13.0") == f"{out} is a run of torch 2.14.1+cu130, not 2.13.0"
+    assert why("torch==2.14.10") is not None  # a version is matched whole
+    # another -k, or none: other cells, which a reused run would not hold (the certification
+    # would call them lost, or not crossed)
+    assert why(arguments=words[:-2]) == f"{out} was run with other options"
+    assert why(arguments=[*words[:-1], "dcp"]) == f"{out} was run with other options"
+    # other GPUs plan other cells; another driver is what an upgrade of it would certify
+    for key, other in (
+        ("gpus", "none"),
+        ("outer_cuda_visible_devices", "1"),
+        ("driver_version", "590.2"),
+    ):
+        assert why(machine={**machine, key: other}) == (
+            f"{out} was run with another {key.replace('_', ' ')}"
+        )
+    assert why(machine={}) is not None  # the machine could not be read
+    for ended in ("", json.dumps({**end, "stopped": "interrupted by SIGINT"}) + "\n"):
+        out.write_text(json.dumps(environment) + "\n" + ended)  # killed, or stopped
+        assert why() == f"{out} is a run that did not finish"
+    # the recorded version is matched whole too: 2.14.10's run does not stand for 2.14.1's
+    recorded = {**environment, "torch": "2.14.10+cu130"}
+    out.write_text(json.dumps(recorded) + "\n" + json.dumps(end) + "\n")
+    assert why() == f"{out} is a run of torch 2.14.10+cu130, not 2.14.1"
 
 
 # The release ladder's planning: which releases, which columns each can save, which cells run.
