@@ -25,9 +25,10 @@ from harness.core.errors import UserError
 from harness.core.results import ResultsFile, ResultsWriter, read_results
 from harness.core.results import merge as merge_results
 from harness.core.summary import summary_table
+from harness.core.visibility import parse_policy
 from harness.launchers import LauncherBroken
 from harness.run.options import ABSENT, RunOptions, add_options
-from harness.run.planning import machine_inventory, plan_matrix
+from harness.run.planning import TooFewGpus, chosen_subsets, machine_inventory, plan_matrix
 from harness.run.signals import Interrupted
 from harness.run.usecase import Destination, MatrixWork, execute
 
@@ -312,8 +313,13 @@ def cmd_list(args: argparse.Namespace) -> int:
         gpus = len(inventory.gpus)
         print(f"# {gpus} GPU(s){' (simulated)' if inventory.simulated else ''}")
         for name in ("minimal", "pairs", "all:2", "all:3", "sample:8", "sample:32"):
-            planned = plan_matrix(replace(options, visibility=name), inventory=inventory)
-            print(f"{name:<10} {len(planned.subsets):>5} subsets {len(planned.cells):>7} cells")
+            policy = replace(options, visibility=name)
+            subsets = len(chosen_subsets(parse_policy(name), inventory))
+            try:
+                cells = len(plan_matrix(policy, inventory=inventory).cells)
+            except TooFewGpus:  # none as large as --min-gpus under this policy
+                cells = 0
+            print(f"{name:<10} {subsets:>5} subsets {cells:>7} cells")
         return 0
     planned = plan_matrix(options)
     for cell in planned.cells:

@@ -197,7 +197,8 @@ def merge(files: list[ResultsFile]) -> tuple[dict[str, Any], list[CellResult]]:
                 raise ResultsError(
                     f"merge: cell {result.id} is in both {seen[result.id]} and {results.path}; "
                     "merge runs of different cells: a runner with more GPUs runs every cell of "
-                    "a one-GPU runner too, unless given --min-gpus 2"
+                    "a smaller runner too, unless given --min-gpus (one more than the smaller "
+                    "runner's GPUs: --min-gpus 2 beside a one-GPU runner)"
                 )
             seen[result.id] = results.path
             cells.append(result)

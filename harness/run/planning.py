@@ -37,16 +37,25 @@ def chosen_subsets(policy: Policy, inventory: Inventory) -> list[Visibility]:
     return subsets(policy, inventory.indices, single_only=single_only)
 
 
+class TooFewGpus(OptionError):
+    """No cell of the matrix sees as many GPUs as ``--min-gpus`` asks."""
+
+
 def with_gpus(matrix: Matrix, options: RunOptions, machine_gpus: int) -> Matrix:
     """The matrix's cells that see at least ``options.min_gpus`` GPUs (before sharding: the
     shards' matrix is this one)."""
     kept = tuple(cell for cell in matrix.cells if cell.gpus >= options.min_gpus)
     if not kept:
         most = max(cell.gpus for cell in matrix.cells)
-        raise OptionError(
+        fix = (
+            "run on a runner with more GPUs"
+            if machine_gpus < options.min_gpus
+            else f"choose a --visibility with larger subsets than {options.visibility!r}"
+        )
+        raise TooFewGpus(
             f"{options.names['min_gpus']} {options.min_gpus}: no cell needs that many GPUs "
             f"(this machine gives {machine_gpus}; its cells see at most {most}); lower it, or "
-            "run on a runner with more GPUs"
+            f"{fix}"
         )
     return replace(matrix, cells=kept)
 

@@ -131,9 +131,16 @@ def test_a_one_gpu_and_a_four_gpu_runner_merge_once_the_larger_takes_min_gpus(
     one, four = runner("gpu-1x", 1), runner("gpu-4x", 4)
     out = tmp_path / "merged.jsonl"
     assert main(["merge", str(out), str(one), str(four)]) == 2  # the 4-GPU run has them all
-    assert "unless given --min-gpus 2" in capsys.readouterr().err
+    assert "unless given --min-gpus (one more than the smaller runner's GPUs" in (
+        capsys.readouterr().err
+    )
     larger = runner("gpu-4x-min2", 4, min_gpus=2)
     assert main(["merge", str(out), str(one), str(larger)]) == 0
+    assert "cells from 2 files" in capsys.readouterr().out
+    # three kinds: each one more than the GPUs of the next smaller
+    two, largest = runner("gpu-2x-min2", 2, min_gpus=2), runner("gpu-4x-min3", 4, min_gpus=3)
+    three = tmp_path / "three.jsonl"
+    assert main(["merge", str(three), str(one), str(two), str(largest)]) == 0
     ones, largers = read_results(one).results, read_results(larger).results
     assert len(read_results(out).results) == len(ones) + len(largers)
     assert {r.cell.gpus for r in ones} == {0, 1}
@@ -144,6 +151,26 @@ def test_a_one_gpu_and_a_four_gpu_runner_merge_once_the_larger_takes_min_gpus(
     )
     assert main(["list", "--min-gpus", "-1"]) == 2
     assert "--min-gpus -1: must be 0 or more" in capsys.readouterr().err
+    # the machine has the GPUs, the policy's subsets are too small: the fix is the policy
+    wide = ["-k", some, "--simulate-gpus", "5", "--min-gpus", "5", "--visibility", "pairs"]
+    assert main(["list", *wide]) == 2
+    assert (
+        "(this machine gives 5; its cells see at most 4); lower it, or choose a --visibility"
+        in (capsys.readouterr().err)
+    )
+    # --count goes on through every policy, a policy without such cells counting none
+    few = ["-k", f"{some} and recipe=as_saved", "--simulate-gpus", "3", "--min-gpus", "4"]
+    assert main(["list", "--count", *few]) == 0
+    rows = capsys.readouterr().out.splitlines()[1:]
+    assert [row.split()[0] for row in rows] == [
+        "minimal",
+        "pairs",
+        "all:2",
+        "all:3",
+        "sample:8",
+        "sample:32",
+    ]
+    assert all(row.endswith(" 0 cells") for row in rows)
 
 
 def test_run_refuses_to_replace_results_silently(
