@@ -263,7 +263,17 @@ class MatrixWork:
 
     def check_resume(self, previous: ResultsFile, environment: Mapping[str, Any]) -> None:
         """A resumed file must hold the same torch, shard and model traits (the oracle judged
-        its cells by them)."""
+        its cells by them), and only cells this run plans: a resume may add cells (a file of
+        ``-k fsdp2`` grown to the whole matrix), never mix in others (another ``-k``,
+        ``--visibility`` or ``--min-gpus``)."""
+        planned = {cell.id for cell in self.planned.cells}
+        strays = [r.id for r in previous.results if r.id not in planned]
+        if strays:
+            raise OptionError(
+                f"{previous.path} holds {len(strays)} cell(s) this run does not plan (first "
+                f"{strays[0]}); resume it with the options it was run with (-k, --visibility, "
+                "--min-gpus, --model, --scenarios), or use a new --out for this run"
+            )
         before = previous.environment
         for what, then, this in (
             ("torch", before.get("torch"), environment["torch"]),

@@ -244,6 +244,14 @@ def test_run_writes_results_and_resumes(
     assert outcomes == {"strip_prefix": "PASS", "slice_prefix": "PASS", "unfixed_prefix": "XFAIL"}
     assert "slice_prefix" in captured.out
     assert "Fragile" in captured.out
+    # a resume that plans fewer cells than the file holds would mix two runs: refused
+    kept = out.read_text()
+    narrower = ["run", "--scenarios", str(scenario), "--out", str(out), "--resume", "-k", "slice"]
+    assert main(narrower) == 2
+    err = capsys.readouterr().err
+    assert "holds 2 cell(s) this run does not plan (first model=trap-save=dp[cpu]" in err
+    assert "resume it with the options it was run with" in err
+    assert out.read_text() == kept
 
 
 def test_list_shards_are_disjoint_and_cover_the_matrix(capsys: pytest.CaptureFixture[str]) -> None:
