@@ -59,7 +59,8 @@ class Ladder:
 
     @property
     def golden_failures(self) -> list[CellResult]:
-        return [r for part in self.golden for r in part.results if r.outcome.fails_run]
+        failed = (r for part in self.golden for r in part.results if r.outcome.fails_run)
+        return sorted(failed, key=lambda r: r.id)  # files are verified several at a time
 
     @property
     def holds(self) -> bool:
@@ -217,7 +218,9 @@ def to_markdown(ladder: Ladder) -> str:
         lines.append("")
     for rung in ladder.rungs:
         failing = rung.failing()
-        own_failing = [r for r in rung.own.results if r.outcome.fails_run]
+        own_failing = sorted(
+            (r for r in rung.own.results if r.outcome.fails_run), key=lambda r: r.id
+        )
         lines += [
             f"## {rung.release}",
             "",

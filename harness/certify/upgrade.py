@@ -92,7 +92,8 @@ class Upgrade:
     def golden_failures(self) -> list[CellResult]:
         if self.golden is None:
             return []
-        return [r for r in self.golden.results if r.outcome.fails_run]
+        failed = (r for r in self.golden.results if r.outcome.fails_run)
+        return sorted(failed, key=lambda r: r.id)  # files are verified several at a time
 
     @property
     def certified(self) -> bool:

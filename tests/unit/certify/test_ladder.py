@@ -198,3 +198,23 @@ def test_results_that_make_no_rung_are_refused_as_unusable(
     crossing = write(tmp_path / "cross.jsonl", loaded, [result(saved, loaded)])
     assert main(["ladder-report", "--rung", str(own), str(crossing)]) == 2
     assert named in capsys.readouterr().err
+
+
+def test_the_ladders_lists_are_in_id_order_whatever_order_the_cells_finished_in(
+    tmp_path: Path,
+) -> None:
+    models = ["trap", "tied", "block", "dropout"]  # as two jobs might finish them
+    cells = [result("2.8.0", NEWEST, Outcome.FAIL, model=model) for model in models]
+    own, crossing = rung(tmp_path, "2.8.0", cells)
+    verified = write(tmp_path / "golden.jsonl", NEWEST, cells)
+    ladder = climb(
+        [(read_results(Path(own)), read_results(Path(crossing)))], [read_results(verified)]
+    )
+    in_order = sorted(models)
+    assert [r.cell.model for r in ladder.rungs[0].failing()] == in_order
+    assert [r.cell.model for r in ladder.golden_failures] == in_order
+    text = to_markdown(ladder)
+    under_itself = text.split("Under itself, not as predicted", 1)[1].split("\n\n", 2)[1]
+    assert [line.split("model=")[1].split("-")[0] for line in under_itself.splitlines()[2:]] == (
+        in_order
+    )

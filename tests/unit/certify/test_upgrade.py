@@ -174,7 +174,16 @@ def test_a_crossing_reads_alike_whatever_order_the_cells_finished_in(tmp_path: P
         folder = tmp_path / str(number)
         folder.mkdir()
         old, new, forward = runs(folder, order)
-        upgrade = certify_upgrade(read_results(old), read_results(new), read_results(forward))
+        golden = write(folder / "golden.jsonl", NEW, order)  # verified several at a time too
+        upgrade = certify_upgrade(
+            read_results(old), read_results(new), read_results(forward), golden=read_results(golden)
+        )
+        assert [r.cell.model for r in upgrade.golden_failures] == [
+            "block",
+            "dropout",
+            "tied",
+            "trap",
+        ]
         assert [r.cell.model for r in upgrade.forward.unexpected] == [
             "block",
             "dropout",
