@@ -377,6 +377,7 @@ def run_under(
     out: str,
     *,
     keep: bool = False,
+    env: dict[str, str] | None = None,
 ) -> None:
     """``ckpt-matrix run`` of a release's environment (``tools``: its bin folder) into
     ``workdir``, writing ``out`` afresh; ``keep``: load the checkpoints already there
@@ -387,6 +388,7 @@ def run_under(
         *run_arguments(options, workdir, out, keep=keep),
         success_codes=[0, 1],
         external=True,
+        env=env,
     )
 
 
@@ -445,11 +447,17 @@ def upgrade(session: nox.Session) -> None:
     commit = subprocess.run(
         ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False
     ).stdout.strip()
-    # a tree with changes to tracked files is not what the commit names
-    changed = subprocess.run(["git", "diff", "--quiet", "HEAD"], check=False).returncode != 0
+    # a tree with changes (new files included) is not what the commit names: its runs record
+    # the commit as changed, so that no later session takes them for the commit's own
+    changed = bool(
+        subprocess.run(
+            ["git", "status", "--porcelain"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+    )
+    recorded = {"CKPT_MATRIX_GIT_COMMIT": f"{commit}+changes"} if changed else None
 
     def matrix(tools: Path, out: str, workdir: Path, *, keep: bool = False) -> None:
-        run_under(session, tools, run_options, workdir, out, keep=keep)
+        run_under(session, tools, run_options, workdir, out, keep=keep, env=recorded)
 
     before, after = release_name(old), release_name(new)
     saved_old, saved_new = work / f"saved-with-{before}", work / f"saved-with-{after}"
@@ -464,7 +472,10 @@ def upgrade(session: nox.Session) -> None:
         check=False,
     )
     # the machine as the older release reads it (none read: nothing is reused)
-    machine = json.loads(inventory.stdout) if inventory.returncode == 0 else {}
+    try:
+        machine = json.loads(inventory.stdout) if inventory.returncode == 0 else {}
+    except ValueError:
+        machine = {}
     why = releases.why_not_reused(
         Path(out_old),
         saved_old,

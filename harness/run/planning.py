@@ -41,23 +41,24 @@ class TooFewGpus(OptionError):
     """No cell of the matrix sees as many GPUs as ``--min-gpus`` asks."""
 
 
-def with_gpus(matrix: Matrix, options: RunOptions, machine_gpus: int) -> Matrix:
+def with_gpus(matrix: Matrix, options: RunOptions, inventory: Inventory) -> Matrix:
     """The matrix's cells that see at least ``options.min_gpus`` GPUs (before sharding: the
     shards' matrix is this one)."""
     kept = tuple(cell for cell in matrix.cells if cell.gpus >= options.min_gpus)
-    if not kept:
-        most = max(cell.gpus for cell in matrix.cells)
-        fix = (
-            "run on a runner with more GPUs"
-            if machine_gpus < options.min_gpus
-            else f"choose a --visibility with larger subsets than {options.visibility!r}"
-        )
-        raise TooFewGpus(
-            f"{options.names['min_gpus']} {options.min_gpus}: no cell needs that many GPUs "
-            f"(this machine gives {machine_gpus}; its cells see at most {most}); lower it, or "
-            f"{fix}"
-        )
-    return replace(matrix, cells=kept)
+    if kept:
+        return replace(matrix, cells=kept)
+    most = max(cell.gpus for cell in matrix.cells)
+    if len(inventory.gpus) < options.min_gpus:
+        fix = "run on a runner with more GPUs"
+    elif most == 0:
+        fix = "keep cells that run on GPUs (-k, --scenarios: these run on the CPU alone)"
+    else:
+        fix = f"choose a --visibility with larger subsets than {options.visibility!r}"
+    raise TooFewGpus(
+        f"{options.names['min_gpus']} {options.min_gpus}: no cell needs that many GPUs "
+        f"(this machine gives {len(inventory.gpus)}; its cells see at most {most}); lower it, "
+        f"or {fix}"
+    )
 
 
 def plan_matrix(
@@ -85,7 +86,7 @@ def plan_matrix(
         matching = f" match -k {options.select!r}" if options.select else ""
         raise OptionError(f"no cells in {path}{matching}")
     if options.min_gpus:
-        matrix = with_gpus(matrix, options, len(inventory.gpus))
+        matrix = with_gpus(matrix, options, inventory)
     shard = None
     cells = matrix.cells
     if options.shard is not None:

@@ -159,18 +159,12 @@ def test_a_one_gpu_and_a_four_gpu_runner_merge_once_the_larger_takes_min_gpus(
         in (capsys.readouterr().err)
     )
     # --count goes on through every policy, a policy without such cells counting none
-    few = ["-k", f"{some} and recipe=as_saved", "--simulate-gpus", "3", "--min-gpus", "4"]
-    assert main(["list", "--count", *few]) == 0
-    rows = capsys.readouterr().out.splitlines()[1:]
-    assert [row.split()[0] for row in rows] == [
-        "minimal",
-        "pairs",
-        "all:2",
-        "all:3",
-        "sample:8",
-        "sample:32",
-    ]
-    assert all(row.endswith(" 0 cells") for row in rows)
+    few = [f"{some} and recipe=as_saved and ser=legacy", "--simulate-gpus", "5", "--min-gpus", "5"]
+    assert main(["list", "--count", "-k", *few]) == 0
+    rows = dict(line.split(None, 1) for line in capsys.readouterr().out.splitlines()[1:])
+    assert list(rows) == ["minimal", "pairs", "all:2", "all:3", "sample:8", "sample:32"]
+    assert rows["pairs"].endswith(" 0 cells")  # a pair into another pair sees at most 4
+    assert not rows["minimal"].endswith(" 0 cells")  # minimal's largest subset holds all five
 
 
 def test_run_refuses_to_replace_results_silently(
