@@ -15,7 +15,7 @@ from harness.core.errors import UserError
 from harness.core.outcomes import Outcome
 from harness.core.recipes import RecipeKind
 from harness.core.releases import LADDER_COLUMNS, ladder_column, ladder_unsupported
-from harness.core.results import CellResult, ResultsFile
+from harness.core.results import CellResult, ResultsFile, failing_by_id
 
 NOT_SAVED = "not saved: "
 
@@ -59,8 +59,7 @@ class Ladder:
 
     @property
     def golden_failures(self) -> list[CellResult]:
-        failed = (r for part in self.golden for r in part.results if r.outcome.fails_run)
-        return sorted(failed, key=lambda r: r.id)  # files are verified several at a time
+        return failing_by_id(r for part in self.golden for r in part.results)
 
     @property
     def holds(self) -> bool:
@@ -218,9 +217,7 @@ def to_markdown(ladder: Ladder) -> str:
         lines.append("")
     for rung in ladder.rungs:
         failing = rung.failing()
-        own_failing = sorted(
-            (r for r in rung.own.results if r.outcome.fails_run), key=lambda r: r.id
-        )
+        own_failing = failing_by_id(rung.own.results)
         lines += [
             f"## {rung.release}",
             "",

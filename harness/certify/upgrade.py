@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from harness.certify.diff import Diff, compare
 from harness.core.outcomes import Outcome
-from harness.core.results import CellResult, ResultsFile
+from harness.core.results import CellResult, ResultsFile, failing_by_id
 
 # What a cell that the workers could not build says (harness.worker.probe): an environment
 # difference, named, not lost coverage.
@@ -92,8 +92,7 @@ class Upgrade:
     def golden_failures(self) -> list[CellResult]:
         if self.golden is None:
             return []
-        failed = (r for r in self.golden.results if r.outcome.fails_run)
-        return sorted(failed, key=lambda r: r.id)  # files are verified several at a time
+        return failing_by_id(self.golden.results)
 
     @property
     def certified(self) -> bool:

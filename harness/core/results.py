@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -126,6 +127,12 @@ class ResultsFile:
     results: list[CellResult] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     ends: list[dict[str, Any]] = field(default_factory=list)  # one per finished run or resume
+
+
+def failing_by_id(results: Iterable[CellResult]) -> list[CellResult]:
+    """The cells that fail a run (FAIL, XPASS, ERROR), in id order: the order cells finish in
+    (several jobs at a time) is no order a report should keep."""
+    return sorted((r for r in results if r.outcome.fails_run), key=lambda r: r.id)
 
 
 def read_results(path: Path) -> ResultsFile:
