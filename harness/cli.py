@@ -313,12 +313,11 @@ def cmd_list(args: argparse.Namespace) -> int:
         gpus = len(inventory.gpus)
         print(f"# {gpus} GPU(s){' (simulated)' if inventory.simulated else ''}")
         for name in ("minimal", "pairs", "all:2", "all:3", "sample:8", "sample:32"):
-            policy = replace(options, visibility=name)
-            subsets = len(chosen_subsets(parse_policy(name), inventory))
             try:
-                cells = len(plan_matrix(policy, inventory=inventory).cells)
+                planned = plan_matrix(replace(options, visibility=name), inventory=inventory)
+                subsets, cells = len(planned.subsets), len(planned.cells)
             except TooFewGpus:  # none as large as --min-gpus under this policy
-                cells = 0
+                subsets, cells = len(chosen_subsets(parse_policy(name), inventory)), 0
             print(f"{name:<10} {subsets:>5} subsets {cells:>7} cells")
         return 0
     planned = plan_matrix(options)
